@@ -1,0 +1,19 @@
+//! tresor — an encrypted data-group store with a transparent FUSE mount,
+//! and a sandbox launcher for untrusted analyses.
+//!
+//! Module map (each a boundary testable on its own):
+//! - [`format`]: on-disk layouts, no keys;
+//! - [`crypto`]: the only user of the cipher, KDF and RSA crates;
+//! - [`pse`]: the personal secure environment (passphrase-sealed key file);
+//! - [`store`]: the store on disk — manifest, data groups, key envelopes;
+//! - [`vfs`]: the filesystem engine, plain Rust, no FUSE types;
+//! - [`fs`]: the FUSE adapter (fuser) — thin;
+//! - [`cli`]: the command line.
+
+pub mod cli;
+pub mod crypto;
+pub mod format;
+pub mod fs;
+pub mod pse;
+pub mod store;
+pub mod vfs;

@@ -1,0 +1,1 @@
+//! pse (in progress)
