@@ -1,7 +1,430 @@
-//! Command line (in progress).
+//! The command line: clap commands; `anyhow` stays in this module.
+
+use crate::crypto::KdfParams;
+use crate::fs::MountOptions;
+use crate::pse::{self, Pse, PseError};
+use crate::store::{write_atomic, Store};
+use crate::vfs::{Caller, Vfs};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+mod demo;
+
+/// tresor — encrypted data groups behind a transparent FUSE mount.
+#[derive(Parser, Debug)]
+#[command(name = "tresor", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create a store and the administrator's PSE.
+    Init {
+        /// Directory of the new store (new or empty).
+        store: PathBuf,
+        /// Where to write the administrator's PSE (must not exist).
+        #[arg(long)]
+        pse: PathBuf,
+        /// The administrator's user name.
+        #[arg(long, default_value = "admin")]
+        user: String,
+        #[command(flatten)]
+        pass: PassArgs,
+        /// Argon2id memory for new PSEs, in MiB (8..=1024).
+        #[arg(long, default_value_t = 64)]
+        kdf_memory_mib: u32,
+    },
+    /// Manage data groups.
+    #[command(subcommand)]
+    Datagroup(DatagroupCmd),
+    /// Mount a store: MNT/<data group>/… shows the plaintext.
+    Mount {
+        /// The store directory.
+        store: PathBuf,
+        /// Empty directory to mount on.
+        mountpoint: PathBuf,
+        /// Your PSE.
+        #[arg(long)]
+        pse: PathBuf,
+        #[command(flatten)]
+        pass: PassArgs,
+        /// Stay in the foreground (default: detach once mounted).
+        #[arg(short, long)]
+        foreground: bool,
+        /// Let other local users in; the kernel checks owners and modes.
+        #[arg(long)]
+        allow_other: bool,
+        /// Log file when detached (default: $XDG_RUNTIME_DIR/tresor/ or /tmp/tresor-UID/).
+        #[arg(long)]
+        log: Option<PathBuf>,
+        /// Worker threads.
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+    },
+    /// Unmount (same as `fusermount3 -u MNT`).
+    Umount {
+        /// The mount point.
+        mountpoint: PathBuf,
+    },
+    /// Show the whole cycle on a throw-away store: create, mount, write, read, show ciphertext, unmount.
+    Demo {
+        /// Keep the demo directory instead of deleting it.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DatagroupCmd {
+    /// Create a data group with a fresh random key.
+    Add {
+        /// The store directory.
+        store: PathBuf,
+        /// Name of the new data group.
+        name: String,
+        /// The administrator's PSE.
+        #[arg(long)]
+        pse: PathBuf,
+        #[command(flatten)]
+        pass: PassArgs,
+    },
+    /// List the data groups of a store.
+    List {
+        /// The store directory.
+        store: PathBuf,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct PassArgs {
+    /// Read the passphrase from this file (first line) instead of prompting.
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+}
 
 /// Entry point of the `tresor` binary.
 pub fn main() -> ExitCode {
-    ExitCode::SUCCESS
+    init_logging();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tresor: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TRESOR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Init {
+            store,
+            pse,
+            user,
+            pass,
+            kdf_memory_mib,
+        } => cmd_init(&store, &pse, &user, &pass, kdf_memory_mib),
+        Cmd::Datagroup(DatagroupCmd::Add {
+            store,
+            name,
+            pse,
+            pass,
+        }) => cmd_datagroup_add(&store, &name, &pse, &pass),
+        Cmd::Datagroup(DatagroupCmd::List { store }) => {
+            let s = Store::open(&store)?;
+            for g in s.groups()? {
+                println!("{g}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Mount {
+            store,
+            mountpoint,
+            pse,
+            pass,
+            foreground,
+            allow_other,
+            log,
+            threads,
+        } => {
+            let opts = MountOptions {
+                allow_other,
+                threads,
+                fsname: format!("tresor:{}", store.display()),
+            };
+            cmd_mount(&store, &mountpoint, &pse, &pass, foreground, log, opts)
+        }
+        Cmd::Umount { mountpoint } => {
+            unmount(&mountpoint)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Demo { keep } => demo::run(keep),
+    }
+}
+
+/// Reads a passphrase: from `--passphrase-file`, else from the terminal.
+fn read_passphrase(pass: &PassArgs, prompt: &str) -> Result<Zeroizing<String>> {
+    if let Some(f) = &pass.passphrase_file {
+        let s = Zeroizing::new(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read passphrase file {}", f.display()))?,
+        );
+        let line = s.lines().next().unwrap_or("");
+        if line.is_empty() {
+            bail!("passphrase file {} is empty", f.display());
+        }
+        return Ok(Zeroizing::new(line.to_string()));
+    }
+    if !std::io::stdin().is_terminal() && std::fs::File::open("/dev/tty").is_err() {
+        bail!("no terminal to ask for the passphrase; pass --passphrase-file FILE");
+    }
+    Ok(Zeroizing::new(
+        rpassword::prompt_password(prompt).context("cannot read the passphrase")?,
+    ))
+}
+
+/// Asks for a new passphrase twice (or reads it from the file).
+fn new_passphrase(pass: &PassArgs, who: &str) -> Result<Zeroizing<String>> {
+    let p = read_passphrase(pass, &format!("New passphrase for {who}'s PSE: "))?;
+    if pass.passphrase_file.is_none() {
+        let again = read_passphrase(pass, "Repeat it: ")?;
+        if *again != *p {
+            bail!("the two passphrases differ; nothing was created");
+        }
+    }
+    if p.chars().count() < 8 {
+        bail!("passphrase too short: use at least 8 characters");
+    }
+    Ok(p)
+}
+
+/// Opens a PSE, prompting up to three times when reading from a terminal.
+fn unlock_pse(path: &Path, pass: &PassArgs) -> Result<Pse> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read PSE {}", path.display()))?;
+    let public = pse::read_public(&bytes).with_context(|| format!("PSE {}", path.display()))?;
+    let tries = if pass.passphrase_file.is_some() { 1 } else { 3 };
+    for attempt in 1..=tries {
+        let p = read_passphrase(
+            pass,
+            &format!("Passphrase for {} ({}): ", public.user, path.display()),
+        )?;
+        match pse::open(&bytes, p.as_bytes()) {
+            Ok(pse) => return Ok(pse),
+            Err(PseError::WrongPassphrase) if attempt < tries => {
+                eprintln!("wrong passphrase ({} attempts left)", tries - attempt);
+            }
+            Err(PseError::WrongPassphrase) => {
+                bail!("wrong passphrase for PSE {}", path.display())
+            }
+            Err(e) => return Err(e).with_context(|| format!("PSE {}", path.display())),
+        }
+    }
+    bail!("wrong passphrase for PSE {}", path.display())
+}
+
+fn cmd_init(
+    store: &Path,
+    pse_path: &Path,
+    user: &str,
+    pass: &PassArgs,
+    mib: u32,
+) -> Result<ExitCode> {
+    if pse_path.exists() {
+        bail!(
+            "{} exists; choose a new path for the PSE",
+            pse_path.display()
+        );
+    }
+    let kdf = KdfParams {
+        m_kib: mib.saturating_mul(1024),
+        ..KdfParams::DEFAULT
+    };
+    kdf.check()?;
+    let passphrase = new_passphrase(pass, user)?;
+    eprintln!(
+        "generating RSA-{} key pairs for {user} …",
+        crate::crypto::RSA_BITS
+    );
+    let admin = Pse::generate(user, None)?;
+    let bytes = admin.seal(passphrase.as_bytes(), kdf)?;
+    let s = Store::create(store, &admin, kdf)?;
+    write_atomic(pse_path, &bytes, 0o600)
+        .with_context(|| format!("cannot write PSE {}", pse_path.display()))?;
+    println!(
+        "created store {} (id {}) and administrator PSE {}",
+        store.display(),
+        s.manifest().store_id,
+        pse_path.display()
+    );
+    println!(
+        "next: tresor datagroup add {} NAME --pse {}",
+        store.display(),
+        pse_path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_datagroup_add(
+    store: &Path,
+    name: &str,
+    pse_path: &Path,
+    pass: &PassArgs,
+) -> Result<ExitCode> {
+    let s = Store::open(store)?;
+    let admin = unlock_pse(pse_path, pass)?;
+    s.check_admin(&admin)?;
+    let holder = (
+        admin.public.user.clone(),
+        admin.public.transport_public.clone(),
+    );
+    s.add_group(name, &[holder])?;
+    println!("created data group {name}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn owner() -> Caller {
+    Caller {
+        uid: nix::unistd::getuid().as_raw(),
+        gid: nix::unistd::getgid().as_raw(),
+    }
+}
+
+/// Opens the store and the PSE and builds the engine: everything that can
+/// fail before mounting, so the starting command reports it.
+fn prepare(store: &Path, pse_path: &Path, pass: &PassArgs) -> Result<Arc<Vfs>> {
+    let s = Store::open(store)?;
+    let user = unlock_pse(pse_path, pass)?;
+    let ring = s.unlock(&user)?;
+    drop(user);
+    if ring.is_empty() {
+        eprintln!("warning: this PSE holds no key for any data group of this store; the mount will be empty");
+    }
+    Ok(Arc::new(Vfs::new(s, ring, owner())?))
+}
+
+fn check_mountpoint(mnt: &Path) -> Result<()> {
+    let md = std::fs::metadata(mnt).with_context(|| {
+        format!(
+            "mount point {} does not exist; create it first",
+            mnt.display()
+        )
+    })?;
+    if !md.is_dir() {
+        bail!("mount point {} is not a directory", mnt.display());
+    }
+    Ok(())
+}
+
+fn cmd_mount(
+    store: &Path,
+    mnt: &Path,
+    pse_path: &Path,
+    pass: &PassArgs,
+    foreground: bool,
+    log: Option<PathBuf>,
+    opts: MountOptions,
+) -> Result<ExitCode> {
+    check_mountpoint(mnt)?;
+    // Absolute paths: the detached process changes to `/`.
+    let mnt = &mnt.canonicalize()?;
+    let store = &store
+        .canonicalize()
+        .with_context(|| format!("store {} not found", store.display()))?;
+    let vfs = prepare(store, pse_path, pass)?;
+    let groups: Vec<String> = vfs.groups();
+    let log_path = if foreground {
+        None
+    } else {
+        Some(log.unwrap_or(default_log(mnt)?))
+    };
+    // Block the stop signals before fuser starts its threads, so that one
+    // thread can wait for them and unmount cleanly.
+    let signals = stop_signals();
+    signals.thread_block().context("cannot block signals")?;
+    let mut session = crate::fs::mount(vfs, mnt, &opts)
+        .with_context(|| format!("cannot mount on {}", mnt.display()))?;
+    println!(
+        "mounted {} on {} — data groups: {}",
+        store.display(),
+        mnt.display(),
+        if groups.is_empty() {
+            "(none)".to_string()
+        } else {
+            groups.join(", ")
+        }
+    );
+    if let Some(log_path) = &log_path {
+        println!(
+            "running in the background; log: {}; unmount with `tresor umount {}`",
+            log_path.display(),
+            mnt.display()
+        );
+        crate::fs::detach(log_path).context("cannot detach into the background")?;
+    }
+    let mut unmounter = session.unmount_callable();
+    std::thread::spawn(move || {
+        if signals.wait().is_ok() {
+            let _ = unmounter.unmount();
+        }
+    });
+    session.run().context("the mount ended with an error")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stop_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut s = SigSet::empty();
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        s.add(sig);
+    }
+    s
+}
+
+fn default_log(mnt: &Path) -> Result<PathBuf> {
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(|d| PathBuf::from(d).join("tresor"))
+        .unwrap_or_else(|| PathBuf::from(format!("/tmp/tresor-{}", nix::unistd::getuid())));
+    std::fs::create_dir_all(&base).with_context(|| format!("cannot create {}", base.display()))?;
+    std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    let name = mnt
+        .canonicalize()
+        .unwrap_or_else(|_| mnt.to_path_buf())
+        .to_string_lossy()
+        .replace('/', "_");
+    Ok(base.join(format!("mount{name}.log")))
+}
+
+/// Unmounts a tresor mount.
+pub fn unmount(mnt: &Path) -> Result<()> {
+    let out = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(mnt)
+        .output();
+    match out {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => bail!(
+            "cannot unmount {}: {}",
+            mnt.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => bail!("cannot run fusermount3 (install the fuse3 package): {e}"),
+    }
 }

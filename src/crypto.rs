@@ -1,1 +1,436 @@
-//! crypto (in progress)
+//! Cryptography: the only module that touches aes-gcm-siv, hkdf, argon2 and rsa.
+//!
+//! Every secret lives in a type that zeroizes itself when dropped. Nothing
+//! here knows about files or paths; callers pass associated data as bytes.
+
+use aes_gcm_siv::aead::{AeadInPlace, KeyInit};
+use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
+use hkdf::Hkdf;
+use rand::rngs::OsRng;
+use rand::RngCore;
+use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+use rsa::{Oaep, Pss, RsaPrivateKey, RsaPublicKey};
+use sha2::{Digest, Sha256};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+/// Length of every symmetric key (AES-256).
+pub const KEY_LEN: usize = 32;
+/// Nonce length of AES-GCM-SIV.
+pub const NONCE_LEN: usize = 12;
+/// Authentication tag length of AES-GCM-SIV.
+pub const TAG_LEN: usize = 16;
+/// RSA modulus size for new identities.
+pub const RSA_BITS: usize = 3072;
+
+/// Errors of the cryptographic layer. They never carry secret material.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    /// Ciphertext failed authentication: tampered, truncated, or the wrong key.
+    #[error("authentication failed")]
+    Auth,
+    /// A ciphertext is shorter than nonce + tag.
+    #[error("ciphertext too short")]
+    Short,
+    /// Key-derivation parameters were refused.
+    #[error("key derivation: {0}")]
+    Kdf(String),
+    /// An RSA operation failed.
+    #[error("RSA: {0}")]
+    Rsa(String),
+    /// A key could not be decoded.
+    #[error("malformed key: {0}")]
+    KeyFormat(String),
+}
+
+/// A 256-bit secret key. Zeroized on drop, never printed.
+#[derive(Clone, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
+pub struct SecretKey([u8; KEY_LEN]);
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretKey(..)")
+    }
+}
+
+impl SecretKey {
+    /// A fresh random key from the operating system's generator.
+    pub fn random() -> Self {
+        let mut k = [0u8; KEY_LEN];
+        OsRng.fill_bytes(&mut k);
+        SecretKey(k)
+    }
+
+    /// Wraps raw key bytes (the caller's copy should be zeroized).
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
+        SecretKey(bytes)
+    }
+
+    /// Takes a key from a slice of exactly [`KEY_LEN`] bytes.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, CryptoError> {
+        let arr: [u8; KEY_LEN] = bytes
+            .try_into()
+            .map_err(|_| CryptoError::KeyFormat(format!("key of {} bytes", bytes.len())))?;
+        Ok(SecretKey(arr))
+    }
+
+    /// The raw bytes, for wrapping.
+    pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+
+    /// HKDF-SHA256 (no salt) of this key with `info`: one-way, so a derived
+    /// key reveals nothing about its parent or its siblings.
+    pub fn derive(&self, info: &[&[u8]]) -> SecretKey {
+        let hk = Hkdf::<Sha256>::new(None, &self.0);
+        let mut out = [0u8; KEY_LEN];
+        // 32 bytes is far below HKDF's 255 * 32 limit: expand cannot fail.
+        let _ = hk.expand_multi_info(info, &mut out);
+        SecretKey(out)
+    }
+}
+
+/// Fills `buf` with random bytes from a fast user-space CSPRNG that is seeded
+/// from (and periodically reseeded by) the operating system.
+pub fn random_bytes(buf: &mut [u8]) {
+    rand::thread_rng().fill_bytes(buf);
+}
+
+/// An AES-256-GCM-SIV key ready for use; its key schedule is zeroized on drop.
+#[derive(Clone)]
+pub struct Aead {
+    cipher: Aes256GcmSiv,
+}
+
+impl std::fmt::Debug for Aead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Aead(..)")
+    }
+}
+
+impl Aead {
+    /// Prepares `key` for sealing and opening.
+    pub fn new(key: &SecretKey) -> Self {
+        Aead {
+            cipher: Aes256GcmSiv::new(key.as_bytes().into()),
+        }
+    }
+
+    /// Seals `plaintext` into `out` as `nonce || ciphertext || tag`, with a
+    /// fresh random nonce. `out` is cleared first.
+    pub fn seal_into(&self, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) {
+        let mut nonce = [0u8; NONCE_LEN];
+        random_bytes(&mut nonce);
+        self.seal_with_nonce_into(&nonce, aad, plaintext, out);
+    }
+
+    /// Seals with a caller-chosen nonce. GCM-SIV stays secure when a nonce
+    /// repeats (it then only reveals equal plaintexts), which is what makes
+    /// deterministic name encryption with a fixed nonce sound.
+    pub fn seal_with_nonce_into(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) {
+        out.clear();
+        out.reserve(NONCE_LEN + plaintext.len() + TAG_LEN);
+        out.extend_from_slice(nonce);
+        out.extend_from_slice(plaintext);
+        let tag = self.cipher.encrypt_in_place_detached(
+            Nonce::from_slice(nonce),
+            aad,
+            &mut out[NONCE_LEN..],
+        );
+        match tag {
+            Ok(tag) => out.extend_from_slice(&tag),
+            // Only reachable for inputs over 2^36 bytes, which no caller produces.
+            Err(_) => out.clear(),
+        }
+    }
+
+    /// Seals `plaintext` into `out[.. NONCE_LEN + len + TAG_LEN]` with a fresh
+    /// random nonce, without allocating; returns the sealed length.
+    /// `out` must be at least that long.
+    pub fn seal_to_slice(&self, aad: &[u8], plaintext: &[u8], out: &mut [u8]) -> usize {
+        let n = NONCE_LEN + plaintext.len() + TAG_LEN;
+        let (nonce, rest) = out[..n].split_at_mut(NONCE_LEN);
+        random_bytes(nonce);
+        let (ct, tag_out) = rest.split_at_mut(plaintext.len());
+        ct.copy_from_slice(plaintext);
+        match self
+            .cipher
+            .encrypt_in_place_detached(Nonce::from_slice(nonce), aad, ct)
+        {
+            Ok(tag) => tag_out.copy_from_slice(&tag),
+            // Unreachable below 2^36 bytes; fail closed with a tag that never verifies.
+            Err(_) => tag_out.fill(0),
+        }
+        n
+    }
+
+    /// Seals and returns a new vector.
+    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.seal_into(aad, plaintext, &mut out);
+        out
+    }
+
+    /// Opens `nonce || ciphertext || tag` in place; on success the plaintext
+    /// is `sealed[NONCE_LEN .. len - TAG_LEN]` and its length is returned.
+    /// On failure the buffer holds garbage, never plaintext the caller could use.
+    pub fn open_in_place(&self, aad: &[u8], sealed: &mut [u8]) -> Result<usize, CryptoError> {
+        if sealed.len() < NONCE_LEN + TAG_LEN {
+            return Err(CryptoError::Short);
+        }
+        let (nonce, rest) = sealed.split_at_mut(NONCE_LEN);
+        let (ct, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
+        self.cipher
+            .decrypt_in_place_detached(Nonce::from_slice(nonce), aad, ct, Tag::from_slice(tag))
+            .map_err(|_| CryptoError::Auth)?;
+        Ok(ct.len())
+    }
+
+    /// Opens a sealed message into a new vector.
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let mut buf = sealed.to_vec();
+        let n = self.open_in_place(aad, &mut buf)?;
+        buf.copy_within(NONCE_LEN..NONCE_LEN + n, 0);
+        buf.truncate(n);
+        Ok(buf)
+    }
+}
+
+/// Argon2id work factors, as recorded in a PSE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub m_kib: u32,
+    /// Passes.
+    pub t: u32,
+    /// Lanes.
+    pub p: u32,
+}
+
+impl KdfParams {
+    /// The default for new PSEs: 64 MiB, 3 passes, 1 lane (OWASP's second
+    /// recommended Argon2id setting, about 0.1-0.2 s on one core).
+    pub const DEFAULT: KdfParams = KdfParams {
+        m_kib: 64 * 1024,
+        t: 3,
+        p: 1,
+    };
+    /// Ceiling when *reading* a PSE: a crafted file must not make us allocate
+    /// gigabytes or spin for minutes (rage's `ExcessiveWork`).
+    pub const MAX: KdfParams = KdfParams {
+        m_kib: 1024 * 1024,
+        t: 16,
+        p: 8,
+    };
+    /// Floor: below this a PSE is too cheap to guess at.
+    pub const MIN: KdfParams = KdfParams {
+        m_kib: 8 * 1024,
+        t: 1,
+        p: 1,
+    };
+
+    /// Refuses parameters outside `[MIN, MAX]`, naming the offending one.
+    pub fn check(&self) -> Result<(), CryptoError> {
+        let (lo, hi) = (Self::MIN, Self::MAX);
+        if self.m_kib > hi.m_kib || self.t > hi.t || self.p > hi.p {
+            return Err(CryptoError::Kdf(format!(
+                "Argon2id parameters m={} KiB, t={}, p={} exceed the ceiling \
+                 m={} KiB, t={}, p={}; refusing (a crafted file could exhaust memory)",
+                self.m_kib, self.t, self.p, hi.m_kib, hi.t, hi.p
+            )));
+        }
+        if self.m_kib < lo.m_kib || self.t < lo.t || self.p < lo.p || self.m_kib < 8 * self.p {
+            return Err(CryptoError::Kdf(format!(
+                "Argon2id parameters m={} KiB, t={}, p={} are below the floor m={} KiB, t={}, p={}",
+                self.m_kib, self.t, self.p, lo.m_kib, lo.t, lo.p
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Derives a key-encryption key from a passphrase with Argon2id.
+pub fn derive_passphrase_key(
+    passphrase: &[u8],
+    salt: &[u8],
+    params: KdfParams,
+) -> Result<SecretKey, CryptoError> {
+    params.check()?;
+    let p = argon2::Params::new(params.m_kib, params.t, params.p, Some(KEY_LEN))
+        .map_err(|e| CryptoError::Kdf(e.to_string()))?;
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, p);
+    let mut out = Zeroizing::new([0u8; KEY_LEN]);
+    argon
+        .hash_password_into(passphrase, salt, out.as_mut())
+        .map_err(|e| CryptoError::Kdf(e.to_string()))?;
+    Ok(SecretKey(*out))
+}
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// An RSA private key (signing or key transport). The rsa crate zeroizes
+/// its private components on drop.
+#[derive(Clone)]
+pub struct PrivateKey(RsaPrivateKey);
+
+impl std::fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PrivateKey(..)")
+    }
+}
+
+/// An RSA public key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicKey(RsaPublicKey);
+
+impl PrivateKey {
+    /// Generates a new RSA key of [`RSA_BITS`] bits.
+    pub fn generate() -> Result<Self, CryptoError> {
+        RsaPrivateKey::new(&mut OsRng, RSA_BITS)
+            .map(PrivateKey)
+            .map_err(|e| CryptoError::Rsa(e.to_string()))
+    }
+
+    /// PKCS#8 DER encoding, in a buffer zeroized on drop.
+    pub fn to_der(&self) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let doc = self
+            .0
+            .to_pkcs8_der()
+            .map_err(|e| CryptoError::KeyFormat(e.to_string()))?;
+        Ok(Zeroizing::new(doc.as_bytes().to_vec()))
+    }
+
+    /// Decodes PKCS#8 DER.
+    pub fn from_der(der: &[u8]) -> Result<Self, CryptoError> {
+        RsaPrivateKey::from_pkcs8_der(der)
+            .map(PrivateKey)
+            .map_err(|e| CryptoError::KeyFormat(e.to_string()))
+    }
+
+    /// The matching public key.
+    pub fn public(&self) -> PublicKey {
+        PublicKey(self.0.to_public_key())
+    }
+
+    /// RSA-OAEP-SHA256 decryption of a wrapped key with its context label.
+    pub fn unwrap_key(&self, label: &str, wrapped: &[u8]) -> Result<SecretKey, CryptoError> {
+        let pt = Zeroizing::new(
+            self.0
+                .decrypt(Oaep::new_with_label::<Sha256, _>(label), wrapped)
+                .map_err(|_| CryptoError::Auth)?,
+        );
+        SecretKey::from_slice(&pt)
+    }
+
+    /// RSA-PSS-SHA256 signature over `message`.
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let digest = sha256(message);
+        self.0
+            .sign_with_rng(&mut OsRng, Pss::new::<Sha256>(), &digest)
+            .map_err(|e| CryptoError::Rsa(e.to_string()))
+    }
+}
+
+impl PublicKey {
+    /// SubjectPublicKeyInfo DER encoding.
+    pub fn to_der(&self) -> Result<Vec<u8>, CryptoError> {
+        self.0
+            .to_public_key_der()
+            .map(|d| d.as_bytes().to_vec())
+            .map_err(|e| CryptoError::KeyFormat(e.to_string()))
+    }
+
+    /// Decodes SubjectPublicKeyInfo DER; refuses keys outside 2048..=8192 bits.
+    pub fn from_der(der: &[u8]) -> Result<Self, CryptoError> {
+        use rsa::traits::PublicKeyParts;
+        let k = RsaPublicKey::from_public_key_der(der)
+            .map_err(|e| CryptoError::KeyFormat(e.to_string()))?;
+        let bits = k.n().bits();
+        if !(2048..=8192).contains(&bits) {
+            return Err(CryptoError::KeyFormat(format!("RSA key of {bits} bits")));
+        }
+        Ok(PublicKey(k))
+    }
+
+    /// Hex SHA-256 of the DER encoding: the key's name in envelopes and logs.
+    pub fn fingerprint(&self) -> Result<String, CryptoError> {
+        Ok(hex::encode(sha256(&self.to_der()?)))
+    }
+
+    /// RSA-OAEP-SHA256 encryption of `key`, bound to `label` so an envelope
+    /// cannot be moved to another data group, epoch or store.
+    pub fn wrap_key(&self, label: &str, key: &SecretKey) -> Result<Vec<u8>, CryptoError> {
+        self.0
+            .encrypt(
+                &mut OsRng,
+                Oaep::new_with_label::<Sha256, _>(label),
+                key.as_bytes(),
+            )
+            .map_err(|e| CryptoError::Rsa(e.to_string()))
+    }
+
+    /// Verifies an RSA-PSS-SHA256 signature over `message`.
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), CryptoError> {
+        let digest = sha256(message);
+        self.0
+            .verify(Pss::new::<Sha256>(), &digest, signature)
+            .map_err(|_| CryptoError::Auth)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_open_roundtrip_and_aad_binding() {
+        let k = Aead::new(&SecretKey::random());
+        let sealed = k.seal(b"aad", b"hello");
+        assert_eq!(sealed.len(), NONCE_LEN + 5 + TAG_LEN);
+        assert_eq!(k.open(b"aad", &sealed).unwrap(), b"hello");
+        assert!(matches!(k.open(b"other", &sealed), Err(CryptoError::Auth)));
+        let mut flipped = sealed.clone();
+        flipped[NONCE_LEN] ^= 1;
+        assert!(matches!(k.open(b"aad", &flipped), Err(CryptoError::Auth)));
+        assert!(matches!(
+            k.open(b"aad", &sealed[..10]),
+            Err(CryptoError::Short)
+        ));
+    }
+
+    #[test]
+    fn derive_is_deterministic_and_separated() {
+        let k = SecretKey::random();
+        assert_eq!(k.derive(&[b"a", b"b"]), k.derive(&[b"a", b"b"]));
+        assert_ne!(k.derive(&[b"a"]), k.derive(&[b"b"]));
+    }
+
+    #[test]
+    fn kdf_ceiling_refused_before_allocating() {
+        let huge = KdfParams {
+            m_kib: 64 * 1024 * 1024,
+            t: 3,
+            p: 1,
+        };
+        let err = derive_passphrase_key(b"pw", &[0u8; 16], huge).unwrap_err();
+        assert!(err.to_string().contains("exceed the ceiling"), "{err}");
+    }
+
+    #[test]
+    fn kdf_is_deterministic() {
+        let p = KdfParams::MIN;
+        let a = derive_passphrase_key(b"pw", &[1u8; 16], p).unwrap();
+        let b = derive_passphrase_key(b"pw", &[1u8; 16], p).unwrap();
+        let c = derive_passphrase_key(b"pX", &[1u8; 16], p).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+}

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod crypto;
 pub mod format;
 pub mod fs;
+pub mod keyring;
 pub mod pse;
 pub mod store;
 pub mod vfs;

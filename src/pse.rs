@@ -1,1 +1,277 @@
-//! pse (in progress)
+//! The personal secure environment (PSE): a user's private keys sealed under
+//! a key derived from a passphrase with Argon2id, plus the public keys and the
+//! administrator's verification key as trust anchor.
+//!
+//! The file is JSON (docs/FORMAT.md). A SHA-256 checksum over its fields tells
+//! a damaged file ("corrupt") apart from a wrong passphrase (the checksum holds
+//! but the AEAD does not open); the AEAD's associated data covers every public
+//! field, so swapping the trust anchor or a public key is detected too.
+
+use crate::crypto::{self, Aead, CryptoError, KdfParams, PrivateKey, PublicKey};
+use crate::format::names::{decode as b64d, encode as b64e};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+/// PSE format written by this tresor.
+pub const PSE_FORMAT: u32 = 1;
+
+/// Why a PSE could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PseError {
+    /// The passphrase does not open this PSE.
+    #[error("wrong passphrase")]
+    WrongPassphrase,
+    /// The file is damaged or not a PSE.
+    #[error(
+        "the PSE file is corrupted or not a tresor PSE: {0} — restore it from your backup copy"
+    )]
+    Corrupt(String),
+    /// Written by a newer tresor.
+    #[error("the PSE has format {0}; this tresor reads up to {PSE_FORMAT} — upgrade tresor")]
+    TooNew(u32),
+    /// Refused or failed key derivation or key generation.
+    #[error("{0}")]
+    Crypto(#[from] CryptoError),
+}
+
+/// The public fields, in the order their JSON forms the AEAD's associated data.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct Body {
+    tresor_pse: u32,
+    user: String,
+    kdf: KdfParams,
+    salt: String,
+    sign_public: String,
+    transport_public: String,
+    trust_anchor: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct File {
+    #[serde(flatten)]
+    body: Body,
+    sealed: String,
+    check: String,
+}
+
+impl File {
+    fn checksum(body: &Body, sealed: &str) -> String {
+        let mut bytes = serde_json::to_vec(body).unwrap_or_default();
+        bytes.extend_from_slice(sealed.as_bytes());
+        hex::encode(crypto::sha256(&bytes))
+    }
+}
+
+/// The public half of a PSE: readable without the passphrase.
+#[derive(Clone, Debug)]
+pub struct PsePublic {
+    /// Whose PSE it is.
+    pub user: String,
+    /// RSA-PSS verification key.
+    pub sign_public: PublicKey,
+    /// RSA-OAEP key-transport key.
+    pub transport_public: PublicKey,
+    /// The administrator's verification key this user trusts.
+    pub trust_anchor: PublicKey,
+    /// Argon2id parameters protecting the private keys.
+    pub kdf: KdfParams,
+}
+
+/// An unlocked PSE: the user's private keys. Zeroized on drop (by the rsa crate).
+#[derive(Debug)]
+pub struct Pse {
+    /// The public half.
+    pub public: PsePublic,
+    /// RSA-PSS signing key.
+    pub sign: PrivateKey,
+    /// RSA-OAEP key-transport key: unwraps data-group envelopes.
+    pub transport: PrivateKey,
+}
+
+fn pubkey(field: &str, s: &str) -> Result<PublicKey, PseError> {
+    let der = b64d(s).ok_or_else(|| PseError::Corrupt(format!("{field} is not base64url")))?;
+    PublicKey::from_der(&der).map_err(|e| PseError::Corrupt(format!("{field}: {e}")))
+}
+
+fn parse(bytes: &[u8]) -> Result<(File, PsePublic), PseError> {
+    let v: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| PseError::Corrupt(format!("not valid JSON ({e})")))?;
+    match v.get("tresor_pse").and_then(|x| x.as_u64()) {
+        None => return Err(PseError::Corrupt("no \"tresor_pse\" version field".into())),
+        Some(n) if n > u64::from(PSE_FORMAT) => {
+            return Err(PseError::TooNew(u32::try_from(n).unwrap_or(u32::MAX)))
+        }
+        Some(_) => {}
+    }
+    let f: File =
+        serde_json::from_value(v).map_err(|e| PseError::Corrupt(format!("malformed ({e})")))?;
+    if File::checksum(&f.body, &f.sealed) != f.check {
+        return Err(PseError::Corrupt("checksum mismatch".into()));
+    }
+    let public = PsePublic {
+        user: f.body.user.clone(),
+        sign_public: pubkey("sign_public", &f.body.sign_public)?,
+        transport_public: pubkey("transport_public", &f.body.transport_public)?,
+        trust_anchor: pubkey("trust_anchor", &f.body.trust_anchor)?,
+        kdf: f.body.kdf,
+    };
+    Ok((f, public))
+}
+
+fn aad(body: &Body) -> Vec<u8> {
+    let mut a = b"tresor-pse/v1\0".to_vec();
+    a.extend_from_slice(&serde_json::to_vec(body).unwrap_or_default());
+    a
+}
+
+/// Reads the public half without a passphrase.
+pub fn read_public(bytes: &[u8]) -> Result<PsePublic, PseError> {
+    parse(bytes).map(|(_, p)| p)
+}
+
+/// Opens a PSE with its passphrase.
+pub fn open(bytes: &[u8], passphrase: &[u8]) -> Result<Pse, PseError> {
+    let (f, public) = parse(bytes)?;
+    f.body.kdf.check()?;
+    let salt =
+        b64d(&f.body.salt).ok_or_else(|| PseError::Corrupt("salt is not base64url".into()))?;
+    let sealed =
+        b64d(&f.sealed).ok_or_else(|| PseError::Corrupt("sealed keys are not base64url".into()))?;
+    let kek = crypto::derive_passphrase_key(passphrase, &salt, f.body.kdf)?;
+    let secrets = Zeroizing::new(
+        Aead::new(&kek)
+            .open(&aad(&f.body), &sealed)
+            .map_err(|_| PseError::WrongPassphrase)?,
+    );
+    let (sign_der, rest) = split_lv(&secrets)?;
+    let (transport_der, rest) = split_lv(rest)?;
+    if !rest.is_empty() {
+        return Err(PseError::Corrupt("trailing bytes in sealed keys".into()));
+    }
+    let sign = PrivateKey::from_der(sign_der).map_err(|e| PseError::Corrupt(e.to_string()))?;
+    let transport =
+        PrivateKey::from_der(transport_der).map_err(|e| PseError::Corrupt(e.to_string()))?;
+    if sign.public() != public.sign_public || transport.public() != public.transport_public {
+        return Err(PseError::Corrupt(
+            "private and public keys do not match".into(),
+        ));
+    }
+    Ok(Pse {
+        public,
+        sign,
+        transport,
+    })
+}
+
+fn split_lv(b: &[u8]) -> Result<(&[u8], &[u8]), PseError> {
+    let bad = || PseError::Corrupt("sealed keys are malformed".into());
+    let len_bytes: [u8; 4] = b.get(..4).ok_or_else(bad)?.try_into().map_err(|_| bad())?;
+    let len = u32::from_be_bytes(len_bytes) as usize;
+    let body = b.get(4..4 + len).ok_or_else(bad)?;
+    Ok((body, &b[4 + len..]))
+}
+
+impl Pse {
+    /// Generates a new identity (two RSA-3072 key pairs). `trust_anchor` is
+    /// the administrator's verification key; `None` makes this PSE its own
+    /// anchor (the administrator's PSE).
+    pub fn generate(user: &str, trust_anchor: Option<PublicKey>) -> Result<Pse, PseError> {
+        let sign = PrivateKey::generate()?;
+        let transport = PrivateKey::generate()?;
+        let public = PsePublic {
+            user: user.to_string(),
+            sign_public: sign.public(),
+            transport_public: transport.public(),
+            trust_anchor: trust_anchor.unwrap_or_else(|| sign.public()),
+            kdf: KdfParams::DEFAULT,
+        };
+        Ok(Pse {
+            public,
+            sign,
+            transport,
+        })
+    }
+
+    /// Seals the private keys under `passphrase` and returns the file bytes.
+    pub fn seal(&self, passphrase: &[u8], kdf: KdfParams) -> Result<Vec<u8>, PseError> {
+        let mut salt = [0u8; 16];
+        crypto::random_bytes(&mut salt);
+        let body = Body {
+            tresor_pse: PSE_FORMAT,
+            user: self.public.user.clone(),
+            kdf,
+            salt: b64e(&salt),
+            sign_public: b64e(&self.public.sign_public.to_der()?),
+            transport_public: b64e(&self.public.transport_public.to_der()?),
+            trust_anchor: b64e(&self.public.trust_anchor.to_der()?),
+        };
+        let kek = crypto::derive_passphrase_key(passphrase, &salt, kdf)?;
+        let mut secrets = Zeroizing::new(Vec::new());
+        for der in [self.sign.to_der()?, self.transport.to_der()?] {
+            secrets.extend_from_slice(&(der.len() as u32).to_be_bytes());
+            secrets.extend_from_slice(&der);
+        }
+        let sealed = b64e(&Aead::new(&kek).seal(&aad(&body), &secrets));
+        let check = File::checksum(&body, &sealed);
+        let mut out = serde_json::to_vec_pretty(&File {
+            body,
+            sealed,
+            check,
+        })
+        .map_err(|e| PseError::Corrupt(e.to_string()))?;
+        out.push(b'\n');
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FAST: KdfParams = KdfParams::MIN;
+
+    #[test]
+    fn seal_open_and_the_two_failures() {
+        let pse = Pse::generate("alice", None).unwrap();
+        let bytes = pse.seal(b"correct horse", FAST).unwrap();
+        let opened = open(&bytes, b"correct horse").unwrap();
+        assert_eq!(opened.public.user, "alice");
+        assert_eq!(opened.public.trust_anchor, pse.public.sign_public);
+
+        assert!(matches!(
+            open(&bytes, b"wrong"),
+            Err(PseError::WrongPassphrase)
+        ));
+
+        // A flipped character in the sealed blob: corrupt, not "wrong passphrase".
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        let i = text.find("\"sealed\": \"").unwrap() + 20;
+        let mut b = bytes.clone();
+        b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+        assert!(matches!(
+            open(&b, b"correct horse"),
+            Err(PseError::Corrupt(_))
+        ));
+
+        assert!(matches!(open(b"not json", b"x"), Err(PseError::Corrupt(_))));
+        assert!(matches!(
+            open(&bytes[..100], b"x"),
+            Err(PseError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn crafted_work_factor_is_refused() {
+        let pse = Pse::generate("mallory", None).unwrap();
+        let bytes = pse.seal(b"pw", FAST).unwrap();
+        let mut f: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        f["kdf"]["m_kib"] = serde_json::json!(64 * 1024 * 1024);
+        // Recompute the checksum as an attacker would.
+        let body: Body = serde_json::from_value(f.clone()).unwrap();
+        let sealed = f["sealed"].as_str().unwrap().to_string();
+        f["check"] = serde_json::json!(File::checksum(&body, &sealed));
+        let crafted = serde_json::to_vec(&f).unwrap();
+        let err = open(&crafted, b"pw").unwrap_err().to_string();
+        assert!(err.contains("ceiling"), "{err}");
+    }
+}

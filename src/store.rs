@@ -1,1 +1,348 @@
-//! store (in progress)
+//! The store on disk: manifest, data groups and their key envelopes.
+//!
+//! ```text
+//! STORE/tresor.json            manifest (format, store id, features, admin keys)
+//! STORE/keys/<group>.json      the group's key per epoch, wrapped per holder
+//! STORE/groups/<group>/        the group's ciphertext tree (tresor.dirid at each level)
+//! ```
+
+use crate::crypto::{self, CryptoError, KdfParams, PublicKey, SecretKey};
+use crate::format::content::DirId;
+use crate::format::manifest::{
+    self, envelope_label, Envelope, EpochKeys, KdfSpec, KeyFile, Manifest, PublicIdentity,
+    GROUPS_DIR, KEYS_DIR, MANIFEST_FILE,
+};
+use crate::format::names::{self, DIRID_FILE};
+use crate::format::FormatError;
+use crate::keyring::{GroupKeys, Keyring};
+use crate::pse::Pse;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Errors of store operations; each names the path or group and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No manifest at the given path.
+    #[error("{0} is not a tresor store (no {MANIFEST_FILE}); create one with `tresor init`")]
+    NotAStore(PathBuf),
+    /// `init` on a non-empty directory.
+    #[error("{0} exists and is not empty; `tresor init` needs a new or empty directory")]
+    NotEmpty(PathBuf),
+    /// The manifest or a key file is bad.
+    #[error("{path}: {err}")]
+    Format {
+        /// File that failed.
+        path: PathBuf,
+        /// What was wrong.
+        err: FormatError,
+    },
+    /// An I/O error on a store file.
+    #[error("{path}: {err}")]
+    Io {
+        /// File that failed.
+        path: PathBuf,
+        /// The error.
+        err: io::Error,
+    },
+    /// Unknown data group.
+    #[error("no data group \"{0}\" in this store; `tresor datagroup list` shows them")]
+    NoSuchGroup(String),
+    /// Data group already exists.
+    #[error("data group \"{0}\" already exists")]
+    GroupExists(String),
+    /// Bad data-group name.
+    #[error("\"{0}\" is not a valid data-group name: use 1-64 letters, digits, '_', '.', '-', not starting with '.' or '-'")]
+    BadGroupName(String),
+    /// The PSE is not the store's administrator.
+    #[error("this PSE ({0}) is not the administrator of this store")]
+    NotAdmin(String),
+    /// A cryptographic failure (e.g. an envelope that does not open).
+    #[error("{0}")]
+    Crypto(#[from] CryptoError),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |err| StoreError::Io {
+        path: path.to_path_buf(),
+        err,
+    }
+}
+
+/// Writes a file atomically: a temp file in the same directory, fsync,
+/// rename over the target, fsync the directory. Readers see the old or the
+/// new content, never a mix, even after a crash.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tresor-tmp-")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(mode),
+    )?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Creates a directory id file for a new directory (exclusive create, fsync).
+pub fn write_dirid(dir: &Path, dirid: &DirId) -> io::Result<()> {
+    let p = dir.join(DIRID_FILE);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(&p)?;
+    f.write_all(&dirid.encode())?;
+    f.sync_all()
+}
+
+/// An opened store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+    manifest: Manifest,
+}
+
+impl Store {
+    /// Creates a new store at `root` administered by `admin`.
+    pub fn create(root: &Path, admin: &Pse, kdf: KdfParams) -> Result<Store, StoreError> {
+        if root.exists() {
+            let mut it = fs::read_dir(root).map_err(io_err(root))?;
+            if it.next().is_some() {
+                return Err(StoreError::NotEmpty(root.to_path_buf()));
+            }
+        } else {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(root)
+                .map_err(io_err(root))?;
+        }
+        let mut id = [0u8; 16];
+        crypto::random_bytes(&mut id);
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let manifest = Manifest {
+            tresor_store: manifest::STORE_FORMAT,
+            store_id: hex::encode(id),
+            created,
+            features: manifest::KNOWN_FEATURES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            kdf_defaults: KdfSpec {
+                m_kib: kdf.m_kib,
+                t: kdf.t,
+                p: kdf.p,
+            },
+            block_size: crate::format::content::BLOCK_SIZE as u32,
+            admin: PublicIdentity {
+                name: admin.public.user.clone(),
+                sign_public: names::encode(&admin.public.sign_public.to_der()?),
+                transport_public: names::encode(&admin.public.transport_public.to_der()?),
+            },
+        };
+        for d in [KEYS_DIR, GROUPS_DIR] {
+            let p = root.join(d);
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&p)
+                .map_err(io_err(&p))?;
+        }
+        let mp = root.join(MANIFEST_FILE);
+        write_atomic(&mp, &manifest.to_bytes(), 0o644).map_err(io_err(&mp))?;
+        Ok(Store {
+            root: root.to_path_buf(),
+            manifest,
+        })
+    }
+
+    /// Opens the store at `root`, checking its manifest.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        let mp = root.join(MANIFEST_FILE);
+        let bytes = match fs::read(&mp) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotAStore(root.to_path_buf()))
+            }
+            Err(e) => return Err(io_err(&mp)(e)),
+        };
+        let manifest =
+            Manifest::parse(&bytes).map_err(|err| StoreError::Format { path: mp, err })?;
+        Ok(Store {
+            root: root.to_path_buf(),
+            manifest,
+        })
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The parsed manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Directory of a data group's ciphertext tree.
+    pub fn group_dir(&self, group: &str) -> PathBuf {
+        self.root.join(GROUPS_DIR).join(group)
+    }
+
+    fn keyfile_path(&self, group: &str) -> PathBuf {
+        self.root.join(KEYS_DIR).join(format!("{group}.json"))
+    }
+
+    /// Names of all data groups, sorted.
+    pub fn groups(&self) -> Result<Vec<String>, StoreError> {
+        let kd = self.root.join(KEYS_DIR);
+        let mut out = Vec::new();
+        for e in fs::read_dir(&kd).map_err(io_err(&kd))? {
+            let e = e.map_err(io_err(&kd))?;
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(g) = name.strip_suffix(".json") {
+                if manifest::valid_group_name(g) {
+                    out.push(g.to_string());
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Reads a data group's key file.
+    pub fn key_file(&self, group: &str) -> Result<KeyFile, StoreError> {
+        let p = self.keyfile_path(group);
+        let bytes = match fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NoSuchGroup(group.to_string()))
+            }
+            Err(e) => return Err(io_err(&p)(e)),
+        };
+        let k = KeyFile::parse(&bytes).map_err(|err| StoreError::Format {
+            path: p.clone(),
+            err,
+        })?;
+        if k.datagroup != group {
+            return Err(StoreError::Format {
+                path: p,
+                err: FormatError::Corrupt(format!(
+                    "key file names data group \"{}\" but is stored as \"{group}\"",
+                    k.datagroup
+                )),
+            });
+        }
+        Ok(k)
+    }
+
+    /// The administrator's key-transport public key, from the manifest.
+    pub fn admin_transport_key(&self) -> Result<PublicKey, StoreError> {
+        let der = names::decode(&self.manifest.admin.transport_public).ok_or_else(|| {
+            StoreError::Format {
+                path: self.root.join(MANIFEST_FILE),
+                err: FormatError::Corrupt("admin transport key is not base64url".into()),
+            }
+        })?;
+        Ok(PublicKey::from_der(&der)?)
+    }
+
+    /// Checks that `pse` is this store's administrator.
+    pub fn check_admin(&self, pse: &Pse) -> Result<(), StoreError> {
+        let mine = names::encode(&pse.public.sign_public.to_der()?);
+        if mine != self.manifest.admin.sign_public {
+            return Err(StoreError::NotAdmin(pse.public.user.clone()));
+        }
+        Ok(())
+    }
+
+    /// Creates data group `group` with a fresh random key (epoch 1), wrapped
+    /// for each holder. Returns nothing secret: the key exists only wrapped.
+    pub fn add_group(
+        &self,
+        group: &str,
+        holders: &[(String, PublicKey)],
+    ) -> Result<(), StoreError> {
+        if !manifest::valid_group_name(group) {
+            return Err(StoreError::BadGroupName(group.to_string()));
+        }
+        let kp = self.keyfile_path(group);
+        let gd = self.group_dir(group);
+        if kp.exists() || gd.exists() {
+            return Err(StoreError::GroupExists(group.to_string()));
+        }
+        let key = SecretKey::random();
+        let epoch = 1;
+        let label = envelope_label(&self.manifest.store_id, group, epoch);
+        let mut envelopes = Vec::new();
+        for (holder, pk) in holders {
+            envelopes.push(Envelope {
+                holder: holder.clone(),
+                key_fpr: pk.fingerprint()?,
+                wrapped: names::encode(&pk.wrap_key(&label, &key)?),
+            });
+        }
+        // Directory first: a crash leaves an orphan directory (harmless,
+        // invisible without a key file), never a key file without its tree.
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&gd)
+            .map_err(io_err(&gd))?;
+        let mut id = [0u8; 16];
+        crypto::random_bytes(&mut id);
+        write_dirid(&gd, &DirId { epoch, id }).map_err(io_err(&gd))?;
+        let kf = KeyFile {
+            tresor_keys: manifest::KEYS_FORMAT,
+            datagroup: group.to_string(),
+            current_epoch: epoch,
+            epochs: vec![EpochKeys { epoch, envelopes }],
+        };
+        write_atomic(&kp, &kf.to_bytes(), 0o644).map_err(io_err(&kp))
+    }
+
+    /// Unwraps every data-group key `pse` holds an envelope for.
+    /// Groups without an envelope for this user are simply absent.
+    pub fn unlock(&self, pse: &Pse) -> Result<Keyring, StoreError> {
+        let fpr = pse.public.transport_public.fingerprint()?;
+        let mut ring = Keyring::new(&pse.public.user);
+        for group in self.groups()? {
+            let kf = self.key_file(&group)?;
+            let mut keys = GroupKeys::new(kf.current_epoch);
+            for ep in &kf.epochs {
+                let Some(env) = ep.envelopes.iter().find(|e| e.key_fpr == fpr) else {
+                    continue;
+                };
+                let wrapped = names::decode(&env.wrapped).ok_or_else(|| StoreError::Format {
+                    path: self.keyfile_path(&group),
+                    err: FormatError::Corrupt("envelope is not base64url".into()),
+                })?;
+                let label = envelope_label(&self.manifest.store_id, &group, ep.epoch);
+                let key = pse.transport.unwrap_key(&label, &wrapped).map_err(|_| {
+                    StoreError::Format {
+                        path: self.keyfile_path(&group),
+                        err: FormatError::Corrupt(format!(
+                            "the envelope for {} (epoch {}) does not open — it was altered or moved",
+                            pse.public.user, ep.epoch
+                        )),
+                    }
+                })?;
+                keys.insert(ep.epoch, key);
+            }
+            if keys.current().is_some() {
+                ring.insert(&group, keys);
+            }
+        }
+        Ok(ring)
+    }
+}

@@ -1,1 +1,0 @@
-//! format (in progress)

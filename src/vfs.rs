@@ -1,1 +1,0 @@
-//! vfs (in progress)

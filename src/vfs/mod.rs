@@ -1,0 +1,1399 @@
+//! The filesystem engine: plaintext operations on an encrypted store.
+//!
+//! It knows nothing of FUSE: every operation takes inode numbers and names
+//! and returns a `Result` whose error maps to one errno ([`VfsError::errno`]).
+//! The root is virtual and lists the data groups the keyring opens; below
+//! it, each inode is a backing file or directory whose inode number it
+//! reuses (so `stat` and `readdir` agree).
+
+pub mod content;
+mod names;
+
+use crate::format::content::{DirId, FileHeader, FILE_ID_LEN};
+use crate::format::names::{Entry, DIRID_FILE};
+use crate::keyring::{EpochKey, Keyring};
+use crate::store::{write_dirid, Store};
+use content::{ContentError, FileCipher};
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, Weak};
+use std::time::SystemTime;
+
+/// Inode number.
+pub type Ino = u64;
+/// The virtual root.
+pub const ROOT: Ino = 1;
+
+/// Errors of filesystem operations, each one errno.
+#[derive(Debug, thiserror::Error)]
+pub enum VfsError {
+    /// No such entry.
+    #[error("no such file or directory")]
+    NotFound,
+    /// No key for this data group, or an operation the layout forbids.
+    #[error("permission denied: {0}")]
+    Access(String),
+    /// Ciphertext failed authentication or is malformed: EIO, never plaintext.
+    #[error("{path}: {what}")]
+    Corrupt {
+        /// The plaintext path (inside the mount) of the damaged object.
+        path: String,
+        /// What failed.
+        what: String,
+    },
+    /// An I/O error of the backing store, passed through.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// Invalid argument or name.
+    #[error("invalid argument: {0}")]
+    Invalid(&'static str),
+    /// Name or symlink target too long for the backing store.
+    #[error("name too long")]
+    NameTooLong,
+    /// Not supported by tresor.
+    #[error("operation not supported")]
+    NotSupported,
+    /// Rename or link across data groups.
+    #[error("cross-data-group rename or link")]
+    CrossDevice,
+    /// Unknown file handle.
+    #[error("bad file handle")]
+    BadHandle,
+    /// Not permitted.
+    #[error("operation not permitted")]
+    Perm,
+    /// Not empty.
+    #[error("directory not empty")]
+    NotEmpty,
+    /// Already exists.
+    #[error("file exists")]
+    Exists,
+    /// No such extended attribute.
+    #[error("no such attribute")]
+    NoAttr,
+}
+
+impl VfsError {
+    /// The errno this error is reported as.
+    pub fn errno(&self) -> i32 {
+        match self {
+            VfsError::NotFound => libc::ENOENT,
+            VfsError::Access(_) => libc::EACCES,
+            VfsError::Corrupt { .. } => libc::EIO,
+            VfsError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            VfsError::Invalid(_) => libc::EINVAL,
+            VfsError::NameTooLong => libc::ENAMETOOLONG,
+            VfsError::NotSupported => libc::EOPNOTSUPP,
+            VfsError::CrossDevice => libc::EXDEV,
+            VfsError::BadHandle => libc::EBADF,
+            VfsError::Perm => libc::EPERM,
+            VfsError::NotEmpty => libc::ENOTEMPTY,
+            VfsError::Exists => libc::EEXIST,
+            VfsError::NoAttr => libc::ENODATA,
+        }
+    }
+}
+
+/// Result of filesystem operations.
+pub type Result<T> = std::result::Result<T, VfsError>;
+
+/// File kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Directory.
+    Dir,
+    /// Regular file.
+    File,
+    /// Symbolic link.
+    Symlink,
+    /// Named pipe.
+    Fifo,
+    /// Unix socket.
+    Socket,
+}
+
+impl Kind {
+    fn of(ft: fs::FileType) -> Option<Kind> {
+        use std::os::unix::fs::FileTypeExt;
+        if ft.is_dir() {
+            Some(Kind::Dir)
+        } else if ft.is_file() {
+            Some(Kind::File)
+        } else if ft.is_symlink() {
+            Some(Kind::Symlink)
+        } else if ft.is_fifo() {
+            Some(Kind::Fifo)
+        } else if ft.is_socket() {
+            Some(Kind::Socket)
+        } else {
+            None
+        }
+    }
+}
+
+/// Attributes of an inode, as the caller sees them (plaintext sizes).
+#[derive(Clone, Copy, Debug)]
+pub struct Attr {
+    /// Inode number.
+    pub ino: Ino,
+    /// Generation: changes when a backing inode number is reused.
+    pub generation: u64,
+    /// Plaintext size.
+    pub size: u64,
+    /// 512-byte blocks allocated in the store.
+    pub blocks: u64,
+    /// Access time.
+    pub atime: SystemTime,
+    /// Modification time.
+    pub mtime: SystemTime,
+    /// Change time.
+    pub ctime: SystemTime,
+    /// Kind.
+    pub kind: Kind,
+    /// Permission bits (incl. setuid/setgid/sticky).
+    pub perm: u16,
+    /// Hard links.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Device (always 0: device nodes are not stored).
+    pub rdev: u32,
+}
+
+/// Who is asking (for ownership of new files when running as root).
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+/// Attribute changes of `setattr`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    /// New mode bits.
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New plaintext size.
+    pub size: Option<u64>,
+    /// New access time (`None` inside: now).
+    pub atime: Option<Option<SystemTime>>,
+    /// New modification time (`None` inside: now).
+    pub mtime: Option<Option<SystemTime>>,
+}
+
+/// A directory entry.
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    /// Inode number (as `stat` would report it).
+    pub ino: Ino,
+    /// Kind.
+    pub kind: Kind,
+    /// Plaintext name.
+    pub name: OsString,
+}
+
+#[derive(Debug)]
+struct Node {
+    parent: Ino,
+    /// Data group this node belongs to ("" for the root).
+    group: Arc<str>,
+    /// Backing name in the parent (group name for a group root).
+    bname: OsString,
+    /// Plaintext name (for log lines).
+    pname: OsString,
+    lookups: u64,
+    generation: u64,
+    dirid: Option<DirId>,
+}
+
+#[derive(Debug, Default)]
+struct Inodes {
+    nodes: HashMap<Ino, Node>,
+    /// Generation to use for the next node at a given ino (after reuse).
+    generations: HashMap<Ino, u64>,
+}
+
+/// Shared per-file state while any handle is open: the lock that orders
+/// writers, and the per-file cipher.
+#[derive(Debug)]
+struct OpenFile {
+    lock: RwLock<()>,
+    cipher: FileCipher,
+}
+
+#[derive(Debug)]
+enum Handle {
+    File {
+        file: File,
+        state: Arc<OpenFile>,
+        path: String,
+    },
+    Dir {
+        entries: Vec<DirEntry>,
+    },
+}
+
+/// The filesystem engine.
+pub struct Vfs {
+    store: Store,
+    groups_dir: PathBuf,
+    store_dev: u64,
+    keys: RwLock<Arc<Keyring>>,
+    inodes: Mutex<Inodes>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    open_files: Mutex<HashMap<Ino, Weak<OpenFile>>>,
+    next_fh: AtomicU64,
+    next_virtual_ino: AtomicU64,
+    owner: Caller,
+    started: SystemTime,
+    as_root: bool,
+}
+
+impl std::fmt::Debug for Vfs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vfs")
+            .field("store", &self.store.root())
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock must not take the whole mount down.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn corrupt(path: &str, what: impl Into<String>) -> VfsError {
+    let what = what.into();
+    tracing::error!(file = %path, "{what}");
+    VfsError::Corrupt {
+        path: path.to_string(),
+        what,
+    }
+}
+
+fn content_err(path: &str, e: ContentError) -> VfsError {
+    match e {
+        ContentError::Io(e) => VfsError::Io(e),
+        ContentError::Corrupt(what) => corrupt(path, what),
+    }
+}
+
+impl Vfs {
+    /// An engine over `store`, unlocked with `keys`, owned by `owner`.
+    pub fn new(store: Store, keys: Keyring, owner: Caller) -> Result<Vfs> {
+        let groups_dir = store.root().join(crate::format::manifest::GROUPS_DIR);
+        let store_dev = fs::metadata(&groups_dir)?.dev();
+        let mut inodes = Inodes::default();
+        inodes.nodes.insert(
+            ROOT,
+            Node {
+                parent: ROOT,
+                group: Arc::from(""),
+                bname: OsString::new(),
+                pname: OsString::new(),
+                lookups: 1,
+                generation: 0,
+                dirid: None,
+            },
+        );
+        Ok(Vfs {
+            store,
+            groups_dir,
+            store_dev,
+            keys: RwLock::new(Arc::new(keys)),
+            inodes: Mutex::new(inodes),
+            handles: Mutex::new(HashMap::new()),
+            open_files: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            next_virtual_ino: AtomicU64::new(1 << 62),
+            owner,
+            started: SystemTime::now(),
+            as_root: nix::unistd::geteuid().is_root(),
+        })
+    }
+
+    /// The store this engine serves.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Replaces the session's keys (login, user switch) or wipes them
+    /// (`Keyring::default()`: lock). Open files keep their per-file cipher
+    /// until closed; callers that lock must also close handles.
+    pub fn set_keyring(&self, keys: Keyring) {
+        let mut k = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        *k = Arc::new(keys);
+        lock(&self.open_files).clear();
+    }
+
+    /// Data groups the current keys open, sorted.
+    pub fn groups(&self) -> Vec<String> {
+        self.keyring().groups().map(str::to_string).collect()
+    }
+
+    fn keyring(&self) -> Arc<Keyring> {
+        let k: RwLockReadGuard<'_, Arc<Keyring>> =
+            self.keys.read().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(&k)
+    }
+
+    /// Maps a backing (dev, ino) to our inode number: the backing number
+    /// itself on the store's device, except 1 (our root).
+    fn ino_for(&self, md: &fs::Metadata) -> Ino {
+        if md.dev() == self.store_dev && md.ino() != ROOT && md.ino() < (1 << 62) {
+            md.ino()
+        } else {
+            // Rare: a foreign device mounted inside the store. Stable within
+            // this mount only.
+            self.next_virtual_ino.fetch_add(1, Ordering::Relaxed)
+        }
+    }
+
+    // ---- paths ----
+
+    /// Backing path, data group and plaintext path of `ino`.
+    fn locate(&self, ino: Ino) -> Result<(PathBuf, Arc<str>, String)> {
+        let inodes = lock(&self.inodes);
+        let mut parts: Vec<(&OsStr, &OsStr)> = Vec::new();
+        let mut cur = ino;
+        let mut group = None;
+        while cur != ROOT {
+            let n = inodes.nodes.get(&cur).ok_or(VfsError::NotFound)?;
+            parts.push((&n.bname, &n.pname));
+            group.get_or_insert_with(|| Arc::clone(&n.group));
+            cur = n.parent;
+            if parts.len() > 4096 {
+                return Err(VfsError::Invalid("inode loop"));
+            }
+        }
+        let group = group.ok_or(VfsError::Invalid("root has no backing path"))?;
+        let mut path = self.groups_dir.clone();
+        let mut plain = String::new();
+        for (b, p) in parts.iter().rev() {
+            path.push(b);
+            if !plain.is_empty() {
+                plain.push('/');
+            }
+            plain.push_str(&p.to_string_lossy());
+        }
+        Ok((path, group, plain))
+    }
+
+    fn group_keys_epoch<'k>(ring: &'k Keyring, group: &str, epoch: u32) -> Result<&'k EpochKey> {
+        ring.group(group)
+            .ok_or_else(|| VfsError::Access(format!("no key for data group {group}")))?
+            .epoch(epoch)
+            .ok_or_else(|| {
+                VfsError::Access(format!("no key for epoch {epoch} of data group {group}"))
+            })
+    }
+
+    /// The directory id of directory `ino` (cached).
+    fn dirid(&self, ino: Ino, dir_path: &Path, plain: &str) -> Result<DirId> {
+        if let Some(d) = lock(&self.inodes).nodes.get(&ino).and_then(|n| n.dirid) {
+            return Ok(d);
+        }
+        let bytes = match fs::read(dir_path.join(DIRID_FILE)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(corrupt(plain, "directory has no tresor.dirid"))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let d = DirId::decode(&bytes).map_err(|e| corrupt(plain, e.to_string()))?;
+        if let Some(n) = lock(&self.inodes).nodes.get_mut(&ino) {
+            n.dirid = Some(d);
+        }
+        Ok(d)
+    }
+
+    /// Resolves `name` in directory `parent` to its backing path.
+    fn child(&self, parent: Ino, name: &OsStr) -> Result<Child> {
+        if !crate::format::names::valid_plain(name.as_bytes()) {
+            return Err(if name.len() > crate::format::names::MAX_PLAIN {
+                VfsError::NameTooLong
+            } else {
+                VfsError::Invalid("bad file name")
+            });
+        }
+        if parent == ROOT {
+            let g = name.to_str().ok_or(VfsError::NotFound)?;
+            if self.keyring().group(g).is_none() {
+                return Err(VfsError::NotFound);
+            }
+            return Ok(Child {
+                path: self.groups_dir.join(g),
+                group: Arc::from(g),
+                bname: name.to_os_string(),
+                long: None,
+                plain: g.to_string(),
+                dir_epoch: 0,
+            });
+        }
+        let (dir, group, plain_dir) = self.locate(parent)?;
+        let dirid = self.dirid(parent, &dir, &plain_dir)?;
+        let ring = self.keyring();
+        let key = Self::group_keys_epoch(&ring, &group, dirid.epoch)?;
+        let encoded = names::encrypt(key.names(), &dirid.id, name.as_bytes());
+        let bname = crate::format::names::backing_name(&encoded, crate::crypto::sha256);
+        let long = (bname != encoded).then_some(encoded);
+        Ok(Child {
+            path: dir.join(&bname),
+            group,
+            bname: OsString::from(bname),
+            long,
+            plain: format!("{plain_dir}/{}", name.to_string_lossy()),
+            dir_epoch: dirid.epoch,
+        })
+    }
+
+    // ---- attributes ----
+
+    fn attr_of(&self, md: &fs::Metadata, path: &Path, group: &str, plain: &str) -> Result<Attr> {
+        let kind = Kind::of(md.file_type()).ok_or(VfsError::NotSupported)?;
+        let size = match kind {
+            Kind::File => crate::format::content::plaintext_size(md.len()).unwrap_or_else(|| {
+                tracing::warn!(file = %plain, "ciphertext length matches no plaintext length");
+                0
+            }),
+            Kind::Symlink => self
+                .read_symlink(path, group, plain)
+                .map(|t| t.len() as u64)
+                .unwrap_or(0),
+            _ => md.len(),
+        };
+        let ino = self.ino_for(md);
+        let generation = lock(&self.inodes)
+            .nodes
+            .get(&ino)
+            .map(|n| n.generation)
+            .unwrap_or(0);
+        Ok(Attr {
+            ino,
+            generation,
+            size,
+            blocks: md.blocks(),
+            atime: md.accessed().unwrap_or(SystemTime::UNIX_EPOCH),
+            mtime: md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            ctime: SystemTime::UNIX_EPOCH
+                + std::time::Duration::new(
+                    u64::try_from(md.ctime()).unwrap_or(0),
+                    u32::try_from(md.ctime_nsec()).unwrap_or(0),
+                ),
+            kind,
+            perm: (md.mode() & 0o7777) as u16,
+            nlink: u32::try_from(md.nlink()).unwrap_or(u32::MAX),
+            uid: md.uid(),
+            gid: md.gid(),
+            rdev: 0,
+        })
+    }
+
+    fn root_attr(&self) -> Attr {
+        Attr {
+            ino: ROOT,
+            generation: 0,
+            size: 0,
+            blocks: 0,
+            atime: self.started,
+            mtime: self.started,
+            ctime: self.started,
+            kind: Kind::Dir,
+            perm: 0o755,
+            nlink: 2,
+            uid: self.owner.uid,
+            gid: self.owner.gid,
+            rdev: 0,
+        }
+    }
+
+    /// Registers a looked-up entry and returns its attributes.
+    fn remember(&self, parent: Ino, c: &Child, md: &fs::Metadata) -> Result<Attr> {
+        let ino = self.ino_for(md);
+        {
+            let mut inodes = lock(&self.inodes);
+            let next_gen = inodes.generations.get(&ino).copied().unwrap_or(0);
+            let n = inodes.nodes.entry(ino).or_insert_with(|| Node {
+                parent,
+                group: Arc::clone(&c.group),
+                bname: c.bname.clone(),
+                pname: OsString::new(),
+                lookups: 0,
+                generation: next_gen,
+                dirid: None,
+            });
+            n.parent = parent;
+            n.bname = c.bname.clone();
+            n.pname = OsString::from(c.plain.rsplit('/').next().unwrap_or(""));
+            n.group = Arc::clone(&c.group);
+            n.lookups += 1;
+        }
+        self.attr_of(md, &c.path, &c.group, &c.plain)
+    }
+
+    /// Marks a backing inode as gone: if the backing filesystem reuses its
+    /// number, the next node there gets a new generation.
+    fn forget_backing(&self, ino: Ino) {
+        let mut inodes = lock(&self.inodes);
+        let g = inodes.nodes.get(&ino).map(|n| n.generation).unwrap_or(0);
+        inodes.generations.insert(ino, g + 1);
+        if let Some(n) = inodes.nodes.get_mut(&ino) {
+            n.dirid = None;
+        }
+    }
+
+    /// Looks up `name` in `parent`.
+    pub fn lookup(&self, parent: Ino, name: &OsStr) -> Result<Attr> {
+        let c = self.child(parent, name)?;
+        let md = match fs::symlink_metadata(&c.path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(VfsError::NotFound),
+            Err(e) => return Err(e.into()),
+        };
+        self.remember(parent, &c, &md)
+    }
+
+    /// Drops `n` lookups of `ino`.
+    pub fn forget(&self, ino: Ino, n: u64) {
+        if ino == ROOT {
+            return;
+        }
+        let mut inodes = lock(&self.inodes);
+        if let Some(node) = inodes.nodes.get_mut(&ino) {
+            node.lookups = node.lookups.saturating_sub(n);
+            if node.lookups == 0 {
+                inodes.nodes.remove(&ino);
+            }
+        }
+    }
+
+    /// Attributes of `ino` (from the open handle `fh` if given).
+    pub fn getattr(&self, ino: Ino, fh: Option<u64>) -> Result<Attr> {
+        if ino == ROOT {
+            return Ok(self.root_attr());
+        }
+        if let Some(fh) = fh {
+            if let Ok(h) = self.handle(fh) {
+                if let Handle::File { file, path, .. } = &*h {
+                    let md = file.metadata()?;
+                    let (p, group, _) = self.locate(ino)?;
+                    return self.attr_of(&md, &p, &group, path);
+                }
+            }
+        }
+        let (path, group, plain) = self.locate(ino)?;
+        let md = fs::symlink_metadata(&path).map_err(not_found)?;
+        self.attr_of(&md, &path, &group, &plain)
+    }
+
+    /// Changes attributes.
+    pub fn setattr(&self, ino: Ino, fh: Option<u64>, s: SetAttr) -> Result<Attr> {
+        if ino == ROOT {
+            return Err(VfsError::Perm);
+        }
+        let (path, group, plain) = self.locate(ino)?;
+        if let Some(size) = s.size {
+            let h = fh.and_then(|fh| self.handle(fh).ok());
+            match h.as_deref() {
+                Some(Handle::File { file, state, .. }) => {
+                    let _w = state.lock.write().unwrap_or_else(|e| e.into_inner());
+                    content::truncate(file, &state.cipher, size)
+                        .map_err(|e| content_err(&plain, e))?;
+                }
+                _ => {
+                    let file = fs::OpenOptions::new().read(true).write(true).open(&path)?;
+                    let state = self.open_state(ino, &file, &group, &plain)?;
+                    let _w = state.lock.write().unwrap_or_else(|e| e.into_inner());
+                    content::truncate(&file, &state.cipher, size)
+                        .map_err(|e| content_err(&plain, e))?;
+                }
+            }
+        }
+        if let Some(mode) = s.mode {
+            let md = fs::symlink_metadata(&path)?;
+            if !md.file_type().is_symlink() {
+                fs::set_permissions(
+                    &path,
+                    std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777),
+                )?;
+            }
+        }
+        if s.uid.is_some() || s.gid.is_some() {
+            nix::unistd::fchownat(
+                None,
+                &path,
+                s.uid.map(nix::unistd::Uid::from_raw),
+                s.gid.map(nix::unistd::Gid::from_raw),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(nix_err)?;
+        }
+        if s.atime.is_some() || s.mtime.is_some() {
+            use nix::sys::stat::{utimensat, UtimensatFlags};
+            use nix::sys::time::TimeSpec;
+            let ts = |t: Option<Option<SystemTime>>| match t {
+                None => TimeSpec::UTIME_OMIT,
+                Some(None) => TimeSpec::UTIME_NOW,
+                Some(Some(t)) => {
+                    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+                    TimeSpec::from_duration(d)
+                }
+            };
+            utimensat(
+                None,
+                &path,
+                &ts(s.atime),
+                &ts(s.mtime),
+                UtimensatFlags::NoFollowSymlink,
+            )
+            .map_err(nix_err)?;
+        }
+        let md = fs::symlink_metadata(&path)?;
+        self.attr_of(&md, &path, &group, &plain)
+    }
+
+    // ---- symlinks ----
+
+    fn read_symlink(&self, path: &Path, group: &str, plain: &str) -> Result<Vec<u8>> {
+        let target = fs::read_link(path)?;
+        let raw = crate::format::names::decode(&target.to_string_lossy())
+            .ok_or_else(|| corrupt(plain, "symlink target is not base64url"))?;
+        let h = FileHeader::decode(&raw).map_err(|e| corrupt(plain, e.to_string()))?;
+        let ring = self.keyring();
+        let key = Self::group_keys_epoch(&ring, group, h.epoch)?;
+        let aead = key.file_cipher(&h.file_id);
+        let body = &raw[crate::format::content::HEADER_LEN as usize..];
+        aead.open(
+            &crate::format::content::block_aad(&h.file_id, 0, true),
+            body,
+        )
+        .map_err(|_| corrupt(plain, "symlink target failed authentication"))
+    }
+
+    /// The target of symlink `ino`.
+    pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
+        let (path, group, plain) = self.locate(ino)?;
+        self.read_symlink(&path, &group, &plain)
+    }
+
+    fn new_header(&self, group: &str) -> Result<(FileHeader, Aead)> {
+        let ring = self.keyring();
+        let gk = ring
+            .group(group)
+            .ok_or_else(|| VfsError::Access(format!("no key for data group {group}")))?;
+        let epoch = gk.current;
+        let key = gk
+            .current()
+            .ok_or_else(|| VfsError::Access(format!("no current key for {group}")))?;
+        let mut file_id = [0u8; FILE_ID_LEN];
+        crate::crypto::random_bytes(&mut file_id);
+        Ok((FileHeader { epoch, file_id }, key.file_cipher(&file_id)))
+    }
+
+    /// Creates a symlink `name` → `target` in `parent`.
+    pub fn symlink(
+        &self,
+        caller: Caller,
+        parent: Ino,
+        name: &OsStr,
+        target: &[u8],
+    ) -> Result<Attr> {
+        let c = self.child_in_group(parent, name)?;
+        let (h, aead) = self.new_header(&c.group)?;
+        let mut raw = h.encode().to_vec();
+        raw.extend(aead.seal(
+            &crate::format::content::block_aad(&h.file_id, 0, true),
+            target,
+        ));
+        let enc = crate::format::names::encode(&raw);
+        if enc.len() > 4095 {
+            return Err(VfsError::NameTooLong);
+        }
+        self.before_create(&c)?;
+        std::os::unix::fs::symlink(&enc, &c.path).map_err(|e| self.undo_create(&c, e))?;
+        self.chown_new(caller, &c.path)?;
+        let md = fs::symlink_metadata(&c.path)?;
+        self.remember(parent, &c, &md)
+    }
+
+    // ---- creating and removing ----
+
+    fn child_in_group(&self, parent: Ino, name: &OsStr) -> Result<Child> {
+        if parent == ROOT {
+            return Err(VfsError::Access(
+                "data groups are created with `tresor datagroup add`".into(),
+            ));
+        }
+        self.child(parent, name)
+    }
+
+    /// Writes a long name's side file before its entry exists.
+    fn before_create(&self, c: &Child) -> Result<()> {
+        if fs::symlink_metadata(&c.path).is_ok() {
+            return Err(VfsError::Exists);
+        }
+        if let Some(enc) = &c.long {
+            let side = side_file(&c.path);
+            crate::store::write_atomic(&side, enc.as_bytes(), 0o600)?;
+        }
+        Ok(())
+    }
+
+    fn undo_create(&self, c: &Child, e: io::Error) -> VfsError {
+        if c.long.is_some() && e.kind() != io::ErrorKind::AlreadyExists {
+            let _ = fs::remove_file(side_file(&c.path));
+        }
+        e.into()
+    }
+
+    fn chown_new(&self, caller: Caller, path: &Path) -> Result<()> {
+        // Running as root for other users (--allow-other): new files belong
+        // to the caller, as on a local filesystem.
+        if self.as_root && caller.uid != 0 {
+            nix::unistd::fchownat(
+                None,
+                path,
+                Some(nix::unistd::Uid::from_raw(caller.uid)),
+                Some(nix::unistd::Gid::from_raw(caller.gid)),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(nix_err)?;
+        }
+        Ok(())
+    }
+
+    /// Creates directory `name` in `parent`.
+    pub fn mkdir(&self, caller: Caller, parent: Ino, name: &OsStr, mode: u32) -> Result<Attr> {
+        let c = self.child_in_group(parent, name)?;
+        let epoch = self
+            .keyring()
+            .group(&c.group)
+            .map(|g| g.current)
+            .ok_or_else(|| VfsError::Access(format!("no key for data group {}", c.group)))?;
+        self.before_create(&c)?;
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&c.path)
+            .map_err(|e| self.undo_create(&c, e))?;
+        let mut id = [0u8; 16];
+        crate::crypto::random_bytes(&mut id);
+        if let Err(e) = write_dirid(&c.path, &DirId { epoch, id }) {
+            let _ = fs::remove_dir(&c.path);
+            return Err(self.undo_create(&c, e));
+        }
+        fs::set_permissions(
+            &c.path,
+            std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777),
+        )?;
+        self.chown_new(caller, &c.path)?;
+        let md = fs::symlink_metadata(&c.path)?;
+        self.remember(parent, &c, &md)
+    }
+
+    /// Creates a fifo, socket or (empty) regular file with `mknod`.
+    pub fn mknod(&self, caller: Caller, parent: Ino, name: &OsStr, mode: u32) -> Result<Attr> {
+        match mode & libc::S_IFMT {
+            libc::S_IFREG => {
+                let (attr, fh) = self.create(caller, parent, name, mode, libc::O_WRONLY)?;
+                self.release(fh);
+                Ok(attr)
+            }
+            libc::S_IFIFO | libc::S_IFSOCK => {
+                let c = self.child_in_group(parent, name)?;
+                self.before_create(&c)?;
+                let kind = nix::sys::stat::SFlag::from_bits_truncate(mode & libc::S_IFMT);
+                nix::sys::stat::mknod(
+                    &c.path,
+                    kind,
+                    nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777),
+                    0,
+                )
+                .map_err(|e| self.undo_create(&c, nix_err(e).into_io()))?;
+                self.chown_new(caller, &c.path)?;
+                let md = fs::symlink_metadata(&c.path)?;
+                self.remember(parent, &c, &md)
+            }
+            _ => Err(VfsError::Perm),
+        }
+    }
+
+    /// Creates and opens a regular file.
+    pub fn create(
+        &self,
+        caller: Caller,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+    ) -> Result<(Attr, u64)> {
+        let c = self.child_in_group(parent, name)?;
+        let (header, aead) = self.new_header(&c.group)?;
+        self.before_create(&c)?;
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(mode & 0o7777)
+            .open(&c.path)
+            .map_err(|e| self.undo_create(&c, e))?;
+        let cipher = FileCipher { header, aead };
+        content::init_empty(&file, &cipher).map_err(|e| content_err(&c.plain, e))?;
+        self.chown_new(caller, &c.path)?;
+        let md = file.metadata()?;
+        let attr = self.remember(parent, &c, &md)?;
+        let state = Arc::new(OpenFile {
+            lock: RwLock::new(()),
+            cipher,
+        });
+        lock(&self.open_files).insert(attr.ino, Arc::downgrade(&state));
+        let _ = flags;
+        let fh = self.add_handle(Handle::File {
+            file,
+            state,
+            path: c.plain,
+        });
+        Ok((attr, fh))
+    }
+
+    fn remove_side_file(&self, c: &Child) {
+        if c.long.is_some() {
+            let _ = fs::remove_file(side_file(&c.path));
+        }
+    }
+
+    /// Removes file `name` from `parent`.
+    pub fn unlink(&self, parent: Ino, name: &OsStr) -> Result<()> {
+        let c = self.child_in_group(parent, name)?;
+        let md = fs::symlink_metadata(&c.path).map_err(not_found)?;
+        if md.is_dir() {
+            return Err(VfsError::Io(io::Error::from_raw_os_error(libc::EISDIR)));
+        }
+        fs::remove_file(&c.path)?;
+        if md.nlink() <= 1 {
+            self.forget_backing(self.ino_for(&md));
+        }
+        self.remove_side_file(&c);
+        Ok(())
+    }
+
+    /// Removes empty directory `name` from `parent`.
+    pub fn rmdir(&self, parent: Ino, name: &OsStr) -> Result<()> {
+        let c = self.child_in_group(parent, name)?;
+        let md = fs::symlink_metadata(&c.path).map_err(not_found)?;
+        if !md.is_dir() {
+            return Err(VfsError::Io(io::Error::from_raw_os_error(libc::ENOTDIR)));
+        }
+        for e in fs::read_dir(&c.path)? {
+            let e = e?;
+            if e.file_name() != DIRID_FILE {
+                return Err(VfsError::NotEmpty);
+            }
+        }
+        // As gocryptfs: drop the id file, then the directory; put the id
+        // back if the directory turns out not to be removable.
+        let idp = c.path.join(DIRID_FILE);
+        let saved = fs::read(&idp).ok();
+        let _ = fs::remove_file(&idp);
+        if let Err(e) = fs::remove_dir(&c.path) {
+            if let Some(b) = saved {
+                let _ = fs::write(&idp, b);
+            }
+            return Err(e.into());
+        }
+        self.forget_backing(self.ino_for(&md));
+        self.remove_side_file(&c);
+        Ok(())
+    }
+
+    /// Renames `name` in `parent` to `newname` in `newparent`.
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        newparent: Ino,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        let src = self.child_in_group(parent, name)?;
+        let dst = self.child_in_group(newparent, newname)?;
+        if src.group != dst.group {
+            return Err(VfsError::CrossDevice);
+        }
+        let src_md = fs::symlink_metadata(&src.path).map_err(not_found)?;
+        let dst_md = fs::symlink_metadata(&dst.path).ok();
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            return Err(VfsError::Invalid("RENAME_EXCHANGE is not supported"));
+        }
+        if flags & libc::RENAME_NOREPLACE != 0 && dst_md.is_some() {
+            return Err(VfsError::Exists);
+        }
+        if flags & !(libc::RENAME_NOREPLACE) != 0 {
+            return Err(VfsError::Invalid("unsupported rename flags"));
+        }
+        if let Some(d) = &dst_md {
+            if d.is_dir() {
+                if !src_md.is_dir() {
+                    return Err(VfsError::Io(io::Error::from_raw_os_error(libc::EISDIR)));
+                }
+                // rename(2) replaces only an empty directory; ours holds its id file.
+                for e in fs::read_dir(&dst.path)? {
+                    if e?.file_name() != DIRID_FILE {
+                        return Err(VfsError::NotEmpty);
+                    }
+                }
+                fs::remove_file(dst.path.join(DIRID_FILE))?;
+            } else if src_md.is_dir() {
+                return Err(VfsError::Io(io::Error::from_raw_os_error(libc::ENOTDIR)));
+            }
+        }
+        if let Some(enc) = &dst.long {
+            crate::store::write_atomic(&side_file(&dst.path), enc.as_bytes(), 0o600)?;
+        }
+        fs::rename(&src.path, &dst.path)?;
+        if let Some(d) = &dst_md {
+            if d.is_dir() || d.nlink() <= 1 {
+                self.forget_backing(self.ino_for(d));
+            }
+        }
+        if src.long.is_some() && src.path != dst.path {
+            let _ = fs::remove_file(side_file(&src.path));
+        }
+        let moved = self.ino_for(&src_md);
+        let mut inodes = lock(&self.inodes);
+        if let Some(n) = inodes.nodes.get_mut(&moved) {
+            n.parent = newparent;
+            n.bname = dst.bname.clone();
+            n.pname = newname.to_os_string();
+        }
+        Ok(())
+    }
+
+    /// Creates a hard link to `ino` named `newname` in `newparent`.
+    pub fn link(&self, ino: Ino, newparent: Ino, newname: &OsStr) -> Result<Attr> {
+        let (path, group, _) = self.locate(ino)?;
+        let dst = self.child_in_group(newparent, newname)?;
+        if dst.group != group {
+            return Err(VfsError::CrossDevice);
+        }
+        self.before_create(&dst)?;
+        fs::hard_link(&path, &dst.path).map_err(|e| self.undo_create(&dst, e))?;
+        let md = fs::symlink_metadata(&dst.path)?;
+        let attr = self.attr_of(&md, &dst.path, &dst.group, &dst.plain)?;
+        if let Some(n) = lock(&self.inodes).nodes.get_mut(&attr.ino) {
+            n.lookups += 1;
+        }
+        Ok(attr)
+    }
+
+    // ---- files ----
+
+    fn handle(&self, fh: u64) -> Result<Arc<Handle>> {
+        lock(&self.handles)
+            .get(&fh)
+            .cloned()
+            .ok_or(VfsError::BadHandle)
+    }
+
+    fn add_handle(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.handles).insert(fh, Arc::new(h));
+        fh
+    }
+
+    /// The shared state of file `ino`, reading its header through `file`.
+    fn open_state(&self, ino: Ino, file: &File, group: &str, plain: &str) -> Result<Arc<OpenFile>> {
+        let mut map = lock(&self.open_files);
+        if let Some(s) = map.get(&ino).and_then(Weak::upgrade) {
+            return Ok(s);
+        }
+        let header = content::read_header(file).map_err(|e| content_err(plain, e))?;
+        let ring = self.keyring();
+        let key = Self::group_keys_epoch(&ring, group, header.epoch)?;
+        let state = Arc::new(OpenFile {
+            lock: RwLock::new(()),
+            cipher: FileCipher {
+                header,
+                aead: key.file_cipher(&header.file_id),
+            },
+        });
+        map.insert(ino, Arc::downgrade(&state));
+        map.retain(|_, w| w.strong_count() > 0);
+        Ok(state)
+    }
+
+    /// Opens file `ino`; returns a handle.
+    pub fn open(&self, ino: Ino, flags: i32) -> Result<u64> {
+        let (path, group, plain) = self.locate(ino)?;
+        let acc = flags & libc::O_ACCMODE;
+        // Writes need to read partial blocks, so writers get read access too.
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(acc != libc::O_RDONLY)
+            .custom_flags(flags & libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(not_found)?;
+        if !file.metadata()?.is_file() {
+            return Err(VfsError::Invalid("not a regular file"));
+        }
+        let state = self.open_state(ino, &file, &group, &plain)?;
+        if flags & libc::O_TRUNC != 0 && acc != libc::O_RDONLY {
+            let _w = state.lock.write().unwrap_or_else(|e| e.into_inner());
+            content::truncate(&file, &state.cipher, 0).map_err(|e| content_err(&plain, e))?;
+        }
+        Ok(self.add_handle(Handle::File {
+            file,
+            state,
+            path: plain,
+        }))
+    }
+
+    /// Reads up to `size` bytes at `offset`.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let h = self.handle(fh)?;
+        let Handle::File {
+            file, state, path, ..
+        } = &*h
+        else {
+            return Err(VfsError::BadHandle);
+        };
+        let _r = state.lock.read().unwrap_or_else(|e| e.into_inner());
+        content::read_at(file, &state.cipher, offset, size as usize)
+            .map_err(|e| content_err(path, e))
+    }
+
+    /// Writes `data` at `offset`; returns the count written.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        let h = self.handle(fh)?;
+        let Handle::File {
+            file, state, path, ..
+        } = &*h
+        else {
+            return Err(VfsError::BadHandle);
+        };
+        let _w = state.lock.write().unwrap_or_else(|e| e.into_inner());
+        content::write_at(file, &state.cipher, offset, data).map_err(|e| content_err(path, e))?;
+        Ok(u32::try_from(data.len()).unwrap_or(u32::MAX))
+    }
+
+    /// Extends the file to cover `[offset, offset + len)` (fallocate mode 0).
+    pub fn allocate(&self, fh: u64, offset: u64, len: u64) -> Result<()> {
+        let h = self.handle(fh)?;
+        let Handle::File {
+            file, state, path, ..
+        } = &*h
+        else {
+            return Err(VfsError::BadHandle);
+        };
+        let _w = state.lock.write().unwrap_or_else(|e| e.into_inner());
+        let end = offset
+            .checked_add(len)
+            .ok_or(VfsError::Invalid("range overflows"))?;
+        let size = content::plain_size(file).map_err(|e| content_err(path, e))?;
+        if end > size {
+            content::truncate(file, &state.cipher, end).map_err(|e| content_err(path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Flushes file data (and metadata unless `datasync`) to stable storage.
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
+        let h = self.handle(fh)?;
+        match &*h {
+            Handle::File { file, .. } => {
+                if datasync {
+                    file.sync_data()?
+                } else {
+                    file.sync_all()?
+                }
+            }
+            Handle::Dir { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Closes a handle.
+    pub fn release(&self, fh: u64) {
+        lock(&self.handles).remove(&fh);
+    }
+
+    // ---- directories ----
+
+    /// Lists directory `ino`; the listing is kept with the returned handle.
+    pub fn opendir(&self, ino: Ino) -> Result<u64> {
+        let entries = self.list(ino)?;
+        Ok(self.add_handle(Handle::Dir { entries }))
+    }
+
+    /// Entries of an open directory from position `offset`.
+    pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<(u64, DirEntry)>> {
+        let h = self.handle(fh)?;
+        let Handle::Dir { entries } = &*h else {
+            return Err(VfsError::BadHandle);
+        };
+        Ok(entries
+            .iter()
+            .enumerate()
+            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+            .map(|(i, e)| (i as u64 + 1, e.clone()))
+            .collect())
+    }
+
+    fn list(&self, ino: Ino) -> Result<Vec<DirEntry>> {
+        let dot = |ino, name: &str| DirEntry {
+            ino,
+            kind: Kind::Dir,
+            name: OsString::from(name),
+        };
+        if ino == ROOT {
+            let mut out = vec![dot(ROOT, "."), dot(ROOT, "..")];
+            for g in self.keyring().groups() {
+                match fs::metadata(self.groups_dir.join(g)) {
+                    Ok(md) => out.push(DirEntry {
+                        ino: self.ino_for(&md),
+                        kind: Kind::Dir,
+                        name: OsString::from(g),
+                    }),
+                    Err(e) => tracing::warn!(group = g, "data group directory missing: {e}"),
+                }
+            }
+            return Ok(out);
+        }
+        let (dir, group, plain_dir) = self.locate(ino)?;
+        let dirid = self.dirid(ino, &dir, &plain_dir)?;
+        let ring = self.keyring();
+        let key = Self::group_keys_epoch(&ring, &group, dirid.epoch)?;
+        let parent = lock(&self.inodes)
+            .nodes
+            .get(&ino)
+            .map(|n| n.parent)
+            .unwrap_or(ROOT);
+        let mut out = vec![dot(ino, "."), dot(parent, "..")];
+        for e in fs::read_dir(&dir)? {
+            let e = e?;
+            let bname = e.file_name();
+            let Some(bs) = bname.to_str() else { continue };
+            let encoded = match crate::format::names::classify(bs) {
+                Entry::Internal => continue,
+                Entry::Short(s) => s.to_string(),
+                Entry::Long(_) => match fs::read_to_string(side_file(&e.path())) {
+                    Ok(s) => s,
+                    Err(_) => {
+                        tracing::warn!(dir = %plain_dir, "long name without its .name file; skipped");
+                        continue;
+                    }
+                },
+            };
+            let Some(name) = names::decrypt(key.names(), &dirid.id, &encoded) else {
+                tracing::warn!(dir = %plain_dir, entry = bs, "entry name failed authentication (moved from another directory or tampered); hidden");
+                continue;
+            };
+            let Ok(md) = e.metadata() else { continue };
+            let Some(kind) = Kind::of(md.file_type()) else {
+                continue;
+            };
+            out.push(DirEntry {
+                ino: self.ino_for(&md),
+                kind,
+                name: OsString::from_vec(name),
+            });
+        }
+        Ok(out)
+    }
+
+    // ---- filesystem ----
+
+    /// Filesystem statistics of the backing store:
+    /// (blocks, bfree, bavail, files, ffree, bsize, namelen, frsize).
+    pub fn statfs(&self) -> Result<[u64; 8]> {
+        let s = nix::sys::statvfs::statvfs(&self.groups_dir).map_err(nix_err)?;
+        Ok([
+            s.blocks(),
+            s.blocks_free(),
+            s.blocks_available(),
+            s.files(),
+            s.files_free(),
+            s.block_size(),
+            crate::format::names::MAX_PLAIN as u64,
+            s.fragment_size(),
+        ])
+    }
+
+    // ---- extended attributes ----
+
+    fn xattr_key(&self, ino: Ino) -> Result<(PathBuf, String, Arc<Keyring>, Arc<str>)> {
+        if ino == ROOT {
+            return Err(VfsError::NotSupported);
+        }
+        let (path, group, plain) = self.locate(ino)?;
+        Ok((path, plain, self.keyring(), group))
+    }
+
+    /// Sets user.* attribute `name`.
+    pub fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        let user = user_attr(name)?;
+        let (path, _, ring, group) = self.xattr_key(ino)?;
+        let gk = ring
+            .group(&group)
+            .and_then(|g| g.current())
+            .ok_or_else(|| VfsError::Access(format!("no key for data group {group}")))?;
+        let bname = names::xattr_name(gk.names(), user);
+        let sealed = gk.names().seal(bname.as_bytes(), value);
+        let existing = xattr::get(&path, &bname)?;
+        if flags & libc::XATTR_CREATE != 0 && existing.is_some() {
+            return Err(VfsError::Exists);
+        }
+        if flags & libc::XATTR_REPLACE != 0 && existing.is_none() {
+            return Err(VfsError::NoAttr);
+        }
+        xattr::set(&path, &bname, &sealed)?;
+        Ok(())
+    }
+
+    /// Reads user.* attribute `name`.
+    pub fn getxattr(&self, ino: Ino, name: &OsStr) -> Result<Vec<u8>> {
+        let user = user_attr(name).map_err(|_| VfsError::NoAttr)?;
+        let (path, plain, ring, group) = self.xattr_key(ino)?;
+        let gk = ring
+            .group(&group)
+            .and_then(|g| g.current())
+            .ok_or_else(|| VfsError::Access(format!("no key for data group {group}")))?;
+        let bname = names::xattr_name(gk.names(), user);
+        let sealed = xattr::get(&path, &bname)?.ok_or(VfsError::NoAttr)?;
+        gk.names().open(bname.as_bytes(), &sealed).map_err(|_| {
+            corrupt(
+                &plain,
+                format!(
+                    "extended attribute {} failed authentication",
+                    name.to_string_lossy()
+                ),
+            )
+        })
+    }
+
+    /// Lists attribute names.
+    pub fn listxattr(&self, ino: Ino) -> Result<Vec<OsString>> {
+        if ino == ROOT {
+            return Ok(Vec::new());
+        }
+        let (path, _, ring, group) = self.xattr_key(ino)?;
+        let Some(gk) = ring.group(&group).and_then(|g| g.current()) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for n in xattr::list(&path)? {
+            if let Some(plain) = names::xattr_plain(gk.names(), &n) {
+                let mut full = OsString::from("user.");
+                full.push(OsStr::from_bytes(&plain));
+                out.push(full);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes user.* attribute `name`.
+    pub fn removexattr(&self, ino: Ino, name: &OsStr) -> Result<()> {
+        let user = user_attr(name).map_err(|_| VfsError::NoAttr)?;
+        let (path, _, ring, group) = self.xattr_key(ino)?;
+        let gk = ring
+            .group(&group)
+            .and_then(|g| g.current())
+            .ok_or_else(|| VfsError::Access(format!("no key for data group {group}")))?;
+        xattr::remove(&path, &names::xattr_name(gk.names(), user))
+    }
+}
+
+use crate::crypto::Aead;
+
+/// A resolved child entry.
+#[derive(Debug)]
+struct Child {
+    path: PathBuf,
+    group: Arc<str>,
+    bname: OsString,
+    /// Full encoding, when the backing name is a hashed long name.
+    long: Option<String>,
+    plain: String,
+    #[allow(dead_code)]
+    dir_epoch: u32,
+}
+
+fn side_file(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(crate::format::names::LONG_SUFFIX);
+    PathBuf::from(s)
+}
+
+fn not_found(e: io::Error) -> VfsError {
+    if e.kind() == io::ErrorKind::NotFound {
+        VfsError::NotFound
+    } else {
+        VfsError::Io(e)
+    }
+}
+
+fn nix_err(e: nix::Error) -> VfsError {
+    VfsError::Io(io::Error::from_raw_os_error(e as i32))
+}
+
+trait IntoIo {
+    fn into_io(self) -> io::Error;
+}
+
+impl IntoIo for VfsError {
+    fn into_io(self) -> io::Error {
+        match self {
+            VfsError::Io(e) => e,
+            other => io::Error::from_raw_os_error(other.errno()),
+        }
+    }
+}
+
+/// Only `user.*` attributes are stored (encrypted); others are refused.
+fn user_attr(name: &OsStr) -> Result<&[u8]> {
+    name.as_bytes()
+        .strip_prefix(b"user.")
+        .filter(|r| !r.is_empty())
+        .ok_or(VfsError::NotSupported)
+}
+
+/// Extended attributes of backing paths (never following symlinks).
+mod xattr {
+    use super::{Result, VfsError};
+    use std::path::Path;
+
+    pub(super) fn get(path: &Path, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(::xattr::get(path, name)?)
+    }
+
+    pub(super) fn set(path: &Path, name: &str, value: &[u8]) -> Result<()> {
+        Ok(::xattr::set(path, name, value)?)
+    }
+
+    pub(super) fn remove(path: &Path, name: &str) -> Result<()> {
+        ::xattr::remove(path, name).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENODATA) => VfsError::NoAttr,
+            _ => e.into(),
+        })
+    }
+
+    pub(super) fn list(path: &Path) -> Result<Vec<String>> {
+        match ::xattr::list(path) {
+            Ok(it) => Ok(it.filter_map(|n| n.into_string().ok()).collect()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
