@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -205,15 +206,22 @@ pub struct DirEntry {
     pub name: OsString,
 }
 
-#[derive(Debug)]
-struct Node {
+/// One name of a node: hard links give a node several.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Link {
     parent: Ino,
-    /// Data group this node belongs to ("" for the root).
-    group: Arc<str>,
     /// Backing name in the parent (group name for a group root).
     bname: OsString,
     /// Plaintext name (for log lines).
     pname: OsString,
+}
+
+#[derive(Debug)]
+struct Node {
+    /// Data group this node belongs to ("" for the root).
+    group: Arc<str>,
+    /// Known names, most recently used first; empty once all are removed.
+    links: Vec<Link>,
     lookups: u64,
     generation: u64,
     dirid: Option<DirId>,
@@ -300,10 +308,8 @@ impl Vfs {
         inodes.nodes.insert(
             ROOT,
             Node {
-                parent: ROOT,
                 group: Arc::from(""),
-                bname: OsString::new(),
-                pname: OsString::new(),
+                links: Vec::new(),
                 lookups: 1,
                 generation: 0,
                 dirid: None,
@@ -372,9 +378,11 @@ impl Vfs {
         let mut group = None;
         while cur != ROOT {
             let n = inodes.nodes.get(&cur).ok_or(VfsError::NotFound)?;
-            parts.push((&n.bname, &n.pname));
+            // All names removed (unlinked while open): no path any more.
+            let l = n.links.first().ok_or(VfsError::NotFound)?;
+            parts.push((&l.bname, &l.pname));
             group.get_or_insert_with(|| Arc::clone(&n.group));
-            cur = n.parent;
+            cur = l.parent;
             if parts.len() > 4096 {
                 return Err(VfsError::Invalid("inode loop"));
             }
@@ -527,17 +535,19 @@ impl Vfs {
             let mut inodes = lock(&self.inodes);
             let next_gen = inodes.generations.get(&ino).copied().unwrap_or(0);
             let n = inodes.nodes.entry(ino).or_insert_with(|| Node {
-                parent,
                 group: Arc::clone(&c.group),
-                bname: c.bname.clone(),
-                pname: OsString::new(),
+                links: Vec::new(),
                 lookups: 0,
                 generation: next_gen,
                 dirid: None,
             });
-            n.parent = parent;
-            n.bname = c.bname.clone();
-            n.pname = OsString::from(c.plain.rsplit('/').next().unwrap_or(""));
+            let link = Link {
+                parent,
+                bname: c.bname.clone(),
+                pname: OsString::from(c.plain.rsplit('/').next().unwrap_or("")),
+            };
+            n.links.retain(|l| l != &link);
+            n.links.insert(0, link);
             n.group = Arc::clone(&c.group);
             n.lookups += 1;
         }
@@ -588,9 +598,9 @@ impl Vfs {
         if let Some(fh) = fh {
             if let Ok(h) = self.handle(fh) {
                 if let Handle::File { file, path, .. } = &*h {
+                    // Regular files need no path: works after unlink too.
                     let md = file.metadata()?;
-                    let (p, group, _) = self.locate(ino)?;
-                    return self.attr_of(&md, &p, &group, path);
+                    return self.attr_of(&md, Path::new(""), "", path);
                 }
             }
         }
@@ -604,46 +614,60 @@ impl Vfs {
         if ino == ROOT {
             return Err(VfsError::Perm);
         }
-        let (path, group, plain) = self.locate(ino)?;
-        if let Some(size) = s.size {
-            let h = fh.and_then(|fh| self.handle(fh).ok());
-            match h.as_deref() {
-                Some(Handle::File { file, state, .. }) => {
+        // With an open handle, work on its descriptor: the file may have
+        // been unlinked or renamed since it was opened.
+        if let Some(h) = fh.and_then(|fh| self.handle(fh).ok()) {
+            if let Handle::File { file, state, path } = &*h {
+                if let Some(size) = s.size {
                     let _w = state.lock.write().unwrap_or_else(|e| e.into_inner());
                     content::truncate(file, &state.cipher, size)
-                        .map_err(|e| content_err(&plain, e))?;
+                        .map_err(|e| content_err(path, e))?;
                 }
-                _ => {
-                    let file = fs::OpenOptions::new().read(true).write(true).open(&path)?;
-                    let state = self.open_state(ino, &file, &group, &plain)?;
-                    let _w = state.lock.write().unwrap_or_else(|e| e.into_inner());
-                    content::truncate(&file, &state.cipher, size)
-                        .map_err(|e| content_err(&plain, e))?;
-                }
+                Self::set_meta(Target::Fd(file), &s)?;
+                let md = file.metadata()?;
+                return self.attr_of(&md, Path::new(""), "", path);
             }
         }
+        let (path, group, plain) = self.locate(ino)?;
+        if let Some(size) = s.size {
+            let file = fs::OpenOptions::new().read(true).write(true).open(&path)?;
+            let state = self.open_state(ino, &file, &group, &plain)?;
+            let _w = state.lock.write().unwrap_or_else(|e| e.into_inner());
+            content::truncate(&file, &state.cipher, size).map_err(|e| content_err(&plain, e))?;
+        }
+        Self::set_meta(Target::Path(&path), &s)?;
+        let md = fs::symlink_metadata(&path)?;
+        self.attr_of(&md, &path, &group, &plain)
+    }
+
+    /// Mode, owner and times, on a descriptor or a path (never following symlinks).
+    fn set_meta(t: Target<'_>, s: &SetAttr) -> Result<()> {
+        use nix::fcntl::AtFlags;
+        use nix::sys::stat::{futimens, utimensat, Mode, UtimensatFlags};
+        use nix::sys::time::TimeSpec;
+        use nix::unistd::{Gid, Uid};
         if let Some(mode) = s.mode {
-            let md = fs::symlink_metadata(&path)?;
-            if !md.file_type().is_symlink() {
-                fs::set_permissions(
-                    &path,
-                    std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777),
-                )?;
+            let m = Mode::from_bits_truncate(mode & 0o7777);
+            match t {
+                Target::Fd(f) => nix::sys::stat::fchmod(f.as_raw_fd(), m).map_err(nix_err)?,
+                Target::Path(p) => {
+                    // Symlinks have no mode of their own on Linux.
+                    if !fs::symlink_metadata(p)?.file_type().is_symlink() {
+                        nix::sys::stat::fchmodat(None, p, m, nix::sys::stat::FchmodatFlags::FollowSymlink)
+                            .map_err(nix_err)?;
+                    }
+                }
             }
         }
         if s.uid.is_some() || s.gid.is_some() {
-            nix::unistd::fchownat(
-                None,
-                &path,
-                s.uid.map(nix::unistd::Uid::from_raw),
-                s.gid.map(nix::unistd::Gid::from_raw),
-                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .map_err(nix_err)?;
+            let (u, g) = (s.uid.map(Uid::from_raw), s.gid.map(Gid::from_raw));
+            match t {
+                Target::Fd(f) => nix::unistd::fchown(f.as_raw_fd(), u, g).map_err(nix_err)?,
+                Target::Path(p) => nix::unistd::fchownat(None, p, u, g, AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .map_err(nix_err)?,
+            }
         }
         if s.atime.is_some() || s.mtime.is_some() {
-            use nix::sys::stat::{utimensat, UtimensatFlags};
-            use nix::sys::time::TimeSpec;
             let ts = |t: Option<Option<SystemTime>>| match t {
                 None => TimeSpec::UTIME_OMIT,
                 Some(None) => TimeSpec::UTIME_NOW,
@@ -652,17 +676,14 @@ impl Vfs {
                     TimeSpec::from_duration(d)
                 }
             };
-            utimensat(
-                None,
-                &path,
-                &ts(s.atime),
-                &ts(s.mtime),
-                UtimensatFlags::NoFollowSymlink,
-            )
-            .map_err(nix_err)?;
+            let (a, m) = (ts(s.atime), ts(s.mtime));
+            match t {
+                Target::Fd(f) => futimens(f.as_raw_fd(), &a, &m).map_err(nix_err)?,
+                Target::Path(p) => utimensat(None, p, &a, &m, UtimensatFlags::NoFollowSymlink)
+                    .map_err(nix_err)?,
+            }
         }
-        let md = fs::symlink_metadata(&path)?;
-        self.attr_of(&md, &path, &group, &plain)
+        Ok(())
     }
 
     // ---- symlinks ----
@@ -882,8 +903,10 @@ impl Vfs {
             return Err(VfsError::Io(io::Error::from_raw_os_error(libc::EISDIR)));
         }
         fs::remove_file(&c.path)?;
+        let ino = self.ino_for(&md);
+        self.drop_link(ino, parent, &c.bname);
         if md.nlink() <= 1 {
-            self.forget_backing(self.ino_for(&md));
+            self.forget_backing(ino);
         }
         self.remove_side_file(&c);
         Ok(())
@@ -913,9 +936,18 @@ impl Vfs {
             }
             return Err(e.into());
         }
-        self.forget_backing(self.ino_for(&md));
+        let ino = self.ino_for(&md);
+        self.drop_link(ino, parent, &c.bname);
+        self.forget_backing(ino);
         self.remove_side_file(&c);
         Ok(())
+    }
+
+    /// Forgets one name of a node (after unlink, rmdir or rename-over).
+    fn drop_link(&self, ino: Ino, parent: Ino, bname: &OsStr) {
+        if let Some(n) = lock(&self.inodes).nodes.get_mut(&ino) {
+            n.links.retain(|l| !(l.parent == parent && l.bname == bname));
+        }
     }
 
     /// Renames `name` in `parent` to `newname` in `newparent`.
@@ -964,8 +996,10 @@ impl Vfs {
         }
         fs::rename(&src.path, &dst.path)?;
         if let Some(d) = &dst_md {
+            let replaced = self.ino_for(d);
+            self.drop_link(replaced, newparent, &dst.bname);
             if d.is_dir() || d.nlink() <= 1 {
-                self.forget_backing(self.ino_for(d));
+                self.forget_backing(replaced);
             }
         }
         if src.long.is_some() && src.path != dst.path {
@@ -974,9 +1008,15 @@ impl Vfs {
         let moved = self.ino_for(&src_md);
         let mut inodes = lock(&self.inodes);
         if let Some(n) = inodes.nodes.get_mut(&moved) {
-            n.parent = newparent;
-            n.bname = dst.bname.clone();
-            n.pname = newname.to_os_string();
+            n.links.retain(|l| !(l.parent == parent && l.bname == src.bname));
+            n.links.insert(
+                0,
+                Link {
+                    parent: newparent,
+                    bname: dst.bname.clone(),
+                    pname: newname.to_os_string(),
+                },
+            );
         }
         Ok(())
     }
@@ -991,11 +1031,8 @@ impl Vfs {
         self.before_create(&dst)?;
         fs::hard_link(&path, &dst.path).map_err(|e| self.undo_create(&dst, e))?;
         let md = fs::symlink_metadata(&dst.path)?;
-        let attr = self.attr_of(&md, &dst.path, &dst.group, &dst.plain)?;
-        if let Some(n) = lock(&self.inodes).nodes.get_mut(&attr.ino) {
-            n.lookups += 1;
-        }
-        Ok(attr)
+        // The kernel counts the reply as a lookup of the new name.
+        self.remember(newparent, &dst, &md)
     }
 
     // ---- files ----
@@ -1178,7 +1215,7 @@ impl Vfs {
         let parent = lock(&self.inodes)
             .nodes
             .get(&ino)
-            .map(|n| n.parent)
+            .and_then(|n| n.links.first().map(|l| l.parent))
             .unwrap_or(ROOT);
         let mut out = vec![dot(ino, "."), dot(parent, "..")];
         for e in fs::read_dir(&dir)? {
@@ -1316,6 +1353,13 @@ impl Vfs {
 }
 
 use crate::crypto::Aead;
+
+/// Where `set_meta` applies changes.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Fd(&'a File),
+    Path(&'a Path),
+}
 
 /// A resolved child entry.
 #[derive(Debug)]

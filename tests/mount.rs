@@ -1,0 +1,442 @@
+//! Mount-level tests: a real FUSE mount driven by real programs.
+
+use crate::util::{all_store_bytes, fuse_available, ok, pseudo_random, sh, tresor, TestStore};
+use std::collections::HashSet;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+/// A source tree with the awkward cases: empty and block-edge sizes, a
+/// 1 MiB file, nesting, a long name, non-ASCII, symlinks, modes.
+fn make_tree(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    let sizes = [0usize, 1, 4095, 4096, 4097, 8192, 12_345, 1 << 20];
+    for (i, size) in sizes.iter().enumerate() {
+        let rel = format!("patients/p{i:04}/record-{size}.bin");
+        files.push((rel, pseudo_random(i as u64 + 7, *size)));
+    }
+    files.push((
+        format!("deep/a/b/c/d/{}", "very-long-file-name-".repeat(11)),
+        pseudo_random(99, 5000),
+    ));
+    files.push(("befund-ärztin-Ωmega.txt".into(), b"Befund: unauffaellig, keine Malignitaet nachweisbar.\n".to_vec()));
+    for (rel, data) in &files {
+        let p = root.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, data).unwrap();
+    }
+    std::os::unix::fs::symlink("patients/p0001/record-1.bin", root.join("link-to-record")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/dangling/target", root.join("dangling")).unwrap();
+    fs::set_permissions(root.join("patients/p0002"), fs::Permissions::from_mode(0o750)).unwrap();
+    fs::set_permissions(
+        root.join("patients/p0003/record-4096.bin"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    files
+}
+
+#[test]
+fn cp_tar_diff_and_remount_keep_everything_and_leak_nothing() {
+    if !fuse_available() {
+        return;
+    }
+    let ts = TestStore::new(&["records"]);
+    let src = ts.subdir("src");
+    let files = make_tree(&src);
+    let m = ts.mount();
+    let rec = m.path("records");
+
+    ok(Command::new("cp").arg("-a").arg(&src).arg(rec.join("tree")));
+    ok(Command::new("diff").args(["-r", "--no-dereference"]).arg(&src).arg(rec.join("tree")));
+    // Modes and symlinks survived cp -a.
+    let mode = fs::metadata(rec.join("tree/patients/p0003/record-4096.bin")).unwrap().mode();
+    assert_eq!(mode & 0o7777, 0o600);
+    assert_eq!(
+        fs::read_link(rec.join("tree/dangling")).unwrap(),
+        Path::new("/nonexistent/dangling/target")
+    );
+
+    // tar out of the mount and back into it.
+    let tarball = ts.dir.path().join("tree.tar");
+    ok(Command::new("tar").arg("-C").arg(rec.join("tree")).arg("-cf").arg(&tarball).arg("."));
+    fs::create_dir(rec.join("untarred")).unwrap();
+    ok(Command::new("tar").arg("-C").arg(rec.join("untarred")).arg("-xf").arg(&tarball));
+    ok(Command::new("diff").args(["-r", "--no-dereference"]).arg(&src).arg(rec.join("untarred")));
+
+    m.unmount();
+    let m = ts.mount();
+    ok(Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(&src)
+        .arg(m.path("records/tree")));
+    m.unmount();
+
+    // No 16-byte run of any plaintext, and no file name, appears in the store.
+    let store = all_store_bytes(&ts.store);
+    let windows: HashSet<&[u8]> = store.windows(16).collect();
+    for (rel, data) in &files {
+        for w in data.windows(16) {
+            assert!(!windows.contains(w), "plaintext of {rel} found in the store");
+        }
+        for part in rel.split('/').filter(|p| p.len() >= 6) {
+            assert!(
+                !store.windows(part.len()).any(|w| w == part.as_bytes()),
+                "name {part} found in the store"
+            );
+        }
+    }
+    for target in ["patients/p0001/record-1.bin", "/nonexistent/dangling/target"] {
+        assert!(!store.windows(target.len()).any(|w| w == target.as_bytes()));
+    }
+}
+
+#[test]
+fn sqlite_git_and_python_mmap_work_unchanged() {
+    if !fuse_available() {
+        return;
+    }
+    let ts = TestStore::new(&["research"]);
+    let m = ts.mount();
+    let dir = m.path("research");
+
+    // sqlite3: 10,000 inserts, integrity check.
+    let sql = "CREATE TABLE samples(id INTEGER PRIMARY KEY, patient TEXT, ki67 REAL);\n\
+               BEGIN;\n"
+        .to_string()
+        + &(0..10_000)
+            .map(|i| format!("INSERT INTO samples(patient, ki67) VALUES('p{i}', {}.5);\n", i % 100))
+            .collect::<String>()
+        + "COMMIT;\n";
+    fs::write(ts.dir.path().join("load.sql"), sql).unwrap();
+    let out = sh(
+        &dir,
+        &format!(
+            "sqlite3 samples.db < {}; sqlite3 samples.db 'PRAGMA integrity_check; SELECT count(*) FROM samples;'",
+            ts.dir.path().join("load.sql").display()
+        ),
+    );
+    assert_eq!(out.trim(), "ok\n10000");
+    // And with a write-ahead log, which uses mmap'd shared memory.
+    let out = sh(
+        &dir,
+        "sqlite3 wal.db 'PRAGMA journal_mode=WAL; CREATE TABLE t(x); INSERT INTO t VALUES(1),(2),(3);' >/dev/null; \
+         sqlite3 wal.db 'SELECT sum(x) FROM t; PRAGMA integrity_check;'",
+    );
+    assert_eq!(out.trim(), "6\nok");
+
+    // git: init, add, commit, status, log.
+    let out = sh(
+        &dir,
+        "mkdir repo && cd repo && git init -q && git config user.email t@example.org && git config user.name T && \
+         printf 'analysis\\n' > README && mkdir src && printf 'print(1)\\n' > src/a.py && \
+         git add . && git commit -qm first && printf 'more\\n' >> README && git commit -qam second && \
+         git status --porcelain && git log --oneline | wc -l && git fsck --no-progress 2>&1 | wc -l",
+    );
+    assert_eq!(out.trim(), "2\n0", "git status clean, two commits, fsck silent");
+
+    // python: write and read through mmap.
+    let script = r#"
+import mmap, os, sys
+p = sys.argv[1]
+with open(p, "wb") as f:
+    f.truncate(3 * 4096 + 100)
+with open(p, "r+b") as f:
+    m = mmap.mmap(f.fileno(), 0)
+    for i in range(0, len(m), 997):
+        m[i] = (i * 31) % 251
+    m.flush(); m.close()
+with open(p, "rb") as f:
+    m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    bad = [i for i in range(0, len(m), 997) if m[i] != (i * 31) % 251]
+    assert not bad, bad
+    assert len(m) == 3 * 4096 + 100
+print("mmap ok")
+"#;
+    fs::write(ts.dir.path().join("mm.py"), script).unwrap();
+    let out = ok(Command::new("python3")
+        .arg(ts.dir.path().join("mm.py"))
+        .arg(dir.join("mapped.bin")));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "mmap ok");
+    m.unmount();
+}
+
+#[test]
+fn random_writes_and_truncates_match_a_shadow_copy() {
+    if !fuse_available() {
+        return;
+    }
+    let ts = TestStore::new(&["g"]);
+    let m = ts.mount();
+    let shadow_path = ts.dir.path().join("shadow");
+    let mut shadow = fs::OpenOptions::new().create(true).read(true).write(true).open(&shadow_path).unwrap();
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .open(m.path("g/target"))
+        .unwrap();
+    let mut seed = 0x5eed_u64;
+    let mut next = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for round in 0..300 {
+        match next(8) {
+            0 => {
+                let len = next(200_000);
+                f.set_len(len).unwrap();
+                shadow.set_len(len).unwrap();
+            }
+            1 => {
+                // O_APPEND-style write at the end.
+                let data = pseudo_random(round, next(9000) as usize + 1);
+                f.seek(SeekFrom::End(0)).unwrap();
+                f.write_all(&data).unwrap();
+                shadow.seek(SeekFrom::End(0)).unwrap();
+                shadow.write_all(&data).unwrap();
+            }
+            _ => {
+                let off = next(150_000);
+                let data = pseudo_random(round + 1000, next(20_000) as usize + 1);
+                f.write_all_at(&data, off).unwrap();
+                shadow.write_all_at(&data, off).unwrap();
+            }
+        }
+        if round % 10 == 9 {
+            let mut a = Vec::new();
+            let mut b = Vec::new();
+            f.seek(SeekFrom::Start(0)).unwrap();
+            f.read_to_end(&mut a).unwrap();
+            shadow.seek(SeekFrom::Start(0)).unwrap();
+            shadow.read_to_end(&mut b).unwrap();
+            assert_eq!(a.len(), b.len(), "round {round}: sizes differ");
+            assert!(a == b, "round {round}: contents differ");
+        }
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    m.unmount();
+    let m = ts.mount();
+    assert!(fs::read(m.path("g/target")).unwrap() == fs::read(&shadow_path).unwrap());
+}
+
+#[test]
+fn posix_operations() {
+    if !fuse_available() {
+        return;
+    }
+    let ts = TestStore::new(&["g"]);
+    let m = ts.mount();
+    let g = m.path("g");
+    let out = sh(
+        &g,
+        "set -e
+         echo one > a; echo two >> a; cat a
+         chmod 640 a; stat -c %a a
+         touch -d '2001-02-03 04:05:06 UTC' a; stat -c %Y a
+         truncate -s 3 a; cat a; echo
+         truncate -s 10000 a; stat -c %s a
+         dd if=/dev/zero of=sparse bs=1 count=1 seek=1000000 status=none; stat -c %s sparse
+         mkdir -p d1/d2; echo x > d1/d2/f; rmdir d1/d2 2>/dev/null || echo notempty
+         rm d1/d2/f; rmdir d1/d2; ls d1 | wc -l
+         echo new > b; echo old > c; mv b c; cat c; test ! -e b && echo gone
+         mkdir dirA; echo in > dirA/f; mv dirA dirB; cat dirB/f
+         ln -s dirB/f sl; readlink sl; cat sl
+         ln c hard; stat -c %h c; echo more >> hard; cat c
+         rm hard; stat -c %h c
+         df -P . | tail -1 | awk '{print ($2 > 0)}'
+         mkfifo fifo; stat -c %F fifo
+         setfattr -n user.note -v hello c; getfattr --only-values -n user.note c; echo
+         setfattr -x user.note c; getfattr -d c | wc -l
+         ",
+    );
+    let expect = "one\ntwo\n640\n981173106\none\n10000\n1000001\nnotempty\n0\nnew\ngone\nin\ndirB/f\nin\n2\nnew\nmore\n1\n1\nfifo\nhello\n0\n";
+    assert_eq!(out, expect);
+    // chown as root (the tests run as root in CI).
+    if nix::unistd::geteuid().is_root() {
+        sh(&g, "chown 1234:5678 c");
+        let md = fs::metadata(g.join("c")).unwrap();
+        assert_eq!((md.uid(), md.gid()), (1234, 5678));
+    }
+    // rename over an existing directory only when empty.
+    sh(&g, "mkdir e1 e2; mv -T e1 e2; test -d e2 && test ! -e e1");
+    // Creating at the root of the mount is refused: data groups come from `tresor datagroup add`.
+    assert!(fs::write(m.path("not-a-group"), b"x").is_err());
+    m.unmount();
+}
+
+#[test]
+fn concurrent_readers_and_writers() {
+    if !fuse_available() {
+        return;
+    }
+    let ts = TestStore::new(&["g"]);
+    let m = ts.mount();
+    let dir = m.path("g");
+    std::thread::scope(|s| {
+        for t in 0..6u64 {
+            let dir = dir.clone();
+            s.spawn(move || {
+                let p = dir.join(format!("f{t}"));
+                let data = pseudo_random(t, 300_000);
+                fs::write(&p, &data).unwrap();
+                for _ in 0..5 {
+                    assert!(fs::read(&p).unwrap() == data);
+                }
+            });
+        }
+        // Several writers on one file, disjoint block-aligned regions.
+        let shared = dir.join("shared");
+        fs::write(&shared, vec![0u8; 8 * 8192]).unwrap();
+        for t in 0..8u64 {
+            let shared = shared.clone();
+            s.spawn(move || {
+                let f = fs::OpenOptions::new().write(true).open(&shared).unwrap();
+                f.write_all_at(&vec![t as u8 + 1; 8192], t * 8192).unwrap();
+            });
+        }
+    });
+    let all = fs::read(dir.join("shared")).unwrap();
+    for t in 0..8usize {
+        assert!(all[t * 8192..(t + 1) * 8192].iter().all(|&b| b == t as u8 + 1));
+    }
+    m.unmount();
+}
+
+#[test]
+fn tampered_block_is_eio_and_logged_never_plaintext() {
+    if !fuse_available() {
+        return;
+    }
+    let ts = TestStore::new(&["g"]);
+    let m = ts.mount();
+    let data = pseudo_random(5, 3 * 4096);
+    fs::write(m.path("g/victim"), &data).unwrap();
+    fs::write(m.path("g/other"), b"untouched").unwrap();
+    m.unmount();
+    // Flip one byte in the second block of the only big file in the store.
+    let gdir = ts.store.join("groups/g");
+    let victim = fs::read_dir(&gdir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| fs::metadata(p).unwrap().len() > 4096)
+        .unwrap();
+    let f = fs::OpenOptions::new().read(true).write(true).open(&victim).unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, 28 + 4124 + 100).unwrap();
+    f.write_all_at(&[b[0] ^ 0x20], 28 + 4124 + 100).unwrap();
+    drop(f);
+
+    let m = ts.mount();
+    let mut file = fs::File::open(m.path("g/victim")).unwrap();
+    let mut first = vec![0u8; 4096];
+    file.read_exact(&mut first).unwrap();
+    assert!(first == data[..4096], "untouched first block still reads");
+    let mut rest = Vec::new();
+    let err = file.read_to_end(&mut rest).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert_eq!(fs::read(m.path("g/other")).unwrap(), b"untouched");
+    // cp of the damaged file fails instead of producing a wrong copy.
+    let st = Command::new("cp").arg(m.path("g/victim")).arg(ts.dir.path().join("copy")).status().unwrap();
+    assert!(!st.success());
+    m.unmount();
+    let log = fs::read_to_string(ts.dir.path().join("mount.log")).unwrap();
+    assert!(log.contains("g/victim") && log.contains("block 1 failed authentication"), "log: {log}");
+}
+
+#[test]
+fn cli_errors_are_clear_and_distinct() {
+    let ts = TestStore::new(&["g"]);
+    let mnt = ts.subdir("m");
+    let wrong = ts.dir.path().join("wrong");
+    fs::write(&wrong, "not the passphrase\n").unwrap();
+    let mount = |pse: &Path, pass: &Path, store: &Path| {
+        tresor()
+            .arg("mount")
+            .arg(store)
+            .arg(&mnt)
+            .arg("--pse")
+            .arg(pse)
+            .arg("--passphrase-file")
+            .arg(pass)
+            .arg("-f")
+            .output()
+            .unwrap()
+    };
+    let out = mount(&ts.pse, &wrong, &ts.store);
+    assert!(!out.status.success());
+    let e1 = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(e1.contains("wrong passphrase"), "{e1}");
+
+    let bad_pse = ts.dir.path().join("bad.pse");
+    let mut bytes = fs::read(&ts.pse).unwrap();
+    let i = bytes.len() / 2;
+    bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+    fs::write(&bad_pse, &bytes).unwrap();
+    let out = mount(&bad_pse, &ts.pass, &ts.store);
+    let e2 = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success());
+    assert!(e2.contains("corrupted") && !e2.contains("wrong passphrase"), "{e2}");
+
+    // A foreign directory and a store from the future.
+    let out = mount(&ts.pse, &ts.pass, ts.dir.path());
+    let e3 = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(e3.contains("is not a tresor store"), "{e3}");
+    let manifest = ts.store.join("tresor.json");
+    let text = fs::read_to_string(&manifest).unwrap();
+    fs::write(&manifest, text.replace("\"tresor_store\": 1", "\"tresor_store\": 9")).unwrap();
+    let out = mount(&ts.pse, &ts.pass, &ts.store);
+    let e4 = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(e4.contains("version 9") && e4.contains("upgrade"), "{e4}");
+    fs::write(&manifest, text.replace("\"longnames\"", "\"quantum-names\"")).unwrap();
+    let out = mount(&ts.pse, &ts.pass, &ts.store);
+    let e5 = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(e5.contains("newer tresor"), "{e5}");
+    fs::write(&manifest, text).unwrap();
+
+    // Passphrases never come from argv: there is no such flag.
+    let out = tresor().args(["mount", "--passphrase", "x"]).output().unwrap();
+    assert!(!out.status.success());
+    // Without a terminal and without a file, tresor says what to do.
+    let out = tresor()
+        .arg("mount")
+        .arg(&ts.store)
+        .arg(&mnt)
+        .arg("--pse")
+        .arg(&ts.pse)
+        .arg("-f")
+        .output()
+        .unwrap();
+    let e6 = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(e6.contains("--passphrase-file"), "{e6}");
+}
+
+#[test]
+fn background_mount_and_umount_command() {
+    if !fuse_available() {
+        return;
+    }
+    let ts = TestStore::new(&["g"]);
+    let mnt = ts.subdir("bg");
+    let log = ts.dir.path().join("bg.log");
+    ok(tresor()
+        .arg("mount")
+        .arg(&ts.store)
+        .arg(&mnt)
+        .arg("--pse")
+        .arg(&ts.pse)
+        .arg("--passphrase-file")
+        .arg(&ts.pass)
+        .arg("--log")
+        .arg(&log));
+    // The starting command returned only once the mount was up.
+    fs::write(mnt.join("g/hello"), b"hi").unwrap();
+    assert_eq!(fs::read(mnt.join("g/hello")).unwrap(), b"hi");
+    ok(tresor().arg("umount").arg(&mnt));
+    assert!(!mnt.join("g").exists());
+}

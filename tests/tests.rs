@@ -1,0 +1,6 @@
+//! One integration-test binary (as ripgrep): a module per area.
+
+mod util;
+
+mod mount;
+mod vectors;

@@ -1,0 +1,254 @@
+//! Test helpers: temp stores, a mounted filesystem that unmounts on drop,
+//! and a command builder for the real `tresor` binary.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `tresor` binary under test.
+pub fn tresor() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tresor"));
+    c.stdin(Stdio::null());
+    c
+}
+
+/// Runs a command and returns its output, panicking with its stderr if it failed.
+pub fn ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("command starts");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs a shell command line in `dir`, panicking on failure; returns stdout.
+pub fn sh(dir: &Path, script: &str) -> String {
+    let out = ok(Command::new("sh").arg("-ec").arg(script).current_dir(dir));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// FUSE must be usable; under CI=true its absence is a failure, not a skip.
+pub fn fuse_available() -> bool {
+    let ok = Path::new("/dev/fuse").exists()
+        && Command::new("fusermount3")
+            .arg("-V")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+    if !ok {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("CI=true but /dev/fuse or fusermount3 is missing: install fuse3");
+        }
+        eprintln!("skipping: /dev/fuse or fusermount3 missing");
+    }
+    ok
+}
+
+/// A throw-away store with an administrator and data groups.
+pub struct TestStore {
+    pub dir: tempfile::TempDir,
+    pub store: PathBuf,
+    pub pse: PathBuf,
+    pub pass: PathBuf,
+}
+
+impl TestStore {
+    /// Creates a store with the given data groups (cheap Argon2 for speed).
+    pub fn new(groups: &[&str]) -> TestStore {
+        let dir = tempfile::Builder::new()
+            .prefix("tresor-test-")
+            .tempdir()
+            .unwrap();
+        let store = dir.path().join("store");
+        let pse = dir.path().join("admin.pse");
+        let pass = dir.path().join("pass");
+        std::fs::write(&pass, "test passphrase\n").unwrap();
+        ok(tresor()
+            .args(["init"])
+            .arg(&store)
+            .arg("--pse")
+            .arg(&pse)
+            .arg("--passphrase-file")
+            .arg(&pass)
+            .args(["--kdf-memory-mib", "8"]));
+        for g in groups {
+            ok(tresor()
+                .args(["datagroup", "add"])
+                .arg(&store)
+                .arg(g)
+                .arg("--pse")
+                .arg(&pse)
+                .arg("--passphrase-file")
+                .arg(&pass));
+        }
+        TestStore {
+            dir,
+            store,
+            pse,
+            pass,
+        }
+    }
+
+    /// A fresh empty directory inside the test dir.
+    pub fn subdir(&self, name: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    /// Mounts the store in the foreground process `tresor mount -f`.
+    pub fn mount(&self) -> Mount {
+        self.mount_with(&[])
+    }
+
+    /// Mounts with extra flags.
+    pub fn mount_with(&self, extra: &[&str]) -> Mount {
+        let mnt = self.subdir("mnt");
+        let log = self.dir.path().join("mount.log");
+        let child = tresor()
+            .arg("mount")
+            .arg(&self.store)
+            .arg(&mnt)
+            .arg("--pse")
+            .arg(&self.pse)
+            .arg("--passphrase-file")
+            .arg(&self.pass)
+            .arg("-f")
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let m = Mount {
+            mnt: mnt.clone(),
+            child: Some(child),
+            log,
+        };
+        m.wait_mounted();
+        m
+    }
+}
+
+/// A running mount; unmounted on drop.
+pub struct Mount {
+    pub mnt: PathBuf,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+fn is_mounted(p: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let p = p.to_string_lossy();
+    mounts.lines().any(|l| l.split(' ').nth(1) == Some(&*p))
+}
+
+impl Mount {
+    fn wait_mounted(&self) {
+        let start = Instant::now();
+        while !is_mounted(&self.mnt) {
+            if start.elapsed() > Duration::from_secs(30) {
+                panic!(
+                    "mount did not come up; log:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Path of `rel` inside the mount.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// The mount process's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Unmounts and waits for the mount process to exit cleanly.
+    pub fn unmount(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.mnt)
+                .output();
+            let start = Instant::now();
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if start.elapsed() > Duration::from_secs(20) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let _ = Command::new("fusermount3")
+                        .args(["-u", "-z"])
+                        .arg(&self.mnt)
+                        .output();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), printable-free, no long zero runs.
+pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Every regular file and symlink below `dir` (recursively), as bytes.
+pub fn all_store_bytes(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            out.extend_from_slice(p.as_os_str().as_encoded_bytes());
+            out.push(b'\n');
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(p);
+            } else if ft.is_symlink() {
+                out.extend_from_slice(std::fs::read_link(&p).unwrap().as_os_str().as_encoded_bytes());
+            } else if ft.is_file() {
+                out.extend(std::fs::read(&p).unwrap());
+                if let Ok(names) = xattr::list(&p) {
+                    for n in names {
+                        out.extend_from_slice(n.as_encoded_bytes());
+                        if let Ok(Some(v)) = xattr::get(&p, &n) {
+                            out.extend(v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
