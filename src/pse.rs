@@ -19,7 +19,7 @@ pub const PSE_FORMAT: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum PseError {
     /// The passphrase does not open this PSE.
-    #[error("wrong passphrase")]
+    #[error("wrong passphrase (or the PSE's public part was altered)")]
     WrongPassphrase,
     /// The file is damaged or not a PSE.
     #[error(
@@ -98,6 +98,7 @@ fn parse(bytes: &[u8]) -> Result<(File, PsePublic), PseError> {
         .map_err(|e| PseError::Corrupt(format!("not valid JSON ({e})")))?;
     match v.get("tresor_pse").and_then(|x| x.as_u64()) {
         None => return Err(PseError::Corrupt("no \"tresor_pse\" version field".into())),
+        Some(0) => return Err(PseError::Corrupt("format version 0".into())),
         Some(n) if n > u64::from(PSE_FORMAT) => {
             return Err(PseError::TooNew(u32::try_from(n).unwrap_or(u32::MAX)))
         }

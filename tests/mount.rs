@@ -21,7 +21,10 @@ fn make_tree(root: &Path) -> Vec<(String, Vec<u8>)> {
         format!("deep/a/b/c/d/{}", "very-long-file-name-".repeat(11)),
         pseudo_random(99, 5000),
     ));
-    files.push(("befund-ärztin-Ωmega.txt".into(), b"Befund: unauffaellig, keine Malignitaet nachweisbar.\n".to_vec()));
+    files.push((
+        "befund-ärztin-Ωmega.txt".into(),
+        b"Befund: unauffaellig, keine Malignitaet nachweisbar.\n".to_vec(),
+    ));
     for (rel, data) in &files {
         let p = root.join(rel);
         fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -29,7 +32,11 @@ fn make_tree(root: &Path) -> Vec<(String, Vec<u8>)> {
     }
     std::os::unix::fs::symlink("patients/p0001/record-1.bin", root.join("link-to-record")).unwrap();
     std::os::unix::fs::symlink("/nonexistent/dangling/target", root.join("dangling")).unwrap();
-    fs::set_permissions(root.join("patients/p0002"), fs::Permissions::from_mode(0o750)).unwrap();
+    fs::set_permissions(
+        root.join("patients/p0002"),
+        fs::Permissions::from_mode(0o750),
+    )
+    .unwrap();
     fs::set_permissions(
         root.join("patients/p0003/record-4096.bin"),
         fs::Permissions::from_mode(0o600),
@@ -50,9 +57,14 @@ fn cp_tar_diff_and_remount_keep_everything_and_leak_nothing() {
     let rec = m.path("records");
 
     ok(Command::new("cp").arg("-a").arg(&src).arg(rec.join("tree")));
-    ok(Command::new("diff").args(["-r", "--no-dereference"]).arg(&src).arg(rec.join("tree")));
+    ok(Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(&src)
+        .arg(rec.join("tree")));
     // Modes and symlinks survived cp -a.
-    let mode = fs::metadata(rec.join("tree/patients/p0003/record-4096.bin")).unwrap().mode();
+    let mode = fs::metadata(rec.join("tree/patients/p0003/record-4096.bin"))
+        .unwrap()
+        .mode();
     assert_eq!(mode & 0o7777, 0o600);
     assert_eq!(
         fs::read_link(rec.join("tree/dangling")).unwrap(),
@@ -61,10 +73,22 @@ fn cp_tar_diff_and_remount_keep_everything_and_leak_nothing() {
 
     // tar out of the mount and back into it.
     let tarball = ts.dir.path().join("tree.tar");
-    ok(Command::new("tar").arg("-C").arg(rec.join("tree")).arg("-cf").arg(&tarball).arg("."));
+    ok(Command::new("tar")
+        .arg("-C")
+        .arg(rec.join("tree"))
+        .arg("-cf")
+        .arg(&tarball)
+        .arg("."));
     fs::create_dir(rec.join("untarred")).unwrap();
-    ok(Command::new("tar").arg("-C").arg(rec.join("untarred")).arg("-xf").arg(&tarball));
-    ok(Command::new("diff").args(["-r", "--no-dereference"]).arg(&src).arg(rec.join("untarred")));
+    ok(Command::new("tar")
+        .arg("-C")
+        .arg(rec.join("untarred"))
+        .arg("-xf")
+        .arg(&tarball));
+    ok(Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(&src)
+        .arg(rec.join("untarred")));
 
     m.unmount();
     let m = ts.mount();
@@ -79,7 +103,10 @@ fn cp_tar_diff_and_remount_keep_everything_and_leak_nothing() {
     let windows: HashSet<&[u8]> = store.windows(16).collect();
     for (rel, data) in &files {
         for w in data.windows(16) {
-            assert!(!windows.contains(w), "plaintext of {rel} found in the store");
+            assert!(
+                !windows.contains(w),
+                "plaintext of {rel} found in the store"
+            );
         }
         for part in rel.split('/').filter(|p| p.len() >= 6) {
             assert!(
@@ -88,7 +115,10 @@ fn cp_tar_diff_and_remount_keep_everything_and_leak_nothing() {
             );
         }
     }
-    for target in ["patients/p0001/record-1.bin", "/nonexistent/dangling/target"] {
+    for target in [
+        "patients/p0001/record-1.bin",
+        "/nonexistent/dangling/target",
+    ] {
         assert!(!store.windows(target.len()).any(|w| w == target.as_bytes()));
     }
 }
@@ -107,7 +137,12 @@ fn sqlite_git_and_python_mmap_work_unchanged() {
                BEGIN;\n"
         .to_string()
         + &(0..10_000)
-            .map(|i| format!("INSERT INTO samples(patient, ki67) VALUES('p{i}', {}.5);\n", i % 100))
+            .map(|i| {
+                format!(
+                    "INSERT INTO samples(patient, ki67) VALUES('p{i}', {}.5);\n",
+                    i % 100
+                )
+            })
             .collect::<String>()
         + "COMMIT;\n";
     fs::write(ts.dir.path().join("load.sql"), sql).unwrap();
@@ -135,7 +170,11 @@ fn sqlite_git_and_python_mmap_work_unchanged() {
          git add . && git commit -qm first && printf 'more\\n' >> README && git commit -qam second && \
          git status --porcelain && git log --oneline | wc -l && git fsck --no-progress 2>&1 | wc -l",
     );
-    assert_eq!(out.trim(), "2\n0", "git status clean, two commits, fsck silent");
+    assert_eq!(
+        out.trim(),
+        "2\n0",
+        "git status clean, two commits, fsck silent"
+    );
 
     // python: write and read through mmap.
     let script = r#"
@@ -171,9 +210,16 @@ fn random_writes_and_truncates_match_a_shadow_copy() {
     let ts = TestStore::new(&["g"]);
     let m = ts.mount();
     let shadow_path = ts.dir.path().join("shadow");
-    let mut shadow = fs::OpenOptions::new().create(true).read(true).write(true).open(&shadow_path).unwrap();
+    let mut shadow = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&shadow_path)
+        .unwrap();
     let mut f = fs::OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(m.path("g/target"))
@@ -303,7 +349,9 @@ fn concurrent_readers_and_writers() {
     });
     let all = fs::read(dir.join("shared")).unwrap();
     for t in 0..8usize {
-        assert!(all[t * 8192..(t + 1) * 8192].iter().all(|&b| b == t as u8 + 1));
+        assert!(all[t * 8192..(t + 1) * 8192]
+            .iter()
+            .all(|&b| b == t as u8 + 1));
     }
     m.unmount();
 }
@@ -326,7 +374,11 @@ fn tampered_block_is_eio_and_logged_never_plaintext() {
         .map(|e| e.unwrap().path())
         .find(|p| fs::metadata(p).unwrap().len() > 4096)
         .unwrap();
-    let f = fs::OpenOptions::new().read(true).write(true).open(&victim).unwrap();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&victim)
+        .unwrap();
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, 28 + 4124 + 100).unwrap();
     f.write_all_at(&[b[0] ^ 0x20], 28 + 4124 + 100).unwrap();
@@ -342,11 +394,18 @@ fn tampered_block_is_eio_and_logged_never_plaintext() {
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     assert_eq!(fs::read(m.path("g/other")).unwrap(), b"untouched");
     // cp of the damaged file fails instead of producing a wrong copy.
-    let st = Command::new("cp").arg(m.path("g/victim")).arg(ts.dir.path().join("copy")).status().unwrap();
+    let st = Command::new("cp")
+        .arg(m.path("g/victim"))
+        .arg(ts.dir.path().join("copy"))
+        .status()
+        .unwrap();
     assert!(!st.success());
     m.unmount();
     let log = fs::read_to_string(ts.dir.path().join("mount.log")).unwrap();
-    assert!(log.contains("g/victim") && log.contains("block 1 failed authentication"), "log: {log}");
+    assert!(
+        log.contains("g/victim") && log.contains("block 1 failed authentication"),
+        "log: {log}"
+    );
 }
 
 #[test]
@@ -381,7 +440,10 @@ fn cli_errors_are_clear_and_distinct() {
     let out = mount(&bad_pse, &ts.pass, &ts.store);
     let e2 = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!out.status.success());
-    assert!(e2.contains("corrupted") && !e2.contains("wrong passphrase"), "{e2}");
+    assert!(
+        e2.contains("corrupted") && !e2.contains("wrong passphrase"),
+        "{e2}"
+    );
 
     // A foreign directory and a store from the future.
     let out = mount(&ts.pse, &ts.pass, ts.dir.path());
@@ -389,18 +451,29 @@ fn cli_errors_are_clear_and_distinct() {
     assert!(e3.contains("is not a tresor store"), "{e3}");
     let manifest = ts.store.join("tresor.json");
     let text = fs::read_to_string(&manifest).unwrap();
-    fs::write(&manifest, text.replace("\"tresor_store\": 1", "\"tresor_store\": 9")).unwrap();
+    fs::write(
+        &manifest,
+        text.replace("\"tresor_store\": 1", "\"tresor_store\": 9"),
+    )
+    .unwrap();
     let out = mount(&ts.pse, &ts.pass, &ts.store);
     let e4 = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(e4.contains("version 9") && e4.contains("upgrade"), "{e4}");
-    fs::write(&manifest, text.replace("\"longnames\"", "\"quantum-names\"")).unwrap();
+    fs::write(
+        &manifest,
+        text.replace("\"longnames\"", "\"quantum-names\""),
+    )
+    .unwrap();
     let out = mount(&ts.pse, &ts.pass, &ts.store);
     let e5 = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(e5.contains("newer tresor"), "{e5}");
     fs::write(&manifest, text).unwrap();
 
     // Passphrases never come from argv: there is no such flag.
-    let out = tresor().args(["mount", "--passphrase", "x"]).output().unwrap();
+    let out = tresor()
+        .args(["mount", "--passphrase", "x"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     // Without a terminal and without a file, tresor says what to do.
     let out = tresor()

@@ -236,7 +236,12 @@ pub fn all_store_bytes(dir: &Path) -> Vec<u8> {
             if ft.is_dir() {
                 stack.push(p);
             } else if ft.is_symlink() {
-                out.extend_from_slice(std::fs::read_link(&p).unwrap().as_os_str().as_encoded_bytes());
+                out.extend_from_slice(
+                    std::fs::read_link(&p)
+                        .unwrap()
+                        .as_os_str()
+                        .as_encoded_bytes(),
+                );
             } else if ft.is_file() {
                 out.extend(std::fs::read(&p).unwrap());
                 if let Ok(names) = xattr::list(&p) {

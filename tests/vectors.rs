@@ -642,7 +642,7 @@ fn pse_wrong_passphrase_and_corruption_differ() {
     let bytes = fs::read(testdata().join(PSE_FILE)).unwrap();
     let e = pse::open(&bytes, b"wrong horse battery staple").unwrap_err();
     assert!(matches!(e, PseError::WrongPassphrase), "{e}");
-    assert_eq!(e.to_string(), "wrong passphrase");
+    assert!(e.to_string().starts_with("wrong passphrase"), "{e}");
 
     let text = String::from_utf8(bytes.clone()).unwrap();
     for field in ["\"sealed\": \"", "\"salt\": \"", "\"trust_anchor\": \""] {
@@ -688,13 +688,6 @@ enum Expect {
     /// NOT detected — a documented limit: the probe path reads as the
     /// plaintext of the fixture file named here.
     Limit(&'static str),
-    /// KNOWN BUG (reported, fix proposed in tamper-cases.md): the probe is
-    /// not listed, a lookup by its name still serves the authentic file, but
-    /// the directory lists the name given here twice. Becomes [`Unlisted`]
-    /// once `Vfs::list` checks a long name's hash against its side file.
-    ///
-    /// [`Unlisted`]: Expect::Unlisted
-    ListedTwice(&'static str),
 }
 
 /// Where a tampering is applied: a copy of the fixture.
@@ -836,7 +829,7 @@ fn tamper_cases() -> Vec<Case> {
             tamper: |c| { let p = side(&c.path(&long_path())); let mut b = fs::read(&p).unwrap(); flip_char(&mut b, 10); fs::write(&p, b).unwrap() } },
         Case { name: "long name: side file removed", probe: "records/LONG", expect: Unlisted,
             tamper: |c| fs::remove_file(side(&c.path(&long_path()))).unwrap() },
-        Case { name: "long name: side file holds another entry's valid encoding", probe: "records/LONG", expect: ListedTwice("one.txt"),
+        Case { name: "long name: side file holds another entry's valid encoding", probe: "records/LONG", expect: Unlisted,
             tamper: |c| { let other = c.path("records/one.txt"); fs::write(side(&c.path(&long_path())), other.file_name().unwrap().as_encoded_bytes()).unwrap() } },
         // --- symlinks ---
         Case { name: "symlink target: ciphertext character changed", probe: "records/link", expect: Eio,
@@ -984,20 +977,6 @@ fn run_case(case: &Case, pristine: &Path, ring: &Keyring) -> Result<(), String> 
                 return Err("lookup served other content".into());
             }
             check_listing(&vfs, parent, name)
-        }
-        Expect::ListedTwice(twice) => {
-            let data = outcome.map_err(|e| format!("lookup/read failed: {e}"))?;
-            if data != content(&probe, 300) {
-                return Err("lookup served other content".into());
-            }
-            let all = list_all(&vfs, parent).map_err(|e| e.to_string())?;
-            match all.iter().filter(|n| *n == twice).count() {
-                2 => Ok(()),
-                1 => Err(format!(
-                    "{twice} is listed once: the bug is fixed, make this case Unlisted"
-                )),
-                n => Err(format!("{twice} is listed {n} times")),
-            }
         }
         Expect::Limit(other) => {
             let size = all_files().into_iter().find(|(p, _)| p == other).unwrap().1;

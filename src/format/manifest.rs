@@ -80,6 +80,11 @@ impl Manifest {
                 supported: STORE_FORMAT,
             });
         }
+        if version == 0 {
+            return Err(FormatError::Corrupt(
+                "store manifest has format version 0".into(),
+            ));
+        }
         let m: Manifest = serde_json::from_value(v)
             .map_err(|e| FormatError::Corrupt(format!("store manifest is malformed ({e})")))?;
         if let Some(f) = m
@@ -156,6 +161,9 @@ impl KeyFile {
                 found: k.tresor_keys,
                 supported: KEYS_FORMAT,
             });
+        }
+        if k.tresor_keys == 0 {
+            return Err(FormatError::Corrupt("key file has format version 0".into()));
         }
         if !k.epochs.iter().any(|e| e.epoch == k.current_epoch) {
             return Err(FormatError::Corrupt(format!(

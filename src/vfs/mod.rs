@@ -653,8 +653,13 @@ impl Vfs {
                 Target::Path(p) => {
                     // Symlinks have no mode of their own on Linux.
                     if !fs::symlink_metadata(p)?.file_type().is_symlink() {
-                        nix::sys::stat::fchmodat(None, p, m, nix::sys::stat::FchmodatFlags::FollowSymlink)
-                            .map_err(nix_err)?;
+                        nix::sys::stat::fchmodat(
+                            None,
+                            p,
+                            m,
+                            nix::sys::stat::FchmodatFlags::FollowSymlink,
+                        )
+                        .map_err(nix_err)?;
                     }
                 }
             }
@@ -663,8 +668,10 @@ impl Vfs {
             let (u, g) = (s.uid.map(Uid::from_raw), s.gid.map(Gid::from_raw));
             match t {
                 Target::Fd(f) => nix::unistd::fchown(f.as_raw_fd(), u, g).map_err(nix_err)?,
-                Target::Path(p) => nix::unistd::fchownat(None, p, u, g, AtFlags::AT_SYMLINK_NOFOLLOW)
-                    .map_err(nix_err)?,
+                Target::Path(p) => {
+                    nix::unistd::fchownat(None, p, u, g, AtFlags::AT_SYMLINK_NOFOLLOW)
+                        .map_err(nix_err)?
+                }
             }
         }
         if s.atime.is_some() || s.mtime.is_some() {
@@ -679,8 +686,9 @@ impl Vfs {
             let (a, m) = (ts(s.atime), ts(s.mtime));
             match t {
                 Target::Fd(f) => futimens(f.as_raw_fd(), &a, &m).map_err(nix_err)?,
-                Target::Path(p) => utimensat(None, p, &a, &m, UtimensatFlags::NoFollowSymlink)
-                    .map_err(nix_err)?,
+                Target::Path(p) => {
+                    utimensat(None, p, &a, &m, UtimensatFlags::NoFollowSymlink).map_err(nix_err)?
+                }
             }
         }
         Ok(())
@@ -946,7 +954,8 @@ impl Vfs {
     /// Forgets one name of a node (after unlink, rmdir or rename-over).
     fn drop_link(&self, ino: Ino, parent: Ino, bname: &OsStr) {
         if let Some(n) = lock(&self.inodes).nodes.get_mut(&ino) {
-            n.links.retain(|l| !(l.parent == parent && l.bname == bname));
+            n.links
+                .retain(|l| !(l.parent == parent && l.bname == bname));
         }
     }
 
@@ -1008,7 +1017,8 @@ impl Vfs {
         let moved = self.ino_for(&src_md);
         let mut inodes = lock(&self.inodes);
         if let Some(n) = inodes.nodes.get_mut(&moved) {
-            n.links.retain(|l| !(l.parent == parent && l.bname == src.bname));
+            n.links
+                .retain(|l| !(l.parent == parent && l.bname == src.bname));
             n.links.insert(
                 0,
                 Link {
@@ -1226,7 +1236,16 @@ impl Vfs {
                 Entry::Internal => continue,
                 Entry::Short(s) => s.to_string(),
                 Entry::Long(_) => match fs::read_to_string(side_file(&e.path())) {
-                    Ok(s) => s,
+                    // The hashed name authenticates its side file's content.
+                    Ok(s)
+                        if crate::format::names::backing_name(&s, crate::crypto::sha256) == bs =>
+                    {
+                        s
+                    }
+                    Ok(_) => {
+                        tracing::warn!(dir = %plain_dir, entry = bs, "long name does not match its .name file; hidden");
+                        continue;
+                    }
                     Err(_) => {
                         tracing::warn!(dir = %plain_dir, "long name without its .name file; skipped");
                         continue;
