@@ -1,0 +1,247 @@
+#!/usr/bin/env bash
+# Filesystem benchmark: tresor vs gocryptfs vs a plain directory, in ONE run,
+# on the SAME backing filesystem, with the raw single-core AES-256-GCM-SIV
+# open throughput measured alongside (criterion, benches/crypto.rs).
+#
+# Usage:  tools/bench-fs.sh [BASE_DIR]        (BASE_DIR default: /var/tmp)
+# Env:    SIZE_MB=1024   size of the streaming file
+#         NFILES=10000   small files in the tree (1-8 KiB each, in 100 dirs)
+#         RUNS=3         repetitions; the table shows the median
+#         TRESOR_BIN=…   use this binary instead of `cargo build --release`
+#         TRESOR_THREADS=N  pass --threads N to `tresor mount` (default: tresor's)
+#         SKIP_CRYPTO=1  do not run the criterion AES-GCM-SIV measurement
+#         KEEP=1         keep the work directory (it is always unmounted)
+# Needs root for `echo 3 > /proc/sys/vm/drop_caches` (without it, caches are
+# only synced and the read rows are cache-warm: a warning is printed).
+# Quick run: SIZE_MB=64 NFILES=500 RUNS=1 SKIP_CRYPTO=1 tools/bench-fs.sh
+set -euo pipefail
+
+SIZE_MB=${SIZE_MB:-1024}
+NFILES=${NFILES:-10000}
+RUNS=${RUNS:-3}
+BASE=${1:-/var/tmp}
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+FSES=(plain gocryptfs tresor)
+
+die() { echo "bench-fs: $*" >&2; exit 1; }
+log() { echo "bench-fs: $*" >&2; }
+
+for n in "$SIZE_MB" "$NFILES" "$RUNS"; do
+    [[ $n =~ ^[1-9][0-9]*$ ]] || die "SIZE_MB, NFILES and RUNS must be positive integers (got '$n')"
+done
+[[ -d $BASE ]] || die "backing directory $BASE does not exist"
+for tool in gocryptfs fusermount3 dd tar md5sum find xargs awk; do
+    command -v "$tool" >/dev/null || die "$tool is not installed"
+done
+CAN_DROP=1
+if [[ $(id -u) -ne 0 ]] || ! [[ -w /proc/sys/vm/drop_caches ]]; then
+    CAN_DROP=0
+    log "WARNING: not root: page caches cannot be dropped, read rows are cache-warm"
+fi
+
+# ---- build ----
+if [[ -n ${TRESOR_BIN:-} ]]; then
+    BIN=$TRESOR_BIN
+else
+    log "building tresor (cargo build --release) in $REPO"
+    (cd "$REPO" && cargo build --release --quiet) || die "cargo build --release failed"
+    BIN=$REPO/target/release/tresor
+fi
+[[ -x $BIN ]] || die "no tresor binary at $BIN"
+
+# ---- work area and cleanup ----
+WORK=$(mktemp -d "$BASE/tresor-bench.XXXXXX") || die "cannot create a work directory under $BASE"
+TMNT=$WORK/tresor-mnt
+GMNT=$WORK/gocryptfs-mnt
+cleanup() {
+    local rc=$?
+    set +e
+    for m in "$TMNT" "$GMNT"; do
+        if mountpoint -q "$m" 2>/dev/null; then
+            fusermount3 -u "$m" 2>/dev/null || { sleep 1; fusermount3 -u "$m" 2>/dev/null; } \
+                || fusermount3 -uz "$m" 2>/dev/null || log "could not unmount $m"
+        fi
+    done
+    if [[ ${KEEP:-0} == 1 ]]; then
+        log "kept $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+PASS=$WORK/passphrase
+printf 'bench-passphrase-%s\n' "$RANDOM$RANDOM" >"$PASS"
+chmod 600 "$PASS"
+mkdir -p "$TMNT" "$GMNT" "$WORK/plain" "$WORK/gocryptfs-cipher"
+
+log "setting up tresor (kdf 8 MiB)"
+"$BIN" init "$WORK/tresor-store" --pse "$WORK/admin.pse" --passphrase-file "$PASS" \
+    --kdf-memory-mib 8 >/dev/null
+"$BIN" datagroup add "$WORK/tresor-store" bench --pse "$WORK/admin.pse" \
+    --passphrase-file "$PASS" >/dev/null
+MOUNT_ARGS=()
+[[ -n ${TRESOR_THREADS:-} ]] && MOUNT_ARGS+=(--threads "$TRESOR_THREADS")
+"$BIN" mount "$WORK/tresor-store" "$TMNT" --pse "$WORK/admin.pse" --passphrase-file "$PASS" \
+    --log "$WORK/tresor.log" "${MOUNT_ARGS[@]}" >/dev/null
+mountpoint -q "$TMNT" || die "tresor did not mount on $TMNT"
+[[ -d $TMNT/bench ]] || die "data group 'bench' not visible in the tresor mount"
+
+log "setting up gocryptfs"
+gocryptfs -q -init -extpass "cat $PASS" "$WORK/gocryptfs-cipher" >/dev/null
+gocryptfs -q -extpass "cat $PASS" "$WORK/gocryptfs-cipher" "$GMNT"
+mountpoint -q "$GMNT" || die "gocryptfs did not mount on $GMNT"
+
+dir_of() {
+    case $1 in
+        plain) echo "$WORK/plain" ;;
+        gocryptfs) echo "$GMNT" ;;
+        tresor) echo "$TMNT/bench" ;;
+    esac
+}
+
+# ---- the small-file tree, generated once ----
+TAR=$WORK/tree.tar
+log "generating $NFILES files of 1-8 KiB in 100 directories"
+if command -v python3 >/dev/null; then
+    python3 - "$TAR" "$NFILES" <<'EOF'
+import io, os, sys, tarfile, time
+out, n = sys.argv[1], int(sys.argv[2])
+now = int(time.time())
+with tarfile.open(out, "w", format=tarfile.GNU_FORMAT) as t:
+    for d in range(100):
+        ti = tarfile.TarInfo(f"tree/d{d:03d}")
+        ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, now
+        t.addfile(ti)
+    for i in range(n):
+        size = 1024 + (i * 7919) % (7 * 1024 + 1)
+        ti = tarfile.TarInfo(f"tree/d{i % 100:03d}/f{i:05d}.bin")
+        ti.size, ti.mode, ti.mtime = size, 0o644, now
+        t.addfile(ti, io.BytesIO(os.urandom(size)))
+EOF
+else
+    src=$WORK/tree-src
+    for ((d = 0; d < 100; d++)); do mkdir -p "$(printf '%s/tree/d%03d' "$src" "$d")"; done
+    for ((i = 0; i < NFILES; i++)); do
+        head -c $((1024 + (i * 7919) % (7 * 1024 + 1))) /dev/urandom \
+            >"$(printf '%s/tree/d%03d/f%05d.bin' "$src" $((i % 100)) "$i")"
+    done
+    tar -C "$src" -cf "$TAR" tree
+    rm -rf "$src"
+fi
+EXPECT=$(mkdir "$WORK/ref" && tar -C "$WORK/ref" -xf "$TAR" \
+    && cd "$WORK/ref" && find tree -type f -print0 | sort -z | xargs -0 md5sum | md5sum)
+rm -rf "$WORK/ref"
+
+# ---- phases ----
+drop_caches() {
+    sync
+    if [[ $CAN_DROP == 1 ]]; then echo 3 >/proc/sys/vm/drop_caches; fi
+}
+ph_write() { dd if=/dev/zero of="$1/big" bs=1M count="$SIZE_MB" conv=fsync status=none; }
+ph_read() { dd if="$1/big" of=/dev/null bs=1M status=none; }
+ph_untar() { tar -C "$1" -xf "$TAR" && sync; }
+ph_ls() { ls -lR "$1/tree" >/dev/null; }
+ph_md5() { find "$1/tree" -type f -print0 | xargs -0 md5sum >/dev/null; }
+ph_rm() { rm -rf "$1/tree" && sync; }
+PHASES=(write read untar ls md5 rm)
+
+SAMPLES=$WORK/samples
+: >"$SAMPLES"
+now_ns() { date +%s%N; }
+timed() { # phase fs dir
+    local t0 t1
+    drop_caches
+    t0=$(now_ns)
+    "ph_$1" "$3" || die "phase $1 failed on $2"
+    t1=$(now_ns)
+    echo "$1 $2 $(((t1 - t0) / 1000))" >>"$SAMPLES" # microseconds
+}
+
+for ((run = 1; run <= RUNS; run++)); do
+    for fs in "${FSES[@]}"; do
+        d=$(dir_of "$fs")
+        log "run $run/$RUNS: $fs"
+        for ph in "${PHASES[@]}"; do
+            [[ $ph == md5 ]] && { # correctness check, untimed
+                got=$(cd "$d" && find tree -type f -print0 | sort -z | xargs -0 md5sum | md5sum)
+                [[ $got == "$EXPECT" ]] || die "$fs returned wrong file contents"
+            }
+            timed "$ph" "$fs" "$d"
+            [[ $ph == read ]] && rm -f "$d/big"
+        done
+    done
+done
+
+# ---- raw AES-256-GCM-SIV open, one core (criterion) ----
+RAW_MIBS=""
+if [[ ${SKIP_CRYPTO:-0} != 1 ]]; then
+    log "measuring raw AES-256-GCM-SIV open throughput (cargo bench --bench crypto -- block/open)"
+    if (cd "$REPO" && cargo bench --quiet --bench crypto -- 'block/open_1m' >"$WORK/criterion.txt" 2>&1); then
+        est=$REPO/target/criterion/block/open_1m/new/estimates.json
+        # mean time (ns) of opening 256 sealed 4 KiB blocks = 1 MiB
+        ns=$(awk 'match($0, /"mean":\{[^}]*"point_estimate":[0-9.e+-]+/) {
+                s = substr($0, RSTART, RLENGTH); sub(/.*"point_estimate":/, "", s); print s; exit }' "$est")
+        [[ -n $ns ]] && RAW_MIBS=$(awk -v ns="$ns" 'BEGIN { printf "%.0f", 1e9 / ns }')
+    else
+        log "cargo bench failed; see below"; cat "$WORK/criterion.txt" >&2
+    fi
+fi
+
+# ---- report ----
+median() { # phase fs -> microseconds
+    awk -v p="$1" -v f="$2" '$1 == p && $2 == f { print $3 }' "$SAMPLES" | sort -n \
+        | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+label() {
+    case $1 in
+        write) echo "write ${SIZE_MB} MiB (dd bs=1M conv=fsync)" ;;
+        read) echo "read ${SIZE_MB} MiB (dd bs=1M, cold cache)" ;;
+        untar) echo "untar $NFILES files + sync" ;;
+        ls) echo "ls -lR ($NFILES files)" ;;
+        md5) echo "md5sum all $NFILES files" ;;
+        rm) echo "rm -rf tree + sync" ;;
+    esac
+}
+cell() { # phase microseconds
+    if [[ $1 == write || $1 == read ]]; then
+        awk -v us="$2" -v mb="$SIZE_MB" 'BEGIN { printf "%.2f s (%.0f MiB/s)", us / 1e6, mb / (us / 1e6) }'
+    else
+        awk -v us="$2" 'BEGIN { printf "%.2f s", us / 1e6 }'
+    fi
+}
+
+echo
+echo "## tresor vs gocryptfs vs plain — $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo
+echo "machine: $(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)," \
+    "kernel $(uname -r), backing fs $(stat -f -c %T "$WORK") on $(df --output=source "$WORK" | tail -1)," \
+    "$(gocryptfs -version | head -1 | cut -d';' -f1), tresor threads ${TRESOR_THREADS:-default}"
+echo "median of $RUNS run(s); caches dropped before every phase: $([[ $CAN_DROP == 1 ]] && echo yes || echo NO)"
+echo
+echo "| row | plain | gocryptfs | tresor | tresor/gocryptfs |"
+echo "|---|---:|---:|---:|---:|"
+for ph in "${PHASES[@]}"; do
+    p=$(median "$ph" plain); g=$(median "$ph" gocryptfs); t=$(median "$ph" tresor)
+    ratio=$(awk -v t="$t" -v g="$g" 'BEGIN { printf "%.2f", t / g }')
+    echo "| $(label "$ph") | $(cell "$ph" "$p") | $(cell "$ph" "$g") | $(cell "$ph" "$t") | $ratio |"
+done
+echo
+echo "ratio = time(tresor) / time(gocryptfs): < 1.0 means tresor is faster."
+if [[ -n $RAW_MIBS ]]; then
+    tr_read=$(median read tresor)
+    awk -v raw="$RAW_MIBS" -v us="$tr_read" -v mb="$SIZE_MB" 'BEGIN {
+        r = mb / (us / 1e6);
+        printf "\nraw AES-256-GCM-SIV open, one core (criterion block/open_1m): %d MiB/s\n", raw;
+        printf "tresor streaming read: %.0f MiB/s = %.2fx slower than raw (%s the 2x target)\n",
+            r, raw / r, (raw / r <= 2.0) ? "within" : "OUTSIDE" }'
+fi
+echo
+echo "<details><summary>all samples (phase fs microseconds)</summary>"
+echo
+echo '```'
+cat "$SAMPLES"
+echo '```'
+echo "</details>"
