@@ -513,3 +513,67 @@ fn background_mount_and_umount_command() {
     ok(tresor().arg("umount").arg(&mnt));
     assert!(!mnt.join("g").exists());
 }
+
+/// Runs `script` as uid/gid 1234 (root only); returns (success, stdout+stderr).
+fn as_other_user(dir: &Path, script: &str) -> (bool, String) {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=1234",
+            "--regid=1234",
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn allow_other_behaves_like_a_local_filesystem() {
+    if !fuse_available() || !nix::unistd::geteuid().is_root() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            assert!(nix::unistd::geteuid().is_root(), "CI runs as root");
+        }
+        return;
+    }
+    let ts = TestStore::new(&["g"]);
+    // Other users must be able to traverse to the mount point.
+    fs::set_permissions(ts.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+
+    // Without --allow-other, another user cannot even look.
+    let m = ts.mount();
+    let (ok_, text) = as_other_user(&ts.dir.path().join("mnt"), "ls g");
+    assert!(!ok_, "other user got in without --allow-other: {text}");
+    m.unmount();
+
+    let m = ts.mount_with(&["--allow-other"]);
+    let g = m.path("g");
+    fs::set_permissions(&g, fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::write(g.join("private"), b"root only").unwrap();
+    fs::set_permissions(g.join("private"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(g.join("public"), b"everyone").unwrap();
+    fs::set_permissions(g.join("public"), fs::Permissions::from_mode(0o644)).unwrap();
+
+    let (ok_, text) = as_other_user(&g, "cat private");
+    assert!(!ok_ && text.contains("Permission denied"), "{text}");
+    let (ok_, text) = as_other_user(&g, "cat public");
+    assert!(ok_ && text == "everyone", "{text}");
+    let (ok_, text) = as_other_user(&g, "echo x >> public");
+    assert!(!ok_ && text.contains("Permission denied"), "{text}");
+    let (ok_, text) = as_other_user(
+        &g,
+        "echo mine > mine && mkdir mydir && stat -c '%u:%g' mine mydir",
+    );
+    assert!(ok_, "{text}");
+    assert_eq!(text, "1234:1234\n1234:1234\n");
+    // Sticky directory: another user's file cannot be removed.
+    let (ok_, _) = as_other_user(&g, "rm -f public");
+    assert!(!ok_);
+    assert!(g.join("public").exists());
+    m.unmount();
+}

@@ -224,14 +224,15 @@ struct Node {
     links: Vec<Link>,
     lookups: u64,
     generation: u64,
+    /// The backing inode was deleted while the kernel still knows this node:
+    /// if the backing filesystem reuses the number, it is a new file.
+    stale: bool,
     dirid: Option<DirId>,
 }
 
 #[derive(Debug, Default)]
 struct Inodes {
     nodes: HashMap<Ino, Node>,
-    /// Generation to use for the next node at a given ino (after reuse).
-    generations: HashMap<Ino, u64>,
 }
 
 /// Shared per-file state while any handle is open: the lock that orders
@@ -312,6 +313,7 @@ impl Vfs {
                 links: Vec::new(),
                 lookups: 1,
                 generation: 0,
+                stale: false,
                 dirid: None,
             },
         );
@@ -533,14 +535,21 @@ impl Vfs {
         let ino = self.ino_for(md);
         {
             let mut inodes = lock(&self.inodes);
-            let next_gen = inodes.generations.get(&ino).copied().unwrap_or(0);
             let n = inodes.nodes.entry(ino).or_insert_with(|| Node {
                 group: Arc::clone(&c.group),
                 links: Vec::new(),
                 lookups: 0,
-                generation: next_gen,
+                generation: 0,
+                stale: false,
                 dirid: None,
             });
+            if n.stale {
+                // A reused backing inode number: tell the kernel it is another file.
+                n.stale = false;
+                n.generation += 1;
+                n.links.clear();
+                n.dirid = None;
+            }
             let link = Link {
                 parent,
                 bname: c.bname.clone(),
@@ -557,10 +566,8 @@ impl Vfs {
     /// Marks a backing inode as gone: if the backing filesystem reuses its
     /// number, the next node there gets a new generation.
     fn forget_backing(&self, ino: Ino) {
-        let mut inodes = lock(&self.inodes);
-        let g = inodes.nodes.get(&ino).map(|n| n.generation).unwrap_or(0);
-        inodes.generations.insert(ino, g + 1);
-        if let Some(n) = inodes.nodes.get_mut(&ino) {
+        if let Some(n) = lock(&self.inodes).nodes.get_mut(&ino) {
+            n.stale = true;
             n.dirid = None;
         }
     }
