@@ -8,8 +8,8 @@ use crate::vfs::{Attr, Caller, Kind, SetAttr, Vfs, VfsError};
 use fuser::{
     AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::io;
@@ -125,6 +125,9 @@ impl Filesystem for TresorFs {
         // Optional speed-ups; the kernel may lack them, which is fine.
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
         let _ = config.add_capabilities(InitFlags::FUSE_ASYNC_DIO);
+        // `ls -l` and friends: entries and attributes in one round trip.
+        let _ = config
+            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         Ok(())
     }
 
@@ -368,6 +371,55 @@ impl Filesystem for TresorFs {
             }
             Err(e) => reply.error(errno(&e)),
         }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let entries = match self.vfs.readdir(fh.0, offset) {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        for (next, e) in entries {
+            // The kernel counts every entry but `.` and `..` as looked up.
+            let counted = self.vfs.readdirplus_entry(fh.0, next - 1);
+            let attr = counted.unwrap_or(Attr {
+                ino: e.ino,
+                generation: 0,
+                size: 0,
+                blocks: 0,
+                atime: std::time::UNIX_EPOCH,
+                mtime: std::time::UNIX_EPOCH,
+                ctime: std::time::UNIX_EPOCH,
+                kind: e.kind,
+                perm: 0o755,
+                nlink: 2,
+                uid: 0,
+                gid: 0,
+                rdev: 0,
+            });
+            let full = reply.add(
+                INodeNo(e.ino),
+                next,
+                &e.name,
+                &TTL,
+                &file_attr(&attr),
+                Generation(attr.generation),
+            );
+            if full {
+                // Not sent: undo the count.
+                if counted.is_some() {
+                    self.vfs.forget(e.ino, 1);
+                }
+                break;
+            }
+        }
+        reply.ok();
     }
 
     fn releasedir(

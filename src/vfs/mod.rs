@@ -204,6 +204,10 @@ pub struct DirEntry {
     pub kind: Kind,
     /// Plaintext name.
     pub name: OsString,
+    /// Attributes when listed (for readdirplus); `None` for `.` and `..`.
+    pub attr: Option<Attr>,
+    /// Backing name, to register the entry as looked up.
+    bname: OsString,
 }
 
 /// One name of a node: hard links give a node several.
@@ -251,6 +255,8 @@ enum Handle {
         path: String,
     },
     Dir {
+        ino: Ino,
+        group: Arc<str>,
         entries: Vec<DirEntry>,
     },
 }
@@ -532,11 +538,25 @@ impl Vfs {
 
     /// Registers a looked-up entry and returns its attributes.
     fn remember(&self, parent: Ino, c: &Child, md: &fs::Metadata) -> Result<Attr> {
-        let ino = self.ino_for(md);
+        let pname = OsString::from(c.plain.rsplit('/').next().unwrap_or(""));
+        self.register(self.ino_for(md), parent, &c.group, &c.bname, pname);
+        self.attr_of(md, &c.path, &c.group, &c.plain)
+    }
+
+    /// Counts one kernel lookup of `ino` under one of its names; returns
+    /// the node's generation.
+    fn register(
+        &self,
+        ino: Ino,
+        parent: Ino,
+        group: &Arc<str>,
+        bname: &OsStr,
+        pname: OsString,
+    ) -> u64 {
         {
             let mut inodes = lock(&self.inodes);
             let n = inodes.nodes.entry(ino).or_insert_with(|| Node {
-                group: Arc::clone(&c.group),
+                group: Arc::clone(group),
                 links: Vec::new(),
                 lookups: 0,
                 generation: 0,
@@ -552,15 +572,15 @@ impl Vfs {
             }
             let link = Link {
                 parent,
-                bname: c.bname.clone(),
-                pname: OsString::from(c.plain.rsplit('/').next().unwrap_or("")),
+                bname: bname.to_os_string(),
+                pname,
             };
             n.links.retain(|l| l != &link);
             n.links.insert(0, link);
-            n.group = Arc::clone(&c.group);
+            n.group = Arc::clone(group);
             n.lookups += 1;
+            n.generation
         }
-        self.attr_of(md, &c.path, &c.group, &c.plain)
     }
 
     /// Marks a backing inode as gone: if the backing filesystem reuses its
@@ -1187,14 +1207,18 @@ impl Vfs {
 
     /// Lists directory `ino`; the listing is kept with the returned handle.
     pub fn opendir(&self, ino: Ino) -> Result<u64> {
-        let entries = self.list(ino)?;
-        Ok(self.add_handle(Handle::Dir { entries }))
+        let (group, entries) = self.list(ino)?;
+        Ok(self.add_handle(Handle::Dir {
+            ino,
+            group,
+            entries,
+        }))
     }
 
     /// Entries of an open directory from position `offset`.
     pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<(u64, DirEntry)>> {
         let h = self.handle(fh)?;
-        let Handle::Dir { entries } = &*h else {
+        let Handle::Dir { entries, .. } = &*h else {
             return Err(VfsError::BadHandle);
         };
         Ok(entries
@@ -1205,25 +1229,54 @@ impl Vfs {
             .collect())
     }
 
-    fn list(&self, ino: Ino) -> Result<Vec<DirEntry>> {
+    /// Counts the kernel's implicit lookup of entry `index` of an open
+    /// directory that readdirplus returned; returns its attributes with the
+    /// current generation (`None` for `.` and `..`, which are not counted).
+    pub fn readdirplus_entry(&self, fh: u64, index: u64) -> Option<Attr> {
+        let h = self.handle(fh).ok()?;
+        let Handle::Dir {
+            ino,
+            group,
+            entries,
+        } = &*h
+        else {
+            return None;
+        };
+        let e = entries.get(usize::try_from(index).ok()?)?;
+        let mut attr = e.attr?;
+        let group = if *ino == ROOT {
+            Arc::from(e.name.to_string_lossy().as_ref())
+        } else {
+            Arc::clone(group)
+        };
+        attr.generation = self.register(attr.ino, *ino, &group, &e.bname, e.name.clone());
+        Some(attr)
+    }
+
+    fn list(&self, ino: Ino) -> Result<(Arc<str>, Vec<DirEntry>)> {
         let dot = |ino, name: &str| DirEntry {
             ino,
             kind: Kind::Dir,
             name: OsString::from(name),
+            attr: None,
+            bname: OsString::new(),
         };
         if ino == ROOT {
             let mut out = vec![dot(ROOT, "."), dot(ROOT, "..")];
             for g in self.keyring().groups() {
-                match fs::metadata(self.groups_dir.join(g)) {
+                let path = self.groups_dir.join(g);
+                match fs::symlink_metadata(&path) {
                     Ok(md) => out.push(DirEntry {
                         ino: self.ino_for(&md),
                         kind: Kind::Dir,
                         name: OsString::from(g),
+                        attr: self.attr_of(&md, &path, g, g).ok(),
+                        bname: OsString::from(g),
                     }),
                     Err(e) => tracing::warn!(group = g, "data group directory missing: {e}"),
                 }
             }
-            return Ok(out);
+            return Ok((Arc::from(""), out));
         }
         let (dir, group, plain_dir) = self.locate(ino)?;
         let dirid = self.dirid(ino, &dir, &plain_dir)?;
@@ -1267,13 +1320,17 @@ impl Vfs {
             let Some(kind) = Kind::of(md.file_type()) else {
                 continue;
             };
+            let name = OsString::from_vec(name);
+            let plain = format!("{plain_dir}/{}", name.to_string_lossy());
             out.push(DirEntry {
                 ino: self.ino_for(&md),
                 kind,
-                name: OsString::from_vec(name),
+                attr: self.attr_of(&md, &e.path(), &group, &plain).ok(),
+                name,
+                bname,
             });
         }
-        Ok(out)
+        Ok((group, out))
     }
 
     // ---- filesystem ----
