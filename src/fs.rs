@@ -125,6 +125,9 @@ impl Filesystem for TresorFs {
         // Optional speed-ups; the kernel may lack them, which is fine.
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
         let _ = config.add_capabilities(InitFlags::FUSE_ASYNC_DIO);
+        // The kernel gathers small writes into page-sized and larger ones
+        // before they reach us: each costs a block read-modify-write here.
+        let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
         // `ls -l` and friends: entries and attributes in one round trip.
         let _ = config
             .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
