@@ -182,9 +182,13 @@ if [[ ${SKIP_CRYPTO:-0} != 1 ]]; then
     if (cd "$REPO" && cargo bench --quiet --bench crypto -- 'block/open_1m' >"$WORK/criterion.txt" 2>&1); then
         est=$REPO/target/criterion/block/open_1m/new/estimates.json
         # mean time (ns) of opening 256 sealed 4 KiB blocks = 1 MiB
-        ns=$(awk 'match($0, /"mean":\{[^}]*"point_estimate":[0-9.e+-]+/) {
-                s = substr($0, RSTART, RLENGTH); sub(/.*"point_estimate":/, "", s); print s; exit }' "$est")
-        [[ -n $ns ]] && RAW_MIBS=$(awk -v ns="$ns" 'BEGIN { printf "%.0f", 1e9 / ns }')
+        if command -v jq >/dev/null; then
+            ns=$(jq -r '.mean.point_estimate' "$est" 2>/dev/null || true)
+        else
+            ns=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["mean"]["point_estimate"])' \
+                "$est" 2>/dev/null || true)
+        fi
+        if [[ -n $ns ]]; then RAW_MIBS=$(awk -v ns="$ns" 'BEGIN { printf "%.0f", 1e9 / ns }'); fi
     else
         log "cargo bench failed; see below"; cat "$WORK/criterion.txt" >&2
     fi
@@ -217,7 +221,7 @@ echo
 echo "## tresor vs gocryptfs vs plain — $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo
 echo "machine: $(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)," \
-    "kernel $(uname -r), backing fs $(stat -f -c %T "$WORK") on $(df --output=source "$WORK" | tail -1)," \
+    "kernel $(uname -r), backing fs $(df --output=fstype "$WORK" | tail -1) on $(df --output=source "$WORK" | tail -1)," \
     "$(gocryptfs -version | head -1 | cut -d';' -f1), tresor threads ${TRESOR_THREADS:-default}"
 echo "median of $RUNS run(s); caches dropped before every phase: $([[ $CAN_DROP == 1 ]] && echo yes || echo NO)"
 echo
