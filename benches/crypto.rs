@@ -81,11 +81,7 @@ fn file_keys(c: &mut Criterion) {
     });
     // Once per data-group epoch at unlock: HKDF for the name key + its schedule.
     g.bench_function("epoch_key_new", |b| {
-        b.iter_batched(
-            SecretKey::random,
-            EpochKey::new,
-            BatchSize::SmallInput,
-        )
+        b.iter_batched(SecretKey::random, EpochKey::new, BatchSize::SmallInput)
     });
     g.finish();
 }
@@ -98,7 +94,9 @@ fn argon2(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(4));
     let p = KdfParams::DEFAULT;
-    g.throughput(Throughput::Bytes(u64::from(p.m_kib) * 1024 * u64::from(p.t)));
+    g.throughput(Throughput::Bytes(
+        u64::from(p.m_kib) * 1024 * u64::from(p.t),
+    ));
     g.bench_function("argon2id_default_64MiB_t3_p1", |b| {
         b.iter(|| derive_passphrase_key(b"correct horse battery staple", &[9u8; 16], p).unwrap())
     });
