@@ -214,7 +214,7 @@ pub struct KdfParams {
 
 impl KdfParams {
     /// The default for new PSEs: 64 MiB, 3 passes, 1 lane (OWASP's second
-    /// recommended Argon2id setting, about 0.1-0.2 s on one core).
+    /// recommended Argon2id setting, about 0.35 s on one core of the reference machine).
     pub const DEFAULT: KdfParams = KdfParams {
         m_kib: 64 * 1024,
         t: 3,

@@ -64,8 +64,8 @@ pub fn init_empty(file: &File, c: &FileCipher) -> Result<(), ContentError> {
         &[],
         &mut buf[HEADER_LEN as usize..],
     );
+    // Only called on a file just created empty: no truncation needed.
     file.write_all_at(&buf, 0)?;
-    file.set_len(buf.len() as u64)?;
     Ok(())
 }
 
@@ -218,8 +218,10 @@ fn rewrite(
     } else {
         (data_end - 1) / BLOCK_SIZE
     };
-    let mut plain = vec![0u8; (CHUNK_BLOCKS * BLOCK_SIZE) as usize];
-    let mut sealed = vec![0u8; (CHUNK_BLOCKS * CT_BLOCK_SIZE) as usize];
+    // Buffers sized to the request: a 1 KiB write must not zero megabytes.
+    let blocks = (last - first + 1).min(CHUNK_BLOCKS);
+    let mut plain = vec![0u8; BLOCK_SIZE as usize];
+    let mut sealed = vec![0u8; (blocks * CT_BLOCK_SIZE) as usize];
     let mut chunk = first;
     while chunk <= last {
         let chunk_last = last.min(chunk + CHUNK_BLOCKS - 1);
@@ -227,15 +229,24 @@ fn rewrite(
         for idx in chunk..=chunk_last {
             let bstart = idx * BLOCK_SIZE;
             let new_len = block_plain_len(new_psize, idx) as usize;
-            let p = &mut plain[..new_len];
+            let aad = block_aad(c.id(), idx, idx + 1 == new_n);
             let covered = off <= bstart && data_end >= bstart + new_len as u64;
-            if !covered {
-                p.fill(0);
-                let old_len = block_plain_len(psize, idx);
-                if old_len > 0 {
-                    let old = read_blocks(file, c, psize, idx, idx)?;
-                    p[..old.len()].copy_from_slice(&old);
-                }
+            if covered {
+                // Sealed straight from the caller's data: no copy.
+                let from = (bstart - off) as usize;
+                sealed_len += c.aead.seal_to_slice(
+                    &aad,
+                    &data[from..from + new_len],
+                    &mut sealed[sealed_len..],
+                );
+                continue;
+            }
+            // A partly written block: old content (or zeros past the old end), then the data.
+            let p = &mut plain[..new_len];
+            p.fill(0);
+            if block_plain_len(psize, idx) > 0 {
+                let old = read_blocks(file, c, psize, idx, idx)?;
+                p[..old.len()].copy_from_slice(&old);
             }
             // Overlay the part of `data` that falls into this block.
             let lo = off.max(bstart);
@@ -244,11 +255,7 @@ fn rewrite(
                 p[(lo - bstart) as usize..(hi - bstart) as usize]
                     .copy_from_slice(&data[(lo - off) as usize..(hi - off) as usize]);
             }
-            sealed_len += c.aead.seal_to_slice(
-                &block_aad(c.id(), idx, idx + 1 == new_n),
-                p,
-                &mut sealed[sealed_len..],
-            );
+            sealed_len += c.aead.seal_to_slice(&aad, p, &mut sealed[sealed_len..]);
         }
         file.write_all_at(&sealed[..sealed_len], block_offset(chunk))?;
         chunk = chunk_last + 1;
