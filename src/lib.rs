@@ -8,6 +8,7 @@
 //! - [`store`]: the store on disk — manifest, data groups, key envelopes;
 //! - [`vfs`]: the filesystem engine, plain Rust, no FUSE types;
 //! - [`fs`]: the FUSE adapter (fuser) — thin;
+//! - [`sandbox`]: profiling (and later confining) untrusted analyses;
 //! - [`cli`]: the command line.
 
 pub mod cli;
@@ -15,5 +16,6 @@ pub mod crypto;
 pub mod format;
 pub mod fs;
 pub mod pse;
+pub mod sandbox;
 pub mod store;
 pub mod vfs;
