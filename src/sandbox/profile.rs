@@ -541,6 +541,7 @@ impl Profile {
                 .syscalls
                 .entry(name.clone())
                 .or_insert_with(|| SyscallEntry {
+                    count: 0,
                     args: BTreeSet::new(),
                     args_truncated: false,
                     ..e.clone()
