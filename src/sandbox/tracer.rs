@@ -226,7 +226,9 @@ pub fn profile(
         opts.mode,
     );
     // The first execve happens before tracing starts: record it here.
-    profile.add_path(&shown, Access::R.union(Access::X), false);
+    if opts.mode != Mode::Syscalls {
+        profile.add_path(&shown, Access::R.union(Access::X), false);
+    }
     if sha.is_none() {
         profile
             .notes
