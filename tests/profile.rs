@@ -660,3 +660,31 @@ fn merge_is_a_union_and_refuses_another_binary() {
     assert!(x.network);
     assert!(x.notes.iter().any(|n| n.contains("--force")));
 }
+
+#[test]
+fn only_successful_execs_are_granted() {
+    require_ptrace!();
+    // execvp tries each $PATH entry; the misses must not become grants.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-dir");
+    let out = Command::new(TRESOR)
+        .args(["profile", "--out"])
+        .arg(dir.path().join("p.json"))
+        .arg("--")
+        .arg(example("profile_fork_exec"))
+        .args(["0", "true"])
+        .env("PATH", format!("{}:/usr/bin:/bin", missing.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let p = Profile::load(&dir.path().join("p.json")).unwrap();
+    assert!(p.execs.contains("/usr/bin/true"), "{:?}", p.execs);
+    assert!(
+        !p.paths
+            .keys()
+            .any(|d| d.starts_with(missing.to_str().unwrap())),
+        "{:?}",
+        p.paths.keys()
+    );
+    assert_eq!(p.paths["/usr/bin"].files["true"], access("rx"));
+}

@@ -290,10 +290,19 @@ pub fn profile(
     drop(signals);
     let end = match result {
         Ok(end) => end,
-        Err(e) => {
+        Err(e @ TraceError::KernelTooOld(_)) => {
             tracer.kill_all();
             tracer.drain();
             return Err(e);
+        }
+        Err(e) => {
+            // Keep what was recorded: an incomplete profile beats none.
+            tracer.kill_all();
+            tracer.drain();
+            tracer
+                .profile
+                .mark_incomplete(format!("the tracer failed: {e}"));
+            RunEnd::Aborted
         }
     };
     if !tracer.root_execed {
@@ -639,6 +648,7 @@ impl<'a> Tracer<'a> {
             return;
         }
         if let Some(p) = path {
+            self.profile.add_path(&p, Access::R.union(Access::X), false);
             self.profile.execs.insert(p);
         }
         // The kernel itself opens the ELF interpreter (ld.so) and a script's
@@ -696,9 +706,12 @@ impl<'a> Tracer<'a> {
                     let Some(path) = self.resolve(pid, dirfd, raw) else {
                         continue;
                     };
-                    self.profile.add_path(&path, access, is_dir);
                     if matches!(rule, Rule::Exec) {
+                        // Recorded once the exec succeeds: execvp tries
+                        // every $PATH entry, and misses are no grants.
                         self.pending_exec.insert(pid, path.clone());
+                    } else {
+                        self.profile.add_path(&path, access, is_dir);
                     }
                     if self.trace.is_some() {
                         shown_paths.push(path);
