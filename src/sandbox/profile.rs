@@ -40,6 +40,10 @@ pub enum ProfileError {
     #[error("profile {path} is invalid: {reason}")]
     Invalid { path: String, reason: String },
     #[error(
+        "cannot merge profiles of different architectures: {a} vs {b} (syscall numbers differ)"
+    )]
+    ArchMismatch { a: String, b: String },
+    #[error(
         "cannot merge profiles of different {what}: {a} vs {b} (pass --force to merge anyway)"
     )]
     Mismatch {
@@ -501,8 +505,7 @@ impl Profile {
     pub fn merge(&mut self, other: &Profile, force: bool) -> Result<(), ProfileError> {
         if self.arch != other.arch {
             // Numbers differ between architectures: never mergeable.
-            return Err(ProfileError::Mismatch {
-                what: "architectures",
+            return Err(ProfileError::ArchMismatch {
                 a: self.arch.clone(),
                 b: other.arch.clone(),
             });
@@ -830,6 +833,9 @@ mod tests {
         a.merge(&b, true).unwrap();
         assert!(a.notes.iter().any(|n| n.contains("--force")));
         b.arch = "aarch64".into();
-        assert!(a.merge(&b, true).is_err());
+        assert!(matches!(
+            a.merge(&b, true),
+            Err(ProfileError::ArchMismatch { .. })
+        ));
     }
 }
