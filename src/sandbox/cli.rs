@@ -173,6 +173,17 @@ fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     let Some((program, rest)) = args.command.split_first() else {
         bail!("no program given: tresor profile --out P.json -- PROGRAM [ARGS...]");
     };
+    // Fail before the (possibly long) run, not after it.
+    let out_dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    tempfile::NamedTempFile::new_in(&out_dir).with_context(|| {
+        format!(
+            "cannot write the profile into {} (does the directory exist and is it writable?)",
+            out_dir.display()
+        )
+    })?;
     let opts = TraceOptions {
         mode,
         trace: args.trace,
