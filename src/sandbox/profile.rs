@@ -23,16 +23,10 @@ pub const MAX_ARG_VALUES: usize = 256;
 /// Errors reading, checking or merging profiles.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
-    #[error("cannot read profile {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("cannot write profile {path}: {source}")]
-    Write {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read profile {path}: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("cannot write profile {path}: {error}")]
+    Write { path: String, error: std::io::Error },
     #[error("{path} is not a tresor profile: {reason}")]
     NotAProfile { path: String, reason: String },
     #[error("profile {path} has format version {found}; this tresor reads up to {VERSION} — upgrade tresor")]
@@ -472,18 +466,18 @@ impl Profile {
     /// Reads a profile file.
     pub fn load(path: &Path) -> Result<Profile, ProfileError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ProfileError::Read {
             path: shown.clone(),
-            source,
+            error,
         })?;
         Profile::from_json(&text, &shown)
     }
 
     /// Writes a profile file (atomically: temp file + rename).
     pub fn save(&self, path: &Path) -> Result<(), ProfileError> {
-        let err = |source| ProfileError::Write {
+        let err = |error| ProfileError::Write {
             path: path.display().to_string(),
-            source,
+            error,
         };
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,

@@ -66,12 +66,20 @@ pub enum TraceError {
     Seccomp(io::Error),
     #[error("this kernel cannot report syscalls to the tracer ({0}); tresor profile needs Linux 5.3 or newer")]
     KernelTooOld(io::Error),
-    #[error("cannot start {path}: {source}")]
-    Spawn { path: String, source: io::Error },
-    #[error("cannot write the trace file {path}: {source}")]
-    TraceFile { path: String, source: io::Error },
+    #[error("cannot start {path}: {error}")]
+    Spawn { path: String, error: io::Error },
+    #[error("cannot write the trace file {path}: {error}")]
+    TraceFile { path: String, error: io::Error },
     #[error("tracing failed: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
+}
+
+// Not `#[from]`: that would also make the error its source, and `{:#}`
+// would print it twice.
+impl From<io::Error> for TraceError {
+    fn from(e: io::Error) -> Self {
+        TraceError::Io(e)
+    }
 }
 
 /// How the profiled run ended.
@@ -237,9 +245,9 @@ pub fn profile(
     let trace = match (&opts.trace, opts.mode) {
         (Some(t), Mode::Full) => Some(BufWriter::with_capacity(
             1 << 20,
-            File::create(t).map_err(|source| TraceError::TraceFile {
+            File::create(t).map_err(|error| TraceError::TraceFile {
                 path: t.display().to_string(),
-                source,
+                error,
             })?,
         )),
         _ => None,
@@ -258,9 +266,9 @@ pub fn profile(
     let spec = sys::ChildSpec::new(cstr(path.as_os_str())?, argv, tracing_filter(arch));
 
     let signals = SignalGuard::install()?;
-    let mut child = sys::spawn_waiting_child(&spec).map_err(|source| TraceError::Spawn {
+    let mut child = sys::spawn_waiting_child(&spec).map_err(|error| TraceError::Spawn {
         path: shown.clone(),
-        source,
+        error,
     })?;
     let options = libc::PTRACE_O_TRACESECCOMP
         | libc::PTRACE_O_TRACECLONE
@@ -278,7 +286,7 @@ pub fn profile(
         let _ = sys::wait_pid(child.pid);
         return Err(TraceError::Spawn {
             path: shown,
-            source: e,
+            error: e,
         });
     }
     if let Some(t) = opts.timeout {
@@ -313,7 +321,7 @@ pub fn profile(
             }
             Some((stage, errno)) => TraceError::Spawn {
                 path: shown,
-                source: io::Error::new(
+                error: io::Error::new(
                     io::Error::from_raw_os_error(errno).kind(),
                     format!(
                         "{:?} failed: {}",
@@ -324,7 +332,7 @@ pub fn profile(
             },
             None => TraceError::Spawn {
                 path: shown,
-                source: io::Error::other("the child ended before running the program"),
+                error: io::Error::other("the child ended before running the program"),
             },
         });
     }
