@@ -688,3 +688,57 @@ fn only_successful_execs_are_granted() {
     );
     assert_eq!(p.paths["/usr/bin"].files["true"], access("rx"));
 }
+
+#[test]
+fn sigterm_is_passed_on_and_group_stop_is_kept() {
+    require_ptrace!();
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+
+    // SIGTERM to tresor reaches the program; the profile says so.
+    let child = Command::new(TRESOR)
+        .args(["profile", "--out"])
+        .arg(dir.path().join("t.json"))
+        .args(["--", "sleep", "30"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let tresor_pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(tresor_pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM), "{out:?}");
+    let p = Profile::load(&dir.path().join("t.json")).unwrap();
+    assert!(!p.complete);
+    assert!(p.incomplete_reason.unwrap().contains("SIGTERM"));
+
+    // A program that stops itself stays stopped until SIGCONT.
+    let mut child = Command::new(TRESOR)
+        .args(["profile", "--out"])
+        .arg(dir.path().join("s.json"))
+        .args(["--", "sh", "-c", "echo $$; kill -STOP $$; echo resumed"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let sh: i32 = lines.next().unwrap().unwrap().trim().parse().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "must wait while stopped"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{sh}/status")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains("stop")),
+        "{status}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sh),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "resumed");
+    assert!(child.wait().unwrap().success());
+}

@@ -460,6 +460,8 @@ struct Tracer<'a> {
     trace: Option<BufWriter<File>>,
     trace_error: Option<io::Error>,
     processes: u64,
+    /// SIGTERM/SIGHUP received before the program was exec'd.
+    deferred_signal: Option<i32>,
     threads: u64,
 }
 
@@ -490,6 +492,7 @@ impl<'a> Tracer<'a> {
             trace,
             trace_error: None,
             processes: 1,
+            deferred_signal: None,
             threads: 0,
         }
     }
@@ -540,7 +543,13 @@ impl<'a> Tracer<'a> {
                 }
             }
             if let Some(sig) = signals.take_terminate() {
-                sys::send_signal(self.root, sig);
+                if self.root_execed {
+                    sys::send_signal(self.root, sig);
+                } else {
+                    // Before exec the child still has tresor's handlers and
+                    // would swallow it: deliver once the program runs.
+                    self.deferred_signal = Some(sig);
+                }
                 self.profile.mark_incomplete(format!(
                     "tresor received {}; it was passed on to the program",
                     signal_name(sig)
@@ -643,6 +652,9 @@ impl<'a> Tracer<'a> {
         self.cwd.remove(&former);
         if pid == self.root && !self.root_execed {
             self.root_execed = true;
+            if let Some(sig) = self.deferred_signal.take() {
+                sys::send_signal(self.root, sig);
+            }
             if let Some(nr) = self.arch.number("execve") {
                 self.counts[nr as usize] += 1;
             }
