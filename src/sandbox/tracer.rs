@@ -18,7 +18,7 @@ use nix::sys::uio::{process_vm_readv, RemoteIoVec};
 use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
 
-use super::profile::{Access, Exit, Mode, Profile, Program};
+use super::profile::{describe_args, Access, Exit, Mode, Profile, Program};
 use super::sys::{self, ChildStage, SignalGuard, SyscallInfo};
 use super::syscalls::Arch;
 
@@ -711,11 +711,17 @@ impl<'a> Tracer<'a> {
             .get(info.nr as usize)
             .copied()
             .unwrap_or(Action::Count);
-        let mut shown_paths: Vec<String> = Vec::new();
+        // Decoded extras for the trace line: quoted paths, `[name=value …]`.
+        let mut extras: Vec<String> = Vec::new();
         match action {
             Action::Count => {}
             Action::Chdir => self.cwd.clear(),
-            Action::Args(list, kind) => self.record_args(&info, list, kind),
+            Action::Args(list, kind) => {
+                let decoded = self.record_args(&info, list, kind);
+                if self.trace.is_some() {
+                    extras.push(decoded);
+                }
+            }
             Action::Paths(paths, rule) => {
                 let (access, is_dir) = self.access_for(pid, &info, rule);
                 for (dirfd, idx) in paths.into_iter().flatten() {
@@ -734,18 +740,24 @@ impl<'a> Tracer<'a> {
                         self.profile.add_path(&path, access, is_dir);
                     }
                     if self.trace.is_some() {
-                        shown_paths.push(path);
+                        extras.push(path);
                     }
                 }
             }
         }
         if self.trace.is_some() {
-            self.trace_line(pid, &info, &shown_paths);
+            self.trace_line(pid, &info, &extras);
         }
         Ok(())
     }
 
-    fn record_args(&mut self, info: &SyscallInfo, list: &[(u8, &'static str)], kind: ArgKind) {
+    /// Records the argument values; returns them decoded for the trace.
+    fn record_args(
+        &mut self,
+        info: &SyscallInfo,
+        list: &[(u8, &'static str)],
+        kind: ArgKind,
+    ) -> String {
         let mut values = BTreeMap::new();
         for &(i, name) in list {
             let mut v = info.args[i as usize];
@@ -773,7 +785,13 @@ impl<'a> Tracer<'a> {
             }
         }
         let name = self.arch.display_name(info.nr as u32);
+        let decoded = if self.trace.is_some() {
+            format!("[{}]", describe_args(&name, &values))
+        } else {
+            String::new()
+        };
         self.profile.add_args(&name, info.nr as u32, values);
+        decoded
     }
 
     fn access_for(&self, pid: i32, info: &SyscallInfo, rule: Rule) -> (Access, bool) {
@@ -842,7 +860,7 @@ impl<'a> Tracer<'a> {
         Some(c)
     }
 
-    fn trace_line(&mut self, pid: i32, info: &SyscallInfo, paths: &[String]) {
+    fn trace_line(&mut self, pid: i32, info: &SyscallInfo, extras: &[String]) {
         let Some(w) = self.trace.as_mut() else {
             return;
         };
@@ -857,9 +875,13 @@ impl<'a> Tracer<'a> {
             "{pid} {name}({:#x}, {:#x}, {:#x}, {:#x}, {:#x}, {:#x})",
             a[0], a[1], a[2], a[3], a[4], a[5]
         );
-        for p in paths {
+        for p in extras {
             if r.is_ok() {
-                r = write!(w, " {p:?}");
+                r = if p.starts_with('[') {
+                    write!(w, " {p}")
+                } else {
+                    write!(w, " {p:?}")
+                };
             }
         }
         if r.is_ok() {
