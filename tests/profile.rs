@@ -742,3 +742,36 @@ fn sigterm_is_passed_on_and_group_stop_is_kept() {
     assert_eq!(lines.next().unwrap().unwrap(), "resumed");
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn programs_the_kernel_cannot_exec_are_clear_errors() {
+    require_ptrace!();
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let make = |name: &str, body: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    };
+    let run = |prog: &Path| {
+        Command::new(TRESOR)
+            .args(["profile", "--out"])
+            .arg(dir.path().join("p.json"))
+            .arg("--")
+            .arg(prog)
+            .output()
+            .unwrap()
+    };
+    let out = run(&make("script", "#!/no/such/interp -x\n"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("interpreter /no/such/interp does not exist"),
+        "{err}"
+    );
+    let out = run(&make("garbage", "this is not a program"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a program this system can run"), "{err}");
+    assert!(!dir.path().join("p.json").exists());
+}

@@ -25,6 +25,16 @@ pub enum ChildStage {
 }
 
 impl ChildStage {
+    /// What the child was doing, for error messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ChildStage::Handshake => "waiting for the tracer",
+            ChildStage::NoNewPrivs => "prctl(PR_SET_NO_NEW_PRIVS)",
+            ChildStage::Seccomp => "installing the seccomp filter",
+            ChildStage::Exec => "exec",
+        }
+    }
+
     fn code(self) -> u32 {
         match self {
             ChildStage::Handshake => 1,

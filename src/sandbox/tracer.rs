@@ -163,6 +163,16 @@ pub fn resolve_program(program: &OsStr) -> Result<PathBuf, TraceError> {
     Ok(abs)
 }
 
+/// The interpreter named on a script's `#!` line.
+fn interpreter(p: &Path) -> Option<String> {
+    let mut head = [0u8; 256];
+    let n = File::open(p).ok()?.read(&mut head).ok()?;
+    let line = head[..n].strip_prefix(b"#!")?;
+    let line = line.split(|&b| b == b'\n').next()?;
+    let text = String::from_utf8_lossy(line);
+    text.split_whitespace().next().map(str::to_string)
+}
+
 fn is_executable(p: &Path) -> bool {
     nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_ok()
 }
@@ -216,6 +226,10 @@ pub fn tracing_filter(arch: Arch) -> Vec<libc::sock_filter> {
 
 /// Runs `program args…` under the profiler. Stdio is inherited; the program
 /// sees the same environment and working directory as tresor.
+///
+/// Call it from a single-threaded process (the `tresor` binary): it forks,
+/// waits for every child of the process, and installs signal handlers and
+/// an interval timer for the duration of the run.
 pub fn profile(
     program: &OsStr,
     args: &[OsString],
@@ -319,13 +333,28 @@ pub fn profile(
             Some((ChildStage::Seccomp, errno)) => {
                 TraceError::Seccomp(io::Error::from_raw_os_error(errno))
             }
+            Some((ChildStage::Exec, libc::ENOENT)) if interpreter(&path).is_some() => {
+                TraceError::NotExecutable {
+                    path: shown,
+                    reason: format!(
+                        "its #! interpreter {} does not exist",
+                        interpreter(&path).unwrap_or_default()
+                    ),
+                }
+            }
+            Some((ChildStage::Exec, libc::ENOEXEC)) => TraceError::NotExecutable {
+                path: shown,
+                reason:
+                    "not a program this system can run (no #! line, wrong format or architecture)"
+                        .into(),
+            },
             Some((stage, errno)) => TraceError::Spawn {
                 path: shown,
                 error: io::Error::new(
                     io::Error::from_raw_os_error(errno).kind(),
                     format!(
-                        "{:?} failed: {}",
-                        stage,
+                        "{} failed: {}",
+                        stage.describe(),
                         io::Error::from_raw_os_error(errno)
                     ),
                 ),
