@@ -73,6 +73,8 @@ enum Cmd {
         /// The mount point.
         mountpoint: PathBuf,
     },
+    /// Profile an analysis under ptrace, or show / merge profiles.
+    Profile(crate::sandbox::cli::ProfileArgs),
     /// Show the whole cycle on a throw-away store: create, mount, write, read, show ciphertext, unmount.
     Demo {
         /// Keep the demo directory instead of deleting it.
@@ -176,6 +178,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo { keep } => demo::run(keep),
+        // The program's own exit status passes through.
+        Cmd::Profile(args) => crate::sandbox::cli::run_profile(args),
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`store`]: the store on disk — manifest, data groups, key envelopes;
 //! - [`vfs`]: the filesystem engine, plain Rust, no FUSE types;
 //! - [`fs`]: the FUSE adapter (fuser) — thin;
+//! - [`sandbox`]: profiling (and later confining) untrusted analyses;
 //! - [`cli`]: the command line.
 
 pub mod cli;
@@ -16,5 +17,6 @@ pub mod format;
 pub mod fs;
 pub mod keyring;
 pub mod pse;
+pub mod sandbox;
 pub mod store;
 pub mod vfs;

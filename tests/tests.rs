@@ -3,4 +3,5 @@
 mod util;
 
 mod mount;
+mod profile;
 mod vectors;

@@ -1,0 +1,238 @@
+//! Command line of `tresor profile`: clap arguments and the command itself.
+//!
+//! `tresor profile --out P.json [--mode M] [--trace F] [--timeout D] -- PROGRAM ARGS…`
+//! `tresor profile show P.json`
+//! `tresor profile merge A.json B.json … -o C.json [--force]`
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+
+use super::profile::{Mode, Profile};
+use super::tracer::{self, RunEnd, TraceOptions, DEFAULT_MAX_TASKS};
+
+/// `tresor profile`: record what a program needs, or inspect/merge profiles.
+#[derive(Debug, Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = "Examples:\n  tresor profile --out ki67.json -- ./ki67 slide.svs\n  tresor profile show ki67.json\n  tresor profile merge run1.json run2.json -o ki67.json"
+)]
+pub struct ProfileArgs {
+    #[command(subcommand)]
+    pub command: Option<ProfileCommand>,
+    #[command(flatten)]
+    pub record: RecordArgs,
+}
+
+/// Profile a program run.
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// Where to write the profile (JSON).
+    #[arg(long, short = 'o', value_name = "PROFILE.json", required = true)]
+    pub out: Option<PathBuf>,
+    /// What to record.
+    #[arg(long, value_enum, default_value_t = ModeArg::Args)]
+    pub mode: ModeArg,
+    /// Per-call trace file (requires --mode full).
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+    /// Kill the program and all its children after this long (e.g. 30s, 5m, 1h, 500ms).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Most processes and threads alive at once before the tree is killed.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_TASKS)]
+    pub max_tasks: usize,
+    /// The program and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "PROGRAM [ARGS]...")]
+    pub command: Vec<OsString>,
+}
+
+/// `--mode` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// The set of syscalls and their counts only.
+    Syscalls,
+    /// Also argument values, paths, network use and executed programs.
+    Args,
+    /// Like args, plus a per-call trace to --trace FILE (grows with the run).
+    Full,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Mode {
+        match m {
+            ModeArg::Syscalls => Mode::Syscalls,
+            ModeArg::Args => Mode::Args,
+            ModeArg::Full => Mode::Full,
+        }
+    }
+}
+
+/// Subcommands working on profile files.
+#[derive(Debug, Subcommand)]
+pub enum ProfileCommand {
+    /// Print a profile as a table.
+    Show {
+        /// The profile to show.
+        profile: PathBuf,
+        /// Print the JSON instead (checked and normalised).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Union several runs of the same analysis into one profile.
+    Merge {
+        /// Profiles to merge (at least two).
+        #[arg(required = true, num_args = 2..)]
+        inputs: Vec<PathBuf>,
+        /// Where to write the merged profile.
+        #[arg(long, short = 'o', value_name = "PROFILE.json")]
+        out: PathBuf,
+        /// Merge even if the profiles are of different binaries.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration; use e.g. 500ms, 30s, 5m or 1h"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}; use ms, s, m or h")),
+    };
+    if !(secs.is_finite() && secs > 0.0 && secs < 1e9) {
+        return Err(format!("{s:?} must be a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Runs `tresor profile …`; the exit code is the profiled program's.
+pub fn run_profile(args: ProfileArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Some(ProfileCommand::Show { profile, json }) => {
+            let p = Profile::load(&profile)?;
+            if json {
+                print!("{}", p.to_json());
+            } else {
+                print!("{}", p.render_table());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(ProfileCommand::Merge { inputs, out, force }) => {
+            let mut iter = inputs.iter();
+            let Some(first) = iter.next() else {
+                bail!("merge needs at least two profiles");
+            };
+            let mut merged = Profile::load(first)?;
+            for p in iter {
+                let other = Profile::load(p)?;
+                merged
+                    .merge(&other, force)
+                    .with_context(|| format!("merging {}", p.display()))?;
+            }
+            merged.save(&out)?;
+            eprintln!(
+                "tresor profile: merged {} profiles ({} runs) into {}{}",
+                inputs.len(),
+                merged.runs,
+                out.display(),
+                if merged.complete { "" } else { " (INCOMPLETE)" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        None => record(args.record),
+    }
+}
+
+fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
+    let Some(out) = args.out else {
+        bail!("--out PROFILE.json is required");
+    };
+    let mode = Mode::from(args.mode);
+    if args.trace.is_some() && mode != Mode::Full {
+        bail!("--trace only works with --mode full");
+    }
+    if mode == Mode::Full && args.trace.is_none() {
+        bail!("--mode full needs --trace FILE for the per-call trace");
+    }
+    let Some((program, rest)) = args.command.split_first() else {
+        bail!("no program given: tresor profile --out P.json -- PROGRAM [ARGS...]");
+    };
+    // Fail before the (possibly long) run, not after it.
+    let out_dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    tempfile::NamedTempFile::new_in(&out_dir).with_context(|| {
+        format!(
+            "cannot write the profile into {} (does the directory exist and is it writable?)",
+            out_dir.display()
+        )
+    })?;
+    let opts = TraceOptions {
+        mode,
+        trace: args.trace,
+        timeout: args.timeout,
+        max_tasks: args.max_tasks.max(1),
+    };
+    let outcome = tracer::profile(program, rest, &opts)?;
+    outcome
+        .profile
+        .save(&out)
+        .context("the program ran, but its profile could not be saved")?;
+    let p = &outcome.profile;
+    let summary = format!(
+        "{} syscalls, {} process(es), {} thread(s)",
+        p.syscalls.values().filter(|e| e.count > 0).count(),
+        p.processes,
+        p.threads
+    );
+    match &outcome.end {
+        RunEnd::Exited(_) if p.complete => {
+            eprintln!("tresor profile: wrote {} ({summary})", out.display())
+        }
+        RunEnd::Signaled(s) => eprintln!(
+            "tresor profile: {} was killed by {}; wrote INCOMPLETE profile {} ({summary})",
+            p.program.path,
+            tracer::signal_name(*s),
+            out.display()
+        ),
+        _ => eprintln!(
+            "tresor profile: {}; wrote INCOMPLETE profile {} ({summary})",
+            p.incomplete_reason.as_deref().unwrap_or("run stopped"),
+            out.display()
+        ),
+    }
+    Ok(ExitCode::from(outcome.end.exit_code()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("3d").is_err());
+    }
+}

@@ -1,0 +1,17 @@
+//! The sandbox launcher's first half: profiling an analysis.
+//!
+//! - [`profile`]: the profile data type (reviewable JSON);
+//! - [`tracer`]: `tresor profile`, the ptrace + seccomp-trace profiler;
+//! - [`syscalls`]: syscall name ↔ number tables (x86_64, aarch64);
+//! - [`sys`]: the raw syscalls, the only `unsafe` here;
+//! - [`cli`]: clap arguments and the `profile` command.
+
+pub mod cli;
+pub mod profile;
+pub mod sys;
+pub mod syscalls;
+pub mod tracer;
+
+pub use profile::{Access, DirAccess, Exit, Mode, Profile, ProfileError, SyscallEntry};
+pub use syscalls::Arch;
+pub use tracer::{profile as run_profiler, Outcome, RunEnd, TraceError, TraceOptions};

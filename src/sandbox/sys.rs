@@ -1,0 +1,413 @@
+//! The sandbox's raw system calls: the only place in `sandbox` with `unsafe`.
+//!
+//! Everything here is a thin, checked wrapper; the logic lives in the
+//! callers, which are plain Rust.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::time::Duration;
+
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+
+/// Where the child failed before running the program (sent over a pipe).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildStage {
+    /// Waiting for the tracer to attach.
+    Handshake,
+    /// `prctl(PR_SET_NO_NEW_PRIVS)`.
+    NoNewPrivs,
+    /// Installing the seccomp filter.
+    Seccomp,
+    /// `execv` of the program.
+    Exec,
+}
+
+impl ChildStage {
+    /// What the child was doing, for error messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ChildStage::Handshake => "waiting for the tracer",
+            ChildStage::NoNewPrivs => "prctl(PR_SET_NO_NEW_PRIVS)",
+            ChildStage::Seccomp => "installing the seccomp filter",
+            ChildStage::Exec => "exec",
+        }
+    }
+
+    fn code(self) -> u32 {
+        match self {
+            ChildStage::Handshake => 1,
+            ChildStage::NoNewPrivs => 2,
+            ChildStage::Seccomp => 3,
+            ChildStage::Exec => 4,
+        }
+    }
+    fn from_code(c: u32) -> Option<ChildStage> {
+        Some(match c {
+            1 => ChildStage::Handshake,
+            2 => ChildStage::NoNewPrivs,
+            3 => ChildStage::Seccomp,
+            4 => ChildStage::Exec,
+            _ => return None,
+        })
+    }
+}
+
+/// What the child needs, prepared before `fork` so that the child only makes
+/// async-signal-safe calls (no allocation after fork).
+pub struct ChildSpec {
+    program: CString,
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    filter: Vec<libc::sock_filter>,
+}
+
+impl ChildSpec {
+    /// `program` is the path to exec; `argv[0]` is what the program sees.
+    pub fn new(program: CString, argv: Vec<CString>, filter: Vec<libc::sock_filter>) -> Self {
+        let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        ChildSpec {
+            program,
+            _argv: argv,
+            argv_ptrs,
+            filter,
+        }
+    }
+}
+
+/// A forked child waiting for the go signal.
+pub struct Child {
+    pub pid: i32,
+    go: Option<OwnedFd>,
+    err: OwnedFd,
+}
+
+impl Child {
+    /// Lets the child go on to install its filter and exec.
+    pub fn release(&mut self) -> io::Result<()> {
+        let fd = self
+            .go
+            .take()
+            .ok_or_else(|| io::Error::other("child already released"))?;
+        let n = nix::unistd::write(&fd, &[1u8])?;
+        if n != 1 {
+            return Err(io::Error::other("short write to child"));
+        }
+        Ok(())
+    }
+
+    /// After the child ended without exec'ing: where and why it failed.
+    pub fn failure(&self) -> Option<(ChildStage, i32)> {
+        let mut buf = [0u8; 8];
+        let n = nix::unistd::read(self.err.as_raw_fd(), &mut buf).ok()?;
+        if n != 8 {
+            return None;
+        }
+        let stage = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
+        Some((ChildStage::from_code(stage)?, errno))
+    }
+}
+
+fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
+}
+
+/// Forks a child that waits until [`Child::release`], then sets
+/// `no_new_privs`, installs `spec.filter` and execs `spec.program`.
+/// The caller attaches with ptrace before releasing it: a
+/// `SECCOMP_RET_TRACE` filter without a tracer fails every syscall.
+pub fn spawn_waiting_child(spec: &ChildSpec) -> io::Result<Child> {
+    let (go_r, go_w) = pipe_cloexec()?;
+    let (err_r, err_w) = pipe_cloexec()?;
+    let prog = libc::sock_fprog {
+        len: u16::try_from(spec.filter.len())
+            .map_err(|_| io::Error::other("seccomp filter too long"))?,
+        filter: spec.filter.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: tresor is single-threaded when it profiles, and the child
+    // branch only makes async-signal-safe raw syscalls on memory prepared
+    // before the fork, then execs or `_exit`s.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => {
+            child_after_fork(go_r.as_raw_fd(), err_w.as_raw_fd(), spec, &prog)
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(go_r);
+            drop(err_w);
+            Ok(Child {
+                pid: child.as_raw(),
+                go: Some(go_w),
+                err: err_r,
+            })
+        }
+    }
+}
+
+fn child_after_fork(go: i32, err: i32, spec: &ChildSpec, prog: &libc::sock_fprog) -> ! {
+    let fail = |stage: ChildStage| -> ! {
+        let errno = nix::errno::Errno::last_raw();
+        let mut buf = [0u8; 8];
+        buf[..4].copy_from_slice(&stage.code().to_ne_bytes());
+        buf[4..].copy_from_slice(&errno.to_ne_bytes());
+        // SAFETY: writes 8 bytes from a live stack buffer to our own pipe fd,
+        // then ends the child without running Rust or libc exit handlers
+        // (they belong to the parent's state).
+        unsafe {
+            libc::write(err, buf.as_ptr().cast(), buf.len());
+            libc::_exit(127)
+        }
+    };
+    let mut byte = 0u8;
+    // SAFETY: reads one byte into a live stack variable from our pipe fd.
+    let n = unsafe { libc::read(go, (&mut byte as *mut u8).cast(), 1) };
+    if n != 1 {
+        fail(ChildStage::Handshake);
+    }
+    // SAFETY: plain prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        fail(ChildStage::NoNewPrivs);
+    }
+    // SAFETY: `prog` points at `spec.filter`, alive and unmoved for the
+    // duration of the call; the kernel copies the program.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            prog as *const libc::sock_fprog,
+        )
+    };
+    if rc != 0 {
+        fail(ChildStage::Seccomp);
+    }
+    // SAFETY: program and argv are NUL-terminated C strings and argv is a
+    // NULL-terminated pointer array, all owned by `spec`; execv only
+    // returns on failure.
+    unsafe { libc::execv(spec.program.as_ptr(), spec.argv_ptrs.as_ptr()) };
+    fail(ChildStage::Exec)
+}
+
+/// Waits for any traced task (`waitpid(-1, __WALL)`); returns `(tid, status)`.
+/// Interrupted by tresor's signal handlers with `ErrorKind::Interrupted`.
+pub fn wait_any() -> io::Result<(i32, i32)> {
+    let mut status = 0;
+    // SAFETY: `status` is a live out-parameter.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::__WALL) };
+    if pid < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok((pid, status))
+    }
+}
+
+/// Waits for one specific child (used to reap a child we gave up on).
+pub fn wait_pid(pid: i32) -> io::Result<i32> {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a live out-parameter.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::__WALL) };
+        if r >= 0 {
+            return Ok(status);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+fn ptrace_raw(req: libc::c_uint, pid: i32, addr: usize, data: usize) -> io::Result<libc::c_long> {
+    // SAFETY: every request passed here takes integer arguments or, for
+    // GET_SYSCALL_INFO, a pointer/size pair checked by the caller.
+    let r = unsafe {
+        libc::ptrace(
+            req,
+            pid,
+            addr as *mut libc::c_void,
+            data as *mut libc::c_void,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// `PTRACE_SEIZE` with options; does not stop the task.
+pub fn seize(pid: i32, options: libc::c_int) -> io::Result<()> {
+    ptrace_raw(libc::PTRACE_SEIZE, pid, 0, options as usize).map(drop)
+}
+
+/// `PTRACE_CONT`, delivering `sig` (0 for none). Any signal number works,
+/// including real-time ones.
+pub fn cont(pid: i32, sig: i32) -> io::Result<()> {
+    ptrace_raw(libc::PTRACE_CONT, pid, 0, sig as usize).map(drop)
+}
+
+/// `PTRACE_LISTEN`: leave a group-stopped task stopped but keep getting events.
+pub fn listen(pid: i32) -> io::Result<()> {
+    ptrace_raw(libc::PTRACE_LISTEN, pid, 0, 0).map(drop)
+}
+
+/// `PTRACE_GETEVENTMSG`: new child's pid after fork events, former tid after exec.
+pub fn event_msg(pid: i32) -> io::Result<u64> {
+    let mut msg: libc::c_ulong = 0;
+    ptrace_raw(
+        libc::PTRACE_GETEVENTMSG,
+        pid,
+        0,
+        &mut msg as *mut libc::c_ulong as usize,
+    )?;
+    Ok(msg as u64)
+}
+
+/// A syscall as seen at a seccomp stop.
+#[derive(Debug, Clone, Copy)]
+pub struct SyscallInfo {
+    /// `AUDIT_ARCH_*` of the ABI used.
+    pub arch: u32,
+    pub nr: u64,
+    pub args: [u64; 6],
+}
+
+/// `PTRACE_GET_SYSCALL_INFO` at a seccomp stop (Linux 5.3+): number,
+/// arguments and ABI in one call, the same on every architecture.
+pub fn syscall_info(pid: i32) -> io::Result<SyscallInfo> {
+    // SAFETY: ptrace_syscall_info is plain old data; all-zero is valid.
+    let mut info: libc::ptrace_syscall_info = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::ptrace_syscall_info>();
+    ptrace_raw(
+        libc::PTRACE_GET_SYSCALL_INFO,
+        pid,
+        size,
+        &mut info as *mut libc::ptrace_syscall_info as usize,
+    )?;
+    if info.op != libc::PTRACE_SYSCALL_INFO_SECCOMP {
+        return Err(io::Error::other(format!(
+            "task {pid} is not at a seccomp stop (op {})",
+            info.op
+        )));
+    }
+    // SAFETY: op == SECCOMP says the kernel filled the `seccomp` member.
+    let s = unsafe { info.u.seccomp };
+    Ok(SyscallInfo {
+        arch: info.arch,
+        nr: s.nr,
+        args: s.args,
+    })
+}
+
+/// Sends SIGKILL to a task; a task that is already gone is not an error.
+pub fn kill_task(pid: i32) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+}
+
+/// Sends `sig` to a process.
+pub fn send_signal(pid: i32, sig: i32) {
+    if let Ok(s) = Signal::try_from(sig) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), s);
+    }
+}
+
+static ALARM: AtomicBool = AtomicBool::new(false);
+static TERMINATE: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_alarm(_: libc::c_int) {
+    ALARM.store(true, Ordering::SeqCst);
+}
+
+extern "C" fn on_terminate(sig: libc::c_int) {
+    TERMINATE.store(sig, Ordering::SeqCst);
+}
+
+extern "C" fn on_ignored(_: libc::c_int) {}
+
+/// tresor's signal handlers while it traces; restores the previous ones on drop.
+///
+/// Handlers (not SIG_IGN) are used because exec resets handlers to the
+/// default but keeps SIG_IGN: the program must get default dispositions.
+/// None uses SA_RESTART, so a signal interrupts `wait_any`.
+pub struct SignalGuard {
+    old: Vec<(Signal, SigAction)>,
+}
+
+impl SignalGuard {
+    /// SIGALRM sets the timeout flag; SIGTERM and SIGHUP are remembered to be
+    /// forwarded to the program; SIGINT and SIGQUIT (sent by a terminal to
+    /// the whole foreground group, program included) are ignored by tresor.
+    pub fn install() -> io::Result<SignalGuard> {
+        ALARM.store(false, Ordering::SeqCst);
+        TERMINATE.store(0, Ordering::SeqCst);
+        let mut g = SignalGuard { old: Vec::new() };
+        let table: [(Signal, extern "C" fn(libc::c_int)); 5] = [
+            (Signal::SIGALRM, on_alarm),
+            (Signal::SIGTERM, on_terminate),
+            (Signal::SIGHUP, on_terminate),
+            (Signal::SIGINT, on_ignored),
+            (Signal::SIGQUIT, on_ignored),
+        ];
+        for (sig, handler) in table {
+            let act = SigAction::new(
+                SigHandler::Handler(handler),
+                SaFlags::empty(),
+                SigSet::empty(),
+            );
+            // SAFETY: the handlers only store to atomics (async-signal-safe).
+            let old = unsafe { sigaction(sig, &act) }?;
+            g.old.push((sig, old));
+        }
+        Ok(g)
+    }
+
+    /// Whether the timer fired since the last call.
+    pub fn take_alarm(&self) -> bool {
+        ALARM.swap(false, Ordering::SeqCst)
+    }
+
+    /// A termination signal tresor received since the last call.
+    pub fn take_terminate(&self) -> Option<i32> {
+        match TERMINATE.swap(0, Ordering::SeqCst) {
+            0 => None,
+            s => Some(s),
+        }
+    }
+}
+
+impl Drop for SignalGuard {
+    fn drop(&mut self) {
+        set_timer(None, Duration::ZERO);
+        for (sig, old) in self.old.drain(..).rev() {
+            // SAFETY: restores the disposition that was in place before.
+            let _ = unsafe { sigaction(sig, &old) };
+        }
+    }
+}
+
+/// Arms `ITIMER_REAL` to fire after `first`, then every `every` (so a
+/// SIGALRM that lands just before `wait_any` blocks is not lost); `None`
+/// disarms it.
+pub fn set_timer(first: Option<Duration>, every: Duration) {
+    let tv = |d: Duration| libc::timeval {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_usec: d.subsec_micros() as libc::suseconds_t,
+    };
+    let value = match first {
+        // A zero value would disarm the timer.
+        Some(d) => tv(d.max(Duration::from_micros(1))),
+        None => tv(Duration::ZERO),
+    };
+    let it = libc::itimerval {
+        it_interval: if first.is_some() {
+            tv(every)
+        } else {
+            tv(Duration::ZERO)
+        },
+        it_value: value,
+    };
+    // SAFETY: `it` is a live, initialised itimerval; the old value is not wanted.
+    unsafe { libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut()) };
+}

@@ -1,0 +1,777 @@
+//! `tresor profile` end to end: real ptrace, in child processes only (the
+//! `tresor` binary profiles the programs in examples/; this test process
+//! never traces or filters itself).
+//!
+//! Each example's profile must hold exactly the syscalls expected: the
+//! start-up set of a trivial Rust program (measured here, by profiling
+//! `profile_baseline`) plus the example's own, listed with reasons below.
+//!
+//! Where ptrace is refused (some containers) the tests skip with a message,
+//! except under `CI=true`, where that is a failure.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use tresor::sandbox::{Access, Exit, Profile};
+
+const TRESOR: &str = env!("CARGO_BIN_EXE_tresor");
+
+/// Builds the examples once (same target dir as this test) and returns
+/// their directory.
+fn examples_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        // target/<profile>/deps/profile-HASH → target/<profile>
+        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+        let target_dir = profile_dir.parent().unwrap();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--examples", "--quiet", "--manifest-path"])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(target_dir);
+        if profile_dir.file_name().unwrap() == "release" {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build --examples");
+        assert!(status.success(), "cargo build --examples failed");
+        profile_dir.join("examples")
+    })
+}
+
+fn example(name: &str) -> PathBuf {
+    let p = examples_dir().join(name);
+    assert!(p.exists(), "example {} not built", p.display());
+    p
+}
+
+/// Whether ptrace works here; panics under CI=true if it does not.
+fn ptrace_ok() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(TRESOR)
+            .args(["profile", "--out"])
+            .arg(dir.path().join("p.json"))
+            .arg("--")
+            .arg(example("profile_baseline"))
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return true;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        let refused = err.contains("ptrace was refused") || err.contains("seccomp");
+        if std::env::var("CI").as_deref() == Ok("true") || !refused {
+            panic!("tresor profile cannot trace here: {err}");
+        }
+        eprintln!("SKIPPING profile tests: {err}");
+        false
+    })
+}
+
+macro_rules! require_ptrace {
+    () => {
+        if !ptrace_ok() {
+            return;
+        }
+    };
+}
+
+struct Run {
+    out: Output,
+    profile: Profile,
+    _dir: tempfile::TempDir,
+}
+
+/// `tresor profile --out TMP/p.json EXTRA… -- PROGRAM ARGS…`
+fn profile_run(extra: &[&str], program: &Path, args: &[&str]) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.json");
+    let out = Command::new(TRESOR)
+        .args(["profile", "--out"])
+        .arg(&path)
+        .args(extra)
+        .arg("--")
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let profile = Profile::load(&path).unwrap_or_else(|e| {
+        panic!(
+            "no profile written ({e}); stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    Run {
+        out,
+        profile,
+        _dir: dir,
+    }
+}
+
+fn baseline() -> &'static Profile {
+    static B: OnceLock<Profile> = OnceLock::new();
+    B.get_or_init(|| {
+        let r = profile_run(&[], &example("profile_baseline"), &[]);
+        assert!(r.out.status.success());
+        r.profile
+    })
+}
+
+fn used(p: &Profile) -> BTreeSet<String> {
+    p.syscalls
+        .iter()
+        .filter(|(_, e)| e.count > 0)
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+/// The syscalls `p` used beyond the baseline must be `must` plus any of
+/// `may` (timing-dependent ones), and nothing else.
+fn assert_syscalls(p: &Profile, must: &[&str], may: &[&str]) {
+    let base = used(baseline());
+    let extra: BTreeSet<String> = used(p).difference(&base).cloned().collect();
+    let must: BTreeSet<String> = must.iter().map(|s| s.to_string()).collect();
+    let may: BTreeSet<String> = may.iter().map(|s| s.to_string()).collect();
+    let missing: Vec<_> = must.difference(&extra).collect();
+    let unexpected: Vec<_> = extra
+        .iter()
+        .filter(|s| !must.contains(*s) && !may.contains(*s))
+        .collect();
+    assert!(
+        missing.is_empty() && unexpected.is_empty(),
+        "missing {missing:?}, unexpected {unexpected:?} (beyond baseline {base:?})"
+    );
+    // Every program does at least this, baseline or not.
+    for s in ["execve", "mmap", "exit_group"] {
+        assert!(p.syscalls[s].count > 0 || s == "exit_group", "{s} not seen");
+    }
+}
+
+/// Paths outside the baseline's directories.
+fn own_paths(p: &Profile) -> Vec<(String, String, Access)> {
+    let base = &baseline().paths;
+    let mut v = Vec::new();
+    for (dir, d) in &p.paths {
+        for (name, a) in &d.files {
+            let in_base = base.get(dir).is_some_and(|b| b.files.contains_key(name));
+            if !in_base && dir != examples_dir().to_str().unwrap() {
+                v.push((dir.clone(), name.clone(), *a));
+            }
+        }
+    }
+    v
+}
+
+fn access(s: &str) -> Access {
+    Access {
+        read: s.contains('r'),
+        write: s.contains('w'),
+        exec: s.contains('x'),
+    }
+}
+
+fn arg_values(p: &Profile, syscall: &str, arg: &str) -> BTreeSet<u64> {
+    p.syscalls
+        .get(syscall)
+        .map(|e| e.args.iter().filter_map(|m| m.get(arg).copied()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn baseline_is_small_complete_and_sorted() {
+    require_ptrace!();
+    let b = baseline();
+    assert!(b.complete);
+    assert_eq!(b.exit, Some(Exit::Code(0)));
+    assert_eq!(b.arch, std::env::consts::ARCH);
+    assert_eq!(b.processes, 1);
+    assert_eq!(b.threads, 0);
+    assert!(!b.network);
+    assert!(!b.write_exec_memory);
+    let n = used(b).len();
+    assert!(
+        (10..=40).contains(&n),
+        "{n} start-up syscalls: {:?}",
+        used(b)
+    );
+    // The program and the dynamic loader the kernel mapped are recorded.
+    let prog = example("profile_baseline");
+    assert!(b.execs.contains(prog.to_str().unwrap()));
+    let dir = &b.paths[prog.parent().unwrap().to_str().unwrap()];
+    assert_eq!(dir.files["profile_baseline"], access("rx"));
+    assert!(b
+        .paths
+        .values()
+        .any(|d| d.files.keys().any(|f| f.starts_with("ld-linux"))));
+    // Always-added syscalls carry their reason.
+    for s in ["rt_sigreturn", "restart_syscall", "exit", "clock_gettime"] {
+        assert!(b.syscalls[s].added.is_some(), "{s}");
+    }
+    assert!(!b.syscalls.contains_key("clone3"));
+}
+
+#[test]
+fn files_exact_syscalls_and_paths() {
+    require_ptrace!();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    let output = dir.path().join("out.txt");
+    std::fs::write(&input, "hello\n").unwrap();
+    let r = profile_run(
+        &[],
+        &example("profile_files"),
+        &[input.to_str().unwrap(), output.to_str().unwrap()],
+    );
+    assert!(r.out.status.success(), "{:?}", r.out);
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), "6\n");
+    // std::fs::read asks statx for a size hint; writing the result needs write.
+    assert_syscalls(&r.profile, &["statx", "write"], &[]);
+    let d = dir.path().to_str().unwrap().to_string();
+    assert_eq!(
+        own_paths(&r.profile),
+        vec![
+            (d.clone(), "in.txt".into(), access("r")),
+            (d.clone(), "out.txt".into(), access("w")),
+        ]
+    );
+    assert_eq!(r.profile.paths[&d].access, access("rw"));
+    assert!(r.profile.syscalls["openat"].count >= 2);
+}
+
+#[test]
+fn threads_are_followed() {
+    require_ptrace!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let r = profile_run(&[], &example("profile_threads"), &[d, "6"]);
+    assert!(r.out.status.success(), "{:?}", r.out);
+    assert_eq!(r.profile.threads, 6);
+    assert_eq!(r.profile.processes, 1);
+    // clone for the threads (clone3 is answered ENOSYS), rt_sigprocmask
+    // around it, madvise when a thread's stack is released, write per
+    // thread, exit when each thread ends; futex only if a join has to wait.
+    assert_syscalls(
+        &r.profile,
+        &["clone", "rt_sigprocmask", "madvise", "write", "exit"],
+        &["futex", "sched_yield", "munmap"],
+    );
+    let flags = arg_values(&r.profile, "clone", "flags");
+    assert!(
+        flags.iter().all(|f| f & libc::CLONE_THREAD as u64 != 0),
+        "{flags:?}"
+    );
+    let files: Vec<_> = own_paths(&r.profile)
+        .into_iter()
+        .map(|(_, n, a)| (n, a))
+        .collect();
+    let want: Vec<_> = (0..6)
+        .map(|i| (format!("thread-{i}"), access("w")))
+        .collect();
+    assert_eq!(files, want);
+}
+
+#[test]
+fn fork_exec_children_followed_and_exit_code_passes() {
+    require_ptrace!();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    let output = dir.path().join("out.txt");
+    std::fs::write(&input, "abc").unwrap();
+    let child = example("profile_files");
+    let r = profile_run(
+        &[],
+        &example("profile_fork_exec"),
+        &[
+            "7",
+            child.to_str().unwrap(),
+            input.to_str().unwrap(),
+            output.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.out.status.code(), Some(7), "{:?}", r.out);
+    let p = &r.profile;
+    assert!(p.complete, "a non-zero exit is a normal end");
+    assert_eq!(p.exit, Some(Exit::Code(7)));
+    assert_eq!(p.processes, 2);
+    // Parent: spawn (vfork-style clone, signal mask), wait4. Child: statx, write.
+    assert_syscalls(
+        p,
+        &["clone", "rt_sigprocmask", "wait4", "statx", "write"],
+        &[],
+    );
+    let execs: Vec<_> = p.execs.iter().cloned().collect();
+    assert_eq!(
+        execs,
+        vec![
+            child.to_str().unwrap().to_string(),
+            example("profile_fork_exec").to_str().unwrap().to_string()
+        ]
+    );
+    let flags = arg_values(p, "clone", "flags");
+    assert!(
+        flags
+            .iter()
+            .all(|f| f & (libc::CLONE_VM | libc::CLONE_VFORK) as u64 != 0),
+        "{flags:?}"
+    );
+    let names: Vec<_> = own_paths(p).into_iter().map(|(_, n, a)| (n, a)).collect();
+    assert_eq!(
+        names,
+        vec![
+            ("in.txt".into(), access("r")),
+            ("out.txt".into(), access("w"))
+        ]
+    );
+}
+
+#[test]
+fn socket_arguments_and_network() {
+    require_ptrace!();
+    let r = profile_run(&[], &example("profile_socket"), &[]);
+    assert!(r.out.status.success(), "{:?}", r.out);
+    let p = &r.profile;
+    assert!(p.network);
+    // std checks the pair's descriptor flags with fcntl(F_GETFD).
+    assert_syscalls(p, &["socket", "bind", "socketpair", "fcntl"], &[]);
+    let tuples = |s: &str| -> Vec<(u64, u64)> {
+        p.syscalls[s]
+            .args
+            .iter()
+            .map(|m| (m["domain"], m["type"]))
+            .collect()
+    };
+    assert_eq!(
+        tuples("socket"),
+        vec![(libc::AF_INET as u64, libc::SOCK_DGRAM as u64)]
+    );
+    assert_eq!(
+        tuples("socketpair"),
+        vec![(libc::AF_UNIX as u64, libc::SOCK_STREAM as u64)]
+    );
+    assert_eq!(
+        arg_values(p, "fcntl", "cmd"),
+        BTreeSet::from([libc::F_GETFD as u64])
+    );
+    assert!(own_paths(p).is_empty(), "{:?}", own_paths(p));
+}
+
+#[test]
+fn signal_death_is_reported_and_profile_incomplete() {
+    require_ptrace!();
+    let r = profile_run(&[], &example("profile_signal"), &[]);
+    assert_eq!(r.out.status.code(), Some(128 + libc::SIGABRT));
+    assert_eq!(r.out.stdout, b"about to abort\n", "stdout passes through");
+    let err = String::from_utf8_lossy(&r.out.stderr);
+    assert!(
+        err.contains("killed by SIGABRT") && err.contains("INCOMPLETE"),
+        "{err}"
+    );
+    let p = &r.profile;
+    assert!(!p.complete);
+    assert!(p.incomplete_reason.as_deref().unwrap().contains("SIGABRT"));
+    assert_eq!(p.exit, Some(Exit::Signal("SIGABRT".into())));
+    // println → write; abort → rt_sigprocmask, getpid, tgkill.
+    assert_syscalls(p, &["write", "rt_sigprocmask", "getpid", "tgkill"], &[]);
+    // The runner refuses it unless told otherwise.
+    assert!(p.require_complete("p.json").is_err());
+}
+
+#[test]
+fn stdin_and_stdout_pass_through() {
+    require_ptrace!();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(TRESOR)
+        .args(["profile", "--out"])
+        .arg(dir.path().join("p.json"))
+        .args(["--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = {
+        let data = data.clone();
+        std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &data).unwrap())
+    };
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout, data);
+}
+
+#[test]
+fn timeout_kills_the_whole_tree() {
+    require_ptrace!();
+    let start = Instant::now();
+    let r = profile_run(&["--timeout", "1s"], &example("profile_tree"), &["sleep"]);
+    let took = start.elapsed();
+    assert_eq!(r.out.status.code(), Some(124), "{:?}", r.out);
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    let child: i32 = String::from_utf8_lossy(&r.out.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    // The grandchild must be gone (or a zombie awaiting reaping by init).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .chars()
+            .next();
+        if matches!(state, None | Some('Z') | Some('X')) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "child {child} still alive: {stat}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let p = &r.profile;
+    assert!(!p.complete);
+    assert!(p
+        .incomplete_reason
+        .as_deref()
+        .unwrap()
+        .contains("timed out after 1s"));
+    let err = String::from_utf8_lossy(&r.out.stderr);
+    assert!(err.contains("timed out"), "{err}");
+}
+
+#[test]
+fn hundreds_of_children_are_followed() {
+    require_ptrace!();
+    let r = profile_run(&[], &example("profile_tree"), &["many", "300"]);
+    assert!(r.out.status.success(), "{:?}", r.out);
+    assert_eq!(r.profile.processes, 301);
+    assert!(r.profile.complete);
+    // spawn + wait, and current_exe reads /proc/self/exe.
+    assert_syscalls(
+        &r.profile,
+        &["clone", "rt_sigprocmask", "wait4", "readlink"],
+        &[],
+    );
+    assert!(r.profile.syscalls["exit_group"].count >= 301);
+}
+
+#[test]
+fn too_many_tasks_kill_the_tree() {
+    require_ptrace!();
+    let r = profile_run(
+        &["--max-tasks", "20"],
+        &example("profile_tree"),
+        &["many", "50", "30000"],
+    );
+    assert_eq!(r.out.status.code(), Some(125), "{:?}", r.out);
+    let reason = r.profile.incomplete_reason.clone().unwrap();
+    assert!(reason.contains("--max-tasks"), "{reason}");
+}
+
+#[test]
+fn missing_or_non_executable_program_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("p.json");
+    let run = |prog: &str| {
+        Command::new(TRESOR)
+            .args(["profile", "--out"])
+            .arg(&out_path)
+            .args(["--", prog])
+            .output()
+            .unwrap()
+    };
+    let out = run("no-such-program-tresor-test");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"no-such-program-tresor-test\" not found"),
+        "{err}"
+    );
+    let out = run("/nonexistent/prog");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such file"));
+    let plain = dir.path().join("data.txt");
+    std::fs::write(&plain, "x").unwrap();
+    let out = run(plain.to_str().unwrap());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not executable"), "{err}");
+    assert!(
+        !out_path.exists(),
+        "no profile for a program that never ran"
+    );
+}
+
+#[test]
+fn modes_syscalls_and_full() {
+    require_ptrace!();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, "x").unwrap();
+    let output = dir.path().join("out.txt");
+    let args = [input.to_str().unwrap(), output.to_str().unwrap()];
+
+    let s = profile_run(&["--mode", "syscalls"], &example("profile_files"), &args);
+    assert!(s.out.status.success());
+    assert!(s.profile.paths.is_empty());
+    assert!(s.profile.syscalls.values().all(|e| e.args.is_empty()));
+    assert!(s.profile.syscalls["statx"].count > 0);
+
+    let trace = dir.path().join("trace.txt");
+    let f = profile_run(
+        &["--mode", "full", "--trace", trace.to_str().unwrap()],
+        &example("profile_files"),
+        &args,
+    );
+    assert!(f.out.status.success());
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let total: u64 = f.profile.syscalls.values().map(|e| e.count).sum();
+    // One line per call, except the first execve (before tracing starts).
+    assert_eq!(text.lines().count() as u64, total - 1);
+    assert!(text
+        .lines()
+        .any(|l| l.contains(" openat(") && l.contains(&format!("{:?}", input.to_str().unwrap()))));
+    // Same profile content as the default mode.
+    let a = profile_run(&[], &example("profile_files"), &args);
+    assert_eq!(a.profile.paths, f.profile.paths);
+    assert_eq!(used(&a.profile), used(&f.profile));
+}
+
+#[test]
+fn json_round_trip_and_show() {
+    require_ptrace!();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.json");
+    let out = Command::new(TRESOR)
+        .args(["profile", "--out"])
+        .arg(&path)
+        .arg("--")
+        .arg(example("profile_socket"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = std::fs::read_to_string(&path).unwrap();
+    let p = Profile::from_json(&text, "p.json").unwrap();
+    assert_eq!(p.to_json(), text, "serialisation is canonical");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["format"], "tresor-profile");
+    assert_eq!(v["version"], 1);
+    assert_eq!(v["syscalls"]["socket"]["nr"], libc::SYS_socket);
+    let sha = v["program"]["sha256"].as_str().unwrap();
+    assert_eq!(sha.len(), 64);
+
+    let show = Command::new(TRESOR)
+        .args(["profile", "show"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(show.status.success());
+    let table = String::from_utf8_lossy(&show.stdout);
+    assert!(table.contains("domain=AF_INET type=SOCK_DGRAM"), "{table}");
+    assert!(table.contains("network yes"), "{table}");
+    let json = Command::new(TRESOR)
+        .args(["profile", "show", "--json"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&json.stdout), text);
+
+    std::fs::write(&path, text.replace("\"version\": 1", "\"version\": 9")).unwrap();
+    let bad = Command::new(TRESOR)
+        .args(["profile", "show"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("upgrade tresor"));
+}
+
+#[test]
+fn merge_is_a_union_and_refuses_another_binary() {
+    require_ptrace!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n);
+    std::fs::write(d("a.txt"), "a").unwrap();
+    std::fs::write(d("b.txt"), "b").unwrap();
+    let record = |out: &str, prog: &Path, args: &[&Path]| {
+        let st = Command::new(TRESOR)
+            .args(["profile", "--out"])
+            .arg(d(out))
+            .arg("--")
+            .arg(prog)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "{st:?}");
+    };
+    let files = example("profile_files");
+    record("1.json", &files, &[&d("a.txt"), &d("a.out")]);
+    record("2.json", &files, &[&d("b.txt"), &d("b.out")]);
+    record("3.json", &example("profile_socket"), &[]);
+
+    let merge = |inputs: &[&str], out: &str, force: bool| {
+        let mut c = Command::new(TRESOR);
+        c.args(["profile", "merge"]);
+        for i in inputs {
+            c.arg(d(i));
+        }
+        c.arg("-o").arg(d(out));
+        if force {
+            c.arg("--force");
+        }
+        c.output().unwrap()
+    };
+    let out = merge(&["1.json", "2.json"], "m.json", false);
+    assert!(out.status.success(), "{out:?}");
+    let one = Profile::load(&d("1.json")).unwrap();
+    let two = Profile::load(&d("2.json")).unwrap();
+    let m = Profile::load(&d("m.json")).unwrap();
+    assert_eq!(m.runs, 2);
+    assert_eq!(
+        m.syscalls["read"].count,
+        one.syscalls["read"].count + two.syscalls["read"].count
+    );
+    let files = &m.paths[dir.path().to_str().unwrap()].files;
+    let names: Vec<_> = files.keys().cloned().collect();
+    assert_eq!(names, ["a.out", "a.txt", "b.out", "b.txt"]);
+    assert_eq!(used(&m), used(&one).union(&used(&two)).cloned().collect());
+
+    let refused = merge(&["1.json", "3.json"], "x.json", false);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("different programs") && err.contains("--force"),
+        "{err}"
+    );
+    assert!(!d("x.json").exists());
+
+    let forced = merge(&["1.json", "3.json"], "x.json", true);
+    assert!(forced.status.success());
+    let x = Profile::load(&d("x.json")).unwrap();
+    assert!(x.network);
+    assert!(x.notes.iter().any(|n| n.contains("--force")));
+}
+
+#[test]
+fn only_successful_execs_are_granted() {
+    require_ptrace!();
+    // execvp tries each $PATH entry; the misses must not become grants.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-dir");
+    let out = Command::new(TRESOR)
+        .args(["profile", "--out"])
+        .arg(dir.path().join("p.json"))
+        .arg("--")
+        .arg(example("profile_fork_exec"))
+        .args(["0", "true"])
+        .env("PATH", format!("{}:/usr/bin:/bin", missing.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let p = Profile::load(&dir.path().join("p.json")).unwrap();
+    assert!(p.execs.contains("/usr/bin/true"), "{:?}", p.execs);
+    assert!(
+        !p.paths
+            .keys()
+            .any(|d| d.starts_with(missing.to_str().unwrap())),
+        "{:?}",
+        p.paths.keys()
+    );
+    assert_eq!(p.paths["/usr/bin"].files["true"], access("rx"));
+}
+
+#[test]
+fn sigterm_is_passed_on_and_group_stop_is_kept() {
+    require_ptrace!();
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+
+    // SIGTERM to tresor reaches the program; the profile says so.
+    let child = Command::new(TRESOR)
+        .args(["profile", "--out"])
+        .arg(dir.path().join("t.json"))
+        .args(["--", "sleep", "30"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let tresor_pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(tresor_pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM), "{out:?}");
+    let p = Profile::load(&dir.path().join("t.json")).unwrap();
+    assert!(!p.complete);
+    assert!(p.incomplete_reason.unwrap().contains("SIGTERM"));
+
+    // A program that stops itself stays stopped until SIGCONT.
+    let mut child = Command::new(TRESOR)
+        .args(["profile", "--out"])
+        .arg(dir.path().join("s.json"))
+        .args(["--", "sh", "-c", "echo $$; kill -STOP $$; echo resumed"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let sh: i32 = lines.next().unwrap().unwrap().trim().parse().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "must wait while stopped"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{sh}/status")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains("stop")),
+        "{status}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sh),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "resumed");
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn programs_the_kernel_cannot_exec_are_clear_errors() {
+    require_ptrace!();
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let make = |name: &str, body: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    };
+    let run = |prog: &Path| {
+        Command::new(TRESOR)
+            .args(["profile", "--out"])
+            .arg(dir.path().join("p.json"))
+            .arg("--")
+            .arg(prog)
+            .output()
+            .unwrap()
+    };
+    let out = run(&make("script", "#!/no/such/interp -x\n"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("interpreter /no/such/interp does not exist"),
+        "{err}"
+    );
+    let out = run(&make("garbage", "this is not a program"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a program this system can run"), "{err}");
+    assert!(!dir.path().join("p.json").exists());
+}

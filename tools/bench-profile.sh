@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Benchmark of `tresor profile` (issue 4), shaped like Figure 5 of the
+# biobank poster: the same workloads unprofiled, under each --mode, and
+# under `strace -f -c -o /dev/null`, in one run on one machine.
+#
+#   (a) syscall-heavy:  stat + read 10,000 small files
+#   (b) compute-heavy:  read a 200 MB file in 1 MiB chunks, SHA-256 + histogram
+#
+# Usage: tools/bench-profile.sh [RUNS]    (median of RUNS runs, default 5)
+# Needs: cargo, strace (apt-get install strace), python3 (for JSON sizes).
+# Writes scratch data under $BENCH_DIR (default: target/bench-profile).
+set -euo pipefail
+
+RUNS=${1:-5}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+BENCH_DIR=${BENCH_DIR:-$TARGET/bench-profile}
+
+command -v strace >/dev/null || { echo "strace not found: apt-get install strace" >&2; exit 1; }
+
+echo "building (release) ..." >&2
+cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" \
+    --bin tresor --example bench_small_files --example bench_stream
+TRESOR=$TARGET/release/tresor
+SMALL=$TARGET/release/examples/bench_small_files
+STREAM=$TARGET/release/examples/bench_stream
+
+mkdir -p "$BENCH_DIR"
+if [ ! -d "$BENCH_DIR/small" ] || [ "$(ls "$BENCH_DIR/small" | wc -l)" -ne 10000 ]; then
+    rm -rf "$BENCH_DIR/small"
+    "$SMALL" create "$BENCH_DIR/small" 10000
+fi
+if [ ! -f "$BENCH_DIR/big.bin" ] || [ "$(stat -c %s "$BENCH_DIR/big.bin")" -ne 209715200 ]; then
+    head -c 209715200 /dev/urandom >"$BENCH_DIR/big.bin"
+fi
+
+now() { date +%s%N; }
+LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
+
+# time_runs CMD... : prints the median wall time in seconds over $RUNS runs
+# (after one warm-up run that fills the page cache).
+time_runs() {
+    "$@" >/dev/null 2>&1
+    local times=()
+    for _ in $(seq "$RUNS"); do
+        local t0 t1
+        t0=$(now)
+        "$@" >/dev/null 2>&1
+        t1=$(now)
+        times+=("$(( (t1 - t0) / 1000 ))")
+    done
+    printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {printf "%.3f", a[int((NR+1)/2)]/1e6}'
+}
+
+size_of() { if [ -f "$1" ]; then stat -c %s "$1"; else echo 0; fi; }
+human() { numfmt --to=iec --suffix=B "$1"; }
+calls() { python3 -c 'import json,sys; p=json.load(open(sys.argv[1])); print(sum(e["count"] for e in p["syscalls"].values()))' "$1"; }
+
+echo "| workload | monitor | time (s, median of $RUNS) | vs unprofiled | syscalls | profile | trace |"
+echo "|---|---|---:|---:|---:|---:|---:|"
+for w in a b; do
+    if [ $w = a ]; then
+        name="(a) stat+read 10,000 files"; cmd=("$SMALL" scan "$BENCH_DIR/small")
+    else
+        name="(b) 200 MB in 1 MiB chunks"; cmd=("$STREAM" "$BENCH_DIR/big.bin")
+    fi
+    base=$(time_runs "${cmd[@]}")
+    echo "| $name | unprofiled | $base | 1.00× | | | |"
+    for mode in syscalls args full; do
+        out=$BENCH_DIR/$w-$mode.json
+        trace=$BENCH_DIR/$w-$mode.trace
+        rm -f "$trace"
+        extra=()
+        [ $mode = full ] && extra=(--trace "$trace")
+        t=$(time_runs "$TRESOR" profile --out "$out" --mode $mode "${extra[@]}" -- "${cmd[@]}")
+        ratio=$(awk -v a="$t" -v b="$base" 'BEGIN {printf "%.2f", a/b}')
+        tr="–"
+        [ $mode = full ] && tr=$(human "$(size_of "$trace")")
+        echo "| $name | tresor --mode $mode | $t | ${ratio}× | $(calls "$out") | $(human "$(size_of "$out")") | $tr |"
+    done
+    t=$(time_runs strace -f -c -o /dev/null "${cmd[@]}")
+    ratio=$(awk -v a="$t" -v b="$base" 'BEGIN {printf "%.2f", a/b}')
+    echo "| $name | strace -f -c -o /dev/null | $t | ${ratio}× | | | |"
+done
+echo
+echo "load average before: $LOAD0, after: $(cut -d" " -f1-3 /proc/loadavg)"
+echo "machine: $(nproc) cores, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
