@@ -499,9 +499,10 @@ impl Filesystem for TresorFs {
         empty(reply, self.vfs.removexattr(ino.0, name));
     }
 
-    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        // default_permissions: the kernel has already checked the mode bits.
-        reply.ok();
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        // Only called without default_permissions (single-user mounts): the
+        // backing file, with the same modes, answers for the mounting user.
+        empty(reply, self.vfs.access(ino.0, mask.bits()));
     }
 
     fn create(
@@ -555,11 +556,16 @@ pub fn mount(
     config.mount_options = vec![
         MountOption::FSName(opts.fsname.clone()),
         MountOption::Subtype("tresor".into()),
-        MountOption::DefaultPermissions,
         MountOption::NoDev,
         MountOption::NoSuid,
         MountOption::Exec,
     ];
+    // As gocryptfs: with other users in, the kernel checks owners and modes;
+    // a single-user mount leaves them to the backing files (same modes),
+    // which spares a GETATTR of the parent before every unlink.
+    if opts.allow_other {
+        config.mount_options.push(MountOption::DefaultPermissions);
+    }
     config.acl = if opts.allow_other {
         SessionACL::All
     } else {

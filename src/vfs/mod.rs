@@ -962,16 +962,20 @@ impl Vfs {
         }
         // As gocryptfs: drop the id file, then the directory; put the id
         // back if the directory turns out not to be removable.
+        let ino = self.ino_for(&md);
         let idp = c.path.join(DIRID_FILE);
-        let saved = fs::read(&idp).ok();
+        let cached = lock(&self.inodes).nodes.get(&ino).and_then(|n| n.dirid);
+        let saved = match cached {
+            Some(d) => Some(d),
+            None => fs::read(&idp).ok().and_then(|b| DirId::decode(&b).ok()),
+        };
         let _ = fs::remove_file(&idp);
         if let Err(e) = fs::remove_dir(&c.path) {
-            if let Some(b) = saved {
-                let _ = fs::write(&idp, b);
+            if let Some(d) = saved {
+                let _ = write_dirid(&c.path, &d);
             }
             return Err(e.into());
         }
-        let ino = self.ino_for(&md);
         self.drop_link(ino, parent, &c.bname);
         self.forget_backing(ino);
         self.remove_side_file(&c);
@@ -1132,6 +1136,17 @@ impl Vfs {
             state,
             path: plain,
         }))
+    }
+
+    /// Checks `access(2)` rights (`mask` of R_OK/W_OK/X_OK) of the mounting
+    /// user on the backing object, which carries the same mode and owner.
+    pub fn access(&self, ino: Ino, mask: i32) -> Result<()> {
+        if ino == ROOT {
+            return Ok(());
+        }
+        let (path, _, _) = self.locate(ino)?;
+        let flags = nix::unistd::AccessFlags::from_bits_truncate(mask);
+        nix::unistd::access(&path, flags).map_err(nix_err)
     }
 
     /// Reads up to `size` bytes at `offset`.
