@@ -16,6 +16,7 @@ pub mod crypto;
 pub mod format;
 pub mod fs;
 pub mod keyring;
+pub mod prompt;
 pub mod pse;
 pub mod sandbox;
 pub mod store;
