@@ -263,8 +263,9 @@ fn read_line(
             Err(e) => return Err(e.into()),
         };
         if n == 0 {
-            // Ctrl-D on an empty line: end of input. After some text, Ctrl-D
-            // hands over what was typed; take it as the answer.
+            // End of input: Ctrl-D at the start of a line. If an earlier
+            // Ctrl-D handed over part of a line ("abc", Ctrl-D, Ctrl-D),
+            // that part is the answer.
             if line.is_empty() {
                 return Err(PromptError::Closed);
             }

@@ -2,6 +2,7 @@
 
 mod util;
 
+mod login;
 mod mount;
 mod profile;
 mod vectors;

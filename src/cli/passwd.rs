@@ -1,0 +1,97 @@
+//! `tresor passwd`: change the passphrase of a PSE. The private keys are
+//! re-sealed under the new passphrase with a fresh salt and the PSE's own
+//! Argon2id parameters; the store is not touched (nothing in it depends on
+//! the passphrase).
+//!
+//! [`unlock`] is the one way the CLI opens a PSE — from a passphrase file
+//! (one try), or on the terminal with the login rules of [`crate::prompt`]
+//! (three tries, each within the prompt timeout).
+
+use crate::prompt::{self, AttemptError, LoginError};
+use crate::pse::{self, Pse, PseError};
+use crate::store::write_atomic;
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+/// An opened PSE and the passphrase that opened it.
+pub struct Unlocked {
+    /// The private keys.
+    pub pse: Pse,
+    /// The passphrase, zeroized on drop.
+    pub passphrase: Zeroizing<String>,
+}
+
+/// Opens the PSE at `path`: with the first line of `passphrase_file` (a
+/// wrong passphrase fails at once), or by asking on the terminal up to
+/// [`prompt::MAX_TRIES`] times, each answer within `timeout`.
+pub fn unlock(path: &Path, passphrase_file: Option<&Path>, timeout: Duration) -> Result<Unlocked> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read PSE {}", path.display()))?;
+    let public = pse::read_public(&bytes).with_context(|| format!("PSE {}", path.display()))?;
+    let open = |p: &str| match pse::open(&bytes, p.as_bytes()) {
+        Ok(pse) => Ok(Unlocked {
+            pse,
+            passphrase: Zeroizing::new(p.to_string()),
+        }),
+        Err(PseError::WrongPassphrase) => Err(AttemptError::WrongPassphrase),
+        Err(e) => Err(AttemptError::Other(e)),
+    };
+    if let Some(file) = passphrase_file {
+        let p = prompt::from_file(file)?;
+        return match open(&p) {
+            Ok(u) => Ok(u),
+            Err(AttemptError::WrongPassphrase) => bail!(
+                "wrong passphrase for PSE {} (read from {})",
+                path.display(),
+                file.display()
+            ),
+            Err(AttemptError::Other(e)) => {
+                Err(e).with_context(|| format!("PSE {}", path.display()))
+            }
+        };
+    }
+    let question = format!("Passphrase for {} ({}): ", public.user, path.display());
+    prompt::unlock_with_retries(prompt::MAX_TRIES, timeout, &question, open).map_err(|e| match e {
+        LoginError::Other(e) => anyhow::Error::new(e).context(format!("PSE {}", path.display())),
+        e => e.into(),
+    })
+}
+
+/// `tresor passwd --pse FILE [--passphrase-file OLD] [--new-passphrase-file NEW]`.
+pub fn run(
+    pse_path: &Path,
+    passphrase_file: Option<&Path>,
+    new_passphrase_file: Option<&Path>,
+    timeout: Duration,
+) -> Result<()> {
+    // Write through a symlink to the file itself (a PSE on a removable
+    // medium linked from the home directory), not over the link.
+    let target = pse_path
+        .canonicalize()
+        .with_context(|| format!("cannot read PSE {}", pse_path.display()))?;
+    let old = unlock(pse_path, passphrase_file, timeout)?;
+    let user = &old.pse.public.user;
+    let unchanged = || format!("PSE {} unchanged", pse_path.display());
+    let new = prompt::new_passphrase(new_passphrase_file, user, timeout).with_context(unchanged)?;
+    if *new == *old.passphrase {
+        bail!(
+            "the new passphrase is the old one; choose another (PSE {} unchanged)",
+            pse_path.display()
+        );
+    }
+    let kdf = old.pse.public.kdf;
+    let sealed = old.pse.seal(new.as_bytes(), kdf).with_context(unchanged)?;
+    // Never replace a working PSE with one that does not open.
+    pse::open(&sealed, new.as_bytes())
+        .context("the re-sealed PSE does not open")
+        .with_context(unchanged)?;
+    write_atomic(&target, &sealed, 0o600)
+        .with_context(|| format!("cannot write PSE {}", target.display()))?;
+    println!(
+        "passphrase of {user}'s PSE {} changed (the store is untouched)",
+        pse_path.display()
+    );
+    Ok(())
+}
