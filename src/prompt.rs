@@ -373,8 +373,9 @@ fn check_new(p: Zeroizing<String>) -> Result<Zeroizing<String>, PromptError> {
 /// How one attempt to use a passphrase failed.
 #[derive(Debug)]
 pub enum AttemptError<E> {
-    /// The passphrase is wrong: ask again, if tries are left.
-    WrongPassphrase,
+    /// The passphrase is wrong: ask again, if tries are left. The error is
+    /// kept as the cause of [`LoginError::TooManyAttempts`].
+    WrongPassphrase(E),
     /// Anything else (a corrupt PSE, an I/O error): stop at once.
     Other(E),
 }
@@ -382,9 +383,15 @@ pub enum AttemptError<E> {
 /// Why a login with [`unlock_with_retries`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LoginError<E> {
-    /// Every try was a wrong passphrase.
-    #[error("{} — login refused", wrong_passphrases(*.0))]
-    TooManyAttempts(u32),
+    /// Every try was a wrong passphrase; `last` says how the last one failed.
+    #[error("{} — login refused", wrong_passphrases(*.tries))]
+    TooManyAttempts {
+        /// How many tries there were.
+        tries: u32,
+        /// The last wrong-passphrase error.
+        #[source]
+        last: E,
+    },
     /// No passphrase could be read (no terminal, timeout, Ctrl-C …).
     #[error(transparent)]
     Prompt(#[from] PromptError),
@@ -443,20 +450,23 @@ fn retry<T, E>(
     mut attempt: impl FnMut(&str) -> Result<T, AttemptError<E>>,
 ) -> Result<T, LoginError<E>> {
     let tries = tries.max(1);
-    for n in 1..=tries {
+    let mut n = 1;
+    loop {
         let p = ask()?;
         match attempt(&p) {
             Ok(v) => return Ok(v),
             Err(AttemptError::Other(e)) => return Err(LoginError::Other(e)),
-            Err(AttemptError::WrongPassphrase) if n < tries => {
+            Err(AttemptError::WrongPassphrase(last)) if n >= tries => {
+                return Err(LoginError::TooManyAttempts { tries, last })
+            }
+            Err(AttemptError::WrongPassphrase(_)) => {
                 let left = tries - n;
                 let s = if left == 1 { "" } else { "s" };
                 tell(&format!("wrong passphrase ({left} attempt{s} left)"));
+                n += 1;
             }
-            Err(AttemptError::WrongPassphrase) => {}
         }
     }
-    Err(LoginError::TooManyAttempts(tries))
 }
 
 #[cfg(test)]
@@ -491,18 +501,13 @@ mod tests {
             PromptError::Timeout(Duration::from_millis(200)).to_string(),
             "no answer within 0.2 s — login aborted"
         );
-        assert_eq!(
-            LoginError::<io::Error>::TooManyAttempts(3).to_string(),
-            "three wrong passphrases — login refused"
-        );
-        assert_eq!(
-            LoginError::<io::Error>::TooManyAttempts(1).to_string(),
-            "one wrong passphrase — login refused"
-        );
-        assert_eq!(
-            LoginError::<io::Error>::TooManyAttempts(12).to_string(),
-            "12 wrong passphrases — login refused"
-        );
+        let refused = |tries| {
+            let last = io::Error::other("wrong passphrase");
+            LoginError::TooManyAttempts { tries, last }.to_string()
+        };
+        assert_eq!(refused(3), "three wrong passphrases — login refused");
+        assert_eq!(refused(1), "one wrong passphrase — login refused");
+        assert_eq!(refused(12), "12 wrong passphrases — login refused");
         assert!(PromptError::NoTerminal
             .to_string()
             .contains("--passphrase-file"));
@@ -534,7 +539,7 @@ mod tests {
             |p| match p {
                 p if p == right => Ok(format!("opened with {p}")),
                 "corrupt" => Err(AttemptError::Other("PSE corrupt".to_string())),
-                _ => Err(AttemptError::WrongPassphrase),
+                p => Err(AttemptError::WrongPassphrase(format!("{p} is wrong"))),
             },
         );
         (r, told, asked)
@@ -552,7 +557,10 @@ mod tests {
     fn three_wrong_passphrases_refuse_the_login() {
         let (r, told, asked) = scripted(&[Ok("a"), Ok("b"), Ok("c"), Ok("sesame")], "sesame");
         let err = r.unwrap_err();
-        assert!(matches!(err, LoginError::TooManyAttempts(3)), "{err:?}");
+        assert!(
+            matches!(err, LoginError::TooManyAttempts { tries: 3, ref last } if last == "c is wrong"),
+            "{err:?}"
+        );
         assert_eq!(
             told,
             [

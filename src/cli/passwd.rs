@@ -35,27 +35,30 @@ pub fn unlock(path: &Path, passphrase_file: Option<&Path>, timeout: Duration) ->
             pse,
             passphrase: Zeroizing::new(p.to_string()),
         }),
-        Err(PseError::WrongPassphrase) => Err(AttemptError::WrongPassphrase),
+        Err(e @ PseError::WrongPassphrase) => Err(AttemptError::WrongPassphrase(e)),
         Err(e) => Err(AttemptError::Other(e)),
     };
+    // The PseError stays in the error chain: the CLI's exit status says
+    // "wrong passphrase" or "corrupt PSE" from it.
     if let Some(file) = passphrase_file {
         let p = prompt::from_file(file)?;
-        return match open(&p) {
-            Ok(u) => Ok(u),
-            Err(AttemptError::WrongPassphrase) => bail!(
-                "wrong passphrase for PSE {} (read from {})",
-                path.display(),
-                file.display()
-            ),
-            Err(AttemptError::Other(e)) => {
-                Err(e).with_context(|| format!("PSE {}", path.display()))
-            }
-        };
+        return open(&p).map_err(
+            |(AttemptError::WrongPassphrase(e) | AttemptError::Other(e))| {
+                anyhow::Error::new(e).context(format!(
+                    "PSE {} (passphrase from {})",
+                    path.display(),
+                    file.display()
+                ))
+            },
+        );
     }
     let question = format!("Passphrase for {} ({}): ", public.user, path.display());
+    let context = || format!("PSE {}", path.display());
     prompt::unlock_with_retries(prompt::MAX_TRIES, timeout, &question, open).map_err(|e| match e {
-        LoginError::Other(e) => anyhow::Error::new(e).context(format!("PSE {}", path.display())),
-        e => e.into(),
+        LoginError::Prompt(e) => e.into(),
+        // Not the transparent wrapper: its source() would skip the PseError.
+        LoginError::Other(e) => anyhow::Error::new(e).context(context()),
+        e @ LoginError::TooManyAttempts { .. } => anyhow::Error::new(e).context(context()),
     })
 }
 
