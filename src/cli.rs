@@ -2,18 +2,20 @@
 
 use crate::crypto::KdfParams;
 use crate::fs::MountOptions;
-use crate::pse::{self, Pse, PseError};
+use crate::prompt;
+use crate::pse::{Pse, PseError};
 use crate::store::{write_atomic, Store};
 use crate::vfs::{Caller, Vfs};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
+mod admin;
 mod demo;
+mod passwd;
 
 /// tresor — encrypted data groups behind a transparent FUSE mount.
 #[derive(Parser, Debug)]
@@ -44,6 +46,19 @@ enum Cmd {
     /// Manage data groups.
     #[command(subcommand)]
     Datagroup(DatagroupCmd),
+    /// Manage roles (the seed's user groups).
+    #[command(subcommand)]
+    Role(admin::RoleCmd),
+    /// Manage users: certify, list, remove.
+    #[command(subcommand)]
+    User(admin::UserCmd),
+    /// Set one cell of the access matrix: ROLE × DATAGROUP = w | r | -.
+    Grant(admin::GrantArgs),
+    /// Print the access matrix (roles × data groups) and check its signature; needs no PSE.
+    Matrix {
+        /// The store directory.
+        store: PathBuf,
+    },
     /// Mount a store: MNT/<data group>/… shows the plaintext.
     Mount {
         /// The store directory.
@@ -67,6 +82,18 @@ enum Cmd {
         /// Worker threads.
         #[arg(long, default_value_t = 4)]
         threads: usize,
+    },
+    /// Change the passphrase of a PSE (asks the old one, then the new one twice).
+    Passwd {
+        /// The PSE whose passphrase to change.
+        #[arg(long)]
+        pse: PathBuf,
+        /// Read the current passphrase from this file (first line) instead of prompting.
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+        /// Read the new passphrase from this file (first line) instead of prompting.
+        #[arg(long, value_name = "FILE")]
+        new_passphrase_file: Option<PathBuf>,
     },
     /// Unmount (same as `fusermount3 -u MNT`).
     Umount {
@@ -105,10 +132,10 @@ enum DatagroupCmd {
 }
 
 #[derive(Args, Debug, Clone)]
-struct PassArgs {
+pub(crate) struct PassArgs {
     /// Read the passphrase from this file (first line) instead of prompting.
     #[arg(long, value_name = "FILE")]
-    passphrase_file: Option<PathBuf>,
+    pub(crate) passphrase_file: Option<PathBuf>,
 }
 
 /// Entry point of the `tresor` binary.
@@ -119,9 +146,60 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("tresor: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// Distinct exit statuses for the failures a script must tell apart.
+pub mod status {
+    /// Anything else.
+    pub const FAILURE: u8 = 1;
+    /// Wrong passphrase (or three wrong ones at the prompt).
+    pub const WRONG_PASSPHRASE: u8 = 3;
+    /// The PSE file is damaged or not a PSE.
+    pub const CORRUPT_PSE: u8 = 4;
+    /// The directory's signature does not hold, or it is malformed.
+    pub const TAMPERED: u8 = 5;
+    /// An older directory was put back.
+    pub const ROLLBACK: u8 = 6;
+    /// Unknown, duplicate or invalid role, user or data-group name.
+    pub const BAD_NAME: u8 = 7;
+    /// The PSE is not (or no longer) a member of this store.
+    pub const NOT_MEMBER: u8 = 8;
+    /// Not a store, or a store this tresor cannot read.
+    pub const BAD_STORE: u8 = 9;
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    use crate::directory::DirectoryError as D;
+    use crate::store::StoreError as S;
+    for cause in e.chain() {
+        if let Some(p) = cause.downcast_ref::<PseError>() {
+            return match p {
+                PseError::WrongPassphrase => status::WRONG_PASSPHRASE,
+                _ => status::CORRUPT_PSE,
+            };
+        }
+        let d = match cause.downcast_ref::<S>() {
+            Some(S::Directory(d)) => Some(d),
+            Some(S::UnknownUser(_) | S::NotAdmin(_)) => return status::NOT_MEMBER,
+            Some(S::NoSuchGroup(_) | S::GroupExists(_) | S::BadGroupName(_)) => {
+                return status::BAD_NAME
+            }
+            Some(S::NotAStore(_) | S::Format { .. }) => return status::BAD_STORE,
+            _ => cause.downcast_ref::<D>(),
+        };
+        if let Some(d) = d {
+            return match d {
+                D::BadSignature(_) | D::Malformed(_) | D::TooNew(_) => status::TAMPERED,
+                D::Rollback { .. } => status::ROLLBACK,
+                D::Unknown { .. } | D::Duplicate { .. } | D::BadName(_) => status::BAD_NAME,
+                D::Crypto(_) => status::FAILURE,
+            };
+        }
+    }
+    status::FAILURE
 }
 
 fn init_logging() {
@@ -156,6 +234,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Role(c) => admin::role(c),
+        Cmd::User(c) => admin::user(c),
+        Cmd::Grant(a) => admin::grant(a),
+        Cmd::Matrix { store } => admin::matrix(&store),
         Cmd::Mount {
             store,
             mountpoint,
@@ -173,6 +255,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             cmd_mount(&store, &mountpoint, &pse, &pass, foreground, log, opts)
         }
+        Cmd::Passwd {
+            pse,
+            passphrase_file,
+            new_passphrase_file,
+        } => {
+            passwd::run(
+                &pse,
+                passphrase_file.as_deref(),
+                new_passphrase_file.as_deref(),
+                prompt::timeout_from_env()?,
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Umount { mountpoint } => {
             unmount(&mountpoint)?;
             Ok(ExitCode::SUCCESS)
@@ -183,65 +278,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// Reads a passphrase: from `--passphrase-file`, else from the terminal.
-fn read_passphrase(pass: &PassArgs, prompt: &str) -> Result<Zeroizing<String>> {
-    if let Some(f) = &pass.passphrase_file {
-        let s = Zeroizing::new(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("cannot read passphrase file {}", f.display()))?,
-        );
-        let line = s.lines().next().unwrap_or("");
-        if line.is_empty() {
-            bail!("passphrase file {} is empty", f.display());
-        }
-        return Ok(Zeroizing::new(line.to_string()));
-    }
-    if !std::io::stdin().is_terminal() && std::fs::File::open("/dev/tty").is_err() {
-        bail!("no terminal to ask for the passphrase; pass --passphrase-file FILE");
-    }
-    Ok(Zeroizing::new(
-        rpassword::prompt_password(prompt).context("cannot read the passphrase")?,
-    ))
-}
-
 /// Asks for a new passphrase twice (or reads it from the file).
-fn new_passphrase(pass: &PassArgs, who: &str) -> Result<Zeroizing<String>> {
-    let p = read_passphrase(pass, &format!("New passphrase for {who}'s PSE: "))?;
-    if pass.passphrase_file.is_none() {
-        let again = read_passphrase(pass, "Repeat it: ")?;
-        if *again != *p {
-            bail!("the two passphrases differ; nothing was created");
-        }
-    }
-    if p.chars().count() < 8 {
-        bail!("passphrase too short: use at least 8 characters");
-    }
-    Ok(p)
+pub(crate) fn new_passphrase(pass: &PassArgs, who: &str) -> Result<Zeroizing<String>> {
+    Ok(prompt::new_passphrase(
+        pass.passphrase_file.as_deref(),
+        who,
+        prompt::timeout_from_env()?,
+    )?)
 }
 
-/// Opens a PSE, prompting up to three times when reading from a terminal.
-fn unlock_pse(path: &Path, pass: &PassArgs) -> Result<Pse> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read PSE {}", path.display()))?;
-    let public = pse::read_public(&bytes).with_context(|| format!("PSE {}", path.display()))?;
-    let tries = if pass.passphrase_file.is_some() { 1 } else { 3 };
-    for attempt in 1..=tries {
-        let p = read_passphrase(
-            pass,
-            &format!("Passphrase for {} ({}): ", public.user, path.display()),
-        )?;
-        match pse::open(&bytes, p.as_bytes()) {
-            Ok(pse) => return Ok(pse),
-            Err(PseError::WrongPassphrase) if attempt < tries => {
-                eprintln!("wrong passphrase ({} attempts left)", tries - attempt);
-            }
-            Err(PseError::WrongPassphrase) => {
-                bail!("wrong passphrase for PSE {}", path.display())
-            }
-            Err(e) => return Err(e).with_context(|| format!("PSE {}", path.display())),
-        }
-    }
-    bail!("wrong passphrase for PSE {}", path.display())
+/// Opens a PSE: one try from a file, three at the terminal (the seed's rules).
+pub(crate) fn unlock_pse(path: &Path, pass: &PassArgs) -> Result<Pse> {
+    let timeout = prompt::timeout_from_env()?;
+    Ok(passwd::unlock(path, pass.passphrase_file.as_deref(), timeout)?.pse)
 }
 
 fn cmd_init(
@@ -295,6 +344,11 @@ fn cmd_datagroup_add(
     let s = Store::open(store)?;
     let admin = unlock_pse(pse_path, pass)?;
     s.check_admin(&admin)?;
+    if s.has_directory() {
+        crate::admin::Admin::open(&s, &admin)?.add_group(name)?;
+        println!("created data group {name} (every role: -; grant access with `tresor grant`)");
+        return Ok(ExitCode::SUCCESS);
+    }
     let holder = (
         admin.public.user.clone(),
         admin.public.transport_public.clone(),
@@ -319,7 +373,10 @@ fn prepare(store: &Path, pse_path: &Path, pass: &PassArgs) -> Result<Arc<Vfs>> {
     let ring = s.unlock(&user)?;
     drop(user);
     if ring.is_empty() {
-        eprintln!("warning: this PSE holds no key for any data group of this store; the mount will be empty");
+        eprintln!(
+            "warning: {} may read none of this store's data groups; the mount shows them locked",
+            ring.user
+        );
     }
     Ok(Arc::new(Vfs::new(s, ring, owner())?))
 }

@@ -3,7 +3,7 @@
 
 use crate::crypto::{Aead, SecretKey};
 use crate::format::content::FILE_ID_LEN;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// One epoch's key and its derived name cipher.
 #[derive(Debug)]
@@ -36,6 +36,9 @@ impl EpochKey {
 pub struct GroupKeys {
     /// Epoch new files and directories are sealed under.
     pub current: u32,
+    /// Whether this user may write (the matrix says `w`); reading is what
+    /// holding the keys means.
+    pub writable: bool,
     epochs: BTreeMap<u32, EpochKey>,
 }
 
@@ -44,6 +47,7 @@ impl GroupKeys {
     pub fn new(current: u32) -> Self {
         GroupKeys {
             current,
+            writable: true,
             epochs: BTreeMap::new(),
         }
     }
@@ -70,6 +74,8 @@ pub struct Keyring {
     /// Who unlocked it (for status and logs).
     pub user: String,
     groups: BTreeMap<String, GroupKeys>,
+    /// Data groups shown (mode 000) but not readable by this user.
+    denied: BTreeSet<String>,
 }
 
 impl Keyring {
@@ -78,6 +84,7 @@ impl Keyring {
         Keyring {
             user: user.to_string(),
             groups: BTreeMap::new(),
+            denied: BTreeSet::new(),
         }
     }
 
@@ -94,6 +101,21 @@ impl Keyring {
     /// Names of the data groups this keyring opens, sorted.
     pub fn groups(&self) -> impl Iterator<Item = &str> {
         self.groups.keys().map(String::as_str)
+    }
+
+    /// Records a data group this user may not read: listed, but locked.
+    pub fn deny(&mut self, group: &str) {
+        self.denied.insert(group.to_string());
+    }
+
+    /// Whether `group` is listed but locked for this user.
+    pub fn is_denied(&self, group: &str) -> bool {
+        self.denied.contains(group)
+    }
+
+    /// Names of the locked data groups, sorted.
+    pub fn denied(&self) -> impl Iterator<Item = &str> {
+        self.denied.iter().map(String::as_str)
     }
 
     /// True when no data group can be opened.

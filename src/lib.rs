@@ -11,8 +11,10 @@
 //! - [`sandbox`]: profiling (and later confining) untrusted analyses;
 //! - [`cli`]: the command line.
 
+pub mod admin;
 pub mod cli;
 pub mod crypto;
+pub mod directory;
 pub mod format;
 pub mod fs;
 pub mod keyring;

@@ -22,12 +22,13 @@
 //! process starts other threads (the CLI does) or block the signals in them.
 
 use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::termios::{self, LocalFlags, SetArg, Termios};
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
@@ -307,23 +308,11 @@ fn wait_readable<const N: usize>(
     // poll(2) counts whole milliseconds: round up so we never spin on a
     // remainder below one.
     let ms = timeout.as_micros().div_ceil(1000);
-    let ms = libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX);
-    let mut pfds = fds.map(|fd| libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    });
-    // nix's safe `poll` sits behind its "poll" feature, which this crate
-    // does not enable; this is the one raw call of the module.
-    // SAFETY: `pfds` is an initialised array of `N` pollfd structs that
-    // lives across the call, and `N` is passed as its length, so poll(2)
-    // reads and writes (only `revents`) within it. The descriptors are
-    // borrowed for the call's duration, so they are open while polled.
-    let n = unsafe { libc::poll(pfds.as_mut_ptr(), N as libc::nfds_t, ms) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(pfds.map(|p| p.revents != 0))
+    let ms = i32::try_from(ms).unwrap_or(i32::MAX);
+    let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+    let mut pfds = fds.map(|fd| PollFd::new(fd, PollFlags::POLLIN));
+    poll(&mut pfds, timeout).map_err(io::Error::from)?;
+    Ok(pfds.map(|p| p.revents().is_some_and(|r| !r.is_empty())))
 }
 
 /// A passphrase from a file: its first line, without the line end.

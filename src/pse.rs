@@ -30,7 +30,7 @@ pub enum PseError {
     #[error("the PSE has format {0}; this tresor reads up to {PSE_FORMAT} — upgrade tresor")]
     TooNew(u32),
     /// Refused or failed key derivation or key generation.
-    #[error("{0}")]
+    #[error(transparent)]
     Crypto(#[from] CryptoError),
 }
 

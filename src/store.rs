@@ -7,6 +7,7 @@
 //! ```
 
 use crate::crypto::{self, CryptoError, KdfParams, PublicKey, SecretKey};
+use crate::directory::{self, Body, DirectoryError, Right, DIRECTORY_FILE};
 use crate::format::content::DirId;
 use crate::format::manifest::{
     self, envelope_label, Envelope, EpochKeys, KdfSpec, KeyFile, Manifest, PublicIdentity,
@@ -59,8 +60,14 @@ pub enum StoreError {
     #[error("this PSE ({0}) is not the administrator of this store")]
     NotAdmin(String),
     /// A cryptographic failure (e.g. an envelope that does not open).
-    #[error("{0}")]
+    #[error(transparent)]
     Crypto(#[from] CryptoError),
+    /// The signed directory is bad, too old, or an edit is invalid.
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
+    /// The PSE belongs to someone this store does not know (any more).
+    #[error("{0}")]
+    UnknownUser(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -158,12 +165,16 @@ impl Store {
                 .create(&p)
                 .map_err(io_err(&p))?;
         }
-        let mp = root.join(MANIFEST_FILE);
-        write_atomic(&mp, &manifest.to_bytes(), 0o644).map_err(io_err(&mp))?;
-        Ok(Store {
+        let store = Store {
             root: root.to_path_buf(),
             manifest,
-        })
+        };
+        let dir = Body::new(&store.manifest.store_id, &admin.public.user);
+        store.write_directory(&dir.sign(&admin.sign)?)?;
+        // The manifest last: until it exists this is not a store.
+        let mp = root.join(MANIFEST_FILE);
+        write_atomic(&mp, &store.manifest.to_bytes(), 0o644).map_err(io_err(&mp))?;
+        Ok(store)
     }
 
     /// Opens the store at `root`, checking its manifest.
@@ -273,7 +284,7 @@ impl Store {
         &self,
         group: &str,
         holders: &[(String, PublicKey)],
-    ) -> Result<(), StoreError> {
+    ) -> Result<String, StoreError> {
         if !manifest::valid_group_name(group) {
             return Err(StoreError::BadGroupName(group.to_string()));
         }
@@ -308,41 +319,211 @@ impl Store {
             current_epoch: epoch,
             epochs: vec![EpochKeys { epoch, envelopes }],
         };
-        write_atomic(&kp, &kf.to_bytes(), 0o644).map_err(io_err(&kp))
+        write_atomic(&kp, &kf.to_bytes(), 0o644).map_err(io_err(&kp))?;
+        Ok(directory::key_id(&key))
     }
 
-    /// Unwraps every data-group key `pse` holds an envelope for.
-    /// Groups without an envelope for this user are simply absent.
-    pub fn unlock(&self, pse: &Pse) -> Result<Keyring, StoreError> {
+    /// Unwraps every epoch key of `group` that `pse` holds an envelope for.
+    /// With a directory, each key must match the key id it commits to.
+    pub fn group_keys(
+        &self,
+        group: &str,
+        pse: &Pse,
+        dir: Option<&Body>,
+    ) -> Result<GroupKeys, StoreError> {
         let fpr = pse.public.transport_public.fingerprint()?;
-        let mut ring = Keyring::new(&pse.public.user);
-        for group in self.groups()? {
-            let kf = self.key_file(&group)?;
-            let mut keys = GroupKeys::new(kf.current_epoch);
-            for ep in &kf.epochs {
-                let Some(env) = ep.envelopes.iter().find(|e| e.key_fpr == fpr) else {
-                    continue;
-                };
-                let wrapped = names::decode(&env.wrapped).ok_or_else(|| StoreError::Format {
-                    path: self.keyfile_path(&group),
-                    err: FormatError::Corrupt("envelope is not base64url".into()),
-                })?;
-                let label = envelope_label(&self.manifest.store_id, &group, ep.epoch);
-                let key = pse.transport.unwrap_key(&label, &wrapped).map_err(|_| {
-                    StoreError::Format {
-                        path: self.keyfile_path(&group),
-                        err: FormatError::Corrupt(format!(
-                            "the envelope for {} (epoch {}) does not open — it was altered or moved",
-                            pse.public.user, ep.epoch
-                        )),
-                    }
-                })?;
-                keys.insert(ep.epoch, key);
+        let kf = self.key_file(group)?;
+        let current = match dir {
+            Some(d) => d.need_group(group)?.epoch,
+            None => kf.current_epoch,
+        };
+        let corrupt = |what: String| StoreError::Format {
+            path: self.keyfile_path(group),
+            err: FormatError::Corrupt(what),
+        };
+        let mut keys = GroupKeys::new(current);
+        for ep in &kf.epochs {
+            let Some(env) = ep.envelopes.iter().find(|e| e.key_fpr == fpr) else {
+                continue;
+            };
+            let wrapped = names::decode(&env.wrapped)
+                .ok_or_else(|| corrupt("envelope is not base64url".into()))?;
+            let label = envelope_label(&self.manifest.store_id, group, ep.epoch);
+            let key = pse.transport.unwrap_key(&label, &wrapped).map_err(|_| {
+                corrupt(format!(
+                    "the envelope for {} (epoch {}) does not open — it was altered or moved",
+                    pse.public.user, ep.epoch
+                ))
+            })?;
+            if let Some(d) = dir {
+                let expected = d.need_group(group)?.key_ids.get(&ep.epoch);
+                if expected != Some(&directory::key_id(&key)) {
+                    return Err(corrupt(format!(
+                        "the key in the envelope for {} (epoch {}) is not the one the signed directory names — a forged envelope",
+                        pse.public.user, ep.epoch
+                    )));
+                }
             }
+            keys.insert(ep.epoch, key);
+        }
+        Ok(keys)
+    }
+
+    /// Unwraps every data-group key `pse` holds an envelope for. In a store
+    /// with a directory, every data group is listed; those the user's role
+    /// may not read are denied, read-only ones are not writable.
+    pub fn unlock(&self, pse: &Pse) -> Result<Keyring, StoreError> {
+        let mut ring = Keyring::new(&pse.public.user);
+        if !self.has_directory() {
+            for group in self.groups()? {
+                let keys = self.group_keys(&group, pse, None)?;
+                if keys.current().is_some() {
+                    ring.insert(&group, keys);
+                }
+            }
+            return Ok(ring);
+        }
+        let dir = self.read_directory(&pse.public.trust_anchor)?;
+        self.check_member(&dir, pse)?;
+        for group in dir.datagroups.keys() {
+            let right = dir.user_right(&pse.public.user, group);
+            if !right.can_read() {
+                ring.deny(group);
+                continue;
+            }
+            let mut keys = self.group_keys(group, pse, Some(&dir))?;
+            keys.writable = right == Right::Write;
             if keys.current().is_some() {
-                ring.insert(&group, keys);
+                ring.insert(group, keys);
+            } else {
+                // The matrix grants it but no envelope is there (yet).
+                tracing::warn!(group = %group, "no key envelope for this user; ask the administrator to re-grant");
+                ring.deny(group);
             }
         }
         Ok(ring)
+    }
+
+    /// Whether this store keeps a signed directory.
+    pub fn has_directory(&self) -> bool {
+        self.manifest
+            .features
+            .iter()
+            .any(|f| f == manifest::FEATURE_DIRECTORY)
+    }
+
+    /// Checks that `pse` belongs to a current user (or the admin) of this store.
+    pub fn check_member(&self, dir: &Body, pse: &Pse) -> Result<(), StoreError> {
+        let user = &pse.public.user;
+        let mine = names::encode(&pse.public.sign_public.to_der()?);
+        if *user == dir.admin {
+            return self.check_admin(pse);
+        }
+        match dir.users.get(user) {
+            Some(u) if u.sign_public == mine => Ok(()),
+            Some(_) => Err(StoreError::UnknownUser(format!(
+                "the PSE of {user} does not carry the keys this store certified for {user} — a PSE from another store?"
+            ))),
+            None if dir.removed.contains_key(user) => Err(StoreError::UnknownUser(format!(
+                "{user} was removed from this store; their PSE no longer opens it"
+            ))),
+            None => Err(StoreError::UnknownUser(format!(
+                "{user} is not a user of this store — a PSE from another store?"
+            ))),
+        }
+    }
+
+    /// Reads and verifies the signed directory against `anchor` (the
+    /// admin's key from a PSE), refusing one older than this machine saw.
+    pub fn read_directory(&self, anchor: &PublicKey) -> Result<Body, StoreError> {
+        let p = self.root.join(DIRECTORY_FILE);
+        let bytes = fs::read(&p).map_err(io_err(&p))?;
+        let body = Body::verify(&bytes, anchor)?;
+        if body.store_id != self.manifest.store_id {
+            return Err(DirectoryError::BadSignature("it belongs to another store".into()).into());
+        }
+        seen::check_and_record(&self.manifest.store_id, body.version)?;
+        Ok(body)
+    }
+
+    /// Remembers that this machine has seen directory `version` (after
+    /// writing it), so an older one put back later is refused.
+    pub fn note_directory_version(&self, version: u64) -> Result<(), StoreError> {
+        seen::check_and_record(&self.manifest.store_id, version)
+    }
+
+    /// Writes signed directory bytes atomically.
+    pub fn write_directory(&self, bytes: &[u8]) -> Result<(), StoreError> {
+        let p = self.root.join(DIRECTORY_FILE);
+        write_atomic(&p, bytes, 0o644).map_err(io_err(&p))
+    }
+
+    /// Writes a data group's key file atomically.
+    pub fn write_key_file(&self, kf: &KeyFile) -> Result<(), StoreError> {
+        let p = self.keyfile_path(&kf.datagroup);
+        write_atomic(&p, &kf.to_bytes(), 0o644).map_err(io_err(&p))
+    }
+
+    /// Wraps `key` of `group`/`epoch` for a holder.
+    pub fn envelope(
+        &self,
+        group: &str,
+        epoch: u32,
+        key: &SecretKey,
+        holder: &str,
+        pk: &PublicKey,
+    ) -> Result<Envelope, StoreError> {
+        let label = envelope_label(&self.manifest.store_id, group, epoch);
+        Ok(Envelope {
+            holder: holder.to_string(),
+            key_fpr: pk.fingerprint()?,
+            wrapped: names::encode(&pk.wrap_key(&label, key)?),
+        })
+    }
+}
+
+/// The newest directory version seen per store on this machine (per user):
+/// `$XDG_STATE_HOME/tresor/seen.json` or `~/.local/state/tresor/seen.json`.
+mod seen {
+    use super::{write_atomic, DirectoryError, StoreError};
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    fn path() -> Option<PathBuf> {
+        let base = std::env::var_os("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
+        Some(base.join("tresor").join("seen.json"))
+    }
+
+    pub(super) fn check_and_record(store_id: &str, version: u64) -> Result<(), StoreError> {
+        let Some(p) = path() else { return Ok(()) };
+        let mut map: BTreeMap<String, u64> = std::fs::read(&p)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let seen = map.get(store_id).copied().unwrap_or(0);
+        if version < seen {
+            return Err(DirectoryError::Rollback {
+                found: version,
+                seen,
+            }
+            .into());
+        }
+        if version > seen {
+            map.insert(store_id.to_string(), version);
+            if let Some(dir) = p.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let bytes = serde_json::to_vec_pretty(&map).unwrap_or_default();
+            // Best effort: a read-only home must not stop a mount.
+            if let Err(e) = write_atomic(&p, &bytes, 0o600) {
+                tracing::warn!(
+                    "cannot record the directory version in {}: {e}",
+                    p.display()
+                );
+            }
+        }
+        Ok(())
     }
 }

@@ -2,6 +2,7 @@
 
 mod util;
 
+mod access;
 mod login;
 mod mount;
 mod profile;

@@ -109,23 +109,71 @@ impl TestStore {
 
     /// Mounts with extra flags.
     pub fn mount_with(&self, extra: &[&str]) -> Mount {
-        let mnt = self.subdir("mnt");
-        let log = self.dir.path().join("mount.log");
+        self.mount_as(&self.pse, &self.pass, "mnt", extra)
+    }
+
+    /// Runs an admin command (`tresor ARGS… --pse ADMIN --passphrase-file P`).
+    pub fn admin(&self, args: &[&str]) -> Output {
+        tresor()
+            .args(args)
+            .arg("--pse")
+            .arg(&self.pse)
+            .arg("--passphrase-file")
+            .arg(&self.pass)
+            .output()
+            .unwrap()
+    }
+
+    /// Certifies a user; returns (PSE path, passphrase file).
+    pub fn add_user(&self, name: &str, role: &str) -> (PathBuf, PathBuf) {
+        let pse = self.dir.path().join(format!("{name}.pse"));
+        let pass = self.dir.path().join(format!("{name}.pass"));
+        std::fs::write(&pass, format!("{name} passphrase\n")).unwrap();
+        let out = tresor()
+            .args(["user", "add"])
+            .arg(&self.store)
+            .arg(name)
+            .args(["--role", role, "--pse-out"])
+            .arg(&pse)
+            .arg("--user-passphrase-file")
+            .arg(&pass)
+            .arg("--pse")
+            .arg(&self.pse)
+            .arg("--passphrase-file")
+            .arg(&self.pass)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "user add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (pse, pass)
+    }
+
+    /// Mounts as the owner of `pse` at `<test dir>/<name>`.
+    pub fn mount_as(&self, pse: &Path, pass: &Path, name: &str, extra: &[&str]) -> Mount {
+        let mnt = self.subdir(name);
+        let log = self.dir.path().join(if name == "mnt" {
+            "mount.log".to_string()
+        } else {
+            format!("{name}.log")
+        });
         let child = tresor()
             .arg("mount")
             .arg(&self.store)
             .arg(&mnt)
             .arg("--pse")
-            .arg(&self.pse)
+            .arg(pse)
             .arg("--passphrase-file")
-            .arg(&self.pass)
+            .arg(pass)
             .arg("-f")
             .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let m = Mount {
+        let mut m = Mount {
             mnt: mnt.clone(),
             child: Some(child),
             log,
@@ -149,9 +197,15 @@ fn is_mounted(p: &Path) -> bool {
 }
 
 impl Mount {
-    fn wait_mounted(&self) {
+    fn wait_mounted(&mut self) {
         let start = Instant::now();
         while !is_mounted(&self.mnt) {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!(
+                    "mount exited ({st}) before it came up; log:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
             if start.elapsed() > Duration::from_secs(30) {
                 panic!(
                     "mount did not come up; log:\n{}",

@@ -15,7 +15,15 @@ pub const GROUPS_DIR: &str = "groups";
 /// Store format written by this tresor.
 pub const STORE_FORMAT: u32 = 1;
 /// Feature flags this tresor understands.
-pub const KNOWN_FEATURES: &[&str] = &["content-aes256gcmsiv-4k", "names-aes256gcmsiv", "longnames"];
+pub const KNOWN_FEATURES: &[&str] = &[
+    "content-aes256gcmsiv-4k",
+    "names-aes256gcmsiv",
+    "longnames",
+    // Users, roles and the access matrix in the admin-signed directory.json.
+    "directory-v1",
+];
+/// The feature that makes `directory.json` mandatory.
+pub const FEATURE_DIRECTORY: &str = "directory-v1";
 /// Key file format written by this tresor.
 pub const KEYS_FORMAT: u32 = 1;
 

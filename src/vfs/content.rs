@@ -21,7 +21,7 @@ const CHUNK_BLOCKS: u64 = 256;
 #[derive(Debug, thiserror::Error)]
 pub enum ContentError {
     /// The backing file failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
     /// The ciphertext is damaged, forged, cut or misplaced.
     #[error("{0}")]

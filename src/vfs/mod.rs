@@ -78,6 +78,9 @@ pub enum VfsError {
     /// No such extended attribute.
     #[error("no such attribute")]
     NoAttr,
+    /// The user's role may only read this data group.
+    #[error("data group is read-only for this user")]
+    ReadOnly,
 }
 
 impl VfsError {
@@ -97,6 +100,7 @@ impl VfsError {
             VfsError::NotEmpty => libc::ENOTEMPTY,
             VfsError::Exists => libc::EEXIST,
             VfsError::NoAttr => libc::ENODATA,
+            VfsError::ReadOnly => libc::EROFS,
         }
     }
 }
@@ -447,7 +451,8 @@ impl Vfs {
         }
         if parent == ROOT {
             let g = name.to_str().ok_or(VfsError::NotFound)?;
-            if self.keyring().group(g).is_none() {
+            let ring = self.keyring();
+            if ring.group(g).is_none() && !ring.is_denied(g) {
                 return Err(VfsError::NotFound);
             }
             return Ok(Child {
@@ -510,12 +515,35 @@ impl Vfs {
                     u32::try_from(md.ctime_nsec()).unwrap_or(0),
                 ),
             kind,
-            perm: (md.mode() & 0o7777) as u16,
+            perm: self.visible_perm(group, plain, md.mode()),
             nlink: u32::try_from(md.nlink()).unwrap_or(u32::MAX),
             uid: md.uid(),
             gid: md.gid(),
             rdev: 0,
         })
+    }
+
+    /// Permission bits as this user sees them: a denied data group's root
+    /// is mode 000, a read-only group has no write bits.
+    fn visible_perm(&self, group: &str, plain: &str, mode: u32) -> u16 {
+        let ring = self.keyring();
+        let mut perm = (mode & 0o7777) as u16;
+        match ring.group(group) {
+            None if ring.is_denied(group) && plain == group => perm = 0,
+            Some(g) if !g.writable => perm &= !0o222,
+            _ => {}
+        }
+        perm
+    }
+
+    /// Refuses changes to a data group this user may only read.
+    fn check_writable(&self, group: &str) -> Result<()> {
+        let ring = self.keyring();
+        match ring.group(group) {
+            Some(g) if g.writable => Ok(()),
+            Some(_) => Err(VfsError::ReadOnly),
+            None => Err(VfsError::Access(format!("no key for data group {group}"))),
+        }
     }
 
     fn root_attr(&self) -> Attr {
@@ -640,6 +668,9 @@ impl Vfs {
     pub fn setattr(&self, ino: Ino, fh: Option<u64>, s: SetAttr) -> Result<Attr> {
         if ino == ROOT {
             return Err(VfsError::Perm);
+        }
+        if let Ok((_, group, _)) = self.locate(ino) {
+            self.check_writable(&group)?;
         }
         // With an open handle, work on its descriptor: the file may have
         // been unlinked or renamed since it was opened.
@@ -787,13 +818,17 @@ impl Vfs {
 
     // ---- creating and removing ----
 
+    /// Resolves a name for a change: refused at the root and in data
+    /// groups this user may not write.
     fn child_in_group(&self, parent: Ino, name: &OsStr) -> Result<Child> {
         if parent == ROOT {
             return Err(VfsError::Access(
                 "data groups are created with `tresor datagroup add`".into(),
             ));
         }
-        self.child(parent, name)
+        let c = self.child(parent, name)?;
+        self.check_writable(&c.group)?;
+        Ok(c)
     }
 
     /// Writes a long name's side file before its entry exists.
@@ -1116,6 +1151,9 @@ impl Vfs {
     pub fn open(&self, ino: Ino, flags: i32) -> Result<u64> {
         let (path, group, plain) = self.locate(ino)?;
         let acc = flags & libc::O_ACCMODE;
+        if acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+            self.check_writable(&group)?;
+        }
         // Writes need to read partial blocks, so writers get read access too.
         let file = fs::OpenOptions::new()
             .read(true)
@@ -1278,7 +1316,10 @@ impl Vfs {
         };
         if ino == ROOT {
             let mut out = vec![dot(ROOT, "."), dot(ROOT, "..")];
-            for g in self.keyring().groups() {
+            let ring = self.keyring();
+            let mut all: Vec<&str> = ring.groups().chain(ring.denied()).collect();
+            all.sort_unstable();
+            for g in all {
                 let path = self.groups_dir.join(g);
                 match fs::symlink_metadata(&path) {
                     Ok(md) => out.push(DirEntry {
@@ -1380,6 +1421,7 @@ impl Vfs {
     pub fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
         let user = user_attr(name)?;
         let (path, _, ring, group) = self.xattr_key(ino)?;
+        self.check_writable(&group)?;
         let gk = ring
             .group(&group)
             .and_then(|g| g.current())
@@ -1442,6 +1484,7 @@ impl Vfs {
     pub fn removexattr(&self, ino: Ino, name: &OsStr) -> Result<()> {
         let user = user_attr(name).map_err(|_| VfsError::NoAttr)?;
         let (path, _, ring, group) = self.xattr_key(ino)?;
+        self.check_writable(&group)?;
         let gk = ring
             .group(&group)
             .and_then(|g| g.current())

@@ -1,0 +1,310 @@
+//! Admin commands: `role`, `user`, `grant`, `matrix`.
+
+use super::{new_passphrase, unlock_pse, PassArgs};
+use crate::admin::{Admin, Outcome};
+use crate::crypto::KdfParams;
+use crate::directory::{self, Body, Right};
+use crate::pse::Pse;
+use crate::store::{write_atomic, Store};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// `tresor role …`
+#[derive(Subcommand, Debug)]
+pub enum RoleCmd {
+    /// Add a role (a user group of the access matrix).
+    Add {
+        /// The store directory.
+        store: PathBuf,
+        /// The new role's name.
+        role: String,
+        /// The administrator's PSE.
+        #[arg(long)]
+        pse: PathBuf,
+        #[command(flatten)]
+        pass: PassArgs,
+    },
+}
+
+/// `tresor user …`
+#[derive(Subcommand, Debug)]
+pub enum UserCmd {
+    /// Certify a new user: make their key pairs and PSE, wrap their role's keys.
+    Add {
+        /// The store directory.
+        store: PathBuf,
+        /// The new user's name.
+        user: String,
+        /// Their role.
+        #[arg(long)]
+        role: String,
+        /// Where to write the new user's PSE (must not exist).
+        #[arg(long)]
+        pse_out: PathBuf,
+        /// Mark as a shared (ward) PSE: a terminal's routine look-ups, not a person.
+        #[arg(long)]
+        shared: bool,
+        /// The administrator's PSE.
+        #[arg(long)]
+        pse: PathBuf,
+        /// The administrator's passphrase.
+        #[command(flatten)]
+        pass: PassArgs,
+        /// The new user's initial passphrase, from this file instead of a second prompt.
+        #[arg(long, value_name = "FILE")]
+        user_passphrase_file: Option<PathBuf>,
+    },
+    /// Remove a user: their data groups get new keys.
+    Remove {
+        /// The store directory.
+        store: PathBuf,
+        /// The user to remove.
+        user: String,
+        /// The administrator's PSE.
+        #[arg(long)]
+        pse: PathBuf,
+        #[command(flatten)]
+        pass: PassArgs,
+    },
+    /// List users (checks the directory signature against the store's admin key).
+    List {
+        /// The store directory.
+        store: PathBuf,
+    },
+}
+
+/// `tresor grant STORE ROLE DATAGROUP w|r|-`
+#[derive(Args, Debug)]
+pub struct GrantArgs {
+    /// The store directory.
+    store: PathBuf,
+    /// The role (matrix row).
+    role: String,
+    /// The data group (matrix column).
+    datagroup: String,
+    /// `w` read and write, `r` read only, `-` nothing.
+    right: String,
+    /// The administrator's PSE.
+    #[arg(long)]
+    pse: PathBuf,
+    #[command(flatten)]
+    pass: PassArgs,
+}
+
+fn report(out: &Outcome) {
+    for (g, e) in &out.rotated {
+        println!("rotated the key of {g} to epoch {e}: files written from now on use it; `tresor rekey` re-encrypts the older ones");
+    }
+    if out.envelopes_added > 0 {
+        println!("wrapped {} key(s) for new holders", out.envelopes_added);
+    }
+    if out.envelopes_removed > 0 {
+        println!("withdrew {} key envelope(s)", out.envelopes_removed);
+    }
+}
+
+/// Runs `tresor role …`.
+pub fn role(c: RoleCmd) -> Result<ExitCode> {
+    let RoleCmd::Add {
+        store,
+        role,
+        pse,
+        pass,
+    } = c;
+    let s = Store::open(&store)?;
+    let admin = unlock_pse(&pse, &pass)?;
+    Admin::open(&s, &admin)?.add_role(&role)?;
+    println!("added role {role} (no rights yet; use `tresor grant`)");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `tresor user …`.
+pub fn user(c: UserCmd) -> Result<ExitCode> {
+    match c {
+        UserCmd::Add {
+            store,
+            user,
+            role,
+            pse_out,
+            shared,
+            pse,
+            pass,
+            user_passphrase_file,
+        } => {
+            if pse_out.exists() {
+                bail!(
+                    "{} exists; choose a new path for {user}'s PSE",
+                    pse_out.display()
+                );
+            }
+            let s = Store::open(&store)?;
+            let admin = unlock_pse(&pse, &pass)?;
+            let a = Admin::open(&s, &admin)?;
+            // Check the names before the slow key generation.
+            a.directory().need_role(&role)?;
+            if !directory::valid_name(&user) {
+                return Err(directory::DirectoryError::BadName(user).into());
+            }
+            if a.directory().users.contains_key(&user) || user == a.directory().admin {
+                return Err(directory::DirectoryError::Duplicate {
+                    kind: "user",
+                    name: user,
+                }
+                .into());
+            }
+            let user_pass = new_passphrase(
+                &PassArgs {
+                    passphrase_file: user_passphrase_file,
+                },
+                &user,
+            )?;
+            eprintln!(
+                "generating RSA-{} key pairs for {user} …",
+                crate::crypto::RSA_BITS
+            );
+            let new = Pse::generate(&user, Some(admin.public.sign_public.clone()))?;
+            let k = s.manifest().kdf_defaults;
+            let kdf = KdfParams {
+                m_kib: k.m_kib,
+                t: k.t,
+                p: k.p,
+            };
+            // The PSE first: if certifying fails, remove it again; a
+            // certified user without a PSE could never be used.
+            write_atomic(&pse_out, &new.seal(user_pass.as_bytes(), kdf)?, 0o600)
+                .with_context(|| format!("cannot write {}", pse_out.display()))?;
+            match a.add_user(&user, &role, shared, &new) {
+                Ok(out) => {
+                    println!(
+                        "certified {user} ({role}{}); PSE written to {}",
+                        if shared { ", shared" } else { "" },
+                        pse_out.display()
+                    );
+                    report(&out);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&pse_out);
+                    Err(e.into())
+                }
+            }
+        }
+        UserCmd::Remove {
+            store,
+            user,
+            pse,
+            pass,
+        } => {
+            let s = Store::open(&store)?;
+            let admin = unlock_pse(&pse, &pass)?;
+            let out = Admin::open(&s, &admin)?.remove_user(&user)?;
+            println!("removed {user}");
+            report(&out);
+            Ok(ExitCode::SUCCESS)
+        }
+        UserCmd::List { store } => {
+            let (s, dir) = verified_without_pse(&store)?;
+            let _ = s;
+            println!(
+                "{:<20} {:<16} {:<10} {:<7} signing key",
+                "user", "role", "certified", "shared"
+            );
+            println!(
+                "{:<20} {:<16} {:<10} {:<7} (administrator)",
+                dir.admin, "-", "-", "-"
+            );
+            for (name, u) in &dir.users {
+                let fpr = directory::sign_key(&u.sign_public)?.fingerprint()?;
+                println!(
+                    "{:<20} {:<16} {:<10} {:<7} {}",
+                    name,
+                    u.role,
+                    date(u.certified),
+                    if u.shared { "yes" } else { "no" },
+                    &fpr[..16]
+                );
+            }
+            for (name, r) in &dir.removed {
+                println!(
+                    "{:<20} {:<16} {:<10} removed {}",
+                    name,
+                    r.role,
+                    date(r.certified),
+                    date(r.removed)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Runs `tresor grant`.
+pub fn grant(a: GrantArgs) -> Result<ExitCode> {
+    let Some(right) = Right::parse(&a.right) else {
+        bail!("right must be w, r or - (got \"{}\")", a.right);
+    };
+    let s = Store::open(&a.store)?;
+    let admin = unlock_pse(&a.pse, &a.pass)?;
+    let out = Admin::open(&s, &admin)?.grant(&a.role, &a.datagroup, right)?;
+    println!("{} × {} = {}", a.role, a.datagroup, right.symbol());
+    report(&out);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Verifies the directory with the admin key recorded in the store's own
+/// manifest: proves the two agree, not who the admin is (a PSE's trust
+/// anchor does that).
+fn verified_without_pse(store: &Path) -> Result<(Store, Body)> {
+    let s = Store::open(store)?;
+    if !s.has_directory() {
+        bail!("this store has no directory (created before users and roles existed)");
+    }
+    let der = crate::format::names::decode(&s.manifest().admin.sign_public)
+        .context("the manifest's admin key is not base64url")?;
+    let anchor = crate::crypto::PublicKey::from_der(&der)?;
+    let dir = s.read_directory(&anchor)?;
+    Ok((s, dir))
+}
+
+/// Runs `tresor matrix`: the seed's Figure 2.
+pub fn matrix(store: &Path) -> Result<ExitCode> {
+    let (_, dir) = verified_without_pse(store)?;
+    println!(
+        "directory version {} signed by {} on {} — signature valid (checked against the admin key in tresor.json)",
+        dir.version,
+        dir.admin,
+        date(dir.issued)
+    );
+    let groups: Vec<&String> = dir.datagroups.keys().collect();
+    let w = dir.roles.iter().map(|r| r.len()).max().unwrap_or(4).max(4);
+    print!("{:<w$}", "");
+    for g in &groups {
+        print!("  {g}");
+    }
+    println!();
+    for role in &dir.roles {
+        print!("{role:<w$}");
+        for g in &groups {
+            let cell = dir.right(role, g).symbol();
+            print!("  {cell:^width$}", width = g.len());
+        }
+        println!();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn date(secs: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    humantime::format_rfc3339_seconds(t).to_string()[..10].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dates() {
+        assert_eq!(super::date(0), "1970-01-01");
+        assert_eq!(super::date(1_795_415_753), "2026-11-23");
+    }
+}

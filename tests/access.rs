@@ -1,0 +1,370 @@
+//! Users, roles, the access matrix and the admin-signed directory (issue 3),
+//! end to end through real mounts.
+
+use crate::util::{fuse_available, tresor, Mount, TestStore};
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+/// What a user can do with one data group, as seen through the mount.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum Seen {
+    /// Listed, but every access is EACCES.
+    Locked,
+    /// Listing and reading work; writing fails.
+    ReadOnly,
+    /// Listing, reading and writing work.
+    ReadWrite,
+}
+
+fn probe(m: &Mount, group: &str, readable_file: &str, marker: &str) -> Seen {
+    let dir = m.path(group);
+    assert!(dir.exists(), "{group} not listed at the mount root");
+    match fs::read_dir(&dir) {
+        Err(e) => {
+            assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{group}: {e}");
+            assert!(fs::read(dir.join(readable_file)).is_err());
+            assert!(fs::write(dir.join(marker), b"x").is_err());
+            Seen::Locked
+        }
+        Ok(_) => {
+            fs::read(dir.join(readable_file))
+                .unwrap_or_else(|e| panic!("{group}/{readable_file} unreadable: {e}"));
+            match fs::write(dir.join(marker), b"written") {
+                Ok(()) => Seen::ReadWrite,
+                Err(e) => {
+                    assert!(
+                        matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES)),
+                        "{group}: {e}"
+                    );
+                    Seen::ReadOnly
+                }
+            }
+        }
+    }
+}
+
+fn expect_view(m: &Mount, who: &str, round: &str, want: &[(&str, Seen)]) {
+    for (g, w) in want {
+        let got = probe(m, g, "existing.txt", &format!("{who}-{round}.txt"));
+        assert_eq!(got, *w, "{who} on {g} after {round}");
+    }
+}
+
+fn status(out: &std::process::Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn matrix_end_to_end_with_grants_revocation_and_rotation() {
+    if !fuse_available() {
+        return;
+    }
+    let ts = TestStore::new(&["prescriptions", "lab"]);
+    for r in ["physicians", "nurses"] {
+        assert!(ts
+            .admin(&["role", "add", ts.store.to_str().unwrap(), r])
+            .status
+            .success());
+    }
+    let st = ts.store.to_str().unwrap().to_string();
+    let grant = |role: &str, g: &str, right: &str| {
+        let out = ts.admin(&["grant", &st, role, g, right]);
+        assert!(out.status.success(), "grant: {}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    grant("physicians", "prescriptions", "w");
+    grant("physicians", "lab", "r");
+    grant("nurses", "prescriptions", "r");
+    let (alice, alice_pw) = ts.add_user("alice", "physicians");
+    let (bob, bob_pw) = ts.add_user("bob", "nurses");
+
+    // The admin writes a file into each group.
+    {
+        let m = ts.mount();
+        for g in ["prescriptions", "lab"] {
+            fs::write(m.path(&format!("{g}/existing.txt")), format!("{g} data")).unwrap();
+        }
+        m.unmount();
+    }
+
+    let out = tresor().arg("matrix").arg(&ts.store).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("signature valid"), "{text}");
+    let rows: BTreeMap<&str, Vec<&str>> = text
+        .lines()
+        .skip(2)
+        .map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next().unwrap(), w.collect())
+        })
+        .collect();
+    assert_eq!(rows["physicians"], ["r", "w"], "{text}"); // columns: lab, prescriptions
+    assert_eq!(rows["nurses"], ["-", "r"], "{text}");
+
+    use Seen::*;
+    let a = ts.mount_as(&alice, &alice_pw, "alice", &[]);
+    let b = ts.mount_as(&bob, &bob_pw, "bob", &[]);
+    expect_view(
+        &a,
+        "alice",
+        "start",
+        &[("prescriptions", ReadWrite), ("lab", ReadOnly)],
+    );
+    expect_view(
+        &b,
+        "bob",
+        "start",
+        &[("prescriptions", ReadOnly), ("lab", Locked)],
+    );
+    // Mode bits say the same: 000 for locked, no write bits for read-only.
+    let mode = |m: &Mount, p: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(m.path(p)).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode(&b, "lab"), 0);
+    assert_eq!(mode(&b, "prescriptions/existing.txt") & 0o222, 0);
+    a.unmount();
+    b.unmount();
+
+    // Grant nurses read on lab: bob gets an envelope, no rotation.
+    let out = grant("nurses", "lab", "r");
+    assert!(!out.contains("rotated"), "{out}");
+    let b = ts.mount_as(&bob, &bob_pw, "bob", &[]);
+    expect_view(
+        &b,
+        "bob",
+        "grant",
+        &[("prescriptions", ReadOnly), ("lab", ReadOnly)],
+    );
+    b.unmount();
+
+    // Revoke nurses on prescriptions: the key rotates.
+    let out = grant("nurses", "prescriptions", "-");
+    assert!(
+        out.contains("rotated the key of prescriptions to epoch 2"),
+        "{out}"
+    );
+    let a = ts.mount_as(&alice, &alice_pw, "alice", &[]);
+    let b = ts.mount_as(&bob, &bob_pw, "bob", &[]);
+    expect_view(
+        &a,
+        "alice",
+        "revoke",
+        &[("prescriptions", ReadWrite), ("lab", ReadOnly)],
+    );
+    expect_view(
+        &b,
+        "bob",
+        "revoke",
+        &[("prescriptions", Locked), ("lab", ReadOnly)],
+    );
+    // Written before the revocation, still readable by those who keep the right;
+    // written after it, under the new epoch.
+    assert_eq!(
+        fs::read_to_string(a.path("prescriptions/existing.txt")).unwrap(),
+        "prescriptions data"
+    );
+    fs::write(a.path("prescriptions/after-rotation.txt"), b"epoch 2").unwrap();
+    assert_eq!(
+        fs::read(a.path("prescriptions/after-rotation.txt")).unwrap(),
+        b"epoch 2"
+    );
+    a.unmount();
+    b.unmount();
+    let keys = fs::read_to_string(ts.store.join("keys/prescriptions.json")).unwrap();
+    let kf: serde_json::Value = serde_json::from_str(&keys).unwrap();
+    assert_eq!(kf["current_epoch"], 2);
+    assert!(
+        !keys.contains("\"bob\""),
+        "bob's envelopes withdrawn from every epoch"
+    );
+
+    // Downgrade physicians on prescriptions to read-only: no rotation needed.
+    let out = grant("physicians", "prescriptions", "r");
+    assert!(!out.contains("rotated"), "{out}");
+    let a = ts.mount_as(&alice, &alice_pw, "alice", &[]);
+    expect_view(
+        &a,
+        "alice",
+        "downgrade",
+        &[("prescriptions", ReadOnly), ("lab", ReadOnly)],
+    );
+    assert_eq!(
+        fs::read(a.path("prescriptions/after-rotation.txt")).unwrap(),
+        b"epoch 2"
+    );
+    a.unmount();
+
+    // Removing bob rotates lab (he could read it); his PSE no longer opens the store.
+    let out = ts.admin(&["user", "remove", &st, "bob"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rotated the key of lab"));
+    let out = tresor()
+        .arg("mount")
+        .arg(&ts.store)
+        .arg(ts.subdir("bob2"))
+        .arg("--pse")
+        .arg(&bob)
+        .arg("--passphrase-file")
+        .arg(&bob_pw)
+        .arg("-f")
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 8, "{}", stderr(&out));
+    assert!(stderr(&out).contains("bob was removed"), "{}", stderr(&out));
+    let a = ts.mount_as(&alice, &alice_pw, "alice", &[]);
+    expect_view(
+        &a,
+        "alice",
+        "removal",
+        &[("prescriptions", ReadOnly), ("lab", ReadOnly)],
+    );
+    a.unmount();
+}
+
+#[test]
+fn crypto_not_the_driver_keeps_a_denied_group_closed() {
+    // Bypass the driver: use the library with alice's PSE directly.
+    let ts = TestStore::new(&["lab", "wards"]);
+    let st = ts.store.to_str().unwrap().to_string();
+    assert!(ts.admin(&["role", "add", &st, "nurses"]).status.success());
+    assert!(ts
+        .admin(&["grant", &st, "nurses", "wards", "r"])
+        .status
+        .success());
+    let (alice, alice_pw) = ts.add_user("alice", "nurses");
+    let pw = fs::read_to_string(&alice_pw).unwrap();
+    let pse = tresor::pse::open(&fs::read(&alice).unwrap(), pw.trim_end().as_bytes()).unwrap();
+    let store = tresor::store::Store::open(&ts.store).unwrap();
+    let ring = store.unlock(&pse).unwrap();
+    assert!(ring.group("wards").is_some());
+    assert!(ring.group("lab").is_none() && ring.is_denied("lab"));
+    // No envelope for lab opens with her key, whatever the matrix says.
+    let kf = store.key_file("lab").unwrap();
+    for ep in &kf.epochs {
+        for env in &ep.envelopes {
+            let wrapped = tresor::format::names::decode(&env.wrapped).unwrap();
+            let label = tresor::format::manifest::envelope_label(
+                &store.manifest().store_id,
+                "lab",
+                ep.epoch,
+            );
+            assert!(pse.transport.unwrap_key(&label, &wrapped).is_err());
+        }
+    }
+    // Even with a forged matrix the library has no key to use: group_keys finds none.
+    let keys = store.group_keys("lab", &pse, None).unwrap();
+    assert!(keys.current().is_none());
+}
+
+#[test]
+fn tampered_or_rolled_back_directory_is_refused() {
+    let ts = TestStore::new(&["g"]);
+    let st = ts.store.to_str().unwrap().to_string();
+    assert!(ts.admin(&["role", "add", &st, "r1"]).status.success());
+    let old = fs::read(ts.store.join("directory.json")).unwrap();
+    assert!(ts.admin(&["role", "add", &st, "r2"]).status.success());
+    let current = fs::read(ts.store.join("directory.json")).unwrap();
+
+    // One changed byte anywhere: refused by matrix and by admin commands.
+    for i in [
+        0,
+        current.len() / 3,
+        current.len() / 2,
+        current.len() - 10,
+        current.len() - 1,
+    ] {
+        let mut b = current.clone();
+        b[i] ^= 0x04;
+        fs::write(ts.store.join("directory.json"), &b).unwrap();
+        let out = tresor().arg("matrix").arg(&ts.store).output().unwrap();
+        assert_eq!(status(&out), 5, "byte {i}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("directory signature invalid"),
+            "{}",
+            stderr(&out)
+        );
+        let out = ts.admin(&["role", "add", &st, "r3"]);
+        assert_eq!(status(&out), 5);
+    }
+    // The older, validly signed directory put back: a rollback.
+    fs::write(ts.store.join("directory.json"), &old).unwrap();
+    let out = tresor().arg("matrix").arg(&ts.store).output().unwrap();
+    assert_eq!(status(&out), 6, "{}", stderr(&out));
+    assert!(stderr(&out).contains("rollback"), "{}", stderr(&out));
+    fs::write(ts.store.join("directory.json"), &current).unwrap();
+    assert!(tresor()
+        .arg("matrix")
+        .arg(&ts.store)
+        .output()
+        .unwrap()
+        .status
+        .success());
+}
+
+#[test]
+fn bad_names_and_foreign_pses_get_distinct_errors() {
+    let ts = TestStore::new(&["g"]);
+    let st = ts.store.to_str().unwrap().to_string();
+    assert!(ts.admin(&["role", "add", &st, "nurses"]).status.success());
+    let cases: &[(&[&str], &str)] = &[
+        (&["role", "add", &st, "nurses"], "already exists"),
+        (&["role", "add", &st, "../evil"], "not a valid name"),
+        (&["grant", &st, "nobody", "g", "r"], "no role named"),
+        (
+            &["grant", &st, "nurses", "nothing", "r"],
+            "no data group named",
+        ),
+        (&["user", "remove", &st, "ghost"], "no user named"),
+        (&["datagroup", "add", &st, "g"], "already exists"),
+    ];
+    for (args, msg) in cases {
+        let out = ts.admin(args);
+        assert_eq!(status(&out), 7, "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(msg), "{args:?}: {}", stderr(&out));
+    }
+    let out = ts.admin(&["grant", &st, "nurses", "g", "x"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("w, r or -"));
+
+    // A PSE of another store (its own admin) is not a member here.
+    let other = TestStore::new(&[]);
+    let out = tresor()
+        .args(["role", "add"])
+        .arg(&ts.store)
+        .arg("x")
+        .arg("--pse")
+        .arg(&other.pse)
+        .arg("--passphrase-file")
+        .arg(&other.pass)
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 8, "{}", stderr(&out));
+}
+
+#[test]
+fn user_add_with_unknown_role_leaves_no_pse_behind() {
+    let ts = TestStore::new(&["g"]);
+    let st = ts.store.to_str().unwrap().to_string();
+    let pse_out = ts.dir.path().join("x.pse");
+    let upw = ts.dir.path().join("x.pass");
+    fs::write(&upw, "x passphrase\n").unwrap();
+    let out = tresor()
+        .args(["user", "add", &st, "x", "--role", "ghosts", "--pse-out"])
+        .arg(&pse_out)
+        .arg("--user-passphrase-file")
+        .arg(&upw)
+        .arg("--pse")
+        .arg(&ts.pse)
+        .arg("--passphrase-file")
+        .arg(&ts.pass)
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 7, "{}", stderr(&out));
+    assert!(!Path::new(&pse_out).exists());
+}
