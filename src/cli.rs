@@ -169,6 +169,8 @@ pub mod status {
     pub const NOT_MEMBER: u8 = 8;
     /// Not a store, or a store this tresor cannot read.
     pub const BAD_STORE: u8 = 9;
+    /// The PSE's user was removed from this store.
+    pub const REMOVED_USER: u8 = 10;
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {
@@ -184,6 +186,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         let d = match cause.downcast_ref::<S>() {
             Some(S::Directory(d)) => Some(d),
             Some(S::UnknownUser(_) | S::NotAdmin(_)) => return status::NOT_MEMBER,
+            Some(S::RemovedUser(_)) => return status::REMOVED_USER,
             Some(S::NoSuchGroup(_) | S::GroupExists(_) | S::BadGroupName(_)) => {
                 return status::BAD_NAME
             }

@@ -65,9 +65,12 @@ pub enum StoreError {
     /// The signed directory is bad, too old, or an edit is invalid.
     #[error(transparent)]
     Directory(#[from] DirectoryError),
-    /// The PSE belongs to someone this store does not know (any more).
+    /// The PSE belongs to someone this store does not know.
     #[error("{0}")]
     UnknownUser(String),
+    /// The PSE's user was removed from this store.
+    #[error("{0} was removed from this store; their PSE no longer opens it")]
+    RemovedUser(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -383,6 +386,15 @@ impl Store {
             }
             return Ok(ring);
         }
+        // A PSE anchored to another administrator: say so, rather than
+        // reporting the (correct) signature failure as tampering.
+        let anchor = names::encode(&pse.public.trust_anchor.to_der()?);
+        if anchor != self.manifest.admin.sign_public {
+            return Err(StoreError::UnknownUser(format!(
+                "the PSE of {} trusts another administrator than this store's — a PSE from another store?",
+                pse.public.user
+            )));
+        }
         let dir = self.read_directory(&pse.public.trust_anchor)?;
         self.check_member(&dir, pse)?;
         for group in dir.datagroups.keys() {
@@ -424,9 +436,7 @@ impl Store {
             Some(_) => Err(StoreError::UnknownUser(format!(
                 "the PSE of {user} does not carry the keys this store certified for {user} — a PSE from another store?"
             ))),
-            None if dir.removed.contains_key(user) => Err(StoreError::UnknownUser(format!(
-                "{user} was removed from this store; their PSE no longer opens it"
-            ))),
+            None if dir.removed.contains_key(user) => Err(StoreError::RemovedUser(user.clone())),
             None => Err(StoreError::UnknownUser(format!(
                 "{user} is not a user of this store — a PSE from another store?"
             ))),

@@ -215,7 +215,7 @@ fn matrix_end_to_end_with_grants_revocation_and_rotation() {
         .arg("-f")
         .output()
         .unwrap();
-    assert_eq!(status(&out), 8, "{}", stderr(&out));
+    assert_eq!(status(&out), 10, "{}", stderr(&out));
     assert!(stderr(&out).contains("bob was removed"), "{}", stderr(&out));
     let a = ts.mount_as(&alice, &alice_pw, "alice", &[]);
     expect_view(
@@ -345,6 +345,25 @@ fn bad_names_and_foreign_pses_get_distinct_errors() {
         .output()
         .unwrap();
     assert_eq!(status(&out), 8, "{}", stderr(&out));
+    // A user's PSE of another store: not a member either.
+    assert!(other
+        .admin(&["role", "add", other.store.to_str().unwrap(), "nurses"])
+        .status
+        .success());
+    let (carol, carol_pw) = other.add_user("carol", "nurses");
+    let out = tresor()
+        .arg("mount")
+        .arg(&ts.store)
+        .arg(ts.subdir("carol"))
+        .arg("--pse")
+        .arg(&carol)
+        .arg("--passphrase-file")
+        .arg(&carol_pw)
+        .arg("-f")
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 8, "{}", stderr(&out));
+    assert!(stderr(&out).contains("another store"), "{}", stderr(&out));
 }
 
 #[test]
