@@ -403,7 +403,16 @@ impl Store {
                 ring.deny(group);
                 continue;
             }
-            let mut keys = self.group_keys(group, pse, Some(&dir))?;
+            // One damaged or forged key file locks its own group, loudly,
+            // not the whole store.
+            let mut keys = match self.group_keys(group, pse, Some(&dir)) {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::error!(group = %group, "data group locked: {e}");
+                    ring.deny(group);
+                    continue;
+                }
+            };
             keys.writable = right == Right::Write;
             if keys.current().is_some() {
                 ring.insert(group, keys);

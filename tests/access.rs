@@ -387,3 +387,51 @@ fn user_add_with_unknown_role_leaves_no_pse_behind() {
     assert_eq!(status(&out), 7, "{}", stderr(&out));
     assert!(!Path::new(&pse_out).exists());
 }
+
+#[test]
+fn a_forged_envelope_is_refused_and_locks_only_its_group() {
+    let ts = TestStore::new(&["a", "b"]);
+    let st = ts.store.to_str().unwrap().to_string();
+    assert!(ts.admin(&["role", "add", &st, "readers"]).status.success());
+    for g in ["a", "b"] {
+        assert!(ts
+            .admin(&["grant", &st, "readers", g, "r"])
+            .status
+            .success());
+    }
+    let (alice, alice_pw) = ts.add_user("alice", "readers");
+    // The attacker wraps a key of their choosing to alice's public key.
+    let store = tresor::store::Store::open(&ts.store).unwrap();
+    let pw = fs::read_to_string(&alice_pw).unwrap();
+    let pse = tresor::pse::open(&fs::read(&alice).unwrap(), pw.trim_end().as_bytes()).unwrap();
+    let mut kf = store.key_file("a").unwrap();
+    let fpr = pse.public.transport_public.fingerprint().unwrap();
+    let chosen = tresor::crypto::SecretKey::random();
+    for ep in &mut kf.epochs {
+        ep.envelopes.retain(|e| e.key_fpr != fpr);
+        ep.envelopes.push(
+            store
+                .envelope(
+                    "a",
+                    ep.epoch,
+                    &chosen,
+                    "alice",
+                    &pse.public.transport_public,
+                )
+                .unwrap(),
+        );
+    }
+    store.write_key_file(&kf).unwrap();
+    let ring = store.unlock(&pse).unwrap();
+    assert!(
+        ring.is_denied("a") && ring.group("a").is_none(),
+        "forged key accepted"
+    );
+    assert!(ring.group("b").is_some(), "the other group must stay open");
+    let err = store.group_keys(
+        "a",
+        &pse,
+        Some(&store.read_directory(&pse.public.trust_anchor).unwrap()),
+    );
+    assert!(format!("{}", err.unwrap_err()).contains("forged envelope"));
+}
