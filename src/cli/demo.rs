@@ -57,14 +57,10 @@ pub fn run(keep: bool) -> Result<ExitCode> {
 
     step(
         2,
-        "add data groups (a random 256-bit key each, wrapped to the admin with RSA-OAEP)",
-    );
-    let me = (
-        admin.public.user.clone(),
-        admin.public.transport_public.clone(),
+        "add data groups (a random 256-bit key each, wrapped to the admin, committed to in the signed directory)",
     );
     for g in ["records", "prescriptions"] {
-        store.add_group(g, std::slice::from_ref(&me))?;
+        crate::admin::Admin::open(&store, &admin)?.add_group(g)?;
         println!("   {g}");
     }
 
