@@ -411,3 +411,79 @@ pub fn set_timer(first: Option<Duration>, every: Duration) {
     // SAFETY: `it` is a live, initialised itimerval; the old value is not wanted.
     unsafe { libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut()) };
 }
+
+/// Sets `no_new_privs`, then loads `filters` in order with seccomp(2) into
+/// the calling thread. Allocates nothing, so a forked child may call it.
+/// Stops at the first filter the kernel refuses.
+pub fn install_seccomp_filters(filters: &[Vec<libc::sock_filter>]) -> io::Result<()> {
+    // SAFETY: plain prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    for f in filters {
+        let prog = libc::sock_fprog {
+            len: u16::try_from(f.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
+            filter: f.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: `prog` points at `f`, alive and unmoved for the call; the
+        // kernel copies the program and does not write through the pointer.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                &prog as *const libc::sock_fprog,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// A program, its argv and environment prepared for `execve`, so that the
+/// exec itself allocates nothing and makes no syscall but execve (after a
+/// seccomp filter is loaded, nothing else may be allowed).
+pub struct Execve {
+    program: CString,
+    _argv: Vec<CString>,
+    _env: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    env_ptrs: Vec<*const libc::c_char>,
+}
+
+impl Execve {
+    /// `program` is the path to exec (no `$PATH` search); `argv[0]` is what
+    /// the program sees; `env` holds `NAME=value` strings.
+    pub fn new(program: CString, argv: Vec<CString>, env: Vec<CString>) -> Execve {
+        let ptrs = |v: &[CString]| {
+            v.iter()
+                .map(|a| a.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect()
+        };
+        Execve {
+            argv_ptrs: ptrs(&argv),
+            env_ptrs: ptrs(&env),
+            program,
+            _argv: argv,
+            _env: env,
+        }
+    }
+
+    /// Replaces the process image; returns only on failure.
+    pub fn exec(&self) -> io::Error {
+        // SAFETY: program, argv and env are NUL-terminated C strings owned by
+        // `self`, and both pointer arrays end in NULL; execve only returns
+        // on failure.
+        unsafe {
+            libc::execve(
+                self.program.as_ptr(),
+                self.argv_ptrs.as_ptr(),
+                self.env_ptrs.as_ptr(),
+            )
+        };
+        io::Error::last_os_error()
+    }
+}
