@@ -1,8 +1,10 @@
-//! Command line of `tresor profile`: clap arguments and the command itself.
+//! Command line of `tresor profile` and `tresor policy`: clap arguments and
+//! the commands themselves.
 //!
 //! `tresor profile --out P.json [--mode M] [--trace F] [--timeout D] -- PROGRAM ARGS…`
 //! `tresor profile show P.json`
 //! `tresor profile merge A.json B.json … -o C.json [--force]`
+//! `tresor policy show P.json [--json] [--pad-rules N] [--allow-incomplete]`
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -12,6 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 
+use super::policy::{Policy, PolicyOptions};
 use super::profile::{Mode, Profile};
 use super::tracer::{self, RunEnd, TraceOptions, DEFAULT_MAX_TASKS};
 
@@ -219,6 +222,65 @@ fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         ),
     }
     Ok(ExitCode::from(outcome.end.exit_code()))
+}
+
+/// `tresor policy`: the seccomp policy a profile compiles to.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  tresor policy show ki67.json\n  tresor policy show --json ki67.json > ki67.policy.json\n  tresor policy show --pad-rules 2000 ki67.json"
+)]
+pub struct PolicyArgs {
+    #[command(subcommand)]
+    pub command: PolicyCommand,
+}
+
+/// Subcommands of `tresor policy`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Print the compiled rules: one line per syscall with its conditions and
+    /// reason, then the filters and their instructions.
+    Show {
+        /// A profile (from `tresor profile`) or a policy (from `--json`).
+        file: PathBuf,
+        /// Print the policy as JSON instead (one rule per syscall, each with a comment).
+        #[arg(long)]
+        json: bool,
+        /// Add N harmless ioctl request rules (benchmarks: a 2,000-rule policy).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        pad_rules: usize,
+        /// Accept a profile marked incomplete.
+        #[arg(long)]
+        allow_incomplete: bool,
+    },
+}
+
+/// Runs `tresor policy …`.
+pub fn run_policy(args: PolicyArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        PolicyCommand::Show {
+            file,
+            json,
+            pad_rules,
+            allow_incomplete,
+        } => {
+            let opts = PolicyOptions {
+                allow_incomplete,
+                pad_rules,
+            };
+            let policy = Policy::load(&file, &opts)?;
+            // Compiled either way: a policy that cannot load is an error here,
+            // not at run time.
+            let compiled = policy
+                .compile()
+                .with_context(|| format!("compiling the policy of {}", file.display()))?;
+            if json {
+                print!("{}", policy.to_json());
+            } else {
+                print!("{}", policy.render(&compiled));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 #[cfg(test)]
