@@ -20,6 +20,7 @@ pub mod fs;
 pub mod keyring;
 pub mod prompt;
 pub mod pse;
+pub mod rekey;
 pub mod sandbox;
 pub mod store;
 pub mod vfs;

@@ -6,4 +6,5 @@ mod access;
 mod login;
 mod mount;
 mod profile;
+mod rekey;
 mod vectors;

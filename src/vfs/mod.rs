@@ -7,7 +7,7 @@
 //! reuses (so `stat` and `readdir` agree).
 
 pub mod content;
-mod names;
+pub(crate) mod names;
 
 use crate::format::content::{DirId, FileHeader, FILE_ID_LEN};
 use crate::format::names::{Entry, DIRID_FILE};
