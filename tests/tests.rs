@@ -5,6 +5,7 @@ mod util;
 mod access;
 mod login;
 mod mount;
+mod policy;
 mod profile;
 mod rekey;
 mod vectors;
