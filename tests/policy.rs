@@ -311,6 +311,42 @@ fn clone_namespaces_killed_and_clone3_enosys() {
     );
 }
 
+#[test]
+fn threads_and_children_run_confined() {
+    require_sandbox!();
+    // Threads: glibc tries clone3 first, gets ENOSYS, falls back to clone.
+    let dir = tempfile::tempdir().unwrap();
+    let (d1, d2) = (dir.path().join("d1"), dir.path().join("d2"));
+    std::fs::create_dir(&d1).unwrap();
+    std::fs::create_dir(&d2).unwrap();
+    let threads = example("profile_threads");
+    let r = record(&threads, &[d1.to_str().unwrap(), "4"]);
+    assert!(r.profile().syscalls.contains_key("clone"));
+    assert_ok(&confined(
+        &r.path,
+        &[],
+        &threads,
+        &[d2.to_str().unwrap(), "4"],
+    ));
+    assert_eq!(std::fs::read_dir(&d2).unwrap().count(), 4);
+    // A child process that execs another program; the exit code passes through.
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, "x").unwrap();
+    let (i, o1, o2) = (
+        input.to_str().unwrap().to_string(),
+        dir.path().join("o1").to_str().unwrap().to_string(),
+        dir.path().join("o2").to_str().unwrap().to_string(),
+    );
+    let files = example("profile_files");
+    let fork_exec = example("profile_fork_exec");
+    let f = files.to_str().unwrap();
+    let (out, r) = try_record(&fork_exec, &["3", f, &i, &o1]);
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    let out = confined(&r.path, &[], &fork_exec, &["3", f, &i, &o2]);
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    assert_eq!(std::fs::read(&o2).unwrap(), b"1\n");
+}
+
 /// A policy padded to 2,000+ argument rules: split into several filters
 /// under the cap, all of it loaded, nothing dropped.
 #[test]

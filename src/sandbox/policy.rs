@@ -693,8 +693,16 @@ fn describe_rule(name: &str, r: &Rule) -> String {
             format!("allow if {}{flags}", v.join(" | "))
         }
     };
+    // One clause per argument: "kill if flags has CLONE_NEWNS or CLONE_NEWPID".
+    let mut by_arg: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for d in &r.deny_flags {
-        let _ = write!(s, "; kill if {} has {}", d.arg, flag_names(name, d.mask));
+        by_arg
+            .entry(d.arg.as_str())
+            .or_default()
+            .push(flag_names(name, d.mask));
+    }
+    for (arg, masks) in by_arg {
+        let _ = write!(s, "; kill if {arg} has {}", masks.join(" or "));
     }
     s
 }
