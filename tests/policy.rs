@@ -417,6 +417,35 @@ fn padded_policy_of_2000_rules_keeps_every_rule() {
     assert_eq!(std::fs::read(&o1).unwrap(), std::fs::read(&o2).unwrap());
 }
 
+/// The size check agrees with the kernel: the biggest policy tresor
+/// accepts loads (the kernel counts eBPF instructions, not classic ones).
+#[test]
+fn largest_accepted_policy_loads() {
+    require_sandbox!();
+    let r = record(&probe(), &["ioctl", "0x5401"]);
+    let fits = |n: usize| {
+        let opts = PolicyOptions {
+            pad_rules: n,
+            ..Default::default()
+        };
+        Policy::load(&r.path, &opts).unwrap().compile().is_ok()
+    };
+    let (mut lo, mut hi) = (2000, 40_000);
+    assert!(fits(lo) && !fits(hi));
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let n = lo.to_string();
+    let last = format!("{:#x}", pad_value(lo - 1));
+    let out = confined(&r.path, &["--pad-rules", &n], &probe(), &["ioctl", &last]);
+    assert_ok(&out);
+}
+
 #[test]
 fn show_lists_filters_and_json_round_trips() {
     require_sandbox!();

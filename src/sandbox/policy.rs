@@ -38,7 +38,8 @@ pub const FORMAT: &str = "tresor-policy";
 pub const VERSION: u32 = 1;
 /// Largest filter seccompiler (and the kernel, `BPF_MAXINSNS`) accepts.
 pub const MAX_FILTER_INSNS: usize = 4095;
-/// The kernel's cap on a whole stack (`MAX_INSNS_PER_PATH`), counting
+/// The kernel's cap on a whole stack (`MAX_INSNS_PER_PATH`), counted in
+/// instructions after its conversion to eBPF ([`kernel_len`]) plus
 /// [`FILTER_OVERHEAD`] per filter.
 pub const MAX_STACK_INSNS: usize = 32768;
 /// Instructions the kernel charges per filter on top of its length.
@@ -153,7 +154,7 @@ pub enum PolicyError {
         syscall: String,
         instructions: usize,
     },
-    #[error("the policy needs {total} BPF instructions in {filters} filters (counting the kernel's {FILTER_OVERHEAD} per filter); the kernel loads at most {MAX_STACK_INSNS} — record fewer argument values or pad less")]
+    #[error("the policy needs {total} BPF instructions in {filters} filters as the kernel counts them (after conversion to eBPF, plus {FILTER_OVERHEAD} per filter); the kernel loads at most {MAX_STACK_INSNS} — record fewer argument values or pad less")]
     StackTooLarge { total: usize, filters: usize },
     #[error("seccompiler refused filter {index} ({what}): {error:?}")]
     Compile {
@@ -593,7 +594,7 @@ impl Policy {
         );
         let _ = writeln!(
             o,
-            "{} filters, {} instructions (+{FILTER_OVERHEAD} per filter: {} of the kernel's {MAX_STACK_INSNS}), installed in this order:",
+            "{} filters, {} instructions ({} as the kernel counts them, of at most {MAX_STACK_INSNS}), installed in this order:",
             s.filters.len(),
             s.instructions,
             s.stack_instructions
@@ -786,7 +787,8 @@ pub struct PolicyStats {
     pub filters: Vec<FilterStats>,
     /// Sum of the filters' lengths.
     pub instructions: usize,
-    /// What the kernel counts against [`MAX_STACK_INSNS`].
+    /// What the kernel counts against [`MAX_STACK_INSNS`]: the filters'
+    /// eBPF lengths ([`kernel_len`]) plus [`FILTER_OVERHEAD`] each.
     pub stack_instructions: usize,
 }
 
@@ -1145,7 +1147,7 @@ fn compile(policy: &Policy) -> Result<CompiledPolicy, PolicyError> {
     });
     programs.push(prog);
 
-    let total: usize = programs.iter().map(|p| p.len() + FILTER_OVERHEAD).sum();
+    let total = stack_len(&programs);
     if total > MAX_STACK_INSNS {
         return Err(PolicyError::StackTooLarge {
             total,
@@ -1175,7 +1177,7 @@ impl CompiledPolicy {
             flag_checks: policy.syscalls.values().map(|r| r.deny_flags.len()).sum(),
             filters: self.filters.clone(),
             instructions,
-            stack_instructions: instructions + FILTER_OVERHEAD * self.programs.len(),
+            stack_instructions: stack_len(&self.programs),
         }
     }
 
@@ -1213,6 +1215,42 @@ impl CompiledPolicy {
         }
         best.ok_or_else(|| "no filters".to_string())
     }
+}
+
+/// What the kernel charges a stack: each filter's eBPF length plus
+/// [`FILTER_OVERHEAD`] (charged on all but the newest filter; counted on all
+/// here, to stay on the safe side).
+fn stack_len(programs: &[Vec<libc::sock_filter>]) -> usize {
+    programs
+        .iter()
+        .map(|p| kernel_len(p) + FILTER_OVERHEAD)
+        .sum()
+}
+
+/// Length of a seccomp filter after the kernel converts it to eBPF
+/// (`bpf_convert_filter`, net/core/filter.c): its stack limit counts these,
+/// not the classic instructions. A 3-instruction prologue; a return becomes
+/// a move and an exit; a conditional jump whose immediate is negative as an
+/// `s32` needs a move first, and one with both branches non-zero becomes a
+/// jump plus a `ja`; loads, ALU and `ja` stay one instruction.
+pub fn kernel_len(prog: &[libc::sock_filter]) -> usize {
+    3 + prog
+        .iter()
+        .map(|i| {
+            let code = u32::from(i.code);
+            match code & 0x07 {
+                c if c == libc::BPF_RET => 2,
+                c if c == libc::BPF_JMP && code & 0xf0 != libc::BPF_JA => {
+                    let imm = usize::from(code & 0x08 == libc::BPF_K && (i.k as i32) < 0);
+                    let both = i.jt != 0 && i.jf != 0;
+                    // JSET cannot be inverted: two instructions when jf != 0.
+                    let jset_split = code & 0xf0 == libc::BPF_JSET && i.jf != 0;
+                    imm + if both || jset_split { 2 } else { 1 }
+                }
+                _ => 1,
+            }
+        })
+        .sum::<usize>()
 }
 
 /// A classic-BPF interpreter for the instructions seccompiler emits.
