@@ -25,11 +25,12 @@
 //! this machine, and takes a lock so two runs never interleave.
 //!
 //! Hard links: the names of a multiply linked file are all found in the
-//! tree; the file is re-encrypted once and every name is re-linked to the
-//! new copy. If some of its links lie outside the data group's tree the
-//! file is left as it is (a warning), since it cannot be replaced for all
-//! of them. A crash while re-linking can split the names into two files of
-//! equal content (nothing is lost; the link is not restored).
+//! tree; the file is re-encrypted once, a journal (`tresor.rekey-links` in
+//! the group root: the new copy's temporary name and file id, every name)
+//! is written, and every name is re-linked to the new copy. A re-run after
+//! a crash finishes the journal first, so the names stay one file. If some
+//! links lie outside the data group's tree the file is left as it is (a
+//! warning): it cannot be replaced for all of them.
 
 use crate::directory::Body;
 use crate::format::content::{DirId, FileHeader, FILE_ID_LEN, HEADER_LEN};
@@ -50,6 +51,9 @@ use std::path::{Path, PathBuf};
 pub const TEMP_PREFIX: &str = ".tresor-rekey-";
 /// The next directory id of a directory whose names are being re-encrypted.
 pub const DIRID_NEXT: &str = "tresor.dirid.next";
+/// Journal of a hard-linked file whose names are being re-linked, in the
+/// group's root directory (internal: `tresor.` prefix).
+pub const RELINK_JOURNAL: &str = "tresor.rekey-links";
 /// Plaintext bytes copied per step (a multiple of the block size).
 const CHUNK: usize = 1 << 20;
 /// Extended attributes of ours on backing files.
@@ -78,6 +82,14 @@ pub enum RekeyError {
     /// The store is mounted here: renames would confuse the running mount.
     #[error("the store is mounted at {0}; unmount it first (`tresor umount {0}`): rekey renames entries under the mount's feet")]
     Mounted(String),
+    /// The hard-link journal cannot be used.
+    #[error("{path}: {what}; the names it lists may now be separate copies — check them, delete the journal and run rekey again")]
+    Journal {
+        /// The journal.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
     /// The caller's interrupt hook asked to stop (a simulated crash).
     #[error("interrupted; run `tresor rekey` again to finish")]
     Interrupted,
@@ -124,38 +136,49 @@ impl Report {
         self.errors.is_empty()
     }
 
-    /// The final line, e.g. `rekeyed lab: 1,234 files, 5 symlinks, 56 directories to epoch 3`.
+    /// The final line, e.g. `rekeyed lab: 1,234 files, 5 symlinks, 56 directories to epoch 3 (…)`.
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "rekeyed {}: {} files, {} symlinks, {} directories to epoch {}",
+            "rekeyed {}: {}, {}, {} to epoch {}",
             self.group,
-            thousands(self.files),
-            thousands(self.symlinks),
-            thousands(self.directories),
+            count(self.files, "file", "files"),
+            count(self.symlinks, "symlink", "symlinks"),
+            count(self.directories, "directory", "directories"),
             self.epoch
         );
         let mut extra = vec![format!("{} already current", thousands(self.skipped))];
         if self.relinked > 0 {
-            extra.push(format!("{} hard links re-linked", thousands(self.relinked)));
+            extra.push(format!(
+                "{} re-linked",
+                count(self.relinked, "hard link", "hard links")
+            ));
         }
         if self.xattrs > 0 {
-            extra.push(format!("{} xattrs re-sealed", thousands(self.xattrs)));
+            extra.push(format!(
+                "{} re-sealed",
+                count(self.xattrs, "xattr", "xattrs")
+            ));
         }
         if self.stale_removed > 0 {
             extra.push(format!(
-                "{} leftovers of an interrupted run removed",
-                thousands(self.stale_removed)
+                "{} of an interrupted run removed",
+                count(self.stale_removed, "leftover", "leftovers")
             ));
         }
         if !self.errors.is_empty() {
             extra.push(format!(
-                "{} errors — those objects keep their old epoch; fix and run again",
-                thousands(self.errors.len() as u64)
+                "{} — those objects keep their old epoch; fix and run again",
+                count(self.errors.len() as u64, "error", "errors")
             ));
         }
         s.push_str(&format!(" ({})", extra.join(", ")));
         s
     }
+}
+
+/// `n` with thousands separators and the right noun.
+fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{} {}", thousands(n), if n == 1 { one } else { many })
 }
 
 /// `1234567` → `1,234,567`.
@@ -220,7 +243,19 @@ pub fn rekey(
             ..Report::default()
         },
         dirty: BTreeSet::new(),
+        root: root.clone(),
     };
+    // An interrupted re-link first: its temporary is the new copy.
+    match r.finish_relink() {
+        Ok(()) => {}
+        Err(Failure::Stop(e)) => return Err(e),
+        Err(Failure::Item(what)) => {
+            return Err(RekeyError::Journal {
+                path: root.join(RELINK_JOURNAL),
+                what,
+            })
+        }
+    }
     let scan = r.scan(&root, group)?;
     let total = scan.todo;
     let bar = if opts.progress {
@@ -355,6 +390,19 @@ struct Rekey<'o, 'a> {
     report: Report,
     /// Directories with renamed entries, fsynced before names move.
     dirty: BTreeSet<PathBuf>,
+    /// The group's backing root.
+    root: PathBuf,
+}
+
+/// The names of one hard-linked file, re-linked to its new copy.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Relink {
+    /// Hex file id of the new copy.
+    file_id: String,
+    /// The new copy's temporary name, relative to the group root.
+    temp: String,
+    /// Every name of the file, relative to the group root.
+    names: Vec<String>,
 }
 
 fn random_temp(dir: &Path) -> PathBuf {
@@ -538,14 +586,15 @@ impl Rekey<'_, '_> {
                             .and_then(|f| content::read_header(&f).ok())
                             .map(|h| h.epoch)
                     };
-                    if epoch.is_none_or(|e| e < self.current) {
-                        s.todo += 1;
-                    }
+                    let mut first_name = true;
                     if !symlink && md.nlink() > 1 {
-                        s.links
-                            .entry((md.dev(), md.ino()))
-                            .or_default()
-                            .push(s.items.len());
+                        let names = s.links.entry((md.dev(), md.ino())).or_default();
+                        first_name = names.is_empty();
+                        names.push(s.items.len());
+                    }
+                    // A hard-linked file is one unit of work, however many names.
+                    if first_name && epoch.is_none_or(|e| e < self.current) {
+                        s.todo += 1;
                     }
                     s.items.push(Item {
                         path,
@@ -711,21 +760,138 @@ impl Rekey<'_, '_> {
                 "changed while being re-encrypted; left as it is — run rekey again".into(),
             ));
         }
-        for o in others {
-            // Each further name becomes a link to the new copy.
-            let t = random_temp(parent_of(&o.path));
-            fs::hard_link(&tmp, &t).map_err(item_io)?;
-            self.step().map_err(Failure::Stop)?;
-            fs::rename(&t, &o.path).map_err(item_io)?;
-            self.dirty.insert(parent_of(&o.path).to_path_buf());
-            self.report.relinked += 1;
-            self.step().map_err(Failure::Stop)?;
+        if !others.is_empty() {
+            // Several renames: a journal makes a crash between them
+            // resumable, so the names never end up as separate copies.
+            let rel = |p: &Path| -> Result<String, Failure> {
+                p.strip_prefix(&self.root)
+                    .map(|r| r.to_string_lossy().into_owned())
+                    .map_err(|_| Failure::Item("outside the data group".into()))
+            };
+            let mut names = vec![rel(&it.path)?];
+            for o in others {
+                names.push(rel(&o.path)?);
+            }
+            let j = Relink {
+                file_id: hex::encode(nh.file_id),
+                temp: rel(&tmp)?,
+                names,
+            };
+            if let Err(e) = self.write_journal(&j) {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+            self.finish_relink()?;
+            self.report.files += 1;
+            return Ok(true);
         }
         fs::rename(&tmp, &it.path).map_err(item_io)?;
         self.dirty.insert(dir.to_path_buf());
         self.report.files += 1;
         self.step().map_err(Failure::Stop)?;
         Ok(true)
+    }
+
+    /// Writes the re-link journal atomically.
+    fn write_journal(&self, j: &Relink) -> Result<(), Failure> {
+        let bytes = serde_json::to_vec(j).map_err(|e| Failure::Item(e.to_string()))?;
+        let tmp = random_temp(&self.root);
+        let res = (|| -> io::Result<()> {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            fs::rename(&tmp, self.root.join(RELINK_JOURNAL))
+        })();
+        if let Err(e) = res {
+            let _ = fs::remove_file(&tmp);
+            return Err(item_io(e));
+        }
+        fsync_dir(&self.root).map_err(Failure::Stop)?;
+        self.step().map_err(Failure::Stop)
+    }
+
+    /// Points every name in the re-link journal (if any) at the new copy,
+    /// removes the temporary and then the journal. Idempotent: a name that
+    /// already has the new file id is left alone.
+    fn finish_relink(&mut self) -> Result<(), Failure> {
+        let jp = self.root.join(RELINK_JOURNAL);
+        let bytes = match fs::read(&jp) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Failure::Stop(io_at(&jp)(e))),
+        };
+        let j: Relink = serde_json::from_slice(&bytes)
+            .map_err(|e| Failure::Item(format!("malformed ({e})")))?;
+        let id = hex::decode(&j.file_id)
+            .ok()
+            .filter(|i| i.len() == FILE_ID_LEN)
+            .ok_or_else(|| Failure::Item("malformed file id".into()))?;
+        let inside = |r: &str| -> Result<PathBuf, Failure> {
+            let rel = Path::new(r);
+            if r.is_empty()
+                || !rel
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(Failure::Item(format!("path {r:?} leaves the data group")));
+            }
+            Ok(self.root.join(rel))
+        };
+        let temp = inside(&j.temp)?;
+        let names = j
+            .names
+            .iter()
+            .map(|n| inside(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let is_new = |p: &Path| {
+            File::open(p)
+                .ok()
+                .and_then(|f| content::read_header(&f).ok())
+                .is_some_and(|h| h.file_id[..] == id[..])
+        };
+        let have_temp = fs::symlink_metadata(&temp).is_ok();
+        let new = if have_temp {
+            Some(temp.clone())
+        } else {
+            names.iter().find(|n| is_new(n)).cloned()
+        };
+        if let Some(new) = new {
+            for (i, n) in names.iter().enumerate() {
+                if is_new(n) {
+                    continue;
+                }
+                if fs::symlink_metadata(n).is_err() {
+                    self.report.warnings.push(format!(
+                        "{}: a name of a hard-linked file vanished during re-linking",
+                        n.display()
+                    ));
+                    continue;
+                }
+                let t = random_temp(parent_of(n));
+                fs::hard_link(&new, &t).map_err(item_io)?;
+                self.step().map_err(Failure::Stop)?;
+                fs::rename(&t, n).map_err(item_io)?;
+                self.dirty.insert(parent_of(n).to_path_buf());
+                if i > 0 {
+                    self.report.relinked += 1;
+                }
+                self.step().map_err(Failure::Stop)?;
+            }
+            if have_temp {
+                fs::remove_file(&temp).map_err(item_io)?;
+                self.step().map_err(Failure::Stop)?;
+            }
+        }
+        for d in std::mem::take(&mut self.dirty) {
+            fsync_dir(&d).map_err(Failure::Stop)?;
+        }
+        fs::remove_file(&jp).map_err(item_io)?;
+        fsync_dir(&self.root).map_err(Failure::Stop)?;
+        self.step().map_err(Failure::Stop)
     }
 
     /// Re-encrypts one symlink's target. Returns whether it did.
@@ -1093,6 +1259,8 @@ mod tests {
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1000), "1,000");
         assert_eq!(thousands(1234567), "1,234,567");
+        assert_eq!(count(1, "file", "files"), "1 file");
+        assert_eq!(count(1234, "file", "files"), "1,234 files");
     }
 
     #[test]
