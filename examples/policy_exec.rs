@@ -7,7 +7,7 @@
 //! be made or installed (the message says which); 127: the exec failed.
 //! A program the policy stops dies of SIGSYS.
 use std::ffi::{CString, OsString};
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -63,6 +63,13 @@ fn main() -> ExitCode {
         })
         .collect();
     let Some(env) = env else { return usage() };
+    // After the filter is loaded even an error message may be killed:
+    // catch the likely exec failure before.
+    let path = PathBuf::from(std::ffi::OsStr::from_bytes(program.as_bytes()));
+    if !path.is_file() {
+        eprintln!("policy_exec: {}: no such program", path.display());
+        return ExitCode::from(127);
+    }
     let exec = Execve::new(program, argv, env);
     // The tests provoke SIGSYS kills on purpose: no core files for them.
     let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
