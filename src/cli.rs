@@ -83,6 +83,18 @@ enum Cmd {
         #[arg(long, default_value_t = 4)]
         threads: usize,
     },
+    /// Re-encrypt a data group's files, symlinks and names still under an older key epoch (after a revocation); safe to interrupt and run again. Run it while the store is not mounted.
+    Rekey {
+        /// The store directory.
+        store: PathBuf,
+        /// The data group to re-encrypt.
+        datagroup: String,
+        /// The administrator's PSE (it holds every epoch's key).
+        #[arg(long)]
+        pse: PathBuf,
+        #[command(flatten)]
+        pass: PassArgs,
+    },
     /// Change the passphrase of a PSE (asks the old one, then the new one twice).
     Passwd {
         /// The PSE whose passphrase to change.
@@ -254,9 +266,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let opts = MountOptions {
                 allow_other,
                 threads,
-                fsname: format!("tresor:{}", store.display()),
+                fsname: String::new(),
             };
             cmd_mount(&store, &mountpoint, &pse, &pass, foreground, log, opts)
+        }
+        Cmd::Rekey {
+            store,
+            datagroup,
+            pse,
+            pass,
+        } => {
+            let admin = unlock_pse(&pse, &pass)?;
+            let report = crate::rekey::run_cli(&store, &datagroup, &admin, true)?;
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Cmd::Passwd {
             pse,
@@ -412,6 +438,12 @@ fn cmd_mount(
     let store = &store
         .canonicalize()
         .with_context(|| format!("store {} not found", store.display()))?;
+    // The canonical store path names the mount (`tresor:/abs/store`): rekey
+    // looks for it to refuse running under a live mount.
+    let opts = MountOptions {
+        fsname: format!("tresor:{}", store.display()),
+        ..opts
+    };
     let vfs = prepare(store, pse_path, pass)?;
     let groups: Vec<String> = vfs.groups();
     let log_path = if foreground {

@@ -62,6 +62,17 @@ impl GroupKeys {
         self.epochs.get(&epoch)
     }
 
+    /// Every held epoch key, current first, then newest to oldest.
+    pub fn by_preference(&self) -> impl Iterator<Item = &EpochKey> {
+        self.current().into_iter().chain(
+            self.epochs
+                .iter()
+                .rev()
+                .filter(|(e, _)| **e != self.current)
+                .map(|(_, k)| k),
+        )
+    }
+
     /// The key of the current epoch, if held.
     pub fn current(&self) -> Option<&EpochKey> {
         self.epochs.get(&self.current)

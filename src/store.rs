@@ -359,8 +359,12 @@ impl Store {
                 ))
             })?;
             if let Some(d) = dir {
-                let expected = d.need_group(group)?.key_ids.get(&ep.epoch);
-                if expected != Some(&directory::key_id(&key)) {
+                let Some(expected) = d.need_group(group)?.key_ids.get(&ep.epoch) else {
+                    // An epoch the directory does not name (yet): left over
+                    // from an interrupted rotation. Ignored, not trusted.
+                    continue;
+                };
+                if *expected != directory::key_id(&key) {
                     return Err(corrupt(format!(
                         "the key in the envelope for {} (epoch {}) is not the one the signed directory names — a forged envelope",
                         pse.public.user, ep.epoch

@@ -1424,18 +1424,28 @@ impl Vfs {
         self.check_writable(&group)?;
         let gk = ring
             .group(&group)
-            .and_then(|g| g.current())
             .ok_or_else(|| VfsError::Access(format!("no key for data group {group}")))?;
-        let bname = names::xattr_name(gk.names(), user);
-        let sealed = gk.names().seal(bname.as_bytes(), value);
-        let existing = xattr::get(&path, &bname)?;
-        if flags & libc::XATTR_CREATE != 0 && existing.is_some() {
+        let current = gk
+            .current()
+            .ok_or_else(|| VfsError::Access(format!("no current key for {group}")))?;
+        let existing: Vec<String> = gk
+            .by_preference()
+            .map(|k| names::xattr_name(k.names(), user))
+            .filter(|b| matches!(xattr::get(&path, b), Ok(Some(_))))
+            .collect();
+        if flags & libc::XATTR_CREATE != 0 && !existing.is_empty() {
             return Err(VfsError::Exists);
         }
-        if flags & libc::XATTR_REPLACE != 0 && existing.is_none() {
+        if flags & libc::XATTR_REPLACE != 0 && existing.is_empty() {
             return Err(VfsError::NoAttr);
         }
+        let bname = names::xattr_name(current.names(), user);
+        let sealed = current.names().seal(bname.as_bytes(), value);
         xattr::set(&path, &bname, &sealed)?;
+        // Drop copies under older epochs, so they cannot resurface.
+        for old in existing.iter().filter(|b| **b != bname) {
+            let _ = xattr::remove(&path, old);
+        }
         Ok(())
     }
 
@@ -1445,19 +1455,24 @@ impl Vfs {
         let (path, plain, ring, group) = self.xattr_key(ino)?;
         let gk = ring
             .group(&group)
-            .and_then(|g| g.current())
             .ok_or_else(|| VfsError::Access(format!("no key for data group {group}")))?;
-        let bname = names::xattr_name(gk.names(), user);
-        let sealed = xattr::get(&path, &bname)?.ok_or(VfsError::NoAttr)?;
-        gk.names().open(bname.as_bytes(), &sealed).map_err(|_| {
-            corrupt(
-                &plain,
-                format!(
-                    "extended attribute {} failed authentication",
-                    name.to_string_lossy()
-                ),
-            )
-        })
+        // Attributes written before a key rotation (and not yet rekeyed)
+        // are under an older epoch's name key.
+        for key in gk.by_preference() {
+            let bname = names::xattr_name(key.names(), user);
+            if let Some(sealed) = xattr::get(&path, &bname)? {
+                return key.names().open(bname.as_bytes(), &sealed).map_err(|_| {
+                    corrupt(
+                        &plain,
+                        format!(
+                            "extended attribute {} failed authentication",
+                            name.to_string_lossy()
+                        ),
+                    )
+                });
+            }
+        }
+        Err(VfsError::NoAttr)
     }
 
     /// Lists attribute names.
@@ -1466,12 +1481,15 @@ impl Vfs {
             return Ok(Vec::new());
         }
         let (path, _, ring, group) = self.xattr_key(ino)?;
-        let Some(gk) = ring.group(&group).and_then(|g| g.current()) else {
+        let Some(gk) = ring.group(&group) else {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
         for n in xattr::list(&path)? {
-            if let Some(plain) = names::xattr_plain(gk.names(), &n) {
+            if let Some(plain) = gk
+                .by_preference()
+                .find_map(|k| names::xattr_plain(k.names(), &n))
+            {
                 let mut full = OsString::from("user.");
                 full.push(OsStr::from_bytes(&plain));
                 out.push(full);
@@ -1487,9 +1505,21 @@ impl Vfs {
         self.check_writable(&group)?;
         let gk = ring
             .group(&group)
-            .and_then(|g| g.current())
             .ok_or_else(|| VfsError::Access(format!("no key for data group {group}")))?;
-        xattr::remove(&path, &names::xattr_name(gk.names(), user))
+        // Under every epoch held: an older copy must not resurface.
+        let mut removed = false;
+        for key in gk.by_preference() {
+            match xattr::remove(&path, &names::xattr_name(key.names(), user)) {
+                Ok(()) => removed = true,
+                Err(VfsError::NoAttr) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if removed {
+            Ok(())
+        } else {
+            Err(VfsError::NoAttr)
+        }
     }
 }
 
