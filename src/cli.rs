@@ -114,6 +114,8 @@ enum Cmd {
     },
     /// Profile an analysis under ptrace, or show / merge profiles.
     Profile(crate::sandbox::cli::ProfileArgs),
+    /// Show the seccomp policy a profile compiles to: rules, filters, instructions.
+    Policy(crate::sandbox::cli::PolicyArgs),
     /// Show the whole cycle on a throw-away store: create, mount, write, read, show ciphertext, unmount.
     Demo {
         /// Keep the demo directory instead of deleting it.
@@ -304,6 +306,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Demo { keep } => demo::run(keep),
         // The program's own exit status passes through.
         Cmd::Profile(args) => crate::sandbox::cli::run_profile(args),
+        Cmd::Policy(args) => crate::sandbox::cli::run_policy(args),
     }
 }
 

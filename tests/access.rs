@@ -444,22 +444,38 @@ fn xattrs_survive_a_key_rotation_and_never_resurface() {
     let ts = TestStore::new(&["g"]);
     let st = ts.store.to_str().unwrap().to_string();
     assert!(ts.admin(&["role", "add", &st, "readers"]).status.success());
-    assert!(ts.admin(&["grant", &st, "readers", "g", "r"]).status.success());
+    assert!(ts
+        .admin(&["grant", &st, "readers", "g", "r"])
+        .status
+        .success());
     let m = ts.mount();
     let f = m.path("g/f");
     fs::write(&f, b"x").unwrap();
     xattr::set(&f, "user.note", b"before").unwrap();
     m.unmount();
     // Withdrawing read access rotates the key to epoch 2.
-    assert!(ts.admin(&["grant", &st, "readers", "g", "-"]).status.success());
+    assert!(ts
+        .admin(&["grant", &st, "readers", "g", "-"])
+        .status
+        .success());
     let m = ts.mount();
     let f = m.path("g/f");
-    assert_eq!(xattr::get(&f, "user.note").unwrap().as_deref(), Some(&b"before"[..]));
+    assert_eq!(
+        xattr::get(&f, "user.note").unwrap().as_deref(),
+        Some(&b"before"[..])
+    );
     xattr::set(&f, "user.note", b"after").unwrap();
-    assert_eq!(xattr::get(&f, "user.note").unwrap().as_deref(), Some(&b"after"[..]));
+    assert_eq!(
+        xattr::get(&f, "user.note").unwrap().as_deref(),
+        Some(&b"after"[..])
+    );
     let names: Vec<_> = xattr::list(&f).unwrap().collect();
     assert_eq!(names, ["user.note"], "one attribute, not one per epoch");
     xattr::remove(&f, "user.note").unwrap();
-    assert_eq!(xattr::get(&f, "user.note").unwrap(), None, "an old copy resurfaced");
+    assert_eq!(
+        xattr::get(&f, "user.note").unwrap(),
+        None,
+        "an old copy resurfaced"
+    );
     m.unmount();
 }
