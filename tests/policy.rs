@@ -18,37 +18,9 @@ use tresor::sandbox::policy::{pad_value, FilterKind, Policy, PolicyOptions, MAX_
 use tresor::sandbox::syscalls::AUDIT_ARCH_X86_64;
 use tresor::sandbox::Profile;
 
+use crate::util::example;
+
 const TRESOR: &str = env!("CARGO_BIN_EXE_tresor");
-
-/// Builds the examples once (same target dir as this test) and returns
-/// their directory.
-fn examples_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        // target/<profile>/deps/integration-HASH → target/<profile>
-        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-        let target_dir = profile_dir.parent().unwrap();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--examples", "--quiet", "--manifest-path"])
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(target_dir);
-        if profile_dir.file_name().unwrap() == "release" {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build --examples");
-        assert!(status.success(), "cargo build --examples failed");
-        profile_dir.join("examples")
-    })
-}
-
-fn example(name: &str) -> PathBuf {
-    let p = examples_dir().join(name);
-    assert!(p.exists(), "example {} not built", p.display());
-    p
-}
 
 fn probe() -> PathBuf {
     example("policy_probe")

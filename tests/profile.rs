@@ -10,44 +10,16 @@
 //! except under `CI=true`, where that is a failure.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tresor::sandbox::{Access, Exit, Profile};
 
+use crate::util::{example, examples_dir};
+
 const TRESOR: &str = env!("CARGO_BIN_EXE_tresor");
-
-/// Builds the examples once (same target dir as this test) and returns
-/// their directory.
-fn examples_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        // target/<profile>/deps/profile-HASH → target/<profile>
-        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-        let target_dir = profile_dir.parent().unwrap();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--examples", "--quiet", "--manifest-path"])
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(target_dir);
-        if profile_dir.file_name().unwrap() == "release" {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build --examples");
-        assert!(status.success(), "cargo build --examples failed");
-        profile_dir.join("examples")
-    })
-}
-
-fn example(name: &str) -> PathBuf {
-    let p = examples_dir().join(name);
-    assert!(p.exists(), "example {} not built", p.display());
-    p
-}
 
 /// Whether ptrace works here; panics under CI=true if it does not.
 fn ptrace_ok() -> bool {

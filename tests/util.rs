@@ -311,3 +311,34 @@ pub fn all_store_bytes(dir: &Path) -> Vec<u8> {
     }
     out
 }
+
+/// Builds the examples once (into this test's target dir) and returns their
+/// directory: the profiler and policy tests run them as real programs.
+pub fn examples_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        // target/<profile>/deps/integration-HASH → target/<profile>
+        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+        let target_dir = profile_dir.parent().unwrap();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--examples", "--quiet", "--manifest-path"])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(target_dir);
+        if profile_dir.file_name().unwrap() == "release" {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build --examples");
+        assert!(status.success(), "cargo build --examples failed");
+        profile_dir.join("examples")
+    })
+}
+
+/// Path of a built example program.
+pub fn example(name: &str) -> PathBuf {
+    let p = examples_dir().join(name);
+    assert!(p.exists(), "example {} not built", p.display());
+    p
+}
