@@ -5,6 +5,7 @@
 //! `tresor profile show P.json`
 //! `tresor profile merge A.json B.json … -o C.json [--force]`
 //! `tresor policy show P.json [--json] [--pad-rules N] [--allow-incomplete]`
+//! `tresor run --profile P.json --data DIR… --out DIR [limits] -- PROGRAM ARGS…`
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 
+use super::launch::{self, RunOptions};
 use super::policy::{Policy, PolicyOptions};
 use super::profile::{Mode, Profile};
 use super::tracer::{self, RunEnd, TraceOptions, DEFAULT_MAX_TASKS};
@@ -283,6 +285,101 @@ pub fn run_policy(args: PolicyArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `tresor run`: run an analysis confined to its profile (docs/RUN.md).
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status: the program's own, or 121 policy violation, 122 limit hit, 124 timeout, 125 tresor could not set the run up.\n\nExample:\n  tresor run --profile ki67.json --data MNT/slides --out MNT/results -- ./ki67 MNT/slides/s1.svs"
+)]
+pub struct RunArgs {
+    /// The profile (from `tresor profile`) whose policy confines the run.
+    #[arg(long, value_name = "P.json")]
+    pub profile: PathBuf,
+    /// A directory the analysis may read (repeatable).
+    #[arg(long, value_name = "DIR", required = true)]
+    pub data: Vec<PathBuf>,
+    /// The only directory the analysis may write (also its $HOME).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Kill the whole process tree after this long (e.g. 30s, 5m).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Address space per process (e.g. 512M, 4G).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "4G")]
+    pub memory: u64,
+    /// Processes and threads of the analysis at once.
+    #[arg(long, value_name = "N", default_value_t = launch::DEFAULT_MAX_PROCS)]
+    pub max_procs: u64,
+    /// Largest file the analysis may write (e.g. 100M, 1G).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1G")]
+    pub max_file_size: u64,
+    /// Run even where the kernel lacks Landlock or namespaces (less confined).
+    #[arg(long)]
+    pub allow_weaker: bool,
+    /// Accept a profile marked incomplete.
+    #[arg(long)]
+    pub allow_incomplete: bool,
+    /// The program and its arguments.
+    #[arg(last = true, required = true, value_name = "PROGRAM")]
+    pub command: Vec<OsString>,
+}
+
+/// Parses `512`, `64K`, `256M`, `4G`, `1GiB` (binary units) into bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; use e.g. 512M or 4G"))?;
+    let mul: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}; use K, M, G or T")),
+    };
+    match n.checked_mul(mul) {
+        Some(0) => Err(format!("{s:?} must be more than zero")),
+        Some(v) => Ok(v),
+        None => Err(format!("{s:?} is too large")),
+    }
+}
+
+/// Runs `tresor run …`; the exit status is the program's, or one of
+/// tresor's (121 violation, 122 limit, 124 timeout, 125 set-up failed).
+pub fn run_run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let mut command = args.command.into_iter();
+    let Some(program) = command.next() else {
+        bail!("no program given after --");
+    };
+    let opts = RunOptions {
+        profile: args.profile,
+        data: args.data,
+        out: args.out,
+        timeout: args.timeout,
+        memory: args.memory,
+        max_procs: args.max_procs,
+        max_file_size: args.max_file_size,
+        allow_weaker: args.allow_weaker,
+        allow_incomplete: args.allow_incomplete,
+        program,
+        args: command.collect(),
+    };
+    match launch::run(&opts) {
+        Ok(report) => {
+            if let Some(m) = &report.message {
+                eprintln!("tresor: {m}");
+            }
+            Ok(ExitCode::from(report.exit_code()))
+        }
+        Err(e) => {
+            eprintln!("tresor run: {e}");
+            Ok(ExitCode::from(launch::EXIT_RUNNER))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,5 +393,17 @@ mod tests {
         assert!(parse_duration("0").is_err());
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("3d").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512").unwrap(), 512);
+        assert_eq!(parse_size("64K").unwrap(), 64 << 10);
+        assert_eq!(parse_size("256M").unwrap(), 256 << 20);
+        assert_eq!(parse_size("4GiB").unwrap(), 4 << 30);
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5X").is_err());
+        assert!(parse_size("99999999999T").is_err());
     }
 }

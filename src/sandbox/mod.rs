@@ -4,10 +4,12 @@
 //! - [`policy`]: profile → seccomp rules (reviewable JSON) → stacked BPF filters;
 //! - [`tracer`]: `tresor profile`, the ptrace + seccomp-trace profiler;
 //! - [`syscalls`]: syscall name ↔ number tables (x86_64, aarch64);
+//! - [`launch`]: `tresor run`, the confinement order and the supervisor;
 //! - [`sys`]: the raw syscalls, the only `unsafe` here;
 //! - [`cli`]: clap arguments and the `profile` and `policy` commands.
 
 pub mod cli;
+pub mod launch;
 pub mod policy;
 pub mod profile;
 pub mod sys;

@@ -487,3 +487,222 @@ impl Execve {
         io::Error::last_os_error()
     }
 }
+
+// ---------------------------------------------------------------------------
+// `tresor run`: the confinement steps (src/sandbox/launch.rs) and the
+// supervisor's view of a violation. Everything the child calls here
+// allocates nothing.
+
+/// Forks the calling process with a raw `clone(SIGCHLD)`; returns the
+/// child's pid in the parent and 0 in the child.
+///
+/// # Safety
+///
+/// The caller must be single-threaded, or the child must make only
+/// async-signal-safe calls on memory prepared before the fork, then exec
+/// or [`exit_now`].
+pub unsafe fn fork_raw() -> io::Result<i32> {
+    // SAFETY: clone with only an exit signal and no stack behaves like
+    // fork(2) (both arguments orders of x86_64 and aarch64 take zeros
+    // here); the caller upholds the post-fork contract.
+    let r = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0, 0, 0, 0) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as i32)
+    }
+}
+
+/// Ends the calling process at once, without exit handlers.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and runs no user-space code.
+    unsafe { libc::_exit(code) }
+}
+
+/// Reads one byte from `fd`; false on EOF or error.
+pub fn read_byte(fd: i32) -> bool {
+    let mut b = 0u8;
+    // SAFETY: reads at most one byte into a live stack variable.
+    unsafe { libc::read(fd, (&mut b as *mut u8).cast(), 1) == 1 }
+}
+
+/// Writes `buf` to `fd` with one write(2); errors are ignored (best effort
+/// error reporting from a child).
+pub fn write_bytes(fd: i32, buf: &[u8]) {
+    // SAFETY: `buf` is a live slice of `buf.len()` bytes.
+    unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+}
+
+/// `unshare(flags)`.
+pub fn unshare(flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: unshare takes an integer argument only.
+    if unsafe { libc::unshare(flags) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Writes `data` to the file `path` (open, one write, close): for
+/// `/proc/self/uid_map` and friends, which want a single write.
+pub fn write_file(path: &std::ffi::CStr, data: &[u8]) -> io::Result<()> {
+    // SAFETY: `path` is a NUL-terminated C string.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `data` is a live slice; `fd` is ours and closed once below.
+    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+    let err = io::Error::last_os_error();
+    // SAFETY: closes the fd opened above.
+    unsafe { libc::close(fd) };
+    if n != data.len() as isize {
+        return Err(err);
+    }
+    Ok(())
+}
+
+/// `prctl(PR_SET_NO_NEW_PRIVS, 1)`.
+pub fn set_no_new_privs() -> io::Result<()> {
+    // SAFETY: plain prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `setrlimit(resource, soft, hard)`.
+pub fn set_rlimit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: `lim` is a live, initialised rlimit.
+    if unsafe { libc::setrlimit(resource, &lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Closes every fd from 3 up except `keep` (`close_range(2)`, Linux 5.9+).
+pub fn close_fds_except(keep: i32) -> io::Result<()> {
+    let close = |lo: u32, hi: u32| -> io::Result<()> {
+        if lo > hi {
+            return Ok(());
+        }
+        // SAFETY: close_range takes integers only; closing fds we do not use
+        // after this point is the intent.
+        if unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    if keep < 3 {
+        return close(3, u32::MAX);
+    }
+    let keep = keep as u32;
+    close(3, keep - 1)?;
+    close(keep + 1, u32::MAX)
+}
+
+/// Landlock ABI version of the running kernel (`landlock_create_ruleset`
+/// with `LANDLOCK_CREATE_RULESET_VERSION`); `None` when it has none or it
+/// is disabled.
+pub fn landlock_abi() -> Option<i32> {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_ulong = 1;
+    // SAFETY: with this flag the kernel reads neither pointer argument.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    (r > 0).then_some(r as i32)
+}
+
+/// Waits for a child (not traced; no `__WALL`) and returns its status,
+/// retrying on EINTR. Allocates nothing.
+pub fn wait_child(pid: i32) -> io::Result<i32> {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a live out-parameter.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r >= 0 {
+            return Ok(status);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// The syscall number and arguments in a task's registers, read with
+/// `PTRACE_GETREGSET(NT_PRSTATUS)`. At the `PTRACE_EVENT_EXIT` stop of a
+/// task that seccomp killed, the kernel has rolled the registers back to
+/// the syscall entry, so these are the denied call's.
+pub fn syscall_regs(pid: i32) -> io::Result<(u64, [u64; 6])> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: user_regs_struct is plain old data; all-zero is valid.
+        let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+        let mut iov = libc::iovec {
+            iov_base: (&mut regs as *mut libc::user_regs_struct).cast(),
+            iov_len: std::mem::size_of::<libc::user_regs_struct>(),
+        };
+        ptrace_raw(
+            libc::PTRACE_GETREGSET,
+            pid,
+            libc::NT_PRSTATUS as usize,
+            &mut iov as *mut libc::iovec as usize,
+        )?;
+        Ok((
+            regs.orig_rax,
+            [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9],
+        ))
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        // SAFETY: user_regs_struct is plain old data; all-zero is valid.
+        let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+        let mut iov = libc::iovec {
+            iov_base: (&mut regs as *mut libc::user_regs_struct).cast(),
+            iov_len: std::mem::size_of::<libc::user_regs_struct>(),
+        };
+        ptrace_raw(
+            libc::PTRACE_GETREGSET,
+            pid,
+            libc::NT_PRSTATUS as usize,
+            &mut iov as *mut libc::iovec as usize,
+        )?;
+        let r = regs.regs;
+        Ok((r[8], [r[0], r[1], r[2], r[3], r[4], r[5]]))
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = pid;
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+}
+
+/// Reads up to `buf.len()` bytes of another process's memory at `addr`
+/// (`process_vm_readv`); returns how many were read.
+pub fn read_memory(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as usize as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: `local` describes `buf`, alive and writable for the call; the
+    // kernel checks the remote range and fails with EFAULT if unmapped.
+    let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}

@@ -1,0 +1,253 @@
+//! `attack --data DIR --out DIR [--attack NAME]`
+//!
+//! A small benign analysis for the `tresor run` tests (tests/run.rs): it
+//! reads every file under `--data`, writes a per-file checksum table to
+//! `--out/result.txt` and prints a summary. With `--attack NAME` it makes
+//! one escape attempt instead, the kind an untrusted analysis might: the
+//! tests profile the benign run and check that each attack is stopped.
+//!
+//! An attack the sandbox lets through prints `ATTACK SUCCEEDED` and exits 0;
+//! one refused with an error prints `blocked: …` and exits 1 (a seccomp
+//! kill prints nothing: the process is gone).
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+fn usage() -> ExitCode {
+    eprintln!("usage: attack --data DIR --out DIR [--attack NAME]");
+    ExitCode::from(2)
+}
+
+/// FNV-1a, enough to show the bytes were read.
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn benign(data: &Path, out: &Path) -> std::io::Result<String> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(data)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    names.sort();
+    let mut table = String::new();
+    let (mut total, mut all) = (0u64, 0u64);
+    for p in &names {
+        if !p.is_file() {
+            continue;
+        }
+        let bytes = std::fs::read(p)?;
+        let c = checksum(&bytes);
+        total += bytes.len() as u64;
+        all ^= c;
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+        table.push_str(&format!(
+            "{} {} {c:016x}\n",
+            name.unwrap_or_default(),
+            bytes.len()
+        ));
+    }
+    let summary = format!(
+        "files: {}\nbytes: {total}\nchecksum: {all:016x}\n",
+        names.len()
+    );
+    std::fs::write(out.join("result.txt"), format!("{table}{summary}"))?;
+    Ok(summary)
+}
+
+fn outcome(r: std::io::Result<String>) -> ExitCode {
+    match r {
+        Ok(what) => {
+            println!("ATTACK SUCCEEDED: {what}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("blocked: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn check(rc: libc::c_int, what: &str) -> std::io::Result<String> {
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(what.to_string())
+    }
+}
+
+fn attack(name: &str, data: &Path, out: &Path) -> ExitCode {
+    let r = match name {
+        "read-shadow" => std::fs::read("/etc/shadow").map(|b| format!("{} bytes", b.len())),
+        "write-data" => std::fs::write(data.join("evil.txt"), "x").map(|_| "wrote".into()),
+        "write-outside" => {
+            let parent = out.parent().unwrap_or(Path::new("/"));
+            std::fs::write(parent.join("evil.txt"), "x").map(|_| "wrote".into())
+        }
+        "connect" => std::net::TcpStream::connect("127.0.0.1:80").map(|_| "connected".into()),
+        "raw-socket" => {
+            // SAFETY: plain socket(2) with integer arguments.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+            check(fd, "raw socket")
+        }
+        "ptrace" => {
+            // SAFETY: PTRACE_ATTACH takes integer arguments.
+            let rc = unsafe { libc::ptrace(libc::PTRACE_ATTACH, 1, 0usize, 0usize) };
+            check(rc as libc::c_int, "attached")
+        }
+        "kill-parent" => {
+            let ppid = std::os::unix::process::parent_id() as libc::pid_t;
+            // SAFETY: kill takes integer arguments.
+            check(unsafe { libc::kill(ppid, libc::SIGKILL) }, "killed")
+        }
+        "mount" => {
+            // SAFETY: all pointers are NUL-terminated literals or null.
+            let rc = unsafe {
+                libc::mount(
+                    c"none".as_ptr(),
+                    c"/tmp".as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    0,
+                    std::ptr::null(),
+                )
+            };
+            check(rc, "mounted")
+        }
+        // SAFETY: unshare takes an integer argument.
+        "unshare" => check(unsafe { libc::unshare(libc::CLONE_NEWUSER) }, "unshared"),
+        // SAFETY: chroot takes a NUL-terminated literal.
+        "chroot" => check(unsafe { libc::chroot(c"/".as_ptr()) }, "chrooted"),
+        // SAFETY: setuid takes an integer.
+        "setuid" => check(unsafe { libc::setuid(0) }, "setuid"),
+        "exec-sh" => {
+            let argv = [
+                c"sh".as_ptr(),
+                c"-c".as_ptr(),
+                c"echo shell".as_ptr(),
+                std::ptr::null(),
+            ];
+            // SAFETY: path and argv are NUL-terminated; argv ends in NULL.
+            unsafe { libc::execv(c"/bin/sh".as_ptr(), argv.as_ptr()) };
+            Err(std::io::Error::last_os_error())
+        }
+        "mprotect-wx" => {
+            // SAFETY: an anonymous private mapping; no memory of ours is touched.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                Err(std::io::Error::last_os_error())
+            } else {
+                let prot = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
+                // SAFETY: `p` is the page mapped above.
+                check(unsafe { libc::mprotect(p, 4096, prot) }, "page is W+X")
+            }
+        }
+        "fork-bomb" => {
+            let mut n = 0u32;
+            loop {
+                // SAFETY: the children only loop on fork and exit.
+                let pid = unsafe { libc::fork() };
+                if pid < 0 {
+                    break Err(std::io::Error::last_os_error());
+                }
+                n += 1;
+                if n > 100_000 {
+                    break Ok(format!("{n} forks"));
+                }
+            }
+        }
+        "memory-bomb" => {
+            const CHUNK: usize = 16 << 20;
+            let mut total = 0usize;
+            loop {
+                // SAFETY: an anonymous private mapping, written only within it.
+                let p = unsafe {
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        CHUNK,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    )
+                };
+                if p == libc::MAP_FAILED {
+                    let e = std::io::Error::last_os_error();
+                    break Err(std::io::Error::other(format!(
+                        "after {} MiB: {e}",
+                        total >> 20
+                    )));
+                }
+                for off in (0..CHUNK).step_by(4096) {
+                    // SAFETY: `off` is inside the CHUNK bytes mapped above.
+                    unsafe { *(p as *mut u8).add(off) = 1 };
+                }
+                total += CHUNK;
+                if total >= 64 << 30 {
+                    break Ok(format!("{} MiB", total >> 20));
+                }
+            }
+        }
+        "big-file" => (|| {
+            let mut f = std::fs::File::create(out.join("big.bin"))?;
+            let block = vec![0u8; 1 << 20];
+            for _ in 0..4096 {
+                f.write_all(&block)?;
+            }
+            Ok("wrote 4 GiB".to_string())
+        })(),
+        "spin" => {
+            let start = Instant::now();
+            let mut x = 0u64;
+            while start.elapsed() < Duration::from_secs(60) {
+                for i in 0..1_000_000u64 {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+                }
+            }
+            Ok(format!("spun 60 s ({x})"))
+        }
+        _ => {
+            eprintln!("attack: unknown attack {name:?}");
+            return ExitCode::from(2);
+        }
+    };
+    outcome(r)
+}
+
+fn main() -> ExitCode {
+    let mut args = std::env::args_os().skip(1);
+    let (mut data, mut out, mut which) = (None, None, None);
+    while let Some(a) = args.next() {
+        match a.to_str() {
+            Some("--data") => data = args.next().map(PathBuf::from),
+            Some("--out") => out = args.next().map(PathBuf::from),
+            Some("--attack") => which = args.next().and_then(|s| s.into_string().ok()),
+            _ => return usage(),
+        }
+    }
+    let (Some(data), Some(out)) = (data, out) else {
+        return usage();
+    };
+    if let Some(name) = which {
+        return attack(&name, &data, &out);
+    }
+    match benign(&data, &out) {
+        Ok(summary) => {
+            print!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("attack: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

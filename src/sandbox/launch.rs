@@ -1,0 +1,1212 @@
+//! `tresor run`: run an analysis confined to its profile (docs/RUN.md).
+//!
+//! Everything is prepared before the fork ([`prepare`]): the profile is
+//! compiled into its seccomp policy, the Landlock ruleset is built, the
+//! `execve` arguments and the clean environment are laid out. The forked
+//! child then only makes raw syscalls, in the order of [`confine`] — the
+//! one function that holds the whole confinement order:
+//!
+//! namespaces → Landlock → `no_new_privs` → rlimits → close fds → pid
+//! namespace init → seccomp → execve.
+//!
+//! The parent supervises with ptrace, seized with `PTRACE_O_TRACEEXIT` and
+//! the fork options only: allowed syscalls never stop. A task the kernel
+//! kills for a syscall outside the policy (`SECCOMP_RET_KILL_PROCESS`,
+//! SIGSYS) stops once more at its exit, with its registers rolled back to
+//! the denied call: the report names it and the whole tree is killed.
+
+use std::collections::BTreeSet;
+use std::ffi::{CString, OsString};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use landlock::{
+    Access as _, AccessFs, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
+    RulesetCreated, RulesetCreatedAttr, Scope, ABI,
+};
+
+use super::policy::{CompiledPolicy, Policy, PolicyError, PolicyOptions};
+use super::profile::{Profile, ProfileError};
+use super::sys;
+use super::syscalls::Arch;
+use super::tracer;
+
+/// Exit status: the analysis made a syscall outside its profile.
+pub const EXIT_VIOLATION: u8 = 121;
+/// Exit status: a resource limit was hit (memory, processes, CPU, file size).
+pub const EXIT_LIMIT: u8 = 122;
+/// Exit status: `--timeout` passed; the tree was killed.
+pub const EXIT_TIMEOUT: u8 = 124;
+/// Exit status: tresor could not set the run up (bad profile, missing
+/// kernel feature, a confinement step failed).
+pub const EXIT_RUNNER: u8 = 125;
+
+/// Default `--memory` (address space per process): 4 GiB.
+pub const DEFAULT_MEMORY: u64 = 4 << 30;
+/// Default `--max-procs`.
+pub const DEFAULT_MAX_PROCS: u64 = 256;
+/// Default `--max-file-size`: 1 GiB.
+pub const DEFAULT_MAX_FILE_SIZE: u64 = 1 << 30;
+/// `RLIMIT_NOFILE`.
+pub const MAX_OPEN_FILES: u64 = 1024;
+
+/// Share of `--memory` a failing process must have reached (peak address
+/// space) for its death to be reported as the memory limit.
+const MEMORY_HIT_PERCENT: u64 = 85;
+
+/// The ELF interpreters: the kernel opens them at execve (Landlock checks
+/// execute on them), so no profile records them.
+const LOADERS: &[&str] = &[
+    "/lib64/ld-linux-x86-64.so.2",
+    "/lib/ld-linux-aarch64.so.1",
+    "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+    "/lib/aarch64-linux-gnu/ld-linux-aarch64.so.1",
+];
+
+/// What `tresor run` was asked to do.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub profile: PathBuf,
+    pub data: Vec<PathBuf>,
+    pub out: PathBuf,
+    pub timeout: Option<Duration>,
+    /// Bytes of address space per process (`RLIMIT_AS`).
+    pub memory: u64,
+    /// Tasks (processes and threads) of the analysis at once.
+    pub max_procs: u64,
+    /// Bytes per file written (`RLIMIT_FSIZE`).
+    pub max_file_size: u64,
+    /// Run even where the kernel lacks Landlock or namespaces.
+    pub allow_weaker: bool,
+    /// Accept a profile marked incomplete.
+    pub allow_incomplete: bool,
+    pub program: OsString,
+    pub args: Vec<OsString>,
+}
+
+/// Why a run could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("{0}")]
+    Program(String),
+    #[error("{what} {path}: {source}")]
+    Path {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("this kernel lacks {0}; tresor run refuses to run less confined (--allow-weaker runs anyway)")]
+    Missing(String),
+    #[error("Landlock ruleset: {0}")]
+    Landlock(String),
+    #[error("{what}: {source}")]
+    Sys {
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error("the confined child failed at {step}: {source}")]
+    Child {
+        step: &'static str,
+        source: io::Error,
+    },
+}
+
+/// The confinement steps, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Namespaces,
+    Landlock,
+    NoNewPrivs,
+    Rlimits,
+    CloseFds,
+    PidNamespace,
+    Seccomp,
+    Exec,
+}
+
+impl Step {
+    /// What the step does, for error messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Step::Namespaces => {
+                "unshare (user/mount/pid/ipc/net namespaces; user namespaces may be disabled)"
+            }
+            Step::Landlock => "landlock_restrict_self",
+            Step::NoNewPrivs => "prctl(PR_SET_NO_NEW_PRIVS)",
+            Step::Rlimits => "setrlimit",
+            Step::CloseFds => "close_range",
+            Step::PidNamespace => "starting the pid namespace's init",
+            Step::Seccomp => "installing the seccomp policy",
+            Step::Exec => "execve of the program",
+        }
+    }
+    const ALL: [Step; 8] = [
+        Step::Namespaces,
+        Step::Landlock,
+        Step::NoNewPrivs,
+        Step::Rlimits,
+        Step::CloseFds,
+        Step::PidNamespace,
+        Step::Seccomp,
+        Step::Exec,
+    ];
+    fn code(self) -> u32 {
+        Step::ALL.iter().position(|s| *s == self).unwrap_or(0) as u32 + 1
+    }
+    fn from_code(c: u32) -> Option<Step> {
+        Step::ALL.get((c as usize).checked_sub(1)?).copied()
+    }
+}
+
+/// The raw operations of the confinement, one per step (youki's `Syscall`
+/// trait): the kernel in a forked child, a recording double in tests.
+pub trait Confine {
+    /// New user (when not root), mount, pid, ipc and network namespaces.
+    fn namespaces(&mut self) -> io::Result<()>;
+    /// Restricts the filesystem view to the prepared Landlock ruleset.
+    fn landlock(&mut self) -> io::Result<()>;
+    fn no_new_privs(&mut self) -> io::Result<()>;
+    fn rlimits(&mut self) -> io::Result<()>;
+    /// Every fd but 0–2 (and the close-on-exec error pipe) closed.
+    fn close_fds(&mut self) -> io::Result<()>;
+    /// Forks the pid namespace's init, which forks the program's process;
+    /// returns only in the latter (the others wait and exit).
+    fn pid_namespace(&mut self) -> io::Result<()>;
+    /// Loads the seccomp policy; after it only execve is sure to pass.
+    fn seccomp(&mut self) -> io::Result<()>;
+    /// execve with the prepared clean environment; returns only on failure.
+    fn exec(&mut self) -> io::Error;
+}
+
+/// The whole confinement order, in the order it happens. Returns only on
+/// failure: the step and its error.
+pub fn confine(c: &mut impl Confine) -> (Step, io::Error) {
+    macro_rules! step {
+        ($step:expr, $call:expr) => {
+            if let Err(e) = $call {
+                return ($step, e);
+            }
+        };
+    }
+    step!(Step::Namespaces, c.namespaces());
+    step!(Step::Landlock, c.landlock());
+    step!(Step::NoNewPrivs, c.no_new_privs());
+    step!(Step::Rlimits, c.rlimits());
+    step!(Step::CloseFds, c.close_fds());
+    step!(Step::PidNamespace, c.pid_namespace());
+    step!(Step::Seccomp, c.seccomp());
+    (Step::Exec, c.exec())
+}
+
+/// Everything the child needs, made before the fork.
+pub struct Prepared {
+    compiled: CompiledPolicy,
+    arch: Arch,
+    ns_flags: libc::c_int,
+    id_maps: Vec<(CString, Vec<u8>)>,
+    rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
+    exec: sys::Execve,
+    allow_weaker: bool,
+    /// What the run goes without (only with `--allow-weaker`).
+    pub weaker: Vec<String>,
+    /// The profile's path as given, for reports.
+    pub profile_name: String,
+    memory: u64,
+    max_procs: u64,
+    max_file_size: u64,
+    timeout: Option<Duration>,
+}
+
+/// How a confined run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// The program exited with this code.
+    Exited(i32),
+    /// The program was killed by this signal (not a limit or violation).
+    Signaled(i32),
+    /// A syscall outside the profile; the tree was killed.
+    Violation,
+    /// A resource limit was hit.
+    Limit(Limit),
+    /// `--timeout` passed; the tree was killed.
+    Timeout,
+}
+
+/// Which limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Memory,
+    Processes,
+    Cpu,
+    FileSize,
+}
+
+/// The result of [`run`].
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub end: End,
+    /// What to tell the user (violations, limits, timeout, signals).
+    pub message: Option<String>,
+}
+
+impl RunReport {
+    /// tresor's exit status (docs/RUN.md).
+    pub fn exit_code(&self) -> u8 {
+        match self.end {
+            End::Exited(c) => (c & 0xff) as u8,
+            End::Signaled(s) => (128 + s).clamp(0, 255) as u8,
+            End::Violation => EXIT_VIOLATION,
+            End::Limit(_) => EXIT_LIMIT,
+            End::Timeout => EXIT_TIMEOUT,
+        }
+    }
+}
+
+fn cstring(bytes: &[u8], what: &'static str) -> Result<CString, RunError> {
+    CString::new(bytes).map_err(|_| RunError::Sys {
+        what,
+        source: io::Error::new(io::ErrorKind::InvalidInput, "contains a NUL byte"),
+    })
+}
+
+fn existing_dir(p: &Path, what: &'static str) -> Result<PathBuf, RunError> {
+    let abs = p.canonicalize().map_err(|source| RunError::Path {
+        what,
+        path: p.to_path_buf(),
+        source,
+    })?;
+    if !abs.is_dir() {
+        return Err(RunError::Path {
+            what,
+            path: p.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "not a directory"),
+        });
+    }
+    Ok(abs)
+}
+
+fn landlock_abi(v: i32) -> ABI {
+    match v {
+        ..=1 => ABI::V1,
+        2 => ABI::V2,
+        3 => ABI::V3,
+        4 => ABI::V4,
+        5 => ABI::V5,
+        6 => ABI::V6,
+        _ => ABI::V7,
+    }
+}
+
+/// Read (and execute) access a profile path needs, or `None`.
+fn read_access(a: super::profile::Access) -> Option<bool> {
+    (a.read || a.exec).then_some(a.exec)
+}
+
+/// The Landlock ruleset: read on each `--data`, read+write on `--out`,
+/// read(+execute) on the program, its loader and the paths the profile
+/// read; nothing else.
+fn build_ruleset(
+    abi: ABI,
+    level: CompatLevel,
+    data: &[PathBuf],
+    out: &Path,
+    program: &Path,
+    profile: &Profile,
+) -> Result<RulesetCreated, RunError> {
+    let ll = |e: landlock::RulesetError| RunError::Landlock(e.to_string());
+    let mut rs = Ruleset::default()
+        .set_compatibility(level)
+        .handle_access(AccessFs::from_all(abi))
+        .map_err(ll)?
+        .scope(Scope::from_all(abi))
+        .map_err(ll)?
+        .create()
+        .map_err(ll)?
+        .no_new_privs(false);
+    let read_dir = AccessFs::ReadFile | AccessFs::ReadDir;
+    let add = |rs: RulesetCreated,
+               path: &Path,
+               exec: bool,
+               write: bool|
+     -> Result<RulesetCreated, RunError> {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return Ok(rs); // gone since profiling: nothing to grant
+        };
+        let Ok(fd) = PathFd::new(path) else {
+            return Ok(rs);
+        };
+        let mut access = if write {
+            AccessFs::from_all(abi)
+        } else {
+            read_dir.into()
+        };
+        if exec {
+            access |= AccessFs::Execute;
+        }
+        if !meta.is_dir() {
+            access &= AccessFs::from_file(abi);
+        }
+        rs.add_rule(PathBeneath::new(fd, access)).map_err(ll)
+    };
+    for d in data {
+        rs = add(rs, d, false, false)?;
+    }
+    rs = add(rs, out, false, true)?;
+    rs = add(rs, program, true, false)?;
+    for l in LOADERS {
+        rs = add(rs, Path::new(l), true, false)?;
+    }
+    for (dir, da) in &profile.paths {
+        let dirp = Path::new(dir);
+        // Never another process's /proc (the profile saw the profiler's pids).
+        if dirp.starts_with("/proc") {
+            continue;
+        }
+        if da.files.is_empty() || da.more_files {
+            if let Some(exec) = read_access(da.access) {
+                rs = add(rs, dirp, exec, false)?;
+            }
+            continue;
+        }
+        for (name, a) in &da.files {
+            if let Some(exec) = read_access(*a) {
+                rs = add(rs, &dirp.join(name), exec, false)?;
+            }
+        }
+    }
+    Ok(rs)
+}
+
+/// Loads and compiles the profile, checks the kernel and lays out
+/// everything the child needs. Allocation happens here, never after the fork.
+pub fn prepare(opts: &RunOptions) -> Result<(Prepared, Option<RulesetCreated>), RunError> {
+    let profile = Profile::load(&opts.profile)?;
+    let policy = Policy::from_profile(
+        &profile,
+        &PolicyOptions {
+            allow_incomplete: opts.allow_incomplete,
+            pad_rules: 0,
+        },
+    )?;
+    let compiled = policy.compile()?;
+    let arch = policy.arch()?;
+    if Arch::native() != Some(arch) {
+        return Err(RunError::Program(format!(
+            "profile {} is for {arch}; this machine cannot run it",
+            opts.profile.display()
+        )));
+    }
+    let program =
+        tracer::resolve_program(&opts.program).map_err(|e| RunError::Program(e.to_string()))?;
+    let program = program.canonicalize().map_err(|source| RunError::Path {
+        what: "program",
+        path: program.clone(),
+        source,
+    })?;
+    let data = opts
+        .data
+        .iter()
+        .map(|d| existing_dir(d, "--data"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let out = existing_dir(&opts.out, "--out")?;
+
+    let mut weaker = Vec::new();
+    let missing = |what: String, weaker: &mut Vec<String>| -> Result<(), RunError> {
+        if opts.allow_weaker {
+            weaker.push(what);
+            Ok(())
+        } else {
+            Err(RunError::Missing(what))
+        }
+    };
+    // SAFETY-free check: geteuid never fails.
+    let root = nix::unistd::geteuid().is_root();
+    let mut ns_flags = 0;
+    for (flag, file, name) in [
+        (libc::CLONE_NEWUSER, "user", "user namespaces"),
+        (libc::CLONE_NEWNS, "mnt", "mount namespaces"),
+        (libc::CLONE_NEWPID, "pid", "pid namespaces"),
+        (libc::CLONE_NEWIPC, "ipc", "ipc namespaces"),
+        (libc::CLONE_NEWNET, "net", "network namespaces"),
+    ] {
+        if flag == libc::CLONE_NEWUSER && root {
+            continue;
+        }
+        if Path::new("/proc/self/ns").join(file).exists() {
+            ns_flags |= flag;
+        } else {
+            missing(name.to_string(), &mut weaker)?;
+        }
+    }
+    let mut id_maps = Vec::new();
+    if ns_flags & libc::CLONE_NEWUSER != 0 {
+        let uid = nix::unistd::getuid().as_raw();
+        let gid = nix::unistd::getgid().as_raw();
+        for (path, text) in [
+            ("/proc/self/setgroups", "deny".to_string()),
+            ("/proc/self/uid_map", format!("{uid} {uid} 1\n")),
+            ("/proc/self/gid_map", format!("{gid} {gid} 1\n")),
+        ] {
+            id_maps.push((cstring(path.as_bytes(), "id map")?, text.into_bytes()));
+        }
+    }
+
+    let ruleset = match sys::landlock_abi() {
+        None => {
+            missing("Landlock (enable CONFIG_SECURITY_LANDLOCK and add landlock to the lsm= boot parameter)".into(), &mut weaker)?;
+            None
+        }
+        Some(v) => {
+            if v < 6 {
+                missing(
+                    format!("Landlock ABI 6 (signal scoping); the kernel offers ABI {v}"),
+                    &mut weaker,
+                )?;
+            }
+            let level = if opts.allow_weaker {
+                CompatLevel::BestEffort
+            } else {
+                CompatLevel::HardRequirement
+            };
+            Some(build_ruleset(
+                landlock_abi(v),
+                level,
+                &data,
+                &out,
+                &program,
+                &profile,
+            )?)
+        }
+    };
+
+    let cpu = opts.timeout.map(|t| t.as_secs() + 2);
+    let inf = libc::RLIM_INFINITY;
+    let rlimits = vec![
+        (libc::RLIMIT_AS, opts.memory, opts.memory),
+        (libc::RLIMIT_NPROC, opts.max_procs, opts.max_procs),
+        (libc::RLIMIT_NOFILE, MAX_OPEN_FILES, MAX_OPEN_FILES),
+        (
+            libc::RLIMIT_CPU,
+            cpu.unwrap_or(inf),
+            cpu.map_or(inf, |c| c + 1),
+        ),
+        (libc::RLIMIT_FSIZE, opts.max_file_size, opts.max_file_size),
+        (libc::RLIMIT_CORE, 0, 0),
+    ];
+
+    let prog_c = cstring(program.as_os_str().as_bytes(), "program path")?;
+    let mut argv = vec![cstring(opts.program.as_bytes(), "program")?];
+    for a in &opts.args {
+        argv.push(cstring(a.as_bytes(), "argument")?);
+    }
+    let mut home = b"HOME=".to_vec();
+    home.extend_from_slice(out.as_os_str().as_bytes());
+    let env = vec![
+        cstring(b"PATH=/usr/bin:/bin", "env")?,
+        cstring(b"LANG=C.UTF-8", "env")?,
+        cstring(&home, "--out")?,
+    ];
+    Ok((
+        Prepared {
+            compiled,
+            arch,
+            ns_flags,
+            id_maps,
+            rlimits,
+            exec: sys::Execve::new(prog_c, argv, env),
+            allow_weaker: opts.allow_weaker,
+            weaker,
+            profile_name: opts.profile.display().to_string(),
+            memory: opts.memory,
+            max_procs: opts.max_procs,
+            max_file_size: opts.max_file_size,
+            timeout: opts.timeout,
+        },
+        ruleset,
+    ))
+}
+
+/// The kernel behind [`Confine`], in the forked child: raw syscalls on
+/// memory prepared before the fork.
+struct Kernel<'a> {
+    prep: &'a Prepared,
+    ruleset: Option<RulesetCreated>,
+    err_fd: i32,
+}
+
+/// `waitpid` for `pid`, then exit with its status (128+signal if killed).
+fn wait_and_exit(pid: i32) -> ! {
+    let code = match sys::wait_child(pid) {
+        Ok(st) if libc::WIFEXITED(st) => libc::WEXITSTATUS(st),
+        Ok(st) if libc::WIFSIGNALED(st) => 128 + libc::WTERMSIG(st),
+        _ => i32::from(EXIT_RUNNER),
+    };
+    sys::exit_now(code)
+}
+
+impl Confine for Kernel<'_> {
+    fn namespaces(&mut self) -> io::Result<()> {
+        match sys::unshare(self.prep.ns_flags) {
+            Ok(()) => {}
+            Err(_) if self.prep.allow_weaker => {
+                // Whatever the kernel allows, one by one.
+                for f in [
+                    libc::CLONE_NEWUSER,
+                    libc::CLONE_NEWNS,
+                    libc::CLONE_NEWPID,
+                    libc::CLONE_NEWIPC,
+                    libc::CLONE_NEWNET,
+                ] {
+                    if self.prep.ns_flags & f != 0 {
+                        let _ = sys::unshare(f);
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        for (path, data) in &self.prep.id_maps {
+            sys::write_file(path, data)?;
+        }
+        Ok(())
+    }
+
+    fn landlock(&mut self) -> io::Result<()> {
+        let Some(rs) = self.ruleset.take() else {
+            return Ok(());
+        };
+        match rs.restrict_self() {
+            Ok(st) => {
+                if st.ruleset != landlock::RulesetStatus::FullyEnforced && !self.prep.allow_weaker {
+                    return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+                }
+                Ok(())
+            }
+            Err(_) => Err(io::Error::last_os_error()),
+        }
+    }
+
+    fn no_new_privs(&mut self) -> io::Result<()> {
+        sys::set_no_new_privs()
+    }
+
+    fn rlimits(&mut self) -> io::Result<()> {
+        for &(res, soft, hard) in &self.prep.rlimits {
+            sys::set_rlimit(res, soft, hard)?;
+        }
+        Ok(())
+    }
+
+    fn close_fds(&mut self) -> io::Result<()> {
+        sys::close_fds_except(self.err_fd)
+    }
+
+    fn pid_namespace(&mut self) -> io::Result<()> {
+        // SAFETY (of the contract): the child is single-threaded and only
+        // makes raw syscalls on prepared memory after these forks.
+        let init = unsafe { sys::fork_raw() }?;
+        if init > 0 {
+            wait_and_exit(init);
+        }
+        // SAFETY: as above.
+        let program = unsafe { sys::fork_raw() }?;
+        if program > 0 {
+            wait_and_exit(program);
+        }
+        Ok(())
+    }
+
+    fn seccomp(&mut self) -> io::Result<()> {
+        self.prep.compiled.install()
+    }
+
+    fn exec(&mut self) -> io::Error {
+        self.prep.exec.exec()
+    }
+}
+
+fn child(go: i32, err: i32, prep: &Prepared, ruleset: Option<RulesetCreated>) -> ! {
+    if !sys::read_byte(go) {
+        sys::exit_now(i32::from(EXIT_RUNNER));
+    }
+    let mut k = Kernel {
+        prep,
+        ruleset,
+        err_fd: err,
+    };
+    let (step, e) = confine(&mut k);
+    let mut buf = [0u8; 8];
+    buf[..4].copy_from_slice(&step.code().to_ne_bytes());
+    buf[4..].copy_from_slice(&e.raw_os_error().unwrap_or(0).to_ne_bytes());
+    sys::write_bytes(err, &buf);
+    sys::exit_now(i32::from(EXIT_RUNNER))
+}
+
+/// What stopped the run early (the first one wins).
+enum Stop {
+    Violation(String),
+    Limit(Limit, String),
+    Timeout,
+    Terminated(i32),
+}
+
+struct Supervisor<'a> {
+    prep: &'a Prepared,
+    live: BTreeSet<i32>,
+    first: i32,
+    init: Option<i32>,
+    program: Option<i32>,
+    program_status: Option<i32>,
+    stop: Option<Stop>,
+}
+
+impl Supervisor<'_> {
+    fn kill_all(&self) {
+        if let Some(i) = self.init {
+            sys::kill_task(i); // the pid namespace's init: its death ends them all
+        }
+        for &p in &self.live {
+            sys::kill_task(p);
+        }
+    }
+
+    fn stop(&mut self, s: Stop) {
+        if self.stop.is_none() {
+            self.stop = Some(s);
+        }
+        self.kill_all();
+    }
+
+    fn in_tree(&self, pid: i32) -> bool {
+        pid != self.first && Some(pid) != self.init
+    }
+
+    fn on_exit_event(&mut self, pid: i32) {
+        let Ok(msg) = sys::event_msg(pid) else { return };
+        let st = msg as i32;
+        if Some(pid) == self.program {
+            self.program_status = Some(st);
+        }
+        if !self.in_tree(pid) {
+            return;
+        }
+        let failed = if libc::WIFSIGNALED(st) {
+            let sig = libc::WTERMSIG(st);
+            match sig {
+                libc::SIGSYS => {
+                    let what = match sys::syscall_regs(pid) {
+                        Ok((nr, args)) => describe_call(self.prep.arch, pid, nr, args),
+                        Err(e) => format!("a syscall (its registers were unreadable: {e})"),
+                    };
+                    let msg = format!(
+                        "analysis stopped: {what} is not in profile {}",
+                        self.prep.profile_name
+                    );
+                    self.stop(Stop::Violation(msg));
+                    return;
+                }
+                libc::SIGXCPU => {
+                    let t = self.prep.timeout.map(|t| t.as_secs() + 2).unwrap_or(0);
+                    self.stop(Stop::Limit(
+                        Limit::Cpu,
+                        format!("limit hit: CPU time ({t} s, from --timeout)"),
+                    ));
+                    return;
+                }
+                libc::SIGXFSZ => {
+                    self.stop(Stop::Limit(
+                        Limit::FileSize,
+                        format!(
+                            "limit hit: file size (--max-file-size {})",
+                            fmt_size(self.prep.max_file_size)
+                        ),
+                    ));
+                    return;
+                }
+                _ => true,
+            }
+        } else {
+            libc::WEXITSTATUS(st) != 0
+        };
+        if failed {
+            if let Some(peak) = vm_peak(pid) {
+                if peak.saturating_mul(100) >= self.prep.memory.saturating_mul(MEMORY_HIT_PERCENT) {
+                    self.stop(Stop::Limit(
+                        Limit::Memory,
+                        format!(
+                            "limit hit: memory (--memory {}; the process reached {} of address space and then failed)",
+                            fmt_size(self.prep.memory),
+                            fmt_size(peak)
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn on_stop(&mut self, pid: i32, status: i32) {
+        let sig = libc::WSTOPSIG(status);
+        let event = (status >> 16) & 0xff;
+        match event {
+            libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK | libc::PTRACE_EVENT_CLONE => {
+                if let Ok(new) = sys::event_msg(pid) {
+                    let new = new as i32;
+                    self.live.insert(new);
+                    if pid == self.first && self.init.is_none() {
+                        self.init = Some(new);
+                    } else if Some(pid) == self.init && self.program.is_none() {
+                        self.program = Some(new);
+                    }
+                    let tasks = self.live.len().saturating_sub(2) as u64;
+                    if self.program.is_some() && tasks > self.prep.max_procs {
+                        self.stop(Stop::Limit(
+                            Limit::Processes,
+                            format!("limit hit: processes (--max-procs {})", self.prep.max_procs),
+                        ));
+                    }
+                }
+                let _ = sys::cont(pid, 0);
+            }
+            libc::PTRACE_EVENT_EXIT => {
+                self.on_exit_event(pid);
+                let _ = sys::cont(pid, 0);
+            }
+            libc::PTRACE_EVENT_STOP => {
+                if matches!(
+                    sig,
+                    libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+                ) {
+                    let _ = sys::listen(pid);
+                } else {
+                    let _ = sys::cont(pid, 0);
+                }
+            }
+            0 => {
+                let _ = sys::cont(pid, sig);
+            }
+            _ => {
+                let _ = sys::cont(pid, 0);
+            }
+        }
+    }
+}
+
+fn vm_peak(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmPeak:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// `4 GiB`, `256 MiB`, `1000 B`.
+pub fn fmt_size(b: u64) -> String {
+    for (unit, name) in [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
+        if b >= unit && b % unit == 0 {
+            return format!("{} {name}", b / unit);
+        }
+    }
+    if b >= 1 << 20 {
+        return format!("{:.1} MiB", b as f64 / f64::from(1u32 << 20));
+    }
+    format!("{b} B")
+}
+
+/// Runs the analysis confined and supervises it to the end.
+pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
+    let (prep, ruleset) = prepare(opts)?;
+    let sys_err = |what: &'static str| move |source: io::Error| RunError::Sys { what, source };
+    let (go_r, go_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys_err("pipe")(e.into()))?;
+    let (err_r, err_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys_err("pipe")(e.into()))?;
+    let guard = sys::SignalGuard::install().map_err(sys_err("signal handlers"))?;
+    // SAFETY (of the contract): tresor is single-threaded here; the child
+    // runs `child`, which only makes raw syscalls on `prep` and the
+    // ruleset, prepared above, then execs or exits.
+    let pid = unsafe { sys::fork_raw() }.map_err(sys_err("fork"))?;
+    if pid == 0 {
+        child(go_r.as_raw_fd(), err_w.as_raw_fd(), &prep, ruleset);
+    }
+    drop(ruleset);
+    drop(go_r);
+    drop(err_w);
+    let options = libc::PTRACE_O_TRACEEXIT
+        | libc::PTRACE_O_TRACEFORK
+        | libc::PTRACE_O_TRACEVFORK
+        | libc::PTRACE_O_TRACECLONE
+        | libc::PTRACE_O_EXITKILL;
+    if let Err(e) = sys::seize(pid, options) {
+        sys::kill_task(pid);
+        let _ = sys::wait_pid(pid);
+        return Err(RunError::Sys {
+            what: "ptrace(PTRACE_SEIZE) of the confined child (tresor run supervises it with ptrace; allow ptrace of own children)",
+            source: e,
+        });
+    }
+    if nix::unistd::write(&go_w, &[1u8]).is_err() {
+        sys::kill_task(pid);
+    }
+    drop(go_w);
+    let started = Instant::now();
+    if let Some(t) = prep.timeout {
+        sys::set_timer(Some(t), Duration::from_millis(100));
+    }
+    let mut sup = Supervisor {
+        prep: &prep,
+        live: BTreeSet::from([pid]),
+        first: pid,
+        init: None,
+        program: None,
+        program_status: None,
+        stop: None,
+    };
+    loop {
+        match sys::wait_any() {
+            Ok((p, status)) => {
+                if libc::WIFSTOPPED(status) {
+                    sup.on_stop(p, status);
+                } else {
+                    sup.live.remove(&p);
+                    if Some(p) == sup.program && sup.program_status.is_none() {
+                        sup.program_status = Some(status);
+                    }
+                    if Some(p) == sup.init {
+                        // The namespace is gone with its init.
+                        sup.init = None;
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                if guard.take_alarm() {
+                    if let Some(t) = prep.timeout {
+                        if started.elapsed() >= t {
+                            sup.stop(Stop::Timeout);
+                        }
+                    }
+                }
+                if let Some(sig) = guard.take_terminate() {
+                    sup.stop(Stop::Terminated(sig));
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => break,
+            Err(e) => {
+                sup.kill_all();
+                return Err(RunError::Sys {
+                    what: "waiting for the confined program",
+                    source: e,
+                });
+            }
+        }
+    }
+    drop(guard);
+    let mut buf = [0u8; 8];
+    if nix::unistd::read(err_r.as_raw_fd(), &mut buf) == Ok(8) {
+        let code = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
+        let step = Step::from_code(code).map_or("an unknown step", Step::describe);
+        return Err(RunError::Child {
+            step,
+            source: io::Error::from_raw_os_error(errno),
+        });
+    }
+    let elapsed = tracer::fmt_duration(started.elapsed());
+    Ok(match sup.stop {
+        Some(Stop::Violation(m)) => RunReport {
+            end: End::Violation,
+            message: Some(m),
+        },
+        Some(Stop::Limit(l, m)) => RunReport {
+            end: End::Limit(l),
+            message: Some(m),
+        },
+        Some(Stop::Timeout) => RunReport {
+            end: End::Timeout,
+            message: Some(format!(
+                "timeout: the analysis ran past --timeout ({elapsed}); its processes were killed"
+            )),
+        },
+        Some(Stop::Terminated(sig)) => RunReport {
+            end: End::Signaled(sig),
+            message: Some(format!(
+                "tresor received {}; the analysis was killed",
+                tracer::signal_name(sig)
+            )),
+        },
+        None => match sup.program_status {
+            Some(st) if libc::WIFEXITED(st) => RunReport {
+                end: End::Exited(libc::WEXITSTATUS(st)),
+                message: None,
+            },
+            Some(st) if libc::WIFSIGNALED(st) => RunReport {
+                end: End::Signaled(libc::WTERMSIG(st)),
+                message: Some(format!(
+                    "the analysis was killed by {}",
+                    tracer::signal_name(libc::WTERMSIG(st))
+                )),
+            },
+            _ => {
+                return Err(RunError::Sys {
+                    what: "the confined program",
+                    source: io::Error::other("it never started"),
+                })
+            }
+        },
+    })
+}
+
+// --- naming the denied syscall -------------------------------------------
+
+fn read_string(pid: i32, addr: u64) -> String {
+    let mut buf = [0u8; 256];
+    match sys::read_memory(pid, addr, &mut buf) {
+        Ok(n) if n > 0 => {
+            let s = &buf[..n];
+            let end = s.iter().position(|&b| b == 0).unwrap_or(n);
+            format!("{:?}", String::from_utf8_lossy(&s[..end]))
+        }
+        _ => format!("{addr:#x}"),
+    }
+}
+
+fn af_name(v: u64) -> String {
+    match v as i32 {
+        libc::AF_UNIX => "AF_UNIX".into(),
+        libc::AF_INET => "AF_INET".into(),
+        libc::AF_INET6 => "AF_INET6".into(),
+        libc::AF_NETLINK => "AF_NETLINK".into(),
+        libc::AF_PACKET => "AF_PACKET".into(),
+        other => format!("domain {other}"),
+    }
+}
+
+fn sock_type(v: u64) -> String {
+    let t = (v as i32) & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
+    match t {
+        libc::SOCK_STREAM => "SOCK_STREAM".into(),
+        libc::SOCK_DGRAM => "SOCK_DGRAM".into(),
+        libc::SOCK_RAW => "SOCK_RAW".into(),
+        libc::SOCK_SEQPACKET => "SOCK_SEQPACKET".into(),
+        other => format!("type {other}"),
+    }
+}
+
+fn sockaddr(pid: i32, addr: u64, len: u64) -> String {
+    let mut buf = [0u8; 110];
+    let want = (len as usize).min(buf.len());
+    let n = sys::read_memory(pid, addr, &mut buf[..want]).unwrap_or(0);
+    if n < 2 {
+        return format!("{addr:#x}");
+    }
+    let family = u16::from_ne_bytes([buf[0], buf[1]]);
+    match i32::from(family) {
+        libc::AF_INET if n >= 8 => format!(
+            "AF_INET, {}.{}.{}.{}:{}",
+            buf[4],
+            buf[5],
+            buf[6],
+            buf[7],
+            u16::from_be_bytes([buf[2], buf[3]])
+        ),
+        libc::AF_UNIX => {
+            let p = &buf[2..n];
+            let end = p.iter().position(|&b| b == 0).unwrap_or(p.len());
+            format!("AF_UNIX, {:?}", String::from_utf8_lossy(&p[..end]))
+        }
+        f => af_name(f as u64),
+    }
+}
+
+fn prot(v: u64) -> String {
+    let mut parts = Vec::new();
+    for (bit, name) in [
+        (libc::PROT_READ, "PROT_READ"),
+        (libc::PROT_WRITE, "PROT_WRITE"),
+        (libc::PROT_EXEC, "PROT_EXEC"),
+    ] {
+        if v as i32 & bit != 0 {
+            parts.push(name);
+        }
+    }
+    if parts.is_empty() {
+        "PROT_NONE".into()
+    } else {
+        parts.join("|")
+    }
+}
+
+fn num(v: u64) -> String {
+    if v > 9 {
+        format!("{v:#x}")
+    } else {
+        v.to_string()
+    }
+}
+
+fn dirfd(v: u64) -> String {
+    if v as i32 == libc::AT_FDCWD {
+        "AT_FDCWD".into()
+    } else {
+        (v as i32).to_string()
+    }
+}
+
+/// `connect(fd=3, AF_INET, 127.0.0.1:80)`: the syscall with its arguments,
+/// decoded where simple (read from the dead task's memory).
+pub fn describe_call(arch: Arch, pid: i32, nr: u64, a: [u64; 6]) -> String {
+    let name = arch.display_name(nr as u32);
+    let args = match name.as_str() {
+        "socket" | "socketpair" => format!("{}, {}, {}", af_name(a[0]), sock_type(a[1]), a[2]),
+        "connect" | "bind" => format!("fd={}, {}", a[0] as i32, sockaddr(pid, a[1], a[2])),
+        "sendto" => format!("fd={}, {}", a[0] as i32, sockaddr(pid, a[4], a[5])),
+        "open" | "creat" | "chroot" | "chdir" | "mkdir" | "rmdir" | "unlink" | "truncate"
+        | "execve" | "stat" | "lstat" | "access" | "readlink" | "statfs" | "acct" | "swapon"
+        | "umount2" | "pivot_root" => format!("{}", read_string(pid, a[0])),
+        "openat" | "openat2" | "mkdirat" | "unlinkat" | "execveat" | "newfstatat" | "faccessat"
+        | "faccessat2" | "fchmodat" | "fchownat" | "readlinkat" | "mknodat" => {
+            format!("{}, {}", dirfd(a[0]), read_string(pid, a[1]))
+        }
+        "mount" => format!(
+            "{}, {}, {}",
+            read_string(pid, a[0]),
+            read_string(pid, a[1]),
+            read_string(pid, a[2])
+        ),
+        "kill" | "tkill" => format!("pid={}, {}", a[0] as i32, tracer::signal_name(a[1] as i32)),
+        "tgkill" => format!(
+            "tgid={}, tid={}, {}",
+            a[0] as i32,
+            a[1] as i32,
+            tracer::signal_name(a[2] as i32)
+        ),
+        "ptrace" => format!("request={}, pid={}", a[0], a[1] as i32),
+        "unshare" | "setns" => format!("{:#x}", a[0]),
+        "clone" => format!("flags={:#x}", a[0]),
+        "setuid" | "setgid" | "setfsuid" | "setfsgid" => format!("{}", a[0] as u32),
+        "setreuid" | "setregid" => format!("{}, {}", a[0] as u32, a[1] as u32),
+        "setresuid" | "setresgid" => {
+            format!("{}, {}, {}", a[0] as u32, a[1] as u32, a[2] as u32)
+        }
+        "mprotect" | "pkey_mprotect" => {
+            format!("{:#x}, {}, {}", a[0], num(a[1]), prot(a[2]))
+        }
+        "mmap" => format!("{:#x}, {}, {}, ...", a[0], num(a[1]), prot(a[2])),
+        _ => format!("{}, {}, {}", num(a[0]), num(a[1]), num(a[2])),
+    };
+    format!("{name}({args})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records the order of the steps; fails at `fail_at` if set.
+    #[derive(Default)]
+    struct Recorder {
+        calls: Vec<Step>,
+        fail_at: Option<Step>,
+    }
+
+    impl Recorder {
+        fn step(&mut self, s: Step) -> io::Result<()> {
+            self.calls.push(s);
+            if self.fail_at == Some(s) {
+                return Err(io::Error::from_raw_os_error(libc::EPERM));
+            }
+            Ok(())
+        }
+    }
+
+    impl Confine for Recorder {
+        fn namespaces(&mut self) -> io::Result<()> {
+            self.step(Step::Namespaces)
+        }
+        fn landlock(&mut self) -> io::Result<()> {
+            self.step(Step::Landlock)
+        }
+        fn no_new_privs(&mut self) -> io::Result<()> {
+            self.step(Step::NoNewPrivs)
+        }
+        fn rlimits(&mut self) -> io::Result<()> {
+            self.step(Step::Rlimits)
+        }
+        fn close_fds(&mut self) -> io::Result<()> {
+            self.step(Step::CloseFds)
+        }
+        fn pid_namespace(&mut self) -> io::Result<()> {
+            self.step(Step::PidNamespace)
+        }
+        fn seccomp(&mut self) -> io::Result<()> {
+            self.step(Step::Seccomp)
+        }
+        fn exec(&mut self) -> io::Error {
+            self.calls.push(Step::Exec);
+            io::Error::from_raw_os_error(libc::ENOENT)
+        }
+    }
+
+    #[test]
+    fn confinement_order_seccomp_last_then_exec() {
+        let mut r = Recorder::default();
+        let (step, e) = confine(&mut r);
+        assert_eq!(step, Step::Exec);
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+        assert_eq!(r.calls, Step::ALL.to_vec());
+    }
+
+    #[test]
+    fn a_failing_step_stops_the_rest() {
+        for fail in Step::ALL {
+            if fail == Step::Exec {
+                continue;
+            }
+            let mut r = Recorder {
+                fail_at: Some(fail),
+                ..Default::default()
+            };
+            let (step, _) = confine(&mut r);
+            assert_eq!(step, fail);
+            assert_eq!(r.calls.last(), Some(&fail));
+            assert!(
+                !r.calls.contains(&Step::Exec),
+                "exec after a failed {fail:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn step_codes_round_trip() {
+        for s in Step::ALL {
+            assert_eq!(Step::from_code(s.code()), Some(s));
+        }
+        assert_eq!(Step::from_code(0), None);
+        assert_eq!(Step::from_code(99), None);
+    }
+
+    #[test]
+    fn exit_codes_are_distinct() {
+        let r = |end| RunReport { end, message: None }.exit_code();
+        let codes = [
+            r(End::Violation),
+            r(End::Limit(Limit::Memory)),
+            r(End::Timeout),
+            EXIT_RUNNER,
+        ];
+        let set: BTreeSet<u8> = codes.iter().copied().collect();
+        assert_eq!(set.len(), codes.len());
+        assert_eq!(r(End::Exited(3)), 3);
+        assert_eq!(r(End::Signaled(9)), 137);
+    }
+
+    #[test]
+    fn sizes_print_plainly() {
+        assert_eq!(fmt_size(4 << 30), "4 GiB");
+        assert_eq!(fmt_size(256 << 20), "256 MiB");
+        assert_eq!(fmt_size(1000), "1000 B");
+    }
+}
