@@ -8,4 +8,5 @@ mod mount;
 mod policy;
 mod profile;
 mod rekey;
+mod run;
 mod vectors;

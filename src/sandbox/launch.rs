@@ -806,7 +806,7 @@ fn vm_peak(pid: i32) -> Option<u64> {
 
 /// `4 GiB`, `256 MiB`, `1000 B`.
 pub fn fmt_size(b: u64) -> String {
-    for (unit, name) in [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
+    for (unit, name) in [(1u64 << 30, "GiB"), (1 << 20, "MiB")] {
         if b >= unit && b % unit == 0 {
             return format!("{} {name}", b / unit);
         }
@@ -1084,7 +1084,17 @@ pub fn describe_call(arch: Arch, pid: i32, nr: u64, a: [u64; 6]) -> String {
             a[1] as i32,
             tracer::signal_name(a[2] as i32)
         ),
-        "ptrace" => format!("request={}, pid={}", a[0], a[1] as i32),
+        "ptrace" => {
+            let req = match a[0] as u32 {
+                libc::PTRACE_TRACEME => "PTRACE_TRACEME".to_string(),
+                libc::PTRACE_ATTACH => "PTRACE_ATTACH".to_string(),
+                libc::PTRACE_SEIZE => "PTRACE_SEIZE".to_string(),
+                r => format!("request={r}"),
+            };
+            format!("{req}, pid={}", a[1] as i32)
+        }
+        "getpid" | "getppid" | "gettid" | "fork" | "vfork" | "sync" | "getuid" | "geteuid"
+        | "getgid" | "getegid" | "setsid" | "getpgrp" | "pause" | "sched_yield" => String::new(),
         "unshare" | "setns" => format!("{:#x}", a[0]),
         "clone" => format!("flags={:#x}", a[0]),
         "setuid" | "setgid" | "setfsuid" | "setfsgid" => format!("{}", a[0] as u32),
@@ -1208,5 +1218,6 @@ mod tests {
         assert_eq!(fmt_size(4 << 30), "4 GiB");
         assert_eq!(fmt_size(256 << 20), "256 MiB");
         assert_eq!(fmt_size(1000), "1000 B");
+        assert_eq!(fmt_size(248824 * 1024), "243.0 MiB");
     }
 }

@@ -1,0 +1,285 @@
+//! `tresor run`: real confinement, always in the `tresor` child process,
+//! never in the test process.
+//!
+//! `examples/attack` is profiled once in its benign mode (read `--data`,
+//! write `--out/result.txt`, print a summary); every attack then runs
+//! under that profile and must be stopped: by seccomp (exit 121 and a
+//! report naming the syscall), by Landlock (the attack's own call fails
+//! with EACCES and nothing is read or written), or by a limit (122, 124).
+//! Under `CI=true` a kernel without Landlock or namespaces is a failure,
+//! never a skip.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::util::{example, ok, tresor};
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    profile: PathBuf,
+}
+
+impl Fixture {
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+    /// A fresh, empty output directory.
+    fn new_out(&self) -> PathBuf {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = self
+            .dir
+            .path()
+            .join(format!("out{}", N.fetch_add(1, Ordering::SeqCst)));
+        std::fs::create_dir(&p).unwrap();
+        p
+    }
+}
+
+/// The data, and the profile of one benign run; `None` (skip) when the
+/// kernel lacks what `tresor run` needs and CI is not set.
+fn fixture() -> Option<&'static Fixture> {
+    static F: OnceLock<Option<Fixture>> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("tresor-run-")
+            .tempdir()
+            .unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::write(data.join("sample1.txt"), "Ki-67 positive nuclei: 412\n").unwrap();
+        std::fs::write(data.join("sample2.txt"), vec![7u8; 100_000]).unwrap();
+        let out = dir.path().join("profile-out");
+        std::fs::create_dir(&out).unwrap();
+        let profile = dir.path().join("attack.json");
+        ok(tresor()
+            .arg("profile")
+            .arg("--out")
+            .arg(&profile)
+            .arg("--")
+            .arg(example("attack"))
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&out));
+        let f = Fixture { dir, profile };
+        let probe = run(&f, &[], None);
+        if probe.status.code() == Some(125) {
+            let err = String::from_utf8_lossy(&probe.stderr);
+            if std::env::var("CI").as_deref() == Ok("true") || !err.contains("lacks") {
+                panic!("tresor run cannot confine here: {err}");
+            }
+            eprintln!("SKIPPING run tests: {err}");
+            return None;
+        }
+        Some(f)
+    })
+    .as_ref()
+}
+
+/// `tresor run [extra] -- attack [--attack NAME]` with a fresh `--out`.
+fn run(f: &Fixture, extra: &[&str], attack: Option<&str>) -> Output {
+    let out = f.new_out();
+    run_in(f, &out, extra, attack)
+}
+
+fn run_in(f: &Fixture, out: &Path, extra: &[&str], attack: Option<&str>) -> Output {
+    let mut c = tresor();
+    c.arg("run")
+        .arg("--profile")
+        .arg(&f.profile)
+        .arg("--data")
+        .arg(f.data())
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .arg("--")
+        .arg(example("attack"))
+        .arg("--data")
+        .arg(f.data())
+        .arg("--out")
+        .arg(out);
+    if let Some(a) = attack {
+        c.args(["--attack", a]);
+    }
+    c.output().expect("tresor starts")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The attack was killed by the policy and the report names `call`.
+fn assert_violation(out: &Output, call: &str) {
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(121), "stderr: {err}");
+    assert!(
+        err.contains(&format!("analysis stopped: {call}")) && err.contains("is not in profile"),
+        "no report naming {call}: {err}"
+    );
+    assert!(!text(&out.stdout).contains("ATTACK SUCCEEDED"));
+}
+
+/// The attack's own call failed with EACCES (Landlock).
+fn assert_denied(out: &Output) {
+    let o = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout: {o} stderr: {}",
+        text(&out.stderr)
+    );
+    assert!(o.contains("blocked: Permission denied"), "stdout: {o}");
+}
+
+macro_rules! attack_stopped_by_policy {
+    ($name:ident, $attack:literal, $call:literal) => {
+        #[test]
+        fn $name() {
+            let Some(f) = fixture() else { return };
+            assert_violation(&run(f, &[], Some($attack)), $call);
+        }
+    };
+}
+
+#[test]
+fn benign_run_is_byte_identical_confined_and_unconfined() {
+    let Some(f) = fixture() else { return };
+    let free = f.new_out();
+    let plain = ok(std::process::Command::new(example("attack"))
+        .arg("--data")
+        .arg(f.data())
+        .arg("--out")
+        .arg(&free));
+    let jailed = f.new_out();
+    let confined = run_in(f, &jailed, &[], None);
+    assert!(
+        confined.status.success(),
+        "confined benign run failed: {}",
+        text(&confined.stderr)
+    );
+    assert_eq!(plain.stdout, confined.stdout);
+    assert!(confined.stderr.is_empty(), "{}", text(&confined.stderr));
+    assert_eq!(
+        std::fs::read(free.join("result.txt")).unwrap(),
+        std::fs::read(jailed.join("result.txt")).unwrap()
+    );
+}
+
+#[test]
+fn read_etc_shadow_is_denied() {
+    let Some(f) = fixture() else { return };
+    assert_denied(&run(f, &[], Some("read-shadow")));
+}
+
+#[test]
+fn write_into_data_is_denied() {
+    let Some(f) = fixture() else { return };
+    assert_denied(&run(f, &[], Some("write-data")));
+    assert!(!f.data().join("evil.txt").exists());
+}
+
+#[test]
+fn write_outside_out_is_denied() {
+    let Some(f) = fixture() else { return };
+    assert_denied(&run(f, &[], Some("write-outside")));
+    assert!(!f.dir.path().join("evil.txt").exists());
+}
+
+#[test]
+fn execve_bin_sh_is_denied() {
+    let Some(f) = fixture() else { return };
+    let out = run(f, &[], Some("exec-sh"));
+    assert_denied(&out);
+    assert!(!text(&out.stdout).contains("shell"));
+}
+
+attack_stopped_by_policy!(
+    connect_to_localhost_is_stopped,
+    "connect",
+    "socket(AF_INET, SOCK_STREAM"
+);
+attack_stopped_by_policy!(
+    raw_socket_is_stopped,
+    "raw-socket",
+    "socket(AF_INET, SOCK_RAW"
+);
+attack_stopped_by_policy!(ptrace_is_stopped, "ptrace", "ptrace(PTRACE_ATTACH, pid=1)");
+attack_stopped_by_policy!(kill_parent_is_stopped, "kill-parent", "getppid()");
+attack_stopped_by_policy!(
+    mount_is_stopped,
+    "mount",
+    "mount(\"none\", \"/tmp\", \"tmpfs\")"
+);
+attack_stopped_by_policy!(unshare_is_stopped, "unshare", "unshare(0x10000000)");
+attack_stopped_by_policy!(chroot_is_stopped, "chroot", "chroot(\"/\")");
+attack_stopped_by_policy!(setuid_is_stopped, "setuid", "setuid(0)");
+attack_stopped_by_policy!(mprotect_write_exec_is_stopped, "mprotect-wx", "mprotect(0x");
+attack_stopped_by_policy!(fork_bomb_is_stopped, "fork-bomb", "clone(");
+
+#[test]
+fn memory_bomb_hits_the_memory_limit() {
+    let Some(f) = fixture() else { return };
+    let out = run(f, &["--memory", "256M"], Some("memory-bomb"));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(122), "stderr: {err}");
+    assert!(err.contains("limit hit: memory (--memory 256 MiB"), "{err}");
+}
+
+#[test]
+fn writing_past_the_file_size_limit_is_stopped() {
+    let Some(f) = fixture() else { return };
+    let dir = f.new_out();
+    let out = run_in(f, &dir, &["--max-file-size", "8M"], Some("big-file"));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(122), "stderr: {err}");
+    assert!(
+        err.contains("limit hit: file size (--max-file-size 8 MiB)"),
+        "{err}"
+    );
+    let len = std::fs::metadata(dir.join("big.bin")).unwrap().len();
+    assert!(len <= 8 << 20, "{len} bytes written");
+}
+
+#[test]
+fn running_past_the_timeout_kills_the_tree() {
+    let Some(f) = fixture() else { return };
+    let t = Instant::now();
+    let out = run(f, &["--timeout", "1s"], Some("spin"));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(124), "stderr: {err}");
+    assert!(
+        err.contains("timeout: the analysis ran past --timeout"),
+        "{err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn a_missing_program_is_a_runner_error() {
+    let Some(f) = fixture() else { return };
+    let dir = f.new_out();
+    let out = tresor()
+        .arg("run")
+        .arg("--profile")
+        .arg(&f.profile)
+        .arg("--data")
+        .arg(f.data())
+        .arg("--out")
+        .arg(&dir)
+        .args(["--", "/nonexistent/analysis"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains("/nonexistent/analysis"));
+}
+
+#[test]
+fn data_must_be_a_directory() {
+    let Some(f) = fixture() else { return };
+    let out = run_in(f, &f.dir.path().join("no-such-dir"), &[], None);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains("--out"), "{}", text(&out.stderr));
+}
