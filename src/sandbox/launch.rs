@@ -345,7 +345,7 @@ fn build_ruleset(
         let mut access = if write {
             AccessFs::from_all(abi)
         } else {
-            read_dir.into()
+            read_dir
         };
         if exec {
             access |= AccessFs::Execute;
@@ -1066,7 +1066,7 @@ pub fn describe_call(arch: Arch, pid: i32, nr: u64, a: [u64; 6]) -> String {
         "sendto" => format!("fd={}, {}", a[0] as i32, sockaddr(pid, a[4], a[5])),
         "open" | "creat" | "chroot" | "chdir" | "mkdir" | "rmdir" | "unlink" | "truncate"
         | "execve" | "stat" | "lstat" | "access" | "readlink" | "statfs" | "acct" | "swapon"
-        | "umount2" | "pivot_root" => format!("{}", read_string(pid, a[0])),
+        | "umount2" | "pivot_root" => read_string(pid, a[0]),
         "openat" | "openat2" | "mkdirat" | "unlinkat" | "execveat" | "newfstatat" | "faccessat"
         | "faccessat2" | "fchmodat" | "fchownat" | "readlinkat" | "mknodat" => {
             format!("{}, {}", dirfd(a[0]), read_string(pid, a[1]))
