@@ -116,6 +116,8 @@ enum Cmd {
     Profile(crate::sandbox::cli::ProfileArgs),
     /// Show the seccomp policy a profile compiles to: rules, filters, instructions.
     Policy(crate::sandbox::cli::PolicyArgs),
+    /// Run an analysis confined: its profile's syscalls only, its data read-only, its output directory, no network.
+    Run(crate::sandbox::cli::RunArgs),
     /// Show the whole cycle on a throw-away store: create, mount, write, read, show ciphertext, unmount.
     Demo {
         /// Keep the demo directory instead of deleting it.
@@ -307,6 +309,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         // The program's own exit status passes through.
         Cmd::Profile(args) => crate::sandbox::cli::run_profile(args),
         Cmd::Policy(args) => crate::sandbox::cli::run_policy(args),
+        // The analysis's own exit status, or the runner's distinct ones (docs/RUN.md).
+        Cmd::Run(args) => crate::sandbox::cli::run_run(args),
     }
 }
 
