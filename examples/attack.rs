@@ -1,10 +1,13 @@
-//! `attack --data DIR --out DIR [--attack NAME]`
+//! `attack --data DIR --out DIR [--fork] [--attack NAME]`
 //!
 //! A small benign analysis for the `tresor run` tests (tests/run.rs): it
 //! reads every file under `--data`, writes a per-file checksum table to
 //! `--out/result.txt` and prints a summary. With `--attack NAME` it makes
 //! one escape attempt instead, the kind an untrusted analysis might: the
 //! tests profile the benign run and check that each attack is stopped.
+//! `--fork` makes the benign run fork one helper process (that exits at
+//! once), so its profile allows forking: the fork bomb then meets the
+//! process limit rather than the policy.
 //!
 //! An attack the sandbox lets through prints `ATTACK SUCCEEDED` and exits 0;
 //! one refused with an error prints `blocked: …` and exits 1 (a seccomp
@@ -15,7 +18,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 fn usage() -> ExitCode {
-    eprintln!("usage: attack --data DIR --out DIR [--attack NAME]");
+    eprintln!("usage: attack --data DIR --out DIR [--fork] [--attack NAME]");
     ExitCode::from(2)
 }
 
@@ -225,12 +228,13 @@ fn attack(name: &str, data: &Path, out: &Path) -> ExitCode {
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
-    let (mut data, mut out, mut which) = (None, None, None);
+    let (mut data, mut out, mut which, mut fork) = (None, None, None, false);
     while let Some(a) = args.next() {
         match a.to_str() {
             Some("--data") => data = args.next().map(PathBuf::from),
             Some("--out") => out = args.next().map(PathBuf::from),
             Some("--attack") => which = args.next().and_then(|s| s.into_string().ok()),
+            Some("--fork") => fork = true,
             _ => return usage(),
         }
     }
@@ -239,6 +243,22 @@ fn main() -> ExitCode {
     };
     if let Some(name) = which {
         return attack(&name, &data, &out);
+    }
+    if fork {
+        // SAFETY: single-threaded; the child only calls _exit.
+        match unsafe { libc::fork() } {
+            // SAFETY: ends the helper at once, running nothing of the parent's.
+            0 => unsafe { libc::_exit(0) },
+            pid if pid > 0 => {
+                let mut st = 0;
+                // SAFETY: `st` is a live out-parameter.
+                unsafe { libc::waitpid(pid, &mut st, 0) };
+            }
+            _ => {
+                eprintln!("attack: fork: {}", std::io::Error::last_os_error());
+                return ExitCode::from(1);
+            }
+        }
     }
     match benign(&data, &out) {
         Ok(summary) => {

@@ -20,6 +20,8 @@ use crate::util::{example, ok, tresor};
 struct Fixture {
     dir: tempfile::TempDir,
     profile: PathBuf,
+    /// The benign run with `--fork`: its profile allows `clone`.
+    forking_profile: PathBuf,
 }
 
 impl Fixture {
@@ -54,17 +56,25 @@ fn fixture() -> Option<&'static Fixture> {
         let out = dir.path().join("profile-out");
         std::fs::create_dir(&out).unwrap();
         let profile = dir.path().join("attack.json");
-        ok(tresor()
-            .arg("profile")
-            .arg("--out")
-            .arg(&profile)
-            .arg("--")
-            .arg(example("attack"))
-            .arg("--data")
-            .arg(&data)
-            .arg("--out")
-            .arg(&out));
-        let f = Fixture { dir, profile };
+        let forking_profile = dir.path().join("attack-fork.json");
+        for (p, extra) in [(&profile, None), (&forking_profile, Some("--fork"))] {
+            ok(tresor()
+                .arg("profile")
+                .arg("--out")
+                .arg(p)
+                .arg("--")
+                .arg(example("attack"))
+                .arg("--data")
+                .arg(&data)
+                .arg("--out")
+                .arg(&out)
+                .args(extra));
+        }
+        let f = Fixture {
+            dir,
+            profile,
+            forking_profile,
+        };
         let probe = run(&f, &[], None);
         if probe.status.code() == Some(125) {
             let err = String::from_utf8_lossy(&probe.stderr);
@@ -86,10 +96,20 @@ fn run(f: &Fixture, extra: &[&str], attack: Option<&str>) -> Output {
 }
 
 fn run_in(f: &Fixture, out: &Path, extra: &[&str], attack: Option<&str>) -> Output {
+    run_with(f, &f.profile, out, extra, attack)
+}
+
+fn run_with(
+    f: &Fixture,
+    profile: &Path,
+    out: &Path,
+    extra: &[&str],
+    attack: Option<&str>,
+) -> Output {
     let mut c = tresor();
     c.arg("run")
         .arg("--profile")
-        .arg(&f.profile)
+        .arg(profile)
         .arg("--data")
         .arg(f.data())
         .arg("--out")
@@ -218,6 +238,27 @@ attack_stopped_by_policy!(chroot_is_stopped, "chroot", "chroot(\"/\")");
 attack_stopped_by_policy!(setuid_is_stopped, "setuid", "setuid(0)");
 attack_stopped_by_policy!(mprotect_write_exec_is_stopped, "mprotect-wx", "mprotect(0x");
 attack_stopped_by_policy!(fork_bomb_is_stopped, "fork-bomb", "clone(");
+
+#[test]
+fn fork_bomb_under_a_forking_profile_hits_the_process_limit() {
+    let Some(f) = fixture() else { return };
+    let out = f.new_out();
+    let t = Instant::now();
+    let r = run_with(
+        f,
+        &f.forking_profile,
+        &out,
+        &["--max-procs", "32", "--timeout", "60s"],
+        Some("fork-bomb"),
+    );
+    let err = text(&r.stderr);
+    assert_eq!(r.status.code(), Some(122), "stderr: {err}");
+    assert!(
+        err.contains("limit hit: processes (--max-procs 32)"),
+        "{err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(30));
+}
 
 #[test]
 fn memory_bomb_hits_the_memory_limit() {

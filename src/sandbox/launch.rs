@@ -676,11 +676,15 @@ impl Supervisor<'_> {
         }
     }
 
+    /// Records why the run ends (the first reason wins) and kills the
+    /// tree once; tasks that appear afterwards are killed as they appear
+    /// (killing everything on every event would be quadratic, and a fork
+    /// bomb outruns it).
     fn stop(&mut self, s: Stop) {
         if self.stop.is_none() {
             self.stop = Some(s);
+            self.kill_all();
         }
-        self.kill_all();
     }
 
     fn in_tree(&self, pid: i32) -> bool {
@@ -758,6 +762,10 @@ impl Supervisor<'_> {
                 if let Ok(new) = sys::event_msg(pid) {
                     let new = new as i32;
                     self.live.insert(new);
+                    if self.stop.is_some() {
+                        sys::kill_task(new);
+                        sys::kill_task(pid);
+                    }
                     if pid == self.first && self.init.is_none() {
                         self.init = Some(new);
                     } else if Some(pid) == self.init && self.program.is_none() {
@@ -884,6 +892,10 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {
                 if guard.take_alarm() {
+                    if sup.stop.is_some() {
+                        // Stragglers (every 100 ms while the tree dies).
+                        sup.kill_all();
+                    }
                     if let Some(t) = prep.timeout {
                         if started.elapsed() >= t {
                             sup.stop(Stop::Timeout);
