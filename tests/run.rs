@@ -324,3 +324,73 @@ fn data_must_be_a_directory() {
     assert_eq!(out.status.code(), Some(125));
     assert!(text(&out.stderr).contains("--out"), "{}", text(&out.stderr));
 }
+
+/// As an unprivileged user the run gets a user namespace (and with it the
+/// others): the benign run still works and an attack is still reported.
+/// Needs root to become `nobody` (setpriv); skipped otherwise.
+#[test]
+fn unprivileged_run_uses_a_user_namespace() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(f) = fixture() else { return };
+    if !nix::unistd::geteuid().is_root()
+        || std::process::Command::new("setpriv")
+            .arg("--version")
+            .output()
+            .is_err()
+    {
+        eprintln!("skipping: needs root and setpriv to run as nobody");
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("tresor-run-nobody-")
+        .tempdir()
+        .unwrap();
+    let root = dir.path();
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (data, out) = (root.join("data"), root.join("out"));
+    for d in [&data, &out] {
+        std::fs::create_dir(d).unwrap();
+    }
+    std::fs::write(data.join("x.txt"), "42\n").unwrap();
+    let bin = root.join("tresor");
+    let prog = root.join("attack");
+    let profile = root.join("p.json");
+    std::fs::copy(env!("CARGO_BIN_EXE_tresor"), &bin).unwrap();
+    std::fs::copy(example("attack"), &prog).unwrap();
+    std::fs::copy(&f.profile, &profile).unwrap();
+    for p in [
+        root.to_path_buf(),
+        data.clone(),
+        out.clone(),
+        data.join("x.txt"),
+        profile.clone(),
+    ] {
+        std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
+    }
+    let nobody = |attack: Option<&str>| {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin)
+            .arg("run")
+            .arg("--profile")
+            .arg(&profile)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&out)
+            .arg("--")
+            .arg(&prog)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&out);
+        if let Some(a) = attack {
+            c.args(["--attack", a]);
+        }
+        c.output().unwrap()
+    };
+    let benign = nobody(None);
+    assert!(benign.status.success(), "{}", text(&benign.stderr));
+    assert!(text(&benign.stdout).contains("files: 1"));
+    assert_violation(&nobody(Some("connect")), "socket(AF_INET, SOCK_STREAM");
+}
