@@ -426,7 +426,6 @@ pub fn prepare(opts: &RunOptions) -> Result<(Prepared, Option<RulesetCreated>), 
             Err(RunError::Missing(what))
         }
     };
-    // SAFETY-free check: geteuid never fails.
     let root = nix::unistd::geteuid().is_root();
     let mut ns_flags = 0;
     for (flag, file, name) in [
