@@ -1187,8 +1187,14 @@ impl Vfs {
         nix::unistd::access(&path, flags).map_err(nix_err)
     }
 
-    /// Reads up to `size` bytes at `offset`.
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+    /// Runs `f` on an open file under its lock (shared for readers,
+    /// exclusive for writers); content errors name the file.
+    fn with_file<T>(
+        &self,
+        fh: u64,
+        exclusive: bool,
+        f: impl FnOnce(&File, &FileCipher) -> std::result::Result<T, ContentError>,
+    ) -> Result<T> {
         let h = self.handle(fh)?;
         let Handle::File {
             file, state, path, ..
@@ -1196,43 +1202,40 @@ impl Vfs {
         else {
             return Err(VfsError::BadHandle);
         };
-        let _r = state.lock.read().unwrap_or_else(|e| e.into_inner());
-        content::read_at(file, &state.cipher, offset, size as usize)
-            .map_err(|e| content_err(path, e))
+        let result = if exclusive {
+            let _w = state.lock.write().unwrap_or_else(|e| e.into_inner());
+            f(file, &state.cipher)
+        } else {
+            let _r = state.lock.read().unwrap_or_else(|e| e.into_inner());
+            f(file, &state.cipher)
+        };
+        result.map_err(|e| content_err(path, e))
+    }
+
+    /// Reads up to `size` bytes at `offset`.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        self.with_file(fh, false, |file, c| {
+            content::read_at(file, c, offset, size as usize)
+        })
     }
 
     /// Writes `data` at `offset`; returns the count written.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
-        let h = self.handle(fh)?;
-        let Handle::File {
-            file, state, path, ..
-        } = &*h
-        else {
-            return Err(VfsError::BadHandle);
-        };
-        let _w = state.lock.write().unwrap_or_else(|e| e.into_inner());
-        content::write_at(file, &state.cipher, offset, data).map_err(|e| content_err(path, e))?;
+        self.with_file(fh, true, |file, c| content::write_at(file, c, offset, data))?;
         Ok(u32::try_from(data.len()).unwrap_or(u32::MAX))
     }
 
     /// Extends the file to cover `[offset, offset + len)` (fallocate mode 0).
     pub fn allocate(&self, fh: u64, offset: u64, len: u64) -> Result<()> {
-        let h = self.handle(fh)?;
-        let Handle::File {
-            file, state, path, ..
-        } = &*h
-        else {
-            return Err(VfsError::BadHandle);
-        };
-        let _w = state.lock.write().unwrap_or_else(|e| e.into_inner());
         let end = offset
             .checked_add(len)
             .ok_or(VfsError::Invalid("range overflows"))?;
-        let size = content::plain_size(file).map_err(|e| content_err(path, e))?;
-        if end > size {
-            content::truncate(file, &state.cipher, end).map_err(|e| content_err(path, e))?;
-        }
-        Ok(())
+        self.with_file(fh, true, |file, c| {
+            if end > content::plain_size(file)? {
+                content::truncate(file, c, end)?;
+            }
+            Ok(())
+        })
     }
 
     /// Flushes file data (and metadata unless `datasync`) to stable storage.
