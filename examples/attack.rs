@@ -1,4 +1,4 @@
-//! `attack --data DIR --out DIR [--fork] [--attack NAME]`
+//! `attack --data DIR --out DIR [--fork] [--attack NAME [--target PATH]]`
 //!
 //! A small benign analysis for the `tresor run` tests (tests/run.rs): it
 //! reads every file under `--data`, writes a per-file checksum table to
@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 fn usage() -> ExitCode {
-    eprintln!("usage: attack --data DIR --out DIR [--fork] [--attack NAME]");
+    eprintln!("usage: attack --data DIR --out DIR [--fork] [--attack NAME [--target PATH]]");
     ExitCode::from(2)
 }
 
@@ -80,9 +80,35 @@ fn check(rc: libc::c_int, what: &str) -> std::io::Result<String> {
     }
 }
 
-fn attack(name: &str, data: &Path, out: &Path) -> ExitCode {
+/// Reads a whole file, or every file under a directory: how much was read.
+fn read_all(p: &Path) -> std::io::Result<String> {
+    let mut total = 0usize;
+    let mut todo = vec![p.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        if p.is_dir() {
+            for e in std::fs::read_dir(&p)? {
+                todo.push(e?.path());
+            }
+        } else {
+            total += std::fs::read(&p)?.len();
+        }
+    }
+    Ok(format!("{total} bytes of {}", p.display()))
+}
+
+fn attack(name: &str, target: Option<&Path>, data: &Path, out: &Path) -> ExitCode {
     let r = match name {
         "read-shadow" => std::fs::read("/etc/shadow").map(|b| format!("{} bytes", b.len())),
+        // The store's ciphertext, or a PSE: `--target` names it.
+        "read-target" => match target {
+            Some(t) => read_all(t),
+            None => return usage(),
+        },
+        "load-module" => {
+            // SAFETY: finit_module takes integers and a NUL-terminated literal.
+            let rc = unsafe { libc::syscall(libc::SYS_finit_module, -1, c"".as_ptr(), 0) };
+            check(rc as libc::c_int, "module loaded")
+        }
         "write-data" => std::fs::write(data.join("evil.txt"), "x").map(|_| "wrote".into()),
         "write-outside" => {
             let parent = out.parent().unwrap_or(Path::new("/"));
@@ -229,12 +255,14 @@ fn attack(name: &str, data: &Path, out: &Path) -> ExitCode {
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
     let (mut data, mut out, mut which, mut fork) = (None, None, None, false);
+    let mut target = None;
     while let Some(a) = args.next() {
         match a.to_str() {
             Some("--data") => data = args.next().map(PathBuf::from),
             Some("--out") => out = args.next().map(PathBuf::from),
             Some("--attack") => which = args.next().and_then(|s| s.into_string().ok()),
             Some("--fork") => fork = true,
+            Some("--target") => target = args.next().map(PathBuf::from),
             _ => return usage(),
         }
     }
@@ -242,7 +270,7 @@ fn main() -> ExitCode {
         return usage();
     };
     if let Some(name) = which {
-        return attack(&name, &data, &out);
+        return attack(&name, target.as_deref(), &data, &out);
     }
     if fork {
         // SAFETY: single-threaded; the child only calls _exit.

@@ -394,3 +394,236 @@ fn unprivileged_run_uses_a_user_namespace() {
     assert!(text(&benign.stdout).contains("files: 1"));
     assert_violation(&nobody(Some("connect")), "socket(AF_INET, SOCK_STREAM");
 }
+
+/// `tresor run` under the benign profile; the attack gets extra arguments.
+fn run_attack(f: &Fixture, extra: &[&str], attack_args: &[&std::ffi::OsStr]) -> Output {
+    let out = f.new_out();
+    let mut c = tresor();
+    c.arg("run")
+        .arg("--profile")
+        .arg(&f.profile)
+        .arg("--data")
+        .arg(f.data())
+        .arg("--out")
+        .arg(&out)
+        .args(extra)
+        .arg("--")
+        .arg(example("attack"))
+        .arg("--data")
+        .arg(f.data())
+        .arg("--out")
+        .arg(&out)
+        .args(attack_args);
+    c.output().expect("tresor starts")
+}
+
+/// The same attack unconfined must succeed: otherwise a denial proves nothing.
+fn assert_unconfined_succeeds(f: &Fixture, attack_args: &[&std::ffi::OsStr]) {
+    let free = std::process::Command::new(example("attack"))
+        .arg("--data")
+        .arg(f.data())
+        .arg("--out")
+        .arg(f.new_out())
+        .args(attack_args)
+        .output()
+        .unwrap();
+    assert!(
+        text(&free.stdout).contains("ATTACK SUCCEEDED"),
+        "unconfined: {} {}",
+        text(&free.stdout),
+        text(&free.stderr)
+    );
+}
+
+#[test]
+fn reading_the_stores_ciphertext_is_denied() {
+    let Some(f) = fixture() else { return };
+    let s = crate::util::TestStore::new(&["lab"]);
+    let args = [
+        "--attack".as_ref(),
+        "read-target".as_ref(),
+        "--target".as_ref(),
+        s.store.as_os_str(),
+    ];
+    assert_unconfined_succeeds(f, &args);
+    assert_denied(&run_attack(f, &[], &args));
+}
+
+#[test]
+fn reading_a_pse_is_denied() {
+    let Some(f) = fixture() else { return };
+    let s = crate::util::TestStore::new(&[]);
+    let args = [
+        "--attack".as_ref(),
+        "read-target".as_ref(),
+        "--target".as_ref(),
+        s.pse.as_os_str(),
+    ];
+    assert_unconfined_succeeds(f, &args);
+    assert_denied(&run_attack(f, &[], &args));
+}
+
+attack_stopped_by_policy!(
+    loading_a_kernel_module_is_stopped,
+    "load-module",
+    "finit_module(fd=-1"
+);
+
+/// `--audit`: the connect attack runs on (the network namespace has no
+/// route, so it fails by itself), its calls outside the profile land in a
+/// delta; merged into the profile, the same run is no violation any more.
+#[test]
+fn audit_records_a_delta_that_profile_merge_accepts() {
+    let Some(f) = fixture() else { return };
+    let delta = f.dir.path().join("audit-delta.json");
+    let audited = run(
+        f,
+        &["--audit", "--delta", delta.to_str().unwrap()],
+        Some("connect"),
+    );
+    let err = text(&audited.stderr);
+    assert_eq!(audited.status.code(), Some(1), "stderr: {err}");
+    assert!(
+        text(&audited.stdout).contains("blocked:"),
+        "{}",
+        text(&audited.stdout)
+    );
+    assert!(
+        err.contains("audit: socket(AF_INET, SOCK_STREAM") && err.contains("is not in profile"),
+        "{err}"
+    );
+    assert!(err.contains("audit: connect("), "{err}");
+    assert!(err.contains("delta written to"), "{err}");
+    let d: serde_json::Value = serde_json::from_slice(&std::fs::read(&delta).unwrap()).unwrap();
+    let calls = d["syscalls"].as_object().unwrap();
+    assert!(calls.contains_key("connect"), "{d}");
+    assert_eq!(
+        calls["socket"]["args"][0]["domain"].as_u64(),
+        Some(libc::AF_INET as u64),
+        "{d}"
+    );
+    // Only what the profile lacked: nothing the benign run used.
+    let base: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&f.profile).unwrap()).unwrap();
+    for name in calls.keys() {
+        let had = &base["syscalls"][name];
+        assert!(
+            had.is_null() || name == "socket",
+            "{name} was already in the profile: {had}"
+        );
+    }
+
+    let merged = f.dir.path().join("audit-merged.json");
+    ok(tresor()
+        .args(["profile", "merge"])
+        .arg(&f.profile)
+        .arg(&delta)
+        .arg("-o")
+        .arg(&merged));
+    let out = f.new_out();
+    let again = run_with(f, &merged, &out, &[], Some("connect"));
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "stderr: {}",
+        text(&again.stderr)
+    );
+    assert!(!text(&again.stderr).contains("analysis stopped"));
+    // The unmerged profile still stops it.
+    assert_violation(&run(f, &[], Some("connect")), "socket(AF_INET, SOCK_STREAM");
+}
+
+/// The product's case: `--data` inside a tresor mount (the analysis reads
+/// decrypted data), `--out` inside a mounted data group (its result is
+/// written encrypted into the store). The store's own directory stays out
+/// of reach.
+#[test]
+fn data_and_out_inside_a_tresor_mount() {
+    let Some(f) = fixture() else { return };
+    if !crate::util::fuse_available() {
+        return;
+    }
+    let s = crate::util::TestStore::new(&["pathology"]);
+    let m = s.mount();
+    let slides = m.path("pathology/slides");
+    let results = m.path("pathology/results");
+    std::fs::create_dir(&slides).unwrap();
+    std::fs::create_dir(&results).unwrap();
+    for e in std::fs::read_dir(f.data()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), slides.join(e.file_name())).unwrap();
+    }
+    let mut c = tresor();
+    c.arg("run")
+        .arg("--profile")
+        .arg(&f.profile)
+        .arg("--data")
+        .arg(&slides)
+        .arg("--out")
+        .arg(&results)
+        .arg("--")
+        .arg(example("attack"))
+        .arg("--data")
+        .arg(&slides)
+        .arg("--out")
+        .arg(&results);
+    let confined = c.output().unwrap();
+    assert!(
+        confined.status.success(),
+        "confined run through the mount failed: {}",
+        text(&confined.stderr)
+    );
+    // Byte-identical to the unconfined run on the plaintext.
+    let free = f.new_out();
+    let plain = ok(std::process::Command::new(example("attack"))
+        .arg("--data")
+        .arg(f.data())
+        .arg("--out")
+        .arg(&free));
+    assert_eq!(plain.stdout, confined.stdout);
+    let result = std::fs::read(results.join("result.txt")).unwrap();
+    assert_eq!(result, std::fs::read(free.join("result.txt")).unwrap());
+    // Encrypted in the store: neither the result's text nor its name.
+    let store_bytes = crate::util::all_store_bytes(&s.store);
+    assert!(!store_bytes
+        .windows(result.len().min(40))
+        .any(|w| w == &result[..result.len().min(40)]));
+    assert!(!store_bytes.windows(10).any(|w| w == b"result.txt"));
+
+    // From inside, writing into --data (the mounted slides) and reading
+    // the store's ciphertext are refused.
+    let mut c = tresor();
+    c.arg("run")
+        .arg("--profile")
+        .arg(&f.profile)
+        .arg("--data")
+        .arg(&slides)
+        .arg("--out")
+        .arg(&results)
+        .arg("--")
+        .arg(example("attack"))
+        .arg("--data")
+        .arg(&slides)
+        .arg("--out")
+        .arg(&results);
+    assert_denied(&c.args(["--attack", "write-data"]).output().unwrap());
+    assert!(!slides.join("evil.txt").exists());
+    let mut c = tresor();
+    c.arg("run")
+        .arg("--profile")
+        .arg(&f.profile)
+        .arg("--data")
+        .arg(&slides)
+        .arg("--out")
+        .arg(&results)
+        .arg("--")
+        .arg(example("attack"))
+        .arg("--data")
+        .arg(&slides)
+        .arg("--out")
+        .arg(&results)
+        .args(["--attack", "read-target", "--target"])
+        .arg(&s.store);
+    assert_denied(&c.output().unwrap());
+    m.unmount();
+}

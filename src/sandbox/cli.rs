@@ -318,6 +318,15 @@ pub struct RunArgs {
     /// Accept a profile marked incomplete.
     #[arg(long)]
     pub allow_incomplete: bool,
+    /// Let the analysis run on past calls outside the profile; record them
+    /// as a profile delta (for `tresor profile merge`). The filesystem view
+    /// and the limits still hold.
+    #[arg(long)]
+    pub audit: bool,
+    /// Where `--audit` writes the delta (default: beside the profile,
+    /// `NAME.delta.json`).
+    #[arg(long, value_name = "FILE", requires = "audit")]
+    pub delta: Option<PathBuf>,
     /// The program and its arguments.
     #[arg(last = true, required = true, value_name = "PROGRAM")]
     pub command: Vec<OsString>,
@@ -353,7 +362,13 @@ pub fn run_run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let Some(program) = command.next() else {
         bail!("no program given after --");
     };
+    let audit = args.audit.then(|| {
+        args.delta
+            .clone()
+            .unwrap_or_else(|| args.profile.with_extension("delta.json"))
+    });
     let opts = RunOptions {
+        audit,
         profile: args.profile,
         data: args.data,
         out: args.out,
@@ -368,6 +383,9 @@ pub fn run_run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     match launch::run(&opts) {
         Ok(report) => {
+            for line in &report.audited {
+                eprintln!("tresor: {line}");
+            }
             if let Some(m) = &report.message {
                 eprintln!("tresor: {m}");
             }

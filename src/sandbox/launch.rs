@@ -14,6 +14,10 @@
 //! kills for a syscall outside the policy (`SECCOMP_RET_KILL_PROCESS`,
 //! SIGSYS) stops once more at its exit, with its registers rolled back to
 //! the denied call: the report names it and the whole tree is killed.
+//!
+//! With `--audit` the policy answers `SECCOMP_RET_TRACE` instead of killing:
+//! the refused call stops at the supervisor, which records it into a profile
+//! delta and lets it run (allowed calls still never stop).
 
 use std::collections::BTreeSet;
 use std::ffi::{CString, OsString};
@@ -28,8 +32,8 @@ use landlock::{
     RulesetCreated, RulesetCreatedAttr, Scope, ABI,
 };
 
-use super::policy::{CompiledPolicy, Policy, PolicyError, PolicyOptions};
-use super::profile::{Profile, ProfileError};
+use super::policy::{CompiledPolicy, Policy, PolicyError, PolicyOptions, AUDIT_TRACE_DATA};
+use super::profile::{Mode, Profile, ProfileError};
 use super::sys;
 use super::syscalls::Arch;
 use super::tracer;
@@ -83,6 +87,9 @@ pub struct RunOptions {
     pub allow_weaker: bool,
     /// Accept a profile marked incomplete.
     pub allow_incomplete: bool,
+    /// Audit instead of enforcing the syscall policy: record every call
+    /// outside the profile and write them to this profile delta.
+    pub audit: Option<PathBuf>,
     pub program: OsString,
     pub args: Vec<OsString>,
 }
@@ -222,6 +229,8 @@ pub struct Prepared {
     max_procs: u64,
     max_file_size: u64,
     timeout: Option<Duration>,
+    /// `--audit`: the delta collected so far (calls outside the profile).
+    audit: Option<Profile>,
 }
 
 /// How a confined run ended.
@@ -254,6 +263,8 @@ pub struct RunReport {
     pub end: End,
     /// What to tell the user (violations, limits, timeout, signals).
     pub message: Option<String>,
+    /// `--audit`: one line per distinct call outside the profile, in order.
+    pub audited: Vec<String>,
 }
 
 impl RunReport {
@@ -369,11 +380,21 @@ fn build_ruleset(
         if dirp.starts_with("/proc") {
             continue;
         }
-        if da.files.is_empty() || da.more_files {
-            if let Some(exec) = read_access(da.access) {
-                rs = add(rs, dirp, exec, false)?;
-            }
+        let Some(exec) = read_access(da.access) else {
             continue;
+        };
+        if da.more_files && !never_whole(dirp) {
+            rs = add(rs, dirp, exec, false)?;
+            continue;
+        }
+        // Listing a directory the program used: its names (beneath, as
+        // Landlock rules are), never the contents of files not listed.
+        if let Ok(fd) = PathFd::new(dirp) {
+            if dirp.is_dir() {
+                rs = rs
+                    .add_rule(PathBeneath::new(fd, AccessFs::ReadDir))
+                    .map_err(ll)?;
+            }
         }
         for (name, a) in &da.files {
             if let Some(exec) = read_access(*a) {
@@ -382,6 +403,21 @@ fn build_ruleset(
         }
     }
     Ok(rs)
+}
+
+/// Directories a profile that saw many files in them still never gets
+/// whole: system configuration, homes, runtime and variable state, temp
+/// (where stores, PSEs and control sockets live). Only the files the
+/// profile lists are granted there; elsewhere (`/usr`, `/lib`, `/opt`, …)
+/// a directory with more files than a profile lists is granted whole.
+fn never_whole(dir: &Path) -> bool {
+    dir == Path::new("/")
+        || [
+            "/etc", "/home", "/root", "/run", "/tmp", "/var", "/dev", "/sys", "/boot", "/media",
+            "/mnt", "/srv",
+        ]
+        .iter()
+        .any(|p| dir.starts_with(p))
 }
 
 /// Loads and compiles the profile, checks the kernel and lays out
@@ -395,8 +431,21 @@ pub fn prepare(opts: &RunOptions) -> Result<(Prepared, Option<RulesetCreated>), 
             pad_rules: 0,
         },
     )?;
-    let compiled = policy.compile()?;
+    let compiled = if opts.audit.is_some() {
+        policy.compile_audit()?
+    } else {
+        policy.compile()?
+    };
     let arch = policy.arch()?;
+    let audit = opts.audit.as_ref().map(|_| {
+        let mut delta = Profile::new(arch, profile.program.clone(), Mode::Args);
+        delta.syscalls.clear();
+        delta.notes = vec![format!(
+            "delta from `tresor run --audit` under {}: the calls the policy would have refused; review, then `tresor profile merge` it into the profile",
+            opts.profile.display()
+        )];
+        delta
+    });
     if Arch::native() != Some(arch) {
         return Err(RunError::Program(format!(
             "profile {} is for {arch}; this machine cannot run it",
@@ -527,6 +576,7 @@ pub fn prepare(opts: &RunOptions) -> Result<(Prepared, Option<RulesetCreated>), 
             max_procs: opts.max_procs,
             max_file_size: opts.max_file_size,
             timeout: opts.timeout,
+            audit,
         },
         ruleset,
     ))
@@ -663,6 +713,9 @@ struct Supervisor<'a> {
     program: Option<i32>,
     program_status: Option<i32>,
     stop: Option<Stop>,
+    /// `--audit`: the delta, how to record into it, and the report lines.
+    delta: Option<(Profile, tracer::CallRecorder)>,
+    audited: Vec<String>,
 }
 
 impl Supervisor<'_> {
@@ -753,6 +806,30 @@ impl Supervisor<'_> {
         }
     }
 
+    /// `--audit`: a call the policy refused stopped here; record it (a
+    /// line for each new syscall or argument value) and let it run.
+    fn on_audit(&mut self, pid: i32) {
+        if sys::event_msg(pid).ok() != Some(u64::from(AUDIT_TRACE_DATA)) {
+            return;
+        }
+        let Some((delta, recorder)) = self.delta.as_mut() else {
+            return;
+        };
+        let Ok(info) = sys::syscall_info(pid) else {
+            return;
+        };
+        let name = self.prep.arch.display_name(info.nr as u32);
+        let before = delta.syscalls.get(&name).map(|e| e.args.len());
+        recorder.record(delta, info.nr, &info.args);
+        if delta.syscalls.get(&name).map(|e| e.args.len()) != before {
+            self.audited.push(format!(
+                "audit: {} is not in profile {}",
+                describe_call(self.prep.arch, pid, info.nr, info.args),
+                self.prep.profile_name
+            ));
+        }
+    }
+
     fn on_stop(&mut self, pid: i32, status: i32) {
         let sig = libc::WSTOPSIG(status);
         let event = (status >> 16) & 0xff;
@@ -782,6 +859,10 @@ impl Supervisor<'_> {
             }
             libc::PTRACE_EVENT_EXIT => {
                 self.on_exit_event(pid);
+                let _ = sys::cont(pid, 0);
+            }
+            libc::PTRACE_EVENT_SECCOMP => {
+                self.on_audit(pid);
                 let _ = sys::cont(pid, 0);
             }
             libc::PTRACE_EVENT_STOP => {
@@ -826,7 +907,11 @@ pub fn fmt_size(b: u64) -> String {
 
 /// Runs the analysis confined and supervises it to the end.
 pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
-    let (prep, ruleset) = prepare(opts)?;
+    let (mut prep, ruleset) = prepare(opts)?;
+    let delta = prep
+        .audit
+        .take()
+        .map(|d| (d, tracer::CallRecorder::new(prep.arch)));
     let sys_err = |what: &'static str| move |source: io::Error| RunError::Sys { what, source };
     let (go_r, go_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys_err("pipe")(e.into()))?;
@@ -843,11 +928,14 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     drop(ruleset);
     drop(go_r);
     drop(err_w);
-    let options = libc::PTRACE_O_TRACEEXIT
+    let mut options = libc::PTRACE_O_TRACEEXIT
         | libc::PTRACE_O_TRACEFORK
         | libc::PTRACE_O_TRACEVFORK
         | libc::PTRACE_O_TRACECLONE
         | libc::PTRACE_O_EXITKILL;
+    if delta.is_some() {
+        options |= libc::PTRACE_O_TRACESECCOMP;
+    }
     if let Err(e) = sys::seize(pid, options) {
         sys::kill_task(pid);
         let _ = sys::wait_pid(pid);
@@ -872,6 +960,8 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
         program: None,
         program_status: None,
         stop: None,
+        delta,
+        audited: Vec::new(),
     };
     loop {
         match sys::wait_any() {
@@ -927,20 +1017,41 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
         });
     }
     let elapsed = tracer::fmt_duration(started.elapsed());
-    Ok(match sup.stop {
+    if let (Some((mut delta, _)), Some(path)) = (sup.delta.take(), &opts.audit) {
+        match &sup.stop {
+            Some(Stop::Timeout) => delta.mark_incomplete("the audited run hit --timeout"),
+            Some(Stop::Limit(_, m)) => delta.mark_incomplete(format!("the audited run ended: {m}")),
+            Some(Stop::Terminated(_)) => delta.mark_incomplete("the audited run was killed"),
+            Some(Stop::Violation(_)) | None => {}
+        }
+        let calls: u64 = delta.syscalls.values().map(|e| e.count).sum();
+        delta.save(path)?;
+        sup.audited.push(format!(
+            "audit: {calls} call(s) of {} syscall(s) outside the profile; delta written to {} (review it, then `tresor profile merge {} {} -o NEW.json`)",
+            delta.syscalls.len(),
+            path.display(),
+            opts.profile.display(),
+            path.display()
+        ));
+    }
+    let audited = std::mem::take(&mut sup.audited);
+    let mut report = match sup.stop {
         Some(Stop::Violation(m)) => RunReport {
             end: End::Violation,
             message: Some(m),
+            audited: Vec::new(),
         },
         Some(Stop::Limit(l, m)) => RunReport {
             end: End::Limit(l),
             message: Some(m),
+            audited: Vec::new(),
         },
         Some(Stop::Timeout) => RunReport {
             end: End::Timeout,
             message: Some(format!(
                 "timeout: the analysis ran past --timeout ({elapsed}); its processes were killed"
             )),
+            audited: Vec::new(),
         },
         Some(Stop::Terminated(sig)) => RunReport {
             end: End::Signaled(sig),
@@ -948,11 +1059,13 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
                 "tresor received {}; the analysis was killed",
                 tracer::signal_name(sig)
             )),
+            audited: Vec::new(),
         },
         None => match sup.program_status {
             Some(st) if libc::WIFEXITED(st) => RunReport {
                 end: End::Exited(libc::WEXITSTATUS(st)),
                 message: None,
+                audited: Vec::new(),
             },
             Some(st) if libc::WIFSIGNALED(st) => RunReport {
                 end: End::Signaled(libc::WTERMSIG(st)),
@@ -960,6 +1073,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
                     "the analysis was killed by {}",
                     tracer::signal_name(libc::WTERMSIG(st))
                 )),
+                audited: Vec::new(),
             },
             _ => {
                 return Err(RunError::Sys {
@@ -968,7 +1082,9 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
                 })
             }
         },
-    })
+    };
+    report.audited = audited;
+    Ok(report)
 }
 
 // --- naming the denied syscall -------------------------------------------
@@ -1117,6 +1233,14 @@ pub fn describe_call(arch: Arch, pid: i32, nr: u64, a: [u64; 6]) -> String {
             format!("{:#x}, {}, {}", a[0], num(a[1]), prot(a[2]))
         }
         "mmap" => format!("{:#x}, {}, {}, ...", a[0], num(a[1]), prot(a[2])),
+        "finit_module" => format!(
+            "fd={}, {}, {:#x}",
+            a[0] as i32,
+            read_string(pid, a[1]),
+            a[2]
+        ),
+        "init_module" => format!("{:#x}, {}, {}", a[0], num(a[1]), read_string(pid, a[2])),
+        "delete_module" => format!("{}, {:#x}", read_string(pid, a[0]), a[1]),
         _ => format!("{}, {}, {}", num(a[0]), num(a[1]), num(a[2])),
     };
     format!("{name}({args})")
@@ -1211,7 +1335,14 @@ mod tests {
 
     #[test]
     fn exit_codes_are_distinct() {
-        let r = |end| RunReport { end, message: None }.exit_code();
+        let r = |end| {
+            RunReport {
+                end,
+                message: None,
+                audited: Vec::new(),
+            }
+            .exit_code()
+        };
         let codes = [
             r(End::Violation),
             r(End::Limit(Limit::Memory)),

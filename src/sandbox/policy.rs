@@ -415,9 +415,16 @@ impl Policy {
         self.syscalls.values().map(Rule::rule_count).sum()
     }
 
-    /// Compiles the policy into its filter stack.
+    /// Compiles the policy into its filter stack: a refused call kills.
     pub fn compile(&self) -> Result<CompiledPolicy, PolicyError> {
-        compile(self)
+        compile(self, SeccompAction::KillProcess)
+    }
+
+    /// Compiles the policy for `tresor run --audit`: a refused call stops
+    /// at the tracer ([`AUDIT_TRACE_DATA`]), which records it and lets it
+    /// run; everything else is exactly as [`Policy::compile`].
+    pub fn compile_audit(&self) -> Result<CompiledPolicy, PolicyError> {
+        compile(self, SeccompAction::Trace(AUDIT_TRACE_DATA))
     }
 
     /// Compiles the policy and reports its size.
@@ -1026,7 +1033,12 @@ fn build(
         .collect())
 }
 
-fn compile(policy: &Policy) -> Result<CompiledPolicy, PolicyError> {
+/// The `SECCOMP_RET_DATA` of an audit policy's refusals, so the tracer
+/// can tell them from anything else.
+pub const AUDIT_TRACE_DATA: u32 = 0x7e5;
+
+/// Compiles `policy`; `deny` is what a refused call gets.
+fn compile(policy: &Policy, deny: SeccompAction) -> Result<CompiledPolicy, PolicyError> {
     let arch = policy.arch()?;
     // Argument filters: syscall by syscall, clause by clause, filled up to
     // the cap; a syscall whose clauses do not fit continues in the next
@@ -1077,7 +1089,7 @@ fn compile(policy: &Policy) -> Result<CompiledPolicy, PolicyError> {
             arch,
             rules,
             SeccompAction::Allow,
-            SeccompAction::KillProcess,
+            deny.clone(),
         )?;
         filters.push(FilterStats {
             kind: FilterKind::Arguments,
@@ -1132,14 +1144,7 @@ fn compile(policy: &Policy) -> Result<CompiledPolicy, PolicyError> {
         .map(|r| (i64::from(r.nr), vec![]))
         .collect();
     let index = filters.len() + 1;
-    let prog = build(
-        index,
-        "allowlist",
-        arch,
-        rules,
-        SeccompAction::KillProcess,
-        SeccompAction::Allow,
-    )?;
+    let prog = build(index, "allowlist", arch, rules, deny, SeccompAction::Allow)?;
     filters.push(FilterStats {
         kind: FilterKind::Allowlist,
         syscalls: policy.syscalls.keys().cloned().collect(),

@@ -469,6 +469,73 @@ fn action_table(arch: Arch) -> Vec<Action> {
     t
 }
 
+/// Records the values of the arguments that decide what is safe (`list`)
+/// for one call of `name`, normalised as a policy compares them, and the
+/// profile's network and write+exec flags; returns the values.
+fn note_args(
+    profile: &mut Profile,
+    name: &str,
+    nr: u32,
+    args: &[u64; 6],
+    list: &[(u8, &'static str)],
+    kind: ArgKind,
+) -> BTreeMap<String, u64> {
+    let mut values = BTreeMap::new();
+    for &(i, arg) in list {
+        let mut v = args[i as usize];
+        match (kind, arg) {
+            // Creation flags do not change what the socket can reach.
+            (ArgKind::Socket, "type") => v &= !((libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as u64),
+            // Registers carry 32-bit int arguments; ignore the upper half.
+            (ArgKind::Socket, _) | (ArgKind::Ioctl, _) | (ArgKind::Prot, _) => v &= 0xffff_ffff,
+            _ => {}
+        }
+        values.insert(arg.to_string(), v);
+    }
+    if kind == ArgKind::Socket {
+        let domain = values.get("domain").copied().unwrap_or(0) as i32;
+        if matches!(domain, libc::AF_INET | libc::AF_INET6 | libc::AF_PACKET) {
+            profile.network = true;
+        }
+    }
+    if kind == ArgKind::Prot {
+        let prot = values.get("prot").copied().unwrap_or(0) as i32;
+        if prot & libc::PROT_WRITE != 0 && prot & libc::PROT_EXEC != 0 {
+            profile.write_exec_memory = true;
+        }
+    }
+    profile.add_args(name, nr, values.clone());
+    values
+}
+
+/// Records calls the way profiling does, without paths: for
+/// `tresor run --audit`, which collects the calls a policy would have
+/// refused into a profile delta.
+pub struct CallRecorder {
+    arch: Arch,
+    actions: Vec<Action>,
+}
+
+impl CallRecorder {
+    pub fn new(arch: Arch) -> CallRecorder {
+        CallRecorder {
+            arch,
+            actions: action_table(arch),
+        }
+    }
+
+    /// Counts one call and records its deciding argument values; returns
+    /// the syscall's name.
+    pub fn record(&self, profile: &mut Profile, nr: u64, args: &[u64; 6]) -> String {
+        let name = self.arch.display_name(nr as u32);
+        profile.entry(&name, nr as u32).count += 1;
+        if let Some(Action::Args(list, kind)) = self.actions.get(nr as usize) {
+            note_args(profile, &name, nr as u32, args, list, *kind);
+        }
+        name
+    }
+}
+
 struct Tracer<'a> {
     arch: Arch,
     audit: u32,
@@ -787,40 +854,20 @@ impl<'a> Tracer<'a> {
         list: &[(u8, &'static str)],
         kind: ArgKind,
     ) -> String {
-        let mut values = BTreeMap::new();
-        for &(i, name) in list {
-            let mut v = info.args[i as usize];
-            match (kind, name) {
-                // Creation flags do not change what the socket can reach.
-                (ArgKind::Socket, "type") => {
-                    v &= !((libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as u64)
-                }
-                // Registers carry 32-bit int arguments; ignore the upper half.
-                (ArgKind::Socket, _) | (ArgKind::Ioctl, _) | (ArgKind::Prot, _) => v &= 0xffff_ffff,
-                _ => {}
-            }
-            values.insert(name.to_string(), v);
-        }
-        if kind == ArgKind::Socket {
-            let domain = values.get("domain").copied().unwrap_or(0) as i32;
-            if matches!(domain, libc::AF_INET | libc::AF_INET6 | libc::AF_PACKET) {
-                self.profile.network = true;
-            }
-        }
-        if kind == ArgKind::Prot {
-            let prot = values.get("prot").copied().unwrap_or(0) as i32;
-            if prot & libc::PROT_WRITE != 0 && prot & libc::PROT_EXEC != 0 {
-                self.profile.write_exec_memory = true;
-            }
-        }
         let name = self.arch.display_name(info.nr as u32);
-        let decoded = if self.trace.is_some() {
+        let values = note_args(
+            &mut self.profile,
+            &name,
+            info.nr as u32,
+            &info.args,
+            list,
+            kind,
+        );
+        if self.trace.is_some() {
             format!("[{}]", describe_args(&name, &values))
         } else {
             String::new()
-        };
-        self.profile.add_args(&name, info.nr as u32, values);
-        decoded
+        }
     }
 
     fn access_for(&self, pid: i32, info: &SyscallInfo, rule: Rule) -> (Access, bool) {
