@@ -327,6 +327,10 @@ pub struct RunArgs {
     /// `NAME.delta.json`).
     #[arg(long, value_name = "FILE", requires = "audit")]
     pub delta: Option<PathBuf>,
+    /// Add N harmless ioctl request rules to the policy (benchmarks only:
+    /// the cost of a 2,000-rule policy; see `tresor policy show --pad-rules`).
+    #[arg(long, value_name = "N", default_value_t = 0, hide = true)]
+    pub pad_rules: usize,
     /// The program and its arguments.
     #[arg(last = true, required = true, value_name = "PROGRAM")]
     pub command: Vec<OsString>,
@@ -378,6 +382,7 @@ pub fn run_run(args: RunArgs) -> anyhow::Result<ExitCode> {
         max_file_size: args.max_file_size,
         allow_weaker: args.allow_weaker,
         allow_incomplete: args.allow_incomplete,
+        pad_rules: args.pad_rules,
         program,
         args: command.collect(),
     };

@@ -90,6 +90,8 @@ pub struct RunOptions {
     /// Audit instead of enforcing the syscall policy: record every call
     /// outside the profile and write them to this profile delta.
     pub audit: Option<PathBuf>,
+    /// Harmless rules added to the policy (benchmarks).
+    pub pad_rules: usize,
     pub program: OsString,
     pub args: Vec<OsString>,
 }
@@ -428,7 +430,7 @@ pub fn prepare(opts: &RunOptions) -> Result<(Prepared, Option<RulesetCreated>), 
         &profile,
         &PolicyOptions {
             allow_incomplete: opts.allow_incomplete,
-            pad_rules: 0,
+            pad_rules: opts.pad_rules,
         },
     )?;
     let compiled = if opts.audit.is_some() {

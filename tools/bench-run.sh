@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Benchmark of `tresor run` (issue 5), shaped like Figure 6 of the biobank
+# poster: each workload unconfined, confined under its own profile's
+# policy, and confined under that policy padded to 2,000+ argument rules —
+# interleaved round by round, in one run on one machine, reporting ratios.
+#
+#   (a) syscall-heavy: stat + read 10,000 small files
+#   (b) compute-heavy: SHA-256 + histogram of a 1 GiB file (1 MiB reads)
+#   (c) worst case of the padding: 1,000,000 ioctl(FIONREAD) calls — the
+#       syscall the padding puts its 2,000 rules on, so each call walks them
+#   (d) start-up alone: one ioctl (what a run costs before the program works)
+#
+# "Confined" is the whole `tresor run`: profile load and compile,
+# namespaces, Landlock, rlimits, pid-namespace init, seccomp, and the
+# ptrace supervisor (which sees only forks and exits).
+#
+# Usage: tools/bench-run.sh [RUNS]    (median of RUNS rounds, default 5)
+# Needs: cargo. Scratch data under $BENCH_DIR (default: target/bench-run).
+set -euo pipefail
+
+RUNS=${1:-5}
+PAD=${PAD:-2000}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+BENCH_DIR=${BENCH_DIR:-$TARGET/bench-run}
+
+echo "building (release) ..." >&2
+cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" \
+    --bin tresor --example bench_small_files --example bench_stream
+TRESOR=$TARGET/release/tresor
+SMALL=$TARGET/release/examples/bench_small_files
+STREAM=$TARGET/release/examples/bench_stream
+
+mkdir -p "$BENCH_DIR/out"
+if [ ! -d "$BENCH_DIR/small" ] || [ "$(ls "$BENCH_DIR/small" | wc -l)" -ne 10000 ]; then
+    rm -rf "$BENCH_DIR/small"
+    "$SMALL" create "$BENCH_DIR/small" 10000
+fi
+mkdir -p "$BENCH_DIR/big"
+if [ ! -f "$BENCH_DIR/big/big.bin" ] || [ "$(stat -c %s "$BENCH_DIR/big/big.bin")" -ne 1073741824 ]; then
+    head -c 1073741824 /dev/urandom >"$BENCH_DIR/big/big.bin"
+fi
+mkdir -p "$BENCH_DIR/none"
+
+now() { date +%s%N; }
+LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
+
+workload() { # name → data dir and command
+    case $1 in
+        a) DATA=$BENCH_DIR/small; CMD=("$SMALL" scan "$BENCH_DIR/small"); NAME="(a) syscall-heavy: stat+read 10,000 files" ;;
+        b) DATA=$BENCH_DIR/big; CMD=("$STREAM" "$BENCH_DIR/big/big.bin"); NAME="(b) compute-heavy: SHA-256 of 1 GiB" ;;
+        c) DATA=$BENCH_DIR/none; CMD=("$SMALL" ioctl 1000000); NAME="(c) 1,000,000 ioctl (the padded syscall)" ;;
+        d) DATA=$BENCH_DIR/none; CMD=("$SMALL" ioctl 1); NAME="(d) start-up only (1 ioctl)" ;;
+    esac
+}
+
+# one CONFIG: prints wall time in µs of one run
+one() {
+    local cfg=$1 t0 t1
+    local run=("$TRESOR" run --profile "$BENCH_DIR/$W.json" --data "$DATA" --out "$BENCH_DIR/out")
+    t0=$(now)
+    case $cfg in
+        free) "${CMD[@]}" >/dev/null ;;
+        own) "${run[@]}" -- "${CMD[@]}" >/dev/null ;;
+        pad) "${run[@]}" --pad-rules "$PAD" -- "${CMD[@]}" >/dev/null ;;
+    esac
+    t1=$(now)
+    echo $(( (t1 - t0) / 1000 ))
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {printf "%.3f", a[int((NR+1)/2)]/1e6}'; }
+
+echo "| workload | unconfined (s) | tresor run, own policy (s) | ratio | tresor run, $PAD+ rules (s) | ratio |"
+echo "|---|---:|---:|---:|---:|---:|"
+for W in a b c d; do
+    workload $W
+    "$TRESOR" profile --out "$BENCH_DIR/$W.json" -- "${CMD[@]}" >/dev/null 2>&1
+    # warm-up: page cache, binaries
+    for cfg in free own pad; do one $cfg >/dev/null; done
+    free=(); own=(); pad=()
+    for _ in $(seq "$RUNS"); do
+        free+=("$(one free)"); own+=("$(one own)"); pad+=("$(one pad)")
+    done
+    f=$(printf '%s\n' "${free[@]}" | median)
+    o=$(printf '%s\n' "${own[@]}" | median)
+    p=$(printf '%s\n' "${pad[@]}" | median)
+    ro=$(awk -v a="$o" -v b="$f" 'BEGIN {printf "%.3f", a/b}')
+    rp=$(awk -v a="$p" -v b="$f" 'BEGIN {printf "%.3f", a/b}')
+    echo "| $NAME | $f | $o | ${ro}× | $p | ${rp}× |"
+done
+echo
+for W in a b c d; do
+    workload $W
+    echo "policy $W: $("$TRESOR" policy show "$BENCH_DIR/$W.json" | grep -E '^[0-9]+ (syscalls|filters)' | tr '\n' ' ')"
+    echo "policy $W padded: $("$TRESOR" policy show --pad-rules "$PAD" "$BENCH_DIR/$W.json" | grep -E '^[0-9]+ (syscalls|filters)' | tr '\n' ' ')"
+done
+echo
+echo "load average before: $LOAD0; after: $(cut -d" " -f1-3 /proc/loadavg); $(nproc) cores; runs per cell: $RUNS"
