@@ -627,3 +627,20 @@ fn data_and_out_inside_a_tresor_mount() {
     assert_denied(&c.output().unwrap());
     m.unmount();
 }
+
+/// `--allow-weaker` on a kernel that has everything confines exactly as
+/// without it: no warning, and attacks are still stopped (the refusals on
+/// kernels that lack a feature are unit-tested in `launch::tests`).
+#[test]
+fn allow_weaker_on_a_complete_kernel_weakens_nothing() {
+    let Some(f) = fixture() else { return };
+    let benign = run(f, &["--allow-weaker"], None);
+    assert!(benign.status.success(), "{}", text(&benign.stderr));
+    assert!(
+        !text(&benign.stderr).contains("warning"),
+        "{}",
+        text(&benign.stderr)
+    );
+    assert_violation(&run(f, &["--allow-weaker"], Some("mount")), "mount(");
+    assert_denied(&run(f, &["--allow-weaker"], Some("read-shadow")));
+}

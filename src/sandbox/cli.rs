@@ -386,7 +386,13 @@ pub fn run_run(args: RunArgs) -> anyhow::Result<ExitCode> {
         program,
         args: command.collect(),
     };
-    match launch::run(&opts) {
+    let started = launch::prepare(&opts).and_then(|(prep, ruleset)| {
+        for w in &prep.weaker {
+            eprintln!("tresor: warning: running without {w} (--allow-weaker)");
+        }
+        launch::supervise(prep, ruleset, &opts)
+    });
+    match started {
         Ok(report) => {
             for line in &report.audited {
                 eprintln!("tresor: {line}");

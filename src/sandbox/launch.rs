@@ -422,6 +422,77 @@ fn never_whole(dir: &Path) -> bool {
         .any(|p| dir.starts_with(p))
 }
 
+/// What the kernel offers `tresor run`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelSupport {
+    /// Namespace kinds present (`/proc/self/ns/<kind>`), as clone flags.
+    pub namespaces: libc::c_int,
+    /// The Landlock ABI version, if Landlock is enabled.
+    pub landlock_abi: Option<i32>,
+}
+
+/// The namespaces a run unshares: clone flag, `/proc/self/ns` name, what
+/// the refusal calls it.
+const NAMESPACES: [(libc::c_int, &str, &str); 5] = [
+    (libc::CLONE_NEWUSER, "user", "user namespaces"),
+    (libc::CLONE_NEWNS, "mnt", "mount namespaces"),
+    (libc::CLONE_NEWPID, "pid", "pid namespaces"),
+    (libc::CLONE_NEWIPC, "ipc", "ipc namespaces"),
+    (libc::CLONE_NEWNET, "net", "network namespaces"),
+];
+
+impl KernelSupport {
+    /// Asks this kernel.
+    pub fn probe() -> KernelSupport {
+        let namespaces = NAMESPACES
+            .iter()
+            .filter(|(_, file, _)| Path::new("/proc/self/ns").join(file).exists())
+            .fold(0, |acc, (flag, _, _)| acc | flag);
+        KernelSupport {
+            namespaces,
+            landlock_abi: sys::landlock_abi(),
+        }
+    }
+}
+
+/// Decides the namespaces to unshare and what a run would go without:
+/// anything missing is refused by name, unless `allow_weaker` (then it is
+/// listed, and the run warns). Root needs no user namespace.
+fn plan(
+    kernel: &KernelSupport,
+    root: bool,
+    allow_weaker: bool,
+) -> Result<(libc::c_int, Vec<String>), RunError> {
+    let mut weaker = Vec::new();
+    let mut missing = |what: String| -> Result<(), RunError> {
+        if allow_weaker {
+            weaker.push(what);
+            Ok(())
+        } else {
+            Err(RunError::Missing(what))
+        }
+    };
+    let mut ns_flags = 0;
+    for (flag, _, name) in NAMESPACES {
+        if flag == libc::CLONE_NEWUSER && root {
+            continue;
+        }
+        if kernel.namespaces & flag != 0 {
+            ns_flags |= flag;
+        } else {
+            missing(name.to_string())?;
+        }
+    }
+    match kernel.landlock_abi {
+        None => missing("Landlock (enable CONFIG_SECURITY_LANDLOCK and add landlock to the lsm= boot parameter)".into())?,
+        Some(v) if v < 6 => missing(format!(
+            "Landlock ABI 6 (signal scoping); the kernel offers ABI {v}"
+        ))?,
+        Some(_) => {}
+    }
+    Ok((ns_flags, weaker))
+}
+
 /// Loads and compiles the profile, checks the kernel and lays out
 /// everything the child needs. Allocation happens here, never after the fork.
 pub fn prepare(opts: &RunOptions) -> Result<(Prepared, Option<RulesetCreated>), RunError> {
@@ -468,33 +539,9 @@ pub fn prepare(opts: &RunOptions) -> Result<(Prepared, Option<RulesetCreated>), 
         .collect::<Result<Vec<_>, _>>()?;
     let out = existing_dir(&opts.out, "--out")?;
 
-    let mut weaker = Vec::new();
-    let missing = |what: String, weaker: &mut Vec<String>| -> Result<(), RunError> {
-        if opts.allow_weaker {
-            weaker.push(what);
-            Ok(())
-        } else {
-            Err(RunError::Missing(what))
-        }
-    };
     let root = nix::unistd::geteuid().is_root();
-    let mut ns_flags = 0;
-    for (flag, file, name) in [
-        (libc::CLONE_NEWUSER, "user", "user namespaces"),
-        (libc::CLONE_NEWNS, "mnt", "mount namespaces"),
-        (libc::CLONE_NEWPID, "pid", "pid namespaces"),
-        (libc::CLONE_NEWIPC, "ipc", "ipc namespaces"),
-        (libc::CLONE_NEWNET, "net", "network namespaces"),
-    ] {
-        if flag == libc::CLONE_NEWUSER && root {
-            continue;
-        }
-        if Path::new("/proc/self/ns").join(file).exists() {
-            ns_flags |= flag;
-        } else {
-            missing(name.to_string(), &mut weaker)?;
-        }
-    }
+    let kernel = KernelSupport::probe();
+    let (ns_flags, weaker) = plan(&kernel, root, opts.allow_weaker)?;
     let mut id_maps = Vec::new();
     if ns_flags & libc::CLONE_NEWUSER != 0 {
         let uid = nix::unistd::getuid().as_raw();
@@ -508,18 +555,9 @@ pub fn prepare(opts: &RunOptions) -> Result<(Prepared, Option<RulesetCreated>), 
         }
     }
 
-    let ruleset = match sys::landlock_abi() {
-        None => {
-            missing("Landlock (enable CONFIG_SECURITY_LANDLOCK and add landlock to the lsm= boot parameter)".into(), &mut weaker)?;
-            None
-        }
+    let ruleset = match kernel.landlock_abi {
+        None => None,
         Some(v) => {
-            if v < 6 {
-                missing(
-                    format!("Landlock ABI 6 (signal scoping); the kernel offers ABI {v}"),
-                    &mut weaker,
-                )?;
-            }
             let level = if opts.allow_weaker {
                 CompatLevel::BestEffort
             } else {
@@ -909,7 +947,17 @@ pub fn fmt_size(b: u64) -> String {
 
 /// Runs the analysis confined and supervises it to the end.
 pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
-    let (mut prep, ruleset) = prepare(opts)?;
+    let (prep, ruleset) = prepare(opts)?;
+    supervise(prep, ruleset, opts)
+}
+
+/// Forks the confined child from what [`prepare`] made and supervises it
+/// to the end.
+pub fn supervise(
+    mut prep: Prepared,
+    ruleset: Option<RulesetCreated>,
+    opts: &RunOptions,
+) -> Result<RunReport, RunError> {
     let delta = prep
         .audit
         .take()
@@ -1333,6 +1381,54 @@ mod tests {
         }
         assert_eq!(Step::from_code(0), None);
         assert_eq!(Step::from_code(99), None);
+    }
+
+    const ALL_NS: libc::c_int = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWNET;
+
+    #[test]
+    fn a_complete_kernel_needs_nothing_weaker() {
+        let k = KernelSupport {
+            namespaces: ALL_NS,
+            landlock_abi: Some(7),
+        };
+        let (flags, weaker) = plan(&k, false, false).unwrap();
+        assert_eq!(flags, ALL_NS);
+        assert!(weaker.is_empty());
+        // Root unshares no user namespace.
+        let (flags, _) = plan(&k, true, false).unwrap();
+        assert_eq!(flags, ALL_NS & !libc::CLONE_NEWUSER);
+    }
+
+    #[test]
+    fn a_missing_feature_is_refused_by_name_unless_allow_weaker() {
+        let cases = [
+            (ALL_NS & !libc::CLONE_NEWPID, Some(7), "pid namespaces"),
+            (ALL_NS & !libc::CLONE_NEWNET, Some(7), "network namespaces"),
+            (ALL_NS, None, "Landlock (enable CONFIG_SECURITY_LANDLOCK"),
+            (
+                ALL_NS,
+                Some(4),
+                "Landlock ABI 6 (signal scoping); the kernel offers ABI 4",
+            ),
+        ];
+        for (namespaces, landlock_abi, what) in cases {
+            let k = KernelSupport {
+                namespaces,
+                landlock_abi,
+            };
+            match plan(&k, true, false) {
+                Err(RunError::Missing(m)) => assert!(m.starts_with(what), "{m}"),
+                other => panic!("{what}: {other:?}"),
+            }
+            let (flags, weaker) = plan(&k, true, true).unwrap();
+            assert_eq!(weaker.len(), 1, "{weaker:?}");
+            assert!(weaker[0].starts_with(what));
+            assert_eq!(flags, namespaces & !libc::CLONE_NEWUSER);
+        }
     }
 
     #[test]
