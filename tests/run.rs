@@ -435,32 +435,31 @@ fn assert_unconfined_succeeds(f: &Fixture, attack_args: &[&std::ffi::OsStr]) {
     );
 }
 
-#[test]
-fn reading_the_stores_ciphertext_is_denied() {
-    let Some(f) = fixture() else { return };
-    let s = crate::util::TestStore::new(&["lab"]);
+/// `attack --attack read-target --target PATH`: succeeds unconfined,
+/// refused (EACCES) confined.
+fn assert_read_denied(f: &Fixture, target: &Path) {
     let args = [
         "--attack".as_ref(),
         "read-target".as_ref(),
         "--target".as_ref(),
-        s.store.as_os_str(),
+        target.as_os_str(),
     ];
     assert_unconfined_succeeds(f, &args);
     assert_denied(&run_attack(f, &[], &args));
 }
 
 #[test]
+fn reading_the_stores_ciphertext_is_denied() {
+    let Some(f) = fixture() else { return };
+    let s = crate::util::TestStore::new(&["lab"]);
+    assert_read_denied(f, &s.store);
+}
+
+#[test]
 fn reading_a_pse_is_denied() {
     let Some(f) = fixture() else { return };
     let s = crate::util::TestStore::new(&[]);
-    let args = [
-        "--attack".as_ref(),
-        "read-target".as_ref(),
-        "--target".as_ref(),
-        s.pse.as_os_str(),
-    ];
-    assert_unconfined_succeeds(f, &args);
-    assert_denied(&run_attack(f, &[], &args));
+    assert_read_denied(f, &s.pse);
 }
 
 attack_stopped_by_policy!(
@@ -553,25 +552,30 @@ fn data_and_out_inside_a_tresor_mount() {
         let e = e.unwrap();
         std::fs::copy(e.path(), slides.join(e.file_name())).unwrap();
     }
-    let mut c = tresor();
-    c.arg("run")
-        .arg("--profile")
-        .arg(&f.profile)
-        .arg("--data")
-        .arg(&slides)
-        .arg("--out")
-        .arg(&results)
-        .arg("--")
-        .arg(example("attack"))
-        .arg("--data")
-        .arg(&slides)
-        .arg("--out")
-        .arg(&results);
-    let confined = c.output().unwrap();
+    // `tresor run … -- attack` with --data and --out inside the mount.
+    let confined = |attack: &[&std::ffi::OsStr]| {
+        let mut c = tresor();
+        c.arg("run")
+            .arg("--profile")
+            .arg(&f.profile)
+            .arg("--data")
+            .arg(&slides)
+            .arg("--out")
+            .arg(&results)
+            .arg("--")
+            .arg(example("attack"))
+            .arg("--data")
+            .arg(&slides)
+            .arg("--out")
+            .arg(&results)
+            .args(attack);
+        c.output().unwrap()
+    };
+    let benign = confined(&[]);
     assert!(
-        confined.status.success(),
+        benign.status.success(),
         "confined run through the mount failed: {}",
-        text(&confined.stderr)
+        text(&benign.stderr)
     );
     // Byte-identical to the unconfined run on the plaintext.
     let free = f.new_out();
@@ -580,51 +584,25 @@ fn data_and_out_inside_a_tresor_mount() {
         .arg(f.data())
         .arg("--out")
         .arg(&free));
-    assert_eq!(plain.stdout, confined.stdout);
+    assert_eq!(plain.stdout, benign.stdout);
     let result = std::fs::read(results.join("result.txt")).unwrap();
     assert_eq!(result, std::fs::read(free.join("result.txt")).unwrap());
     // Encrypted in the store: neither the result's text nor its name.
     let store_bytes = crate::util::all_store_bytes(&s.store);
-    assert!(!store_bytes
-        .windows(result.len().min(40))
-        .any(|w| w == &result[..result.len().min(40)]));
+    let head = &result[..result.len().min(40)];
+    assert!(!store_bytes.windows(head.len()).any(|w| w == head));
     assert!(!store_bytes.windows(10).any(|w| w == b"result.txt"));
 
     // From inside, writing into --data (the mounted slides) and reading
     // the store's ciphertext are refused.
-    let mut c = tresor();
-    c.arg("run")
-        .arg("--profile")
-        .arg(&f.profile)
-        .arg("--data")
-        .arg(&slides)
-        .arg("--out")
-        .arg(&results)
-        .arg("--")
-        .arg(example("attack"))
-        .arg("--data")
-        .arg(&slides)
-        .arg("--out")
-        .arg(&results);
-    assert_denied(&c.args(["--attack", "write-data"]).output().unwrap());
+    assert_denied(&confined(&["--attack".as_ref(), "write-data".as_ref()]));
     assert!(!slides.join("evil.txt").exists());
-    let mut c = tresor();
-    c.arg("run")
-        .arg("--profile")
-        .arg(&f.profile)
-        .arg("--data")
-        .arg(&slides)
-        .arg("--out")
-        .arg(&results)
-        .arg("--")
-        .arg(example("attack"))
-        .arg("--data")
-        .arg(&slides)
-        .arg("--out")
-        .arg(&results)
-        .args(["--attack", "read-target", "--target"])
-        .arg(&s.store);
-    assert_denied(&c.output().unwrap());
+    assert_denied(&confined(&[
+        "--attack".as_ref(),
+        "read-target".as_ref(),
+        "--target".as_ref(),
+        s.store.as_os_str(),
+    ]));
     m.unmount();
 }
 
