@@ -576,6 +576,25 @@ mod tests {
     }
 
     #[test]
+    fn message_bytes_are_the_ones_format_md_specifies() {
+        let st = Statement {
+            store_id: STORE.into(),
+            path: "rx/p\u{e4}t \"17\"/rx.txt".into(),
+            sha256: "ab".repeat(32),
+            signer: "alice".into(),
+            role: String::new(),
+            key: "cd".repeat(32),
+            time: 42,
+        };
+        let want = format!(
+            "tresor-signature-v1\0{{\"store_id\":\"{STORE}\",\"path\":\"rx/p\u{e4}t \\\"17\\\"/rx.txt\",\"sha256\":\"{}\",\"signer\":\"alice\",\"role\":\"\",\"key\":\"{}\",\"time\":42}}",
+            "ab".repeat(32),
+            "cd".repeat(32)
+        );
+        assert_eq!(String::from_utf8(st.message()).unwrap(), want);
+    }
+
+    #[test]
     fn add_accumulates_and_supersedes_own() {
         let k = keys();
         let mut f = sample();
