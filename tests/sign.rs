@@ -235,6 +235,33 @@ fn a_document_moved_to_another_folder_is_reported_as_moved() {
         "{}",
         stdout(&out)
     );
+    // Renamed without its .sig: the document is unsigned, the .sig an orphan.
+    fs::rename(&moved, m.path("prescriptions/patient-18/renamed.txt")).unwrap();
+    let out = tresor()
+        .arg("verify")
+        .arg("--all")
+        .arg(m.path("prescriptions"))
+        .arg("--unsigned")
+        .arg("--pse")
+        .arg(&alice.0)
+        .output()
+        .unwrap();
+    let table = stdout(&out);
+    assert_eq!(code(&out), 22, "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("prescriptions/patient-18/rx.txt.sig ")
+                && l.ends_with("signature without its document")),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("prescriptions/patient-18/renamed.txt ")
+                && l.ends_with("unsigned")),
+        "{table}"
+    );
 }
 
 #[test]

@@ -646,10 +646,12 @@ fn verify_all(a: &VerifyArgs) -> Result<ExitCode> {
         let rel = f.strip_prefix(&p.file).ok()?.to_str()?;
         signature::normalize_path(&format!("{}/{rel}", p.in_store))
     };
-    let is_sig = |f: &Path| {
-        f.as_os_str()
-            .to_string_lossy()
-            .ends_with(signature::SIG_SUFFIX)
+    // The document a `.sig` belongs to (bytes: names need not be UTF-8).
+    let doc_of_sig = |f: &Path| -> Option<PathBuf> {
+        use std::os::unix::ffi::OsStrExt;
+        let b = f.as_os_str().as_bytes();
+        let stem = b.strip_suffix(signature::SIG_SUFFIX.as_bytes())?;
+        Some(PathBuf::from(std::ffi::OsStr::from_bytes(stem)))
     };
     let present: std::collections::BTreeSet<&PathBuf> = files.iter().collect();
     let mut rows = Vec::new();
@@ -657,10 +659,8 @@ fn verify_all(a: &VerifyArgs) -> Result<ExitCode> {
     let dash = || "-".to_string();
     for f in &files {
         let shown = in_store(f).unwrap_or_else(|| f.display().to_string());
-        if is_sig(f) {
+        if let Some(doc) = doc_of_sig(f) {
             // A signature whose document is gone (moved or renamed away).
-            let s = f.as_os_str().to_string_lossy();
-            let doc = PathBuf::from(&s[..s.len() - signature::SIG_SUFFIX.len()]);
             if !present.contains(&doc) {
                 rows.push(Row {
                     status: "signature without its document".into(),
