@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 mod admin;
 mod demo;
 mod passwd;
+mod sign;
 
 /// tresor — encrypted data groups behind a transparent FUSE mount.
 #[derive(Parser, Debug)]
@@ -118,6 +119,10 @@ enum Cmd {
     Policy(crate::sandbox::cli::PolicyArgs),
     /// Run an analysis confined: its profile's syscalls only, its data read-only, its output directory, no network.
     Run(crate::sandbox::cli::RunArgs),
+    /// Sign a document (typically in a mounted data group): the signature goes into FILE.sig beside it.
+    Sign(sign::SignArgs),
+    /// Check a document's signatures against the store's admin-signed directory (--all: a whole tree).
+    Verify(sign::VerifyArgs),
     /// Show the whole cycle on a throw-away store: create, mount, write, read, show ciphertext, unmount.
     Demo {
         /// Keep the demo directory instead of deleting it.
@@ -306,6 +311,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo { keep } => demo::run(keep),
+        // Distinct statuses per verdict (docs/SIGNATURES.md).
+        Cmd::Sign(a) => sign::sign(a),
+        Cmd::Verify(a) => sign::verify(a),
         // The program's own exit status passes through.
         Cmd::Profile(args) => crate::sandbox::cli::run_profile(args),
         Cmd::Policy(args) => crate::sandbox::cli::run_policy(args),

@@ -276,6 +276,20 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
 
+/// SHA-256 of everything `r` yields, read in blocks (documents may be large).
+pub fn sha256_reader<R: std::io::Read>(mut r: R) -> std::io::Result<[u8; 32]> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(h.finalize().into()),
+            Ok(n) => h.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// An RSA private key (signing or key transport). The rsa crate zeroizes
 /// its private components on drop.
 #[derive(Clone)]

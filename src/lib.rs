@@ -9,6 +9,7 @@
 //! - [`vfs`]: the filesystem engine, plain Rust, no FUSE types;
 //! - [`fs`]: the FUSE adapter (fuser) — thin;
 //! - [`sandbox`]: profiling (and later confining) untrusted analyses;
+//! - [`signature`]: signed documents (detached `.sig` files) and their checks;
 //! - [`cli`]: the command line.
 
 pub mod admin;
@@ -22,5 +23,6 @@ pub mod prompt;
 pub mod pse;
 pub mod rekey;
 pub mod sandbox;
+pub mod signature;
 pub mod store;
 pub mod vfs;

@@ -206,13 +206,18 @@ pub fn user(c: UserCmd) -> Result<ExitCode> {
         }
         UserCmd::List { store } => {
             let (s, dir) = verified_without_pse(&store)?;
-            let _ = s;
+            // In full: `tresor verify --admin-key` takes it.
+            let admin_fpr = crate::crypto::PublicKey::from_der(
+                &crate::format::names::decode(&s.manifest().admin.sign_public)
+                    .context("the manifest's admin key is not base64url")?,
+            )?
+            .fingerprint()?;
             println!(
                 "{:<20} {:<16} {:<10} {:<7} signing key",
                 "user", "role", "certified", "shared"
             );
             println!(
-                "{:<20} {:<16} {:<10} {:<7} (administrator)",
+                "{:<20} {:<16} {:<10} {:<7} {admin_fpr} (administrator)",
                 dir.admin, "-", "-", "-"
             );
             for (name, u) in &dir.users {
