@@ -8,6 +8,7 @@
 //! - [`store`]: the store on disk — manifest, data groups, key envelopes;
 //! - [`vfs`]: the filesystem engine, plain Rust, no FUSE types;
 //! - [`fs`]: the FUSE adapter (fuser) — thin;
+//! - [`session`]: login, lock, user switch and the control socket of a mount;
 //! - [`sandbox`]: profiling (and later confining) untrusted analyses;
 //! - [`cli`]: the command line.
 
@@ -22,5 +23,6 @@ pub mod prompt;
 pub mod pse;
 pub mod rekey;
 pub mod sandbox;
+pub mod session;
 pub mod store;
 pub mod vfs;
