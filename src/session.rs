@@ -427,10 +427,14 @@ pub fn call(s: &mut UnixStream, req: &Request) -> Result<Reply, SessionError> {
     let mut line =
         Zeroizing::new(serde_json::to_vec(req).map_err(|e| SessionError::Protocol(e.to_string()))?);
     line.push(b'\n');
-    s.write_all(&line)?;
+    // A driver that refuses us answers without reading: its reply still counts.
+    let sent = s.write_all(&line);
+    drop(line);
     let mut buf = Vec::new();
-    BufReader::new((&*s).take(MAX_LINE)).read_until(b'\n', &mut buf)?;
+    let got = BufReader::new((&*s).take(MAX_LINE)).read_until(b'\n', &mut buf);
     if buf.is_empty() {
+        sent?;
+        got?;
         return Err(SessionError::Protocol(
             "the driver closed the connection without an answer".into(),
         ));
