@@ -310,15 +310,12 @@ fn prepare_dir(dir: &Path) -> Result<(), SessionError> {
 fn mounted_type(mnt: &Path) -> Option<String> {
     let table = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let want = mnt.to_string_lossy();
-    table
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split(' ');
-            let (_src, dir, ty) = (f.next()?, f.next()?, f.next()?);
-            // /proc/mounts escapes spaces as \040.
-            (dir.replace("\\040", " ") == want).then(|| ty.to_string())
-        })
-        .last()
+    table.lines().rev().find_map(|l| {
+        let mut f = l.split(' ');
+        let (_src, dir, ty) = (f.next()?, f.next()?, f.next()?);
+        // /proc/mounts escapes spaces as \040.
+        (dir.replace("\\040", " ") == want).then(|| ty.to_string())
+    })
 }
 
 /// Before mounting on `mnt` (canonical): refuses a second mount on top of
