@@ -1782,3 +1782,84 @@ mod xattr {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::KdfParams;
+    use crate::pse::Pse;
+
+    fn engine(dir: &Path) -> (Vfs, Store, Pse) {
+        let admin = Pse::generate("admin", None).unwrap();
+        let root = dir.join("store");
+        let s = Store::create(&root, &admin, KdfParams::DEFAULT).unwrap();
+        crate::admin::Admin::open(&s, &admin)
+            .unwrap()
+            .add_group("g")
+            .unwrap();
+        let ring = s.unlock(&admin).unwrap();
+        let me = Caller { uid: 0, gid: 0 };
+        let vfs = Vfs::new(Store::open(&root).unwrap(), ring, me).unwrap();
+        (vfs, s, admin)
+    }
+
+    fn eacces<T: std::fmt::Debug>(r: Result<T>) {
+        match r {
+            Err(e) => assert_eq!(e.errno(), libc::EACCES, "{e}"),
+            Ok(v) => panic!("served while locked: {v:?}"),
+        }
+    }
+
+    #[test]
+    fn a_lock_serves_only_writeback_then_nothing_and_revokes_old_handles() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vfs, s, admin) = engine(dir.path());
+        let g = vfs.lookup(ROOT, OsStr::new("g")).unwrap();
+        let me = Caller { uid: 0, gid: 0 };
+        let (f, fh) = vfs
+            .create(me, g.ino, OsStr::new("f"), 0o600, libc::O_RDWR)
+            .unwrap();
+        vfs.write(fh, 0, b"secret").unwrap();
+        assert!(!vfs.is_locked());
+
+        vfs.begin_lock();
+        assert!(vfs.is_locked());
+        // Locking: the kernel's write-back still lands, nothing is read.
+        vfs.write(fh, 6, b" more").unwrap();
+        eacces(vfs.read(fh, 0, 100));
+        eacces(vfs.lookup(ROOT, OsStr::new("g")));
+        eacces(vfs.opendir(ROOT));
+        eacces(vfs.getattr(f.ino, None));
+        // The mount point still stats.
+        vfs.getattr(ROOT, None).unwrap();
+
+        vfs.finish_lock();
+        eacces(vfs.write(fh, 0, b"x"));
+        eacces(vfs.read(fh, 0, 100));
+        assert!(vfs.groups().is_empty(), "keys wiped");
+
+        // A new login: the old handle stays revoked, a new one reads
+        // what was written back while locking.
+        vfs.set_keyring(s.unlock(&admin).unwrap());
+        eacces(vfs.read(fh, 0, 100));
+        let fh2 = vfs.open(f.ino, libc::O_RDONLY).unwrap();
+        assert_eq!(vfs.read(fh2, 0, 100).unwrap(), b"secret more");
+        vfs.release(fh);
+        vfs.release(fh2);
+    }
+
+    #[test]
+    fn requests_count_as_activity_a_stat_of_the_root_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vfs, _, _) = engine(dir.path());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(vfs.idle_for() >= Duration::from_millis(50));
+        vfs.getattr(ROOT, None).unwrap();
+        assert!(
+            vfs.idle_for() >= Duration::from_millis(50),
+            "stat of the root is no activity"
+        );
+        vfs.lookup(ROOT, OsStr::new("g")).unwrap();
+        assert!(vfs.idle_for() < Duration::from_millis(50));
+    }
+}
