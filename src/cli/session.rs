@@ -178,13 +178,12 @@ pub(super) fn status(mnt: &Path, json: bool) -> Result<ExitCode> {
 
 /// `tresor lock MNT`.
 pub(super) fn lock(mnt: &Path) -> Result<ExitCode> {
-    let r = session::query(mnt, &Request::new("lock"))?;
+    session::query(mnt, &Request::new("lock"))?;
     println!(
         "{} is locked: keys wiped, cached plaintext dropped; `tresor login {} --pse FILE` unlocks it",
         mnt.display(),
         mnt.display()
     );
-    drop(r);
     Ok(ExitCode::SUCCESS)
 }
 
