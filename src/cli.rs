@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 mod admin;
 mod demo;
 mod passwd;
+mod session;
 mod sign;
 
 /// tresor — encrypted data groups behind a transparent FUSE mount.
@@ -83,6 +84,9 @@ enum Cmd {
         /// Worker threads.
         #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// Lock after this long without a filesystem request (90s, 15min, 1h; 0 = never).
+        #[arg(long, value_name = "DURATION", default_value = session::DEFAULT_IDLE_LOCK, value_parser = session::parse_idle_lock)]
+        idle_lock: session::IdleLock,
     },
     /// Re-encrypt a data group's files, symlinks and names still under an older key epoch (after a revocation); safe to interrupt and run again. Run it while the store is not mounted.
     Rekey {
@@ -108,10 +112,33 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         new_passphrase_file: Option<PathBuf>,
     },
-    /// Unmount (same as `fusermount3 -u MNT`).
+    /// Unmount: the driver flushes and unmounts (falls back to `fusermount3 -u MNT`).
     Umount {
         /// The mount point.
         mountpoint: PathBuf,
+    },
+    /// Show a mount's session: who is logged in, role, since when, idle time left, locked or not, each data group's right.
+    Status {
+        /// The mount point.
+        mountpoint: PathBuf,
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lock a mount now: keys wiped, cached plaintext dropped, every access EACCES until `tresor login`.
+    Lock {
+        /// The mount point.
+        mountpoint: PathBuf,
+    },
+    /// Log in on a running mount: unlock it, or switch to another user's PSE without unmounting.
+    Login {
+        /// The mount point.
+        mountpoint: PathBuf,
+        /// The PSE to log in with.
+        #[arg(long)]
+        pse: PathBuf,
+        #[command(flatten)]
+        pass: PassArgs,
     },
     /// Profile an analysis under ptrace, or show / merge profiles.
     Profile(crate::sandbox::cli::ProfileArgs),
@@ -192,12 +219,25 @@ pub mod status {
     pub const BAD_STORE: u8 = 9;
     /// The PSE's user was removed from this store.
     pub const REMOVED_USER: u8 = 10;
+    /// No running tresor mount answers at this mount point.
+    pub const NOT_RUNNING: u8 = 30;
+    /// `tresor status`: the mount is locked.
+    pub const LOCKED: u8 = 31;
+    /// Three wrong passphrases in a row: the mount was locked and ended.
+    pub const LOCKED_OUT: u8 = 32;
+    /// The control socket is not this user's (or not trustworthy).
+    pub const REFUSED: u8 = 33;
+    /// A running tresor mount already serves this mount point.
+    pub const ALREADY_MOUNTED: u8 = 34;
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {
     use crate::directory::DirectoryError as D;
     use crate::store::StoreError as S;
     for cause in e.chain() {
+        if let Some(s) = cause.downcast_ref::<crate::session::SessionError>() {
+            return session::exit_code(s);
+        }
         if let Some(p) = cause.downcast_ref::<PseError>() {
             return match p {
                 PseError::WrongPassphrase => status::WRONG_PASSPHRASE,
@@ -271,13 +311,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             allow_other,
             log,
             threads,
+            idle_lock,
         } => {
             let opts = MountOptions {
                 allow_other,
                 threads,
                 fsname: String::new(),
             };
-            cmd_mount(&store, &mountpoint, &pse, &pass, foreground, log, opts)
+            let how = (foreground, log, idle_lock.0);
+            cmd_mount(&store, &mountpoint, &pse, &pass, how, opts)
         }
         Cmd::Rekey {
             store,
@@ -306,10 +348,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             )?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Umount { mountpoint } => {
-            unmount(&mountpoint)?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::Umount { mountpoint } => session::umount(&mountpoint),
+        Cmd::Status { mountpoint, json } => session::status(&mountpoint, json),
+        Cmd::Lock { mountpoint } => session::lock(&mountpoint),
+        Cmd::Login {
+            mountpoint,
+            pse,
+            pass,
+        } => session::login(&mountpoint, &pse, &pass),
         Cmd::Demo { keep } => demo::run(keep),
         // Distinct statuses per verdict (docs/SIGNATURES.md).
         Cmd::Sign(a) => sign::sign(a),
@@ -443,8 +489,7 @@ fn cmd_mount(
     mnt: &Path,
     pse_path: &Path,
     pass: &PassArgs,
-    foreground: bool,
-    log: Option<PathBuf>,
+    (foreground, log, idle_lock): (bool, Option<PathBuf>, Option<std::time::Duration>),
     opts: MountOptions,
 ) -> Result<ExitCode> {
     check_mountpoint(mnt)?;
@@ -459,7 +504,13 @@ fn cmd_mount(
         fsname: format!("tresor:{}", store.display()),
         ..opts
     };
+    session::check_free(mnt)?;
+    // Watched while mounted: removing it (pulling the medium) locks.
+    let pse_abs = pse_path
+        .canonicalize()
+        .with_context(|| format!("cannot read PSE {}", pse_path.display()))?;
     let vfs = prepare(store, pse_path, pass)?;
+    let listener = session::bind(mnt)?;
     let groups: Vec<String> = vfs.groups();
     let log_path = if foreground {
         None
@@ -470,8 +521,11 @@ fn cmd_mount(
     // thread can wait for them and unmount cleanly.
     let signals = stop_signals();
     signals.thread_block().context("cannot block signals")?;
-    let mut session = crate::fs::mount(vfs, mnt, &opts)
-        .with_context(|| format!("cannot mount on {}", mnt.display()))?;
+    let mut fuse = crate::fs::mount(Arc::clone(&vfs), mnt, &opts)
+        .with_context(|| format!("cannot mount on {}", mnt.display()))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(crate::session::socket_path(mnt));
+        })?;
     println!(
         "mounted {} on {} — data groups: {}",
         store.display(),
@@ -490,14 +544,18 @@ fn cmd_mount(
         );
         crate::fs::detach(log_path).context("cannot detach into the background")?;
     }
-    let mut unmounter = session.unmount_callable();
+    let mut unmounter = fuse.unmount_callable();
     std::thread::spawn(move || {
         if signals.wait().is_ok() {
             let _ = unmounter.unmount();
         }
     });
-    session.run().context("the mount ended with an error")?;
-    Ok(ExitCode::SUCCESS)
+    let notifier = crate::fs::KernelNotifier::new(&fuse);
+    let control = session::start(notifier, vfs, mnt, store, &pse_abs, idle_lock, listener)?;
+    let ran = fuse.run();
+    let code = session::ended(&control);
+    ran.context("the mount ended with an error")?;
+    Ok(code)
 }
 
 fn stop_signals() -> nix::sys::signal::SigSet {

@@ -546,6 +546,29 @@ impl Filesystem for TresorFs {
     }
 }
 
+/// The kernel-cache side of a session lock: FUSE invalidation notices.
+/// Sent from the session's own threads, never from inside a request.
+pub struct KernelNotifier(fuser::Notifier);
+
+impl KernelNotifier {
+    /// The notifier of a mounted session.
+    pub fn new(session: &fuser::Session<TresorFs>) -> Self {
+        KernelNotifier(session.notifier())
+    }
+}
+
+impl crate::session::KernelCache for KernelNotifier {
+    fn inval_inode(&self, ino: u64) -> io::Result<()> {
+        // Offset 0, length 0: every page; dirty ones are written back
+        // (launder) through the still-open handles before they are dropped.
+        self.0.inval_inode(INodeNo(ino), 0, 0)
+    }
+
+    fn inval_entry(&self, parent: u64, name: &OsStr) -> io::Result<()> {
+        self.0.inval_entry(INodeNo(parent), name)
+    }
+}
+
 /// Mounts `vfs` at `mountpoint` and returns the session, not yet running.
 pub fn mount(
     vfs: Arc<Vfs>,

@@ -84,6 +84,8 @@ impl GroupKeys {
 pub struct Keyring {
     /// Who unlocked it (for status and logs).
     pub user: String,
+    /// Their role in the signed directory (`None` in a store without one).
+    pub role: Option<String>,
     groups: BTreeMap<String, GroupKeys>,
     /// Data groups shown (mode 000) but not readable by this user.
     denied: BTreeSet<String>,
@@ -94,6 +96,7 @@ impl Keyring {
     pub fn new(user: &str) -> Self {
         Keyring {
             user: user.to_string(),
+            role: None,
             groups: BTreeMap::new(),
             denied: BTreeSet::new(),
         }

@@ -8,6 +8,7 @@
 //! - [`store`]: the store on disk — manifest, data groups, key envelopes;
 //! - [`vfs`]: the filesystem engine, plain Rust, no FUSE types;
 //! - [`fs`]: the FUSE adapter (fuser) — thin;
+//! - [`session`]: login, lock, user switch and the control socket of a mount;
 //! - [`sandbox`]: profiling (and later confining) untrusted analyses;
 //! - [`signature`]: signed documents (detached `.sig` files) and their checks;
 //! - [`cli`]: the command line.
@@ -23,6 +24,7 @@ pub mod prompt;
 pub mod pse;
 pub mod rekey;
 pub mod sandbox;
+pub mod session;
 pub mod signature;
 pub mod store;
 pub mod vfs;

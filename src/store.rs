@@ -401,6 +401,11 @@ impl Store {
         }
         let dir = self.read_directory(&pse.public.trust_anchor)?;
         self.check_member(&dir, pse)?;
+        ring.role = if pse.public.user == dir.admin {
+            Some("administrator".to_string())
+        } else {
+            dir.users.get(&pse.public.user).map(|u| u.role.clone())
+        };
         for group in dir.datagroups.keys() {
             let right = dir.user_right(&pse.public.user, group);
             if !right.can_read() {

@@ -9,5 +9,6 @@ mod policy;
 mod profile;
 mod rekey;
 mod run;
+mod session;
 mod sign;
 mod vectors;

@@ -226,6 +226,25 @@ impl Mount {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits up to `timeout` for the mount process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        let child = self.child.as_mut()?;
+        while start.elapsed() < timeout {
+            if let Ok(Some(st)) = child.try_wait() {
+                self.child = None;
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Whether the mount point is (still) mounted.
+    pub fn is_mounted(&self) -> bool {
+        is_mounted(&self.mnt)
+    }
+
     /// Unmounts and waits for the mount process to exit cleanly.
     pub fn unmount(mut self) {
         self.stop();

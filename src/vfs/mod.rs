@@ -22,9 +22,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, Weak};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 /// Inode number.
 pub type Ino = u64;
@@ -243,13 +243,53 @@ struct Inodes {
     nodes: HashMap<Ino, Node>,
 }
 
-/// Shared per-file state while any handle is open: the lock that orders
-/// writers, and the per-file cipher.
+/// Shared per-file state while any handle is open: the per-file cipher
+/// behind the lock that orders writers. A session lock takes the cipher
+/// out (and zeroizes it), so handles opened before it fail with EACCES.
 #[derive(Debug)]
 struct OpenFile {
-    lock: RwLock<()>,
-    cipher: FileCipher,
+    cipher: RwLock<Option<FileCipher>>,
 }
+
+impl OpenFile {
+    fn new(cipher: FileCipher) -> Arc<OpenFile> {
+        Arc::new(OpenFile {
+            cipher: RwLock::new(Some(cipher)),
+        })
+    }
+
+    /// Runs `f` with the cipher under the write lock (or the read lock).
+    fn with<T>(
+        &self,
+        exclusive: bool,
+        f: impl FnOnce(&FileCipher) -> std::result::Result<T, ContentError>,
+    ) -> std::result::Result<T, ContentError> {
+        let revoked = || ContentError::Io(io::Error::from_raw_os_error(libc::EACCES));
+        if exclusive {
+            let g = self.cipher.write().unwrap_or_else(|e| e.into_inner());
+            f(g.as_ref().ok_or_else(revoked)?)
+        } else {
+            let g = self.cipher.read().unwrap_or_else(|e| e.into_inner());
+            f(g.as_ref().ok_or_else(revoked)?)
+        }
+    }
+
+    /// Waits for operations in flight, then drops the cipher.
+    fn revoke(&self) {
+        self.cipher
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+    }
+}
+
+/// Session state of the engine (see docs/SESSIONS.md).
+const OPEN: u8 = 0;
+/// Locking: the kernel is writing back dirty pages; only writes through
+/// open handles are served.
+const LOCKING: u8 = 1;
+/// Locked: no keys; every access is EACCES.
+const LOCKED: u8 = 2;
 
 #[derive(Debug)]
 enum Handle {
@@ -263,6 +303,8 @@ enum Handle {
         group: Arc<str>,
         entries: Vec<DirEntry>,
     },
+    /// Opened before a session lock: every use is EACCES until closed.
+    Revoked,
 }
 
 /// The filesystem engine.
@@ -279,6 +321,11 @@ pub struct Vfs {
     owner: Caller,
     started: SystemTime,
     as_root: bool,
+    /// OPEN, LOCKING or LOCKED.
+    state: AtomicU8,
+    /// Milliseconds after `clock` of the last filesystem request.
+    last_request: AtomicU64,
+    clock: Instant,
 }
 
 impl std::fmt::Debug for Vfs {
@@ -340,6 +387,9 @@ impl Vfs {
             owner,
             started: SystemTime::now(),
             as_root: nix::unistd::geteuid().is_root(),
+            state: AtomicU8::new(OPEN),
+            last_request: AtomicU64::new(0),
+            clock: Instant::now(),
         })
     }
 
@@ -348,13 +398,102 @@ impl Vfs {
         &self.store
     }
 
-    /// Replaces the session's keys (login, user switch) or wipes them
-    /// (`Keyring::default()`: lock). Open files keep their per-file cipher
-    /// until closed; callers that lock must also close handles.
+    /// Replaces the session's keys (login, user switch) and opens the
+    /// engine. To switch users safely, [`Vfs::begin_lock`] and
+    /// [`Vfs::finish_lock`] first (the session module does), so nothing
+    /// opened under the old keys survives.
     pub fn set_keyring(&self, keys: Keyring) {
         let mut k = self.keys.write().unwrap_or_else(|e| e.into_inner());
         *k = Arc::new(keys);
         lock(&self.open_files).clear();
+        drop(k);
+        self.touch();
+        self.state.store(OPEN, Ordering::SeqCst);
+    }
+
+    /// The current keys (user, rights) — for status reports.
+    pub fn keys(&self) -> Arc<Keyring> {
+        self.keyring()
+    }
+
+    /// First step of a lock: refuse every new access, but keep serving
+    /// writes through open handles so the kernel can write back dirty
+    /// pages while its caches are invalidated.
+    pub fn begin_lock(&self) {
+        let _ = self
+            .state
+            .compare_exchange(OPEN, LOCKING, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// Last step of a lock: wait for operations in flight, drop every
+    /// per-file cipher and directory listing, wipe the keys.
+    pub fn finish_lock(&self) {
+        self.state.store(LOCKED, Ordering::SeqCst);
+        let handles: Vec<(u64, Arc<Handle>)> = lock(&self.handles)
+            .iter()
+            .map(|(fh, h)| (*fh, Arc::clone(h)))
+            .collect();
+        for (fh, h) in handles {
+            if let Handle::File { state, .. } = &*h {
+                state.revoke();
+            }
+            if !matches!(&*h, Handle::Revoked) {
+                if let Some(slot) = lock(&self.handles).get_mut(&fh) {
+                    *slot = Arc::new(Handle::Revoked);
+                }
+            }
+        }
+        lock(&self.open_files).clear();
+        let mut k = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        // The old keyring is zeroized when the last in-flight user drops it.
+        *k = Arc::new(Keyring::default());
+    }
+
+    /// Whether the engine is locked (or locking).
+    pub fn is_locked(&self) -> bool {
+        self.state.load(Ordering::SeqCst) != OPEN
+    }
+
+    /// Time since the last filesystem request.
+    pub fn idle_for(&self) -> Duration {
+        let now = self.clock.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_request.load(Ordering::Relaxed)))
+    }
+
+    fn touch(&self) {
+        let now = self.clock.elapsed().as_millis() as u64;
+        self.last_request.store(now, Ordering::Relaxed);
+    }
+
+    /// Every request passes here: it counts as activity and is refused
+    /// while locked (`writeback`: a write through an open handle, still
+    /// served while locking so dirty pages reach the store).
+    fn gate(&self, writeback: bool) -> Result<()> {
+        match self.state.load(Ordering::SeqCst) {
+            OPEN => {
+                self.touch();
+                Ok(())
+            }
+            LOCKING if writeback => Ok(()),
+            _ => Err(VfsError::Access(
+                "the mount is locked; log in with `tresor login`".into(),
+            )),
+        }
+    }
+
+    /// Inodes the kernel knows (looked up and not forgotten) and the names
+    /// it may cache for them: what a lock must invalidate.
+    pub fn kernel_known(&self) -> (Vec<Ino>, Vec<(Ino, OsString)>) {
+        let inodes = lock(&self.inodes);
+        let mut inos = Vec::with_capacity(inodes.nodes.len());
+        let mut names = Vec::new();
+        for (ino, n) in &inodes.nodes {
+            inos.push(*ino);
+            for l in &n.links {
+                names.push((l.parent, l.pname.clone()));
+            }
+        }
+        (inos, names)
     }
 
     /// Data groups the current keys open, sorted.
@@ -622,6 +761,7 @@ impl Vfs {
 
     /// Looks up `name` in `parent`.
     pub fn lookup(&self, parent: Ino, name: &OsStr) -> Result<Attr> {
+        self.gate(false)?;
         let c = self.child(parent, name)?;
         let md = match fs::symlink_metadata(&c.path) {
             Ok(m) => m,
@@ -647,9 +787,12 @@ impl Vfs {
 
     /// Attributes of `ino` (from the open handle `fh` if given).
     pub fn getattr(&self, ino: Ino, fh: Option<u64>) -> Result<Attr> {
+        // The mount point stays stat-able while locked (and `tresor status`
+        // resolving it is no activity).
         if ino == ROOT {
             return Ok(self.root_attr());
         }
+        self.gate(false)?;
         if let Some(fh) = fh {
             if let Ok(h) = self.handle(fh) {
                 if let Handle::File { file, path, .. } = &*h {
@@ -669,16 +812,22 @@ impl Vfs {
         if ino == ROOT {
             return Err(VfsError::Perm);
         }
+        self.gate(fh.is_some())?;
         if let Ok((_, group, _)) = self.locate(ino) {
             self.check_writable(&group)?;
         }
         // With an open handle, work on its descriptor: the file may have
         // been unlinked or renamed since it was opened.
-        if let Some(h) = fh.and_then(|fh| self.handle(fh).ok()) {
+        let h = match fh.map(|fh| self.handle(fh)) {
+            Some(Err(e @ VfsError::Access(_))) => return Err(e),
+            Some(h) => h.ok(),
+            None => None,
+        };
+        if let Some(h) = h {
             if let Handle::File { file, state, path } = &*h {
                 if let Some(size) = s.size {
-                    let _w = state.lock.write().unwrap_or_else(|e| e.into_inner());
-                    content::truncate(file, &state.cipher, size)
+                    state
+                        .with(true, |c| content::truncate(file, c, size))
                         .map_err(|e| content_err(path, e))?;
                 }
                 Self::set_meta(Target::Fd(file), &s)?;
@@ -690,8 +839,9 @@ impl Vfs {
         if let Some(size) = s.size {
             let file = fs::OpenOptions::new().read(true).write(true).open(&path)?;
             let state = self.open_state(ino, &file, &group, &plain)?;
-            let _w = state.lock.write().unwrap_or_else(|e| e.into_inner());
-            content::truncate(&file, &state.cipher, size).map_err(|e| content_err(&plain, e))?;
+            state
+                .with(true, |c| content::truncate(&file, c, size))
+                .map_err(|e| content_err(&plain, e))?;
         }
         Self::set_meta(Target::Path(&path), &s)?;
         let md = fs::symlink_metadata(&path)?;
@@ -772,6 +922,7 @@ impl Vfs {
 
     /// The target of symlink `ino`.
     pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
+        self.gate(false)?;
         let (path, group, plain) = self.locate(ino)?;
         self.read_symlink(&path, &group, &plain)
     }
@@ -798,6 +949,7 @@ impl Vfs {
         name: &OsStr,
         target: &[u8],
     ) -> Result<Attr> {
+        self.gate(false)?;
         let c = self.child_in_group(parent, name)?;
         let (h, aead) = self.new_header(&c.group)?;
         let mut raw = h.encode().to_vec();
@@ -868,6 +1020,7 @@ impl Vfs {
 
     /// Creates directory `name` in `parent`.
     pub fn mkdir(&self, caller: Caller, parent: Ino, name: &OsStr, mode: u32) -> Result<Attr> {
+        self.gate(false)?;
         let c = self.child_in_group(parent, name)?;
         let epoch = self
             .keyring()
@@ -896,6 +1049,7 @@ impl Vfs {
 
     /// Creates a fifo, socket or (empty) regular file with `mknod`.
     pub fn mknod(&self, caller: Caller, parent: Ino, name: &OsStr, mode: u32) -> Result<Attr> {
+        self.gate(false)?;
         match mode & libc::S_IFMT {
             libc::S_IFREG => {
                 let (attr, fh) = self.create(caller, parent, name, mode, libc::O_WRONLY)?;
@@ -930,6 +1084,7 @@ impl Vfs {
         mode: u32,
         flags: i32,
     ) -> Result<(Attr, u64)> {
+        self.gate(false)?;
         let c = self.child_in_group(parent, name)?;
         let (header, aead) = self.new_header(&c.group)?;
         self.before_create(&c)?;
@@ -945,10 +1100,7 @@ impl Vfs {
         self.chown_new(caller, &c.path)?;
         let md = file.metadata()?;
         let attr = self.remember(parent, &c, &md)?;
-        let state = Arc::new(OpenFile {
-            lock: RwLock::new(()),
-            cipher,
-        });
+        let state = OpenFile::new(cipher);
         lock(&self.open_files).insert(attr.ino, Arc::downgrade(&state));
         let _ = flags;
         let fh = self.add_handle(Handle::File {
@@ -967,6 +1119,7 @@ impl Vfs {
 
     /// Removes file `name` from `parent`.
     pub fn unlink(&self, parent: Ino, name: &OsStr) -> Result<()> {
+        self.gate(false)?;
         let c = self.child_in_group(parent, name)?;
         let md = fs::symlink_metadata(&c.path).map_err(not_found)?;
         if md.is_dir() {
@@ -984,6 +1137,7 @@ impl Vfs {
 
     /// Removes empty directory `name` from `parent`.
     pub fn rmdir(&self, parent: Ino, name: &OsStr) -> Result<()> {
+        self.gate(false)?;
         let c = self.child_in_group(parent, name)?;
         let md = fs::symlink_metadata(&c.path).map_err(not_found)?;
         if !md.is_dir() {
@@ -1034,6 +1188,7 @@ impl Vfs {
         newname: &OsStr,
         flags: u32,
     ) -> Result<()> {
+        self.gate(false)?;
         let src = self.child_in_group(parent, name)?;
         let dst = self.child_in_group(newparent, newname)?;
         if src.group != dst.group {
@@ -1099,6 +1254,7 @@ impl Vfs {
 
     /// Creates a hard link to `ino` named `newname` in `newparent`.
     pub fn link(&self, ino: Ino, newparent: Ino, newname: &OsStr) -> Result<Attr> {
+        self.gate(false)?;
         let (path, group, _) = self.locate(ino)?;
         let dst = self.child_in_group(newparent, newname)?;
         if dst.group != group {
@@ -1114,10 +1270,16 @@ impl Vfs {
     // ---- files ----
 
     fn handle(&self, fh: u64) -> Result<Arc<Handle>> {
-        lock(&self.handles)
+        let h = lock(&self.handles)
             .get(&fh)
             .cloned()
-            .ok_or(VfsError::BadHandle)
+            .ok_or(VfsError::BadHandle)?;
+        if let Handle::Revoked = &*h {
+            return Err(VfsError::Access(
+                "opened before the mount was locked; close and open it again".into(),
+            ));
+        }
+        Ok(h)
     }
 
     fn add_handle(&self, h: Handle) -> u64 {
@@ -1135,12 +1297,9 @@ impl Vfs {
         let header = content::read_header(file).map_err(|e| content_err(plain, e))?;
         let ring = self.keyring();
         let key = Self::group_keys_epoch(&ring, group, header.epoch)?;
-        let state = Arc::new(OpenFile {
-            lock: RwLock::new(()),
-            cipher: FileCipher {
-                header,
-                aead: key.file_cipher(&header.file_id),
-            },
+        let state = OpenFile::new(FileCipher {
+            header,
+            aead: key.file_cipher(&header.file_id),
         });
         map.insert(ino, Arc::downgrade(&state));
         map.retain(|_, w| w.strong_count() > 0);
@@ -1149,6 +1308,7 @@ impl Vfs {
 
     /// Opens file `ino`; returns a handle.
     pub fn open(&self, ino: Ino, flags: i32) -> Result<u64> {
+        self.gate(false)?;
         let (path, group, plain) = self.locate(ino)?;
         let acc = flags & libc::O_ACCMODE;
         if acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
@@ -1166,8 +1326,9 @@ impl Vfs {
         }
         let state = self.open_state(ino, &file, &group, &plain)?;
         if flags & libc::O_TRUNC != 0 && acc != libc::O_RDONLY {
-            let _w = state.lock.write().unwrap_or_else(|e| e.into_inner());
-            content::truncate(&file, &state.cipher, 0).map_err(|e| content_err(&plain, e))?;
+            state
+                .with(true, |c| content::truncate(&file, c, 0))
+                .map_err(|e| content_err(&plain, e))?;
         }
         Ok(self.add_handle(Handle::File {
             file,
@@ -1182,6 +1343,7 @@ impl Vfs {
         if ino == ROOT {
             return Ok(());
         }
+        self.gate(false)?;
         let (path, _, _) = self.locate(ino)?;
         let flags = nix::unistd::AccessFlags::from_bits_truncate(mask);
         nix::unistd::access(&path, flags).map_err(nix_err)
@@ -1202,18 +1364,14 @@ impl Vfs {
         else {
             return Err(VfsError::BadHandle);
         };
-        let result = if exclusive {
-            let _w = state.lock.write().unwrap_or_else(|e| e.into_inner());
-            f(file, &state.cipher)
-        } else {
-            let _r = state.lock.read().unwrap_or_else(|e| e.into_inner());
-            f(file, &state.cipher)
-        };
-        result.map_err(|e| content_err(path, e))
+        state
+            .with(exclusive, |c| f(file, c))
+            .map_err(|e| content_err(path, e))
     }
 
     /// Reads up to `size` bytes at `offset`.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        self.gate(false)?;
         self.with_file(fh, false, |file, c| {
             content::read_at(file, c, offset, size as usize)
         })
@@ -1221,12 +1379,14 @@ impl Vfs {
 
     /// Writes `data` at `offset`; returns the count written.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        self.gate(true)?;
         self.with_file(fh, true, |file, c| content::write_at(file, c, offset, data))?;
         Ok(u32::try_from(data.len()).unwrap_or(u32::MAX))
     }
 
     /// Extends the file to cover `[offset, offset + len)` (fallocate mode 0).
     pub fn allocate(&self, fh: u64, offset: u64, len: u64) -> Result<()> {
+        self.gate(true)?;
         let end = offset
             .checked_add(len)
             .ok_or(VfsError::Invalid("range overflows"))?;
@@ -1240,6 +1400,7 @@ impl Vfs {
 
     /// Flushes file data (and metadata unless `datasync`) to stable storage.
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
+        self.gate(true)?;
         let h = self.handle(fh)?;
         match &*h {
             Handle::File { file, .. } => {
@@ -1249,7 +1410,7 @@ impl Vfs {
                     file.sync_all()?
                 }
             }
-            Handle::Dir { .. } => {}
+            Handle::Dir { .. } | Handle::Revoked => {}
         }
         Ok(())
     }
@@ -1263,6 +1424,7 @@ impl Vfs {
 
     /// Lists directory `ino`; the listing is kept with the returned handle.
     pub fn opendir(&self, ino: Ino) -> Result<u64> {
+        self.gate(false)?;
         let (group, entries) = self.list(ino)?;
         Ok(self.add_handle(Handle::Dir {
             ino,
@@ -1273,6 +1435,7 @@ impl Vfs {
 
     /// Entries of an open directory from position `offset`.
     pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<(u64, DirEntry)>> {
+        self.gate(false)?;
         let h = self.handle(fh)?;
         let Handle::Dir { entries, .. } = &*h else {
             return Err(VfsError::BadHandle);
@@ -1422,6 +1585,7 @@ impl Vfs {
 
     /// Sets user.* attribute `name`.
     pub fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        self.gate(false)?;
         let user = user_attr(name)?;
         let (path, _, ring, group) = self.xattr_key(ino)?;
         self.check_writable(&group)?;
@@ -1454,6 +1618,7 @@ impl Vfs {
 
     /// Reads user.* attribute `name`.
     pub fn getxattr(&self, ino: Ino, name: &OsStr) -> Result<Vec<u8>> {
+        self.gate(false)?;
         let user = user_attr(name).map_err(|_| VfsError::NoAttr)?;
         let (path, plain, ring, group) = self.xattr_key(ino)?;
         let gk = ring
@@ -1480,6 +1645,7 @@ impl Vfs {
 
     /// Lists attribute names.
     pub fn listxattr(&self, ino: Ino) -> Result<Vec<OsString>> {
+        self.gate(false)?;
         if ino == ROOT {
             return Ok(Vec::new());
         }
@@ -1503,6 +1669,7 @@ impl Vfs {
 
     /// Removes user.* attribute `name`.
     pub fn removexattr(&self, ino: Ino, name: &OsStr) -> Result<()> {
+        self.gate(false)?;
         let user = user_attr(name).map_err(|_| VfsError::NoAttr)?;
         let (path, _, ring, group) = self.xattr_key(ino)?;
         self.check_writable(&group)?;
@@ -1613,5 +1780,86 @@ mod xattr {
             Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Ok(Vec::new()),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::KdfParams;
+    use crate::pse::Pse;
+
+    fn engine(dir: &Path) -> (Vfs, Store, Pse) {
+        let admin = Pse::generate("admin", None).unwrap();
+        let root = dir.join("store");
+        let s = Store::create(&root, &admin, KdfParams::DEFAULT).unwrap();
+        crate::admin::Admin::open(&s, &admin)
+            .unwrap()
+            .add_group("g")
+            .unwrap();
+        let ring = s.unlock(&admin).unwrap();
+        let me = Caller { uid: 0, gid: 0 };
+        let vfs = Vfs::new(Store::open(&root).unwrap(), ring, me).unwrap();
+        (vfs, s, admin)
+    }
+
+    fn eacces<T: std::fmt::Debug>(r: Result<T>) {
+        match r {
+            Err(e) => assert_eq!(e.errno(), libc::EACCES, "{e}"),
+            Ok(v) => panic!("served while locked: {v:?}"),
+        }
+    }
+
+    #[test]
+    fn a_lock_serves_only_writeback_then_nothing_and_revokes_old_handles() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vfs, s, admin) = engine(dir.path());
+        let g = vfs.lookup(ROOT, OsStr::new("g")).unwrap();
+        let me = Caller { uid: 0, gid: 0 };
+        let (f, fh) = vfs
+            .create(me, g.ino, OsStr::new("f"), 0o600, libc::O_RDWR)
+            .unwrap();
+        vfs.write(fh, 0, b"secret").unwrap();
+        assert!(!vfs.is_locked());
+
+        vfs.begin_lock();
+        assert!(vfs.is_locked());
+        // Locking: the kernel's write-back still lands, nothing is read.
+        vfs.write(fh, 6, b" more").unwrap();
+        eacces(vfs.read(fh, 0, 100));
+        eacces(vfs.lookup(ROOT, OsStr::new("g")));
+        eacces(vfs.opendir(ROOT));
+        eacces(vfs.getattr(f.ino, None));
+        // The mount point still stats.
+        vfs.getattr(ROOT, None).unwrap();
+
+        vfs.finish_lock();
+        eacces(vfs.write(fh, 0, b"x"));
+        eacces(vfs.read(fh, 0, 100));
+        assert!(vfs.groups().is_empty(), "keys wiped");
+
+        // A new login: the old handle stays revoked, a new one reads
+        // what was written back while locking.
+        vfs.set_keyring(s.unlock(&admin).unwrap());
+        eacces(vfs.read(fh, 0, 100));
+        let fh2 = vfs.open(f.ino, libc::O_RDONLY).unwrap();
+        assert_eq!(vfs.read(fh2, 0, 100).unwrap(), b"secret more");
+        vfs.release(fh);
+        vfs.release(fh2);
+    }
+
+    #[test]
+    fn requests_count_as_activity_a_stat_of_the_root_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vfs, _, _) = engine(dir.path());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(vfs.idle_for() >= Duration::from_millis(50));
+        vfs.getattr(ROOT, None).unwrap();
+        assert!(
+            vfs.idle_for() >= Duration::from_millis(50),
+            "stat of the root is no activity"
+        );
+        vfs.lookup(ROOT, OsStr::new("g")).unwrap();
+        assert!(vfs.idle_for() < Duration::from_millis(50));
     }
 }

@@ -1,0 +1,949 @@
+//! Sessions of a running mount: who is logged in, locking (by command,
+//! when idle, when the PSE medium is pulled), logging in again or as
+//! someone else without unmounting, and the control socket the CLI uses.
+//!
+//! The control protocol is one JSON line each way over a Unix stream
+//! socket (`{"v":1,"op":"status"}` → `{"v":1,"ok":true,"status":{…}}`).
+//! Both ends check who is at the other end (SO_PEERCRED): the driver
+//! serves only the uid that mounted and root; the client talks only to a
+//! socket owned by, and served by, itself or root — so a fake socket cannot
+//! collect a passphrase. Decisions and their reasons: docs/SESSIONS.md.
+
+use crate::keyring::Keyring;
+use crate::pse::{self, PseError};
+use crate::store::StoreError;
+use crate::vfs::{Vfs, ROOT};
+use serde::{Deserialize, Serialize};
+use std::ffi::OsStr;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use zeroize::Zeroizing;
+
+/// Version of the control protocol.
+pub const PROTOCOL: u32 = 1;
+/// Wrong passphrases in a row that end the mount (the seed's rule).
+pub const MAX_FAILED_LOGINS: u32 = 3;
+/// How often the watcher checks the idle time and the PSE medium.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(200);
+/// Longest request line accepted.
+const MAX_LINE: u64 = 64 * 1024;
+/// A client that connects and says nothing is dropped after this.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors of the control channel, each saying what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Nothing answers at the mount point's control socket.
+    #[error("{0}")]
+    NotRunning(String),
+    /// The other end is not allowed (wrong uid), or the socket is not trusted.
+    #[error("{0}")]
+    Refused(String),
+    /// A live tresor mount already serves this mount point.
+    #[error("{0} is already mounted by a running tresor (pid {1}); unmount it first with `tresor umount {0}`")]
+    AlreadyMounted(String, u32),
+    /// The socket directory is unsafe or unusable.
+    #[error("{0}")]
+    Setup(String),
+    /// A malformed message.
+    #[error("control protocol: {0}")]
+    Protocol(String),
+    /// The driver refused or failed the request.
+    #[error("{message}")]
+    Remote {
+        /// What kind of failure (for exit statuses).
+        kind: ErrorKind,
+        /// The driver's message.
+        message: String,
+        /// Logins left before the mount ends (wrong passphrase only).
+        tries_left: Option<u32>,
+    },
+    /// An I/O error on the socket.
+    #[error("control socket: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Kinds of refusal a driver reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The passphrase does not open the PSE.
+    WrongPassphrase,
+    /// The PSE file is damaged, missing or not a PSE.
+    CorruptPse,
+    /// The PSE is not a member of this store.
+    NotMember,
+    /// The PSE's user was removed from this store.
+    RemovedUser,
+    /// Third wrong passphrase in a row: the mount was locked and ended.
+    LockedOut,
+    /// The caller may not control this mount.
+    Refused,
+    /// A request the driver does not understand.
+    BadRequest,
+    /// Anything else.
+    Failed,
+}
+
+/// A passphrase on the wire: zeroized when dropped, never printed.
+#[derive(Clone)]
+pub struct Secret(pub Zeroizing<String>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Secret(Zeroizing::new(String::deserialize(d)?)))
+    }
+}
+
+/// A request line.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Request {
+    /// Protocol version.
+    pub v: u32,
+    /// `status`, `lock`, `login` or `umount`.
+    pub op: String,
+    /// login: absolute path of the PSE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pse: Option<PathBuf>,
+    /// login: the passphrase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase: Option<Secret>,
+}
+
+impl Request {
+    /// A request without arguments.
+    pub fn new(op: &str) -> Request {
+        Request {
+            v: PROTOCOL,
+            op: op.to_string(),
+            pse: None,
+            passphrase: None,
+        }
+    }
+
+    /// A login request.
+    pub fn login(pse: PathBuf, passphrase: Zeroizing<String>) -> Request {
+        Request {
+            pse: Some(pse),
+            passphrase: Some(Secret(passphrase)),
+            ..Request::new("login")
+        }
+    }
+}
+
+/// One data group and the logged-in user's right to it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GroupRight {
+    /// The data group.
+    pub name: String,
+    /// `w`, `r` or `-`.
+    pub right: String,
+}
+
+/// What `tresor status` shows.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Status {
+    /// The mount point.
+    pub mountpoint: PathBuf,
+    /// The store.
+    pub store: PathBuf,
+    /// The driver's process id.
+    pub pid: u32,
+    /// Whether the mount is locked.
+    pub locked: bool,
+    /// Why it was locked.
+    pub lock_reason: Option<String>,
+    /// When it was locked (ms since the epoch).
+    pub locked_since_ms: Option<u64>,
+    /// Who is logged in.
+    pub user: Option<String>,
+    /// Their role.
+    pub role: Option<String>,
+    /// Since when (ms since the epoch).
+    pub since_ms: Option<u64>,
+    /// The PSE they logged in with (watched: removing it locks).
+    pub pse: Option<PathBuf>,
+    /// The idle lock (`None`: never).
+    pub idle_lock_ms: Option<u64>,
+    /// Time left before the idle lock.
+    pub idle_left_ms: Option<u64>,
+    /// Wrong passphrases in a row so far.
+    pub failed_logins: u32,
+    /// Every data group with the user's right.
+    pub groups: Vec<GroupRight>,
+}
+
+/// A reply line.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Reply {
+    /// Protocol version.
+    pub v: u32,
+    /// Success.
+    pub ok: bool,
+    /// What failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ErrorKind>,
+    /// A message for the user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Logins left (after a wrong passphrase).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tries_left: Option<u32>,
+    /// The session's state (every successful reply carries it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+}
+
+impl Reply {
+    fn ok(status: Status, message: impl Into<String>) -> Reply {
+        Reply {
+            v: PROTOCOL,
+            ok: true,
+            message: Some(message.into()),
+            status: Some(status),
+            ..Reply::default()
+        }
+    }
+
+    fn err(kind: ErrorKind, message: impl Into<String>) -> Reply {
+        Reply {
+            v: PROTOCOL,
+            ok: false,
+            kind: Some(kind),
+            message: Some(message.into()),
+            ..Reply::default()
+        }
+    }
+}
+
+// ---- where the socket lives ----
+
+/// The directory of control sockets: `/run/tresor` for root, else
+/// `$XDG_RUNTIME_DIR/tresor`, else `/tmp/tresor-UID`.
+pub fn socket_dir() -> PathBuf {
+    socket_dir_for(nix::unistd::geteuid().as_raw())
+}
+
+fn socket_dir_for(uid: u32) -> PathBuf {
+    if uid == 0 {
+        return PathBuf::from("/run/tresor");
+    }
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map(|d| PathBuf::from(d).join("tresor"))
+        .unwrap_or_else(|| PathBuf::from(format!("/tmp/tresor-{uid}")))
+}
+
+/// The mount point as the driver named it: canonical if it resolves.
+pub fn mount_key(mnt: &Path) -> PathBuf {
+    mnt.canonicalize()
+        .or_else(|_| std::path::absolute(mnt))
+        .unwrap_or_else(|_| mnt.to_path_buf())
+}
+
+fn socket_name(mnt: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    // Hashed: a socket path must fit in 108 bytes, mount points need not.
+    let h = crate::crypto::sha256(mnt.as_os_str().as_bytes());
+    format!("mnt-{}.sock", hex::encode(&h[..12]))
+}
+
+/// The control socket of the mount at `mnt` (for this uid).
+pub fn socket_path(mnt: &Path) -> PathBuf {
+    socket_dir().join(socket_name(&mount_key(mnt)))
+}
+
+fn me() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+fn peer_uid(s: &UnixStream) -> io::Result<(u32, i32)> {
+    let c = nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(io::Error::from)?;
+    Ok((c.uid(), c.pid()))
+}
+
+/// Makes the socket directory (mode 0700) or checks that an existing one
+/// is ours and closed to others.
+fn prepare_dir(dir: &Path) -> Result<(), SessionError> {
+    let setup = |what: String| SessionError::Setup(what);
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(setup(format!("cannot create {}: {e}", dir.display()))),
+    }
+    let md = std::fs::symlink_metadata(dir)
+        .map_err(|e| setup(format!("cannot read {}: {e}", dir.display())))?;
+    if !md.is_dir() || md.uid() != me() {
+        return Err(setup(format!(
+            "{} is not a directory owned by uid {} — someone else created it; remove it and mount again",
+            dir.display(),
+            me()
+        )));
+    }
+    if md.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| setup(format!("cannot chmod {}: {e}", dir.display())))?;
+    }
+    Ok(())
+}
+
+/// Is a tresor mount on `mnt` in this mount namespace? Returns its type
+/// when something else is mounted there.
+fn mounted_type(mnt: &Path) -> Option<String> {
+    let table = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let want = mnt.to_string_lossy();
+    table.lines().rev().find_map(|l| {
+        let mut f = l.split(' ');
+        let (_src, dir, ty) = (f.next()?, f.next()?, f.next()?);
+        // /proc/mounts escapes spaces as \040.
+        (dir.replace("\\040", " ") == want).then(|| ty.to_string())
+    })
+}
+
+/// Before mounting on `mnt` (canonical): refuses a second mount on top of
+/// a live one, clears a stale socket, and binds the control socket.
+pub fn bind(mnt: &Path) -> Result<UnixListener, SessionError> {
+    if mounted_type(mnt).as_deref() == Some("fuse.tresor") {
+        // A live driver says who it is; a dead one leaves the mount hanging.
+        let pid = query(mnt, &Request::new("status"))
+            .ok()
+            .and_then(|r| r.status.map(|s| s.pid))
+            .unwrap_or(0);
+        return Err(SessionError::AlreadyMounted(mnt.display().to_string(), pid));
+    }
+    let dir = socket_dir();
+    prepare_dir(&dir)?;
+    let path = dir.join(socket_name(mnt));
+    match UnixStream::connect(&path) {
+        Ok(s) => {
+            let pid = peer_uid(&s).map(|(_, p)| p as u32).unwrap_or(0);
+            return Err(SessionError::AlreadyMounted(mnt.display().to_string(), pid));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(_) => {
+            // Left by a driver that crashed: nothing listens any more.
+            tracing::warn!("removing stale control socket {}", path.display());
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    let l = UnixListener::bind(&path).map_err(|e| {
+        SessionError::Setup(format!(
+            "cannot create control socket {}: {e}",
+            path.display()
+        ))
+    })?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+// ---- the client side ----
+
+/// Explains why nothing answers at `mnt`.
+fn not_running(mnt: &Path, path: &Path, e: &io::Error) -> SessionError {
+    let m = mnt.display();
+    match mounted_type(mnt) {
+        None => SessionError::NotRunning(format!("nothing is mounted on {m}; mount a store there with `tresor mount STORE {m} --pse FILE`")),
+        Some(t) if t != "fuse.tresor" => SessionError::NotRunning(format!("{m} is not a tresor mount (it is {t})")),
+        Some(_) => SessionError::NotRunning(format!(
+            "the tresor mount on {m} does not answer on its control socket {} ({e}): its driver ended or belongs to another user; `tresor umount {m}` removes it",
+            path.display()
+        )),
+    }
+}
+
+/// Connects to the control socket of the mount at `mnt`, checking that the
+/// socket and the process behind it are this user's or root's.
+pub fn connect(mnt: &Path) -> Result<UnixStream, SessionError> {
+    let mnt = mount_key(mnt);
+    let mine = socket_dir().join(socket_name(&mnt));
+    // A root-owned mount, asked about by another user: say "not yours"
+    // rather than "not running".
+    let candidates = if me() == 0 {
+        vec![mine]
+    } else {
+        vec![mine, socket_dir_for(0).join(socket_name(&mnt))]
+    };
+    let mut first_err = None;
+    for path in &candidates {
+        match UnixStream::connect(path) {
+            Ok(s) => {
+                check_server(path, &s)?;
+                s.set_read_timeout(Some(Duration::from_secs(120)))?;
+                return Ok(s);
+            }
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                return Err(SessionError::Refused(format!(
+                    "the control socket of {} is not yours ({e}): only the user who mounted it, or root, may control a mount",
+                    mnt.display()
+                )));
+            }
+            Err(e) => {
+                first_err.get_or_insert((path.clone(), e));
+            }
+        }
+    }
+    let (path, e) = first_err.unwrap_or_else(|| (PathBuf::new(), io::ErrorKind::NotFound.into()));
+    Err(not_running(&mnt, &path, &e))
+}
+
+/// The client trusts a socket file and a server owned by itself or root.
+fn check_server(path: &Path, s: &UnixStream) -> Result<(), SessionError> {
+    let owner = std::fs::symlink_metadata(path)?.uid();
+    let (peer, pid) = peer_uid(s)?;
+    for (what, uid) in [("socket file", owner), ("serving process", peer)] {
+        if uid != me() && uid != 0 {
+            return Err(SessionError::Refused(format!(
+                "the control socket {} is not trustworthy: its {what} belongs to uid {uid} (pid {pid}); nothing was sent",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Sends one request and reads the reply.
+pub fn call(s: &mut UnixStream, req: &Request) -> Result<Reply, SessionError> {
+    let mut line =
+        Zeroizing::new(serde_json::to_vec(req).map_err(|e| SessionError::Protocol(e.to_string()))?);
+    line.push(b'\n');
+    // A driver that refuses us answers without reading: its reply still counts.
+    let sent = s.write_all(&line);
+    drop(line);
+    let mut buf = Vec::new();
+    let got = BufReader::new((&*s).take(MAX_LINE)).read_until(b'\n', &mut buf);
+    if buf.is_empty() {
+        sent?;
+        got?;
+        return Err(SessionError::Protocol(
+            "the driver closed the connection without an answer".into(),
+        ));
+    }
+    let r: Reply = serde_json::from_slice(&buf)
+        .map_err(|e| SessionError::Protocol(format!("bad reply: {e}")))?;
+    if r.v != PROTOCOL {
+        return Err(SessionError::Protocol(format!(
+            "the driver speaks protocol {}, this tresor {PROTOCOL}; use the tresor that mounted",
+            r.v
+        )));
+    }
+    if !r.ok {
+        return Err(SessionError::Remote {
+            kind: r.kind.unwrap_or(ErrorKind::Failed),
+            message: r.message.unwrap_or_else(|| "refused".into()),
+            tries_left: r.tries_left,
+        });
+    }
+    Ok(r)
+}
+
+/// Connects, sends one request, returns the reply.
+pub fn query(mnt: &Path, req: &Request) -> Result<Reply, SessionError> {
+    call(&mut connect(mnt)?, req)
+}
+
+// ---- the driver side ----
+
+/// Drops the kernel's cached pages, attributes and names (implemented
+/// over FUSE notifications in [`crate::fs`]).
+pub trait KernelCache: Send + Sync {
+    /// Writes back and drops the pages and attributes of `ino`.
+    fn inval_inode(&self, ino: u64) -> io::Result<()>;
+    /// Drops the cached name `name` in directory `parent`.
+    fn inval_entry(&self, parent: u64, name: &OsStr) -> io::Result<()>;
+}
+
+struct LoggedIn {
+    user: String,
+    role: Option<String>,
+    since: SystemTime,
+    pse: PathBuf,
+}
+
+struct State {
+    user: Option<LoggedIn>,
+    locked: Option<(SystemTime, String)>,
+    failures: u32,
+}
+
+/// The session of one running mount.
+pub struct Control {
+    vfs: Arc<Vfs>,
+    mountpoint: PathBuf,
+    store: PathBuf,
+    idle_lock: Option<Duration>,
+    cache: Box<dyn KernelCache>,
+    state: Mutex<State>,
+    /// Held while a reply is being prepared and sent, so the process does
+    /// not exit under it.
+    busy: Mutex<()>,
+    locked_out: AtomicBool,
+    socket: PathBuf,
+}
+
+fn ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How a mount ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// Unmounted normally.
+    Normal,
+    /// Three wrong passphrases in a row.
+    LockedOut,
+}
+
+impl Control {
+    /// The session of a mount just made by `user` with the PSE at `pse`
+    /// (absolute). `idle_lock` `None`: never lock when idle.
+    pub fn new(
+        vfs: Arc<Vfs>,
+        mountpoint: &Path,
+        store: &Path,
+        pse: &Path,
+        idle_lock: Option<Duration>,
+        cache: Box<dyn KernelCache>,
+    ) -> Arc<Control> {
+        let keys = vfs.keys();
+        Arc::new(Control {
+            mountpoint: mountpoint.to_path_buf(),
+            store: store.to_path_buf(),
+            idle_lock,
+            cache,
+            state: Mutex::new(State {
+                user: Some(LoggedIn {
+                    user: keys.user.clone(),
+                    role: keys.role.clone(),
+                    since: SystemTime::now(),
+                    pse: pse.to_path_buf(),
+                }),
+                locked: None,
+                failures: 0,
+            }),
+            busy: Mutex::new(()),
+            locked_out: AtomicBool::new(false),
+            socket: socket_dir().join(socket_name(mountpoint)),
+            vfs,
+        })
+    }
+
+    /// Starts the control server on `listener` and the idle/medium
+    /// watcher. Call after detaching: threads do not survive a fork.
+    pub fn start(self: &Arc<Self>, listener: UnixListener) -> io::Result<()> {
+        let c = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("tresor-control".into())
+            .spawn(move || c.serve(listener))?;
+        let c = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("tresor-watch".into())
+            .spawn(move || c.watch())?;
+        Ok(())
+    }
+
+    /// After the FUSE session ended: waits for a reply in flight, removes
+    /// the socket, wipes the keys; says how the mount ended.
+    pub fn finish(&self) -> Ending {
+        let _b = guard(&self.busy);
+        let _ = std::fs::remove_file(&self.socket);
+        self.vfs.finish_lock();
+        if self.locked_out.load(Ordering::SeqCst) {
+            Ending::LockedOut
+        } else {
+            Ending::Normal
+        }
+    }
+
+    fn status(&self, st: &State) -> Status {
+        let mut s = Status {
+            mountpoint: self.mountpoint.clone(),
+            store: self.store.clone(),
+            pid: std::process::id(),
+            locked: st.locked.is_some(),
+            lock_reason: st.locked.as_ref().map(|(_, r)| r.clone()),
+            locked_since_ms: st.locked.as_ref().map(|(t, _)| ms(*t)),
+            idle_lock_ms: self.idle_lock.map(|d| d.as_millis() as u64),
+            failed_logins: st.failures,
+            ..Status::default()
+        };
+        if let (Some(u), None) = (&st.user, &st.locked) {
+            s.user = Some(u.user.clone());
+            s.role = u.role.clone();
+            s.since_ms = Some(ms(u.since));
+            s.pse = Some(u.pse.clone());
+            s.idle_left_ms = self
+                .idle_lock
+                .map(|d| d.saturating_sub(self.vfs.idle_for()).as_millis() as u64);
+            s.groups = rights(&self.vfs.keys());
+        }
+        s
+    }
+
+    /// Locks: the kernel writes back dirty pages and drops every cached
+    /// page, attribute and name; then the per-file ciphers and the keys
+    /// are wiped. Idempotent.
+    fn lock(&self, st: &mut State, reason: &str) {
+        if st.locked.is_some() {
+            return;
+        }
+        self.vfs.begin_lock();
+        // Writes through open handles are still served here: that is how
+        // the kernel's writeback (launder) of dirty pages reaches the store.
+        self.invalidate();
+        self.vfs.finish_lock();
+        // Anything the kernel cached while the first pass ran.
+        self.invalidate();
+        st.locked = Some((SystemTime::now(), reason.to_string()));
+        let who = st.user.take().map(|u| u.user).unwrap_or_default();
+        tracing::warn!("session: locked ({reason}); {who}'s keys wiped");
+    }
+
+    fn invalidate(&self) {
+        let (inos, names) = self.vfs.kernel_known();
+        for ino in inos {
+            if let Err(e) = self.cache.inval_inode(ino) {
+                tracing::debug!(ino, "inval_inode: {e}");
+            }
+        }
+        for (parent, name) in names {
+            if let Err(e) = self.cache.inval_entry(parent, &name) {
+                tracing::debug!(parent, "inval_entry: {e}");
+            }
+        }
+        let _ = self.cache.inval_inode(ROOT);
+    }
+
+    fn watch(self: Arc<Self>) {
+        loop {
+            std::thread::sleep(WATCH_INTERVAL);
+            let mut st = guard(&self.state);
+            if st.locked.is_some() {
+                continue;
+            }
+            if let Some(u) = &st.user {
+                if !u.pse.exists() {
+                    let why = format!("PSE {} removed", u.pse.display());
+                    self.lock(&mut st, &why);
+                    continue;
+                }
+            }
+            if let Some(limit) = self.idle_lock {
+                let idle = self.vfs.idle_for();
+                if idle >= limit {
+                    let why = format!("idle for {}", humantime::format_duration(limit));
+                    self.lock(&mut st, &why);
+                }
+            }
+        }
+    }
+
+    fn serve(self: Arc<Self>, listener: UnixListener) {
+        for conn in listener.incoming() {
+            match conn {
+                Ok(s) => {
+                    if let Some(after) = self.handle(s) {
+                        after();
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("control socket: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    /// Serves one connection; may return what to do after replying.
+    fn handle(&self, mut s: UnixStream) -> Option<Box<dyn FnOnce()>> {
+        let _b = guard(&self.busy);
+        let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+        let _ = s.set_write_timeout(Some(IO_TIMEOUT));
+        let (reply, after) = match peer_uid(&s) {
+            Ok((uid, _)) if uid == me() || uid == 0 => self.request(&s),
+            Ok((uid, pid)) => {
+                tracing::warn!(uid, pid, "session: refused a control connection");
+                let r = Reply::err(
+                    ErrorKind::Refused,
+                    format!("uid {uid} may not control this mount: only its owner (uid {}) and root may", me()),
+                );
+                (r, None)
+            }
+            Err(e) => (
+                Reply::err(ErrorKind::Refused, format!("no peer credentials: {e}")),
+                None,
+            ),
+        };
+        if let Ok(mut line) = serde_json::to_vec(&reply) {
+            line.push(b'\n');
+            let _ = s.write_all(&line);
+        }
+        after
+    }
+
+    fn request(&self, s: &UnixStream) -> (Reply, Option<Box<dyn FnOnce()>>) {
+        let mut buf = Zeroizing::new(Vec::new());
+        if let Err(e) = BufReader::new(s.take(MAX_LINE)).read_until(b'\n', &mut buf) {
+            return (
+                Reply::err(ErrorKind::BadRequest, format!("reading the request: {e}")),
+                None,
+            );
+        }
+        let req: Request = match serde_json::from_slice(&buf) {
+            Ok(r) => r,
+            Err(e) => {
+                return (
+                    Reply::err(ErrorKind::BadRequest, format!("bad request: {e}")),
+                    None,
+                )
+            }
+        };
+        drop(buf);
+        if req.v != PROTOCOL {
+            return (
+                Reply::err(
+                    ErrorKind::BadRequest,
+                    format!("protocol {} requested; this driver speaks {PROTOCOL} — use the tresor that mounted", req.v),
+                ),
+                None,
+            );
+        }
+        let mut st = guard(&self.state);
+        match req.op.as_str() {
+            "status" => (Reply::ok(self.status(&st), "status"), None),
+            "lock" => {
+                self.lock(&mut st, "locked by command");
+                (Reply::ok(self.status(&st), "locked"), None)
+            }
+            "login" => self.login(&mut st, req),
+            "umount" => {
+                drop(st);
+                match unmount(&self.mountpoint, false) {
+                    Ok(()) => {
+                        tracing::warn!("session: unmounted by command");
+                        (Reply::ok(Status::default(), "unmounted"), None)
+                    }
+                    Err(e) => (Reply::err(ErrorKind::Failed, e), None),
+                }
+            }
+            other => (
+                Reply::err(ErrorKind::BadRequest, format!("unknown request {other:?}")),
+                None,
+            ),
+        }
+    }
+
+    fn login(&self, st: &mut State, req: Request) -> (Reply, Option<Box<dyn FnOnce()>>) {
+        let (Some(path), Some(pass)) = (req.pse, req.passphrase) else {
+            return (
+                Reply::err(ErrorKind::BadRequest, "login needs pse and passphrase"),
+                None,
+            );
+        };
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                return (
+                    Reply::err(
+                        ErrorKind::CorruptPse,
+                        format!("the driver cannot read PSE {}: {e}", path.display()),
+                    ),
+                    None,
+                )
+            }
+        };
+        let user = match pse::open(&bytes, pass.0.as_bytes()) {
+            Ok(u) => u,
+            Err(PseError::WrongPassphrase) => return self.failed(st, &path),
+            Err(e) => {
+                return (
+                    Reply::err(
+                        ErrorKind::CorruptPse,
+                        format!("PSE {}: {e}", path.display()),
+                    ),
+                    None,
+                )
+            }
+        };
+        drop(pass);
+        let ring = match self.vfs.store().unlock(&user) {
+            Ok(r) => r,
+            Err(e) => {
+                let kind = match e {
+                    StoreError::UnknownUser(_) | StoreError::NotAdmin(_) => ErrorKind::NotMember,
+                    StoreError::RemovedUser(_) => ErrorKind::RemovedUser,
+                    _ => ErrorKind::Failed,
+                };
+                tracing::warn!(user = %user.public.user, "session: login refused: {e}");
+                return (
+                    Reply::err(
+                        kind,
+                        format!("PSE {}: {e}; the mount is unchanged", path.display()),
+                    ),
+                    None,
+                );
+            }
+        };
+        drop(user);
+        st.failures = 0;
+        let who = ring.user.clone();
+        let role = ring.role.clone();
+        let previous = st.user.as_ref().map(|u| u.user.clone());
+        // Every byte the previous keys decrypted leaves the caches first.
+        self.lock(st, &format!("login of {who}"));
+        self.vfs.set_keyring(ring);
+        st.locked = None;
+        st.user = Some(LoggedIn {
+            user: who.clone(),
+            role,
+            since: SystemTime::now(),
+            pse: path,
+        });
+        let msg = match previous {
+            Some(p) if p != who => format!("switched from {p} to {who}"),
+            _ => format!("{who} logged in"),
+        };
+        tracing::warn!("session: {msg}");
+        (Reply::ok(self.status(st), msg), None)
+    }
+
+    fn failed(&self, st: &mut State, path: &Path) -> (Reply, Option<Box<dyn FnOnce()>>) {
+        st.failures += 1;
+        let left = MAX_FAILED_LOGINS.saturating_sub(st.failures);
+        tracing::warn!(
+            "session: wrong passphrase for PSE {} ({} of {MAX_FAILED_LOGINS})",
+            path.display(),
+            st.failures
+        );
+        if left > 0 {
+            let mut r = Reply::err(
+                ErrorKind::WrongPassphrase,
+                format!(
+                    "wrong passphrase for PSE {} — {left} more wrong one(s) end the mount",
+                    path.display()
+                ),
+            );
+            r.tries_left = Some(left);
+            return (r, None);
+        }
+        self.lock(st, "three failed logins");
+        self.locked_out.store(true, Ordering::SeqCst);
+        tracing::error!(
+            "session: three wrong passphrases in a row — mount locked and ended; start it again with `tresor mount`"
+        );
+        let mnt = self.mountpoint.clone();
+        let after = Box::new(move || {
+            if let Err(e) = unmount(&mnt, false) {
+                tracing::error!("{e}; detaching lazily");
+                let _ = unmount(&mnt, true);
+            }
+            // The FUSE loop ends with the unmount; if a busy mount keeps it
+            // alive, end the driver anyway (the keys are wiped already).
+            std::thread::sleep(Duration::from_secs(3));
+            std::process::exit(i32::from(crate::cli::status::LOCKED_OUT));
+        });
+        (
+            Reply::err(
+                ErrorKind::LockedOut,
+                format!(
+                    "three wrong passphrases in a row: {} was locked and unmounted; mount it again with `tresor mount`",
+                    self.mountpoint.display()
+                ),
+            ),
+            Some(after),
+        )
+    }
+}
+
+/// Every data group of the keyring with its right, sorted by name.
+pub fn rights(ring: &Keyring) -> Vec<GroupRight> {
+    let mut v: Vec<GroupRight> = ring
+        .groups()
+        .map(|g| GroupRight {
+            name: g.to_string(),
+            right: if ring.group(g).is_some_and(|k| k.writable) {
+                "w"
+            } else {
+                "r"
+            }
+            .to_string(),
+        })
+        .chain(ring.denied().map(|g| GroupRight {
+            name: g.to_string(),
+            right: "-".to_string(),
+        }))
+        .collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
+}
+
+/// Unmounts with `fusermount3 -u` (`lazy`: `-z`).
+pub fn unmount(mnt: &Path, lazy: bool) -> Result<(), String> {
+    let mut c = std::process::Command::new("fusermount3");
+    c.arg("-u");
+    if lazy {
+        c.arg("-z");
+    }
+    match c.arg(mnt).output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!(
+            "cannot unmount {}: {}",
+            mnt.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Err(format!(
+            "cannot run fusermount3 (install the fuse3 package): {e}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_not_printed_and_round_trip() {
+        let r = Request::login(PathBuf::from("/p.pse"), Zeroizing::new("hunter2".into()));
+        assert!(!format!("{r:?}").contains("hunter2"));
+        let line = serde_json::to_string(&r).unwrap();
+        let back: Request = serde_json::from_str(&line).unwrap();
+        assert_eq!(back.passphrase.unwrap().0.as_str(), "hunter2");
+        assert_eq!(back.op, "login");
+        assert_eq!(back.v, PROTOCOL);
+    }
+
+    #[test]
+    fn socket_names_fit_and_differ() {
+        let long = PathBuf::from(format!("/{}", "x".repeat(500)));
+        let p = socket_dir_for(0).join(socket_name(&long));
+        assert!(p.as_os_str().len() < 108, "{}", p.display());
+        assert_ne!(socket_name(Path::new("/a")), socket_name(Path::new("/b")));
+    }
+
+    #[test]
+    fn error_replies_carry_their_kind() {
+        let line = serde_json::to_string(&Reply::err(ErrorKind::LockedOut, "x")).unwrap();
+        assert!(line.contains("\"locked_out\""), "{line}");
+    }
+}
