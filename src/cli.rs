@@ -150,11 +150,15 @@ enum Cmd {
     Sign(sign::SignArgs),
     /// Check a document's signatures against the store's admin-signed directory (--all: a whole tree).
     Verify(sign::VerifyArgs),
-    /// Show the whole cycle on a throw-away store: create, mount, write, read, show ciphertext, unmount.
+    /// Show the whole product on a throw-away store: roles and matrix, mounts per user, a virtual slide analysed confined through the mount, a signed prescription, a lock and a user switch.
     Demo {
         /// Keep the demo directory instead of deleting it.
         #[arg(long)]
         keep: bool,
+        /// Run in this directory (new, empty, or an earlier demo's, which is
+        /// cleared first) and keep it.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -356,7 +360,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             pse,
             pass,
         } => session::login(&mountpoint, &pse, &pass),
-        Cmd::Demo { keep } => demo::run(keep),
+        Cmd::Demo { keep, dir } => demo::run(keep, dir),
         // Distinct statuses per verdict (docs/SIGNATURES.md).
         Cmd::Sign(a) => sign::sign(a),
         Cmd::Verify(a) => sign::verify(a),
