@@ -9,6 +9,7 @@
 //! - [`vfs`]: the filesystem engine, plain Rust, no FUSE types;
 //! - [`fs`]: the FUSE adapter (fuser) — thin;
 //! - [`sandbox`]: profiling (and later confining) untrusted analyses;
+//! - [`slide`]: pyramidal tiled TIFF writer and reader for virtual slides;
 //! - [`cli`]: the command line.
 
 pub mod admin;
@@ -22,5 +23,6 @@ pub mod prompt;
 pub mod pse;
 pub mod rekey;
 pub mod sandbox;
+pub mod slide;
 pub mod store;
 pub mod vfs;
