@@ -271,7 +271,7 @@ fn run(args: Args) -> Result<()> {
     std::fs::write(&tp, json).with_context(|| format!("cannot write {}", tp.display()))?;
 
     let bytes = std::fs::metadata(&args.out)?.len();
-    println!(
+    say(format_args!(
         "{}: {width}x{height}, {} levels, {} tiles of {TILE}x{TILE}, {}{} bytes; {} regions, {nuclei} nuclei, {positive} positive",
         args.out.display(),
         levels.len(),
@@ -279,14 +279,20 @@ fn run(args: Args) -> Result<()> {
         if big { "BigTIFF, " } else { "" },
         bytes,
         truth.len(),
-    );
-    println!("truth: {}", tp.display());
-    println!(
+    ));
+    say(format_args!("truth: {}", tp.display()));
+    say(format_args!(
         "took {:.1} s; peak RSS {} KiB",
         started.elapsed().as_secs_f64(),
         peak_rss_kib().map_or("unknown".into(), |k| k.to_string())
-    );
+    ));
     Ok(())
+}
+
+/// Prints a line; a closed stdout (`| head`) is not worth a panic.
+fn say(line: std::fmt::Arguments) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
 }
 
 fn main() -> ExitCode {
