@@ -9,4 +9,5 @@ mod policy;
 mod profile;
 mod rekey;
 mod run;
+mod slides;
 mod vectors;

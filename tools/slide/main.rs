@@ -219,7 +219,7 @@ fn run(args: Args) -> Result<()> {
         pad: Model::glass(),
     };
     let (ntx, nty) = levels[0].tiles(TILE);
-    let (mut hbuf, mut dbuf) = (Vec::new(), Vec::new());
+    let mut scratch = model::Scratch::default();
     let mut tile = vec![0u8; (TILE * TILE) as usize * BPP];
     for ty in 0..nty {
         let y0 = ty * TILE;
@@ -228,7 +228,7 @@ fn run(args: Args) -> Result<()> {
             let x0 = tx * TILE;
             let cols = (width - x0).min(TILE);
             let n = (cols * rows) as usize * BPP;
-            model.render(x0, y0, cols, rows, &mut tile[..n], &mut hbuf, &mut dbuf);
+            model.render(x0, y0, cols, rows, &mut tile[..n], &mut scratch);
             for r in 0..rows as usize {
                 let src = r * cols as usize * BPP;
                 let dst = (r * width as usize + x0 as usize) * BPP;

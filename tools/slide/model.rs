@@ -165,13 +165,15 @@ impl Model {
                     (0.05, 4 + (d.next() * 3.0) as u32, d.range(0.0, 6.283)),
                 ];
                 let s = 1.0 + harmonics[0].0 + harmonics[1].0;
+                // Small slides get thinner margins (regions may then share tiles).
+                let margin = MARGIN.min(cell_w.min(cell_h) / 4.0);
                 let round2 = |v: f64| (v * 100.0).round() / 100.0;
                 regions.push(Region {
                     id,
                     cx: (f64::from(c) + 0.5) * cell_w,
                     cy: (f64::from(r) + 0.5) * cell_h,
-                    rx: ((cell_w / 2.0 - MARGIN) / s).max(16.0),
-                    ry: ((cell_h / 2.0 - MARGIN) / s).max(16.0),
+                    rx: ((cell_w / 2.0 - margin) / s).max(16.0),
+                    ry: ((cell_h / 2.0 - margin) / s).max(16.0),
                     harmonics: [
                         (harmonics[0].0, harmonics[0].1, round2(harmonics[0].2)),
                         (harmonics[1].0, harmonics[1].1, round2(harmonics[1].2)),
@@ -255,23 +257,31 @@ impl Model {
         c
     }
 
-    /// Renders the level-0 rectangle (x0, y0, w, h) as RGB into `out`;
-    /// `hbuf`/`dbuf` are scratch (reused to avoid reallocating per tile).
-    pub fn render(
-        &self,
-        x0: u32,
-        y0: u32,
-        w: u32,
-        h: u32,
-        out: &mut [u8],
-        hbuf: &mut Vec<f32>,
-        dbuf: &mut Vec<f32>,
-    ) {
+    /// Renders the level-0 rectangle (x0, y0, w, h) as RGB into `out`.
+    pub fn render(&self, x0: u32, y0: u32, w: u32, h: u32, out: &mut [u8], s: &mut Scratch) {
         let n = (w * h) as usize;
+        let Scratch {
+            h: hbuf,
+            d: dbuf,
+            noise,
+            transmit,
+        } = s;
         hbuf.clear();
         hbuf.resize(n, 0.0);
         dbuf.clear();
         dbuf.resize(n, 0.0);
+        // One hash per pixel, cut into four 16-bit uniforms.
+        noise.clear();
+        for yy in 0..h {
+            for xx in 0..w {
+                noise.push(hash(self.seed, u64::from(x0 + xx), u64::from(y0 + yy), 3));
+            }
+        }
+        if transmit.is_empty() {
+            *transmit = (0..=OD_STEPS * 4)
+                .map(|i| 255.0 * 10f32.powf(-(i as f32) / OD_STEPS as f32))
+                .collect();
+        }
         // Tissue background where the rectangle meets a region.
         for r in &self.regions {
             let [bx0, by0, bx1, by1] = r.bbox();
@@ -286,11 +296,11 @@ impl Model {
                 for xx in 0..w {
                     let (px, py) = (f64::from(x0 + xx) + 0.5, f64::from(y0 + yy) + 0.5);
                     if r.contains(px, py) {
-                        let t = self.noise(x0 + xx, y0 + yy, 3);
                         let i = (yy * w + xx) as usize;
+                        let t = field(noise[i], 0);
                         hbuf[i] = r.background_h as f32 * (0.8 + 0.4 * t);
                         // Faint non-specific DAB in the cytoplasm.
-                        dbuf[i] = 0.01 + 0.03 * self.noise(x0 + xx, y0 + yy, 6);
+                        dbuf[i] = 0.01 + 0.03 * field(noise[i], 1);
                     }
                 }
             }
@@ -304,7 +314,7 @@ impl Model {
         for j in j0..=j1 {
             for i in i0..=i1 {
                 if let Some(nu) = self.nucleus(i, j) {
-                    self.stamp(&nu, x0, y0, w, h, hbuf, dbuf);
+                    stamp(&nu, x0, y0, w, h, hbuf, dbuf, noise);
                 }
             }
         }
@@ -314,57 +324,71 @@ impl Model {
                 let i = (yy * w + xx) as usize;
                 // Glass stays flat: noise there would only cost file size.
                 let noise = if hbuf[i] > 0.0 {
-                    self.noise(x0 + xx, y0 + yy, 4) * 3.0 - 1.5
+                    field(noise[i], 2) * 3.0 - 1.5
                 } else {
                     0.0
                 };
                 for k in 0..3 {
                     let od = hbuf[i] * HEMATOXYLIN[k] + dbuf[i] * DAB[k] + GLASS_OD[k];
-                    let v = 255.0 * 10f32.powf(-od) + noise;
+                    let step = ((od * OD_STEPS as f32).round() as usize).min(transmit.len() - 1);
+                    let v = transmit[step] + noise;
                     out[i * 3 + k] = v.round().clamp(0.0, 255.0) as u8;
                 }
             }
         }
     }
+}
 
-    /// Paints one nucleus (anti-aliased edge, grainy chromatin).
-    #[allow(clippy::too_many_arguments)]
-    fn stamp(
-        &self,
-        nu: &Nucleus,
-        x0: u32,
-        y0: u32,
-        w: u32,
-        h: u32,
-        hbuf: &mut [f32],
-        dbuf: &mut [f32],
-    ) {
-        let ext = nu.a + 1.0;
-        let lo = |c: f64, o: u32| ((c - ext).floor().max(f64::from(o))) as u32;
-        let hi = |c: f64, o: u32, len: u32| ((c + ext).ceil().min(f64::from(o + len))) as u32;
-        let mean = (nu.a + nu.b) / 2.0;
-        for py in lo(nu.y, y0)..hi(nu.y, y0, h) {
-            for px in lo(nu.x, x0)..hi(nu.x, x0, w) {
-                let dx = f64::from(px) + 0.5 - nu.x;
-                let dy = f64::from(py) + 0.5 - nu.y;
-                let u = (dx * nu.cos + dy * nu.sin) / nu.a;
-                let v = (-dx * nu.sin + dy * nu.cos) / nu.b;
-                let q = (u * u + v * v).sqrt();
-                let alpha = ((1.0 - q) * mean + 0.5).clamp(0.0, 1.0) as f32;
-                if alpha <= 0.0 {
-                    continue;
-                }
-                let grain = 0.8 + 0.4 * self.noise(px, py, 5);
-                let i = ((py - y0) * w + (px - x0)) as usize;
-                hbuf[i] = hbuf[i] * (1.0 - alpha) + alpha * nu.h * grain;
-                dbuf[i] = dbuf[i] * (1.0 - alpha) + alpha * nu.d * grain;
+/// Optical density is looked up in steps of 1/OD_STEPS (from 0 to 4).
+const OD_STEPS: usize = 1024;
+
+/// Per-tile buffers, reused from tile to tile.
+#[derive(Default)]
+pub struct Scratch {
+    h: Vec<f32>,
+    d: Vec<f32>,
+    noise: Vec<u64>,
+    /// 255 · 10^(−OD) per OD step.
+    transmit: Vec<f32>,
+}
+
+/// The `k`-th 16-bit uniform in [0, 1) of a pixel's hash.
+fn field(hash: u64, k: u32) -> f32 {
+    ((hash >> (16 * k)) & 0xffff) as f32 / 65536.0
+}
+
+/// Paints one nucleus (anti-aliased edge, grainy chromatin).
+#[allow(clippy::too_many_arguments)]
+fn stamp(
+    nu: &Nucleus,
+    x0: u32,
+    y0: u32,
+    w: u32,
+    h: u32,
+    hbuf: &mut [f32],
+    dbuf: &mut [f32],
+    noise: &[u64],
+) {
+    let ext = nu.a + 1.0;
+    let lo = |c: f64, o: u32| ((c - ext).floor().max(f64::from(o))) as u32;
+    let hi = |c: f64, o: u32, len: u32| ((c + ext).ceil().min(f64::from(o + len))) as u32;
+    let mean = (nu.a + nu.b) / 2.0;
+    for py in lo(nu.y, y0)..hi(nu.y, y0, h) {
+        for px in lo(nu.x, x0)..hi(nu.x, x0, w) {
+            let dx = f64::from(px) + 0.5 - nu.x;
+            let dy = f64::from(py) + 0.5 - nu.y;
+            let u = (dx * nu.cos + dy * nu.sin) / nu.a;
+            let v = (-dx * nu.sin + dy * nu.cos) / nu.b;
+            let q = (u * u + v * v).sqrt();
+            let alpha = ((1.0 - q) * mean + 0.5).clamp(0.0, 1.0) as f32;
+            if alpha <= 0.0 {
+                continue;
             }
+            let i = ((py - y0) * w + (px - x0)) as usize;
+            let grain = 0.8 + 0.4 * field(noise[i], 3);
+            hbuf[i] = hbuf[i] * (1.0 - alpha) + alpha * nu.h * grain;
+            dbuf[i] = dbuf[i] * (1.0 - alpha) + alpha * nu.d * grain;
         }
-    }
-
-    /// Per-pixel uniform noise in [0, 1), a pure function of the position.
-    fn noise(&self, x: u32, y: u32, salt: u64) -> f32 {
-        (hash(self.seed, u64::from(x), u64::from(y), salt) >> 40) as f32 / (1u64 << 24) as f32
     }
 }
 
