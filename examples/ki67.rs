@@ -213,9 +213,9 @@ impl Labeller {
             });
             run.comp = l;
         }
-        for i in 0..cur.len() {
-            let root = self.find(cur[i].comp);
-            cur[i].comp = root;
+        for run in cur.iter_mut() {
+            let root = self.find(run.comp);
+            run.comp = root;
             self.seen[root] = self.row;
         }
         // Components of the previous row that this row did not continue.

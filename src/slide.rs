@@ -259,13 +259,14 @@ impl<W: Write + Seek> SlideWriter<W> {
         let u16s = |v: &[u16]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         let u32s = |v: &[u32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         // (tag, type, count, value bytes), ascending by tag as TIFF requires.
-        let mut e: Vec<(u16, u16, u64, Vec<u8>)> = Vec::new();
-        e.push((254, LONG, 1, u32s(&[u32::from(l > 0)])));
-        e.push((256, LONG, 1, u32s(&[lv.size.width])));
-        e.push((257, LONG, 1, u32s(&[lv.size.height])));
-        e.push((258, SHORT, 3, u16s(&[8, 8, 8])));
-        e.push((259, SHORT, 1, u16s(&[8])));
-        e.push((262, SHORT, 1, u16s(&[2])));
+        let mut e: Vec<(u16, u16, u64, Vec<u8>)> = vec![
+            (254, LONG, 1, u32s(&[u32::from(l > 0)])),
+            (256, LONG, 1, u32s(&[lv.size.width])),
+            (257, LONG, 1, u32s(&[lv.size.height])),
+            (258, SHORT, 3, u16s(&[8, 8, 8])),
+            (259, SHORT, 1, u16s(&[8])),
+            (262, SHORT, 1, u16s(&[2])),
+        ];
         if l == 0 {
             let mut d = self.meta.description.clone().into_bytes();
             d.retain(|&b| b != 0);

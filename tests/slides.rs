@@ -201,11 +201,13 @@ fn ki67_index_is_within_5_points_of_the_truth_on_several_seeds() {
         let cell = summary["heatmap"]["cell_px"].as_u64().unwrap() as u32;
         assert_eq!((w, h), (16 * cell, 12 * cell));
         assert!(
-            px.chunks_exact(3).any(|p| u16::from(p[0]) > u16::from(p[2]) + 60),
+            px.chunks_exact(3)
+                .any(|p| u16::from(p[0]) > u16::from(p[2]) + 60),
             "no red in the heat map"
         );
         assert!(
-            px.chunks_exact(3).any(|p| u16::from(p[2]) > u16::from(p[0]) + 60),
+            px.chunks_exact(3)
+                .any(|p| u16::from(p[2]) > u16::from(p[0]) + 60),
             "no blue in the heat map"
         );
 

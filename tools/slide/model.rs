@@ -161,8 +161,16 @@ impl Model {
                 let id = regions.len();
                 let mut d = Draws(hash(seed, u64::from(c), u64::from(r), 1));
                 let harmonics = [
-                    (0.08, 2 + (d.next() * 2.0) as u32, d.range(0.0, 6.283)),
-                    (0.05, 4 + (d.next() * 3.0) as u32, d.range(0.0, 6.283)),
+                    (
+                        0.08,
+                        2 + (d.next() * 2.0) as u32,
+                        d.range(0.0, std::f64::consts::TAU),
+                    ),
+                    (
+                        0.05,
+                        4 + (d.next() * 3.0) as u32,
+                        d.range(0.0, std::f64::consts::TAU),
+                    ),
                 ];
                 let s = 1.0 + harmonics[0].0 + harmonics[1].0;
                 // Small slides get thinner margins (regions may then share tiles).
