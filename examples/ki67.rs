@@ -514,10 +514,12 @@ fn run(slide: &Path, out: &Path) -> Result<(), String> {
             let g = f64::from(base[(y * hw + x) as usize]);
             let c = if t.nuclei > 0 {
                 let f = colour(f64::from(t.positive) / f64::from(t.nuclei));
+                // Cells with few nuclei (region edges) are less certain: paler.
+                let a = 0.7 * (f64::from(t.nuclei) / 20.0).min(1.0);
                 [
-                    0.7 * f[0] + 0.3 * g,
-                    0.7 * f[1] + 0.3 * g,
-                    0.7 * f[2] + 0.3 * g,
+                    a * f[0] + (1.0 - a) * g,
+                    a * f[1] + (1.0 - a) * g,
+                    a * f[2] + (1.0 - a) * g,
                 ]
             } else {
                 [g, g, g]
@@ -562,7 +564,7 @@ fn run(slide: &Path, out: &Path) -> Result<(), String> {
             tiles_x: ntx,
             tiles_y: nty,
             cell_px: cell,
-            colours: "blue 0 % .. yellow 50 % .. red 100 % positive; grey: no nuclei",
+            colours: "blue 0 % .. yellow 50 % .. red 100 % positive, paler under 20 nuclei; grey: no nuclei",
         },
     };
     let mut json = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
