@@ -9,8 +9,9 @@
 //! - [`vfs`]: the filesystem engine, plain Rust, no FUSE types;
 //! - [`fs`]: the FUSE adapter (fuser) — thin;
 //! - [`session`]: login, lock, user switch and the control socket of a mount;
-//! - [`sandbox`]: profiling (and later confining) untrusted analyses;
+//! - [`sandbox`]: profiling and confining untrusted analyses;
 //! - [`signature`]: signed documents (detached `.sig` files) and their checks;
+//! - [`slide`]: pyramidal tiled TIFF writer and reader for virtual slides;
 //! - [`cli`]: the command line.
 
 pub mod admin;
@@ -26,5 +27,6 @@ pub mod rekey;
 pub mod sandbox;
 pub mod session;
 pub mod signature;
+pub mod slide;
 pub mod store;
 pub mod vfs;

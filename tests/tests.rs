@@ -11,4 +11,5 @@ mod rekey;
 mod run;
 mod session;
 mod sign;
+mod slides;
 mod vectors;
