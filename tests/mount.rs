@@ -577,18 +577,3 @@ fn allow_other_behaves_like_a_local_filesystem() {
     assert!(g.join("public").exists());
     m.unmount();
 }
-
-#[test]
-fn the_demo_runs_and_leaks_nothing() {
-    if !fuse_available() {
-        return;
-    }
-    let out = ok(tresor().arg("demo"));
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("cat records/patient-0042/anamnesis.txt"),
-        "{text}"
-    );
-    assert!(text.contains("Allergies: penicillin"), "{text}");
-    assert!(text.contains("found in the store: no"), "{text}");
-}

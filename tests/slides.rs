@@ -395,3 +395,66 @@ fn bad_input_gives_a_clear_error() {
     }
     assert!(!dir.path().join("x.tiff").exists());
 }
+
+/// The product's path: the slide in a mounted data group, the analysis
+/// profiled once and run confined (`--data` the mounted slide's folder,
+/// `--out` inside the mounted group). Its summary and heat map are
+/// byte-identical to the unconfined analysis of the plaintext original.
+#[test]
+fn ki67_confined_through_the_mount_matches_the_unconfined_run() {
+    if !fuse_available() {
+        return;
+    }
+    let ts = TestStore::new(&["pathology"]);
+    let src = ts.subdir("src");
+    let (plain, _) = generate(&src, "slide.tiff", 7, "2048x1536", &[]);
+    let free = ts.subdir("free");
+    let (_, summary, heatmap) = analyse(&plain, &free, &src);
+
+    let m = ts.mount();
+    let case = m.path("pathology/S-7");
+    let results = m.path("pathology/S-7/ki67");
+    std::fs::create_dir_all(&results).unwrap();
+    let slide = case.join("slide.tiff");
+    std::fs::copy(&plain, &slide).unwrap();
+    let profile = ts.dir.path().join("ki67.json");
+    let scratch = ts.subdir("profiling");
+    ok(crate::util::tresor()
+        .args(["profile", "--out"])
+        .arg(&profile)
+        .arg("--")
+        .arg(example("ki67"))
+        .arg(&slide)
+        .arg("--out")
+        .arg(&scratch));
+    let run = crate::util::tresor()
+        .args(["run", "--profile"])
+        .arg(&profile)
+        .arg("--data")
+        .arg(&case)
+        .arg("--out")
+        .arg(&results)
+        .arg("--")
+        .arg(example("ki67"))
+        .arg(&slide)
+        .arg("--out")
+        .arg(&results)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "confined ki67 failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        std::fs::read(results.join("summary.json")).unwrap(),
+        summary
+    );
+    assert_eq!(std::fs::read(results.join("heatmap.png")).unwrap(), heatmap);
+    // Written encrypted: the summary's text is nowhere in the store.
+    let store = crate::util::all_store_bytes(&ts.store);
+    assert!(!store
+        .windows(b"ki67_index_percent".len())
+        .any(|w| w == b"ki67_index_percent"));
+    m.unmount();
+}

@@ -3,6 +3,7 @@
 mod util;
 
 mod access;
+mod demo;
 mod login;
 mod mount;
 mod policy;

@@ -55,7 +55,10 @@ pub fn run(keep: bool, dir: Option<PathBuf>) -> Result<ExitCode> {
             (t.path().to_path_buf(), Some(t))
         }
     };
-    fs::write(root.join(MARKER), "a tresor demo; `tresor demo --dir` may clear it\n")?;
+    fs::write(
+        root.join(MARKER),
+        "a tresor demo; `tresor demo --dir` may clear it\n",
+    )?;
     println!("tresor demo — everything happens in {}", root.display());
     let mut demo = Demo::new(&root)?;
     let result = demo.all();
@@ -94,7 +97,10 @@ fn prepare_dir(d: &Path) -> Result<PathBuf> {
             let p = d.join(m);
             if is_mounted(&p) {
                 let _ = Command::new("fusermount3").arg("-u").arg(&p).output();
-                let _ = Command::new("fusermount3").args(["-u", "-z"]).arg(&p).output();
+                let _ = Command::new("fusermount3")
+                    .args(["-u", "-z"])
+                    .arg(&p)
+                    .output();
             }
         }
         fs::remove_dir_all(&d).with_context(|| format!("cannot clear {}", d.display()))?;
@@ -182,15 +188,23 @@ impl Demo {
         if let Some(cargo) = std::env::var_os("CARGO") {
             let release = dir.ends_with("release");
             let mut c = Command::new(cargo);
-            c.args(["build", "--quiet", "--bin", "tresor-slide", "--example", "ki67"])
-                .arg("--manifest-path")
-                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
+            c.args([
+                "build",
+                "--quiet",
+                "--bin",
+                "tresor-slide",
+                "--example",
+                "ki67",
+            ])
+            .arg("--manifest-path")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
             if release {
                 c.arg("--release");
             }
-            spin("building the slide generator and the Ki-67 analysis (cargo build)", || {
-                ok(&mut c)
-            })?;
+            spin(
+                "building the slide generator and the Ki-67 analysis (cargo build)",
+                || ok(&mut c),
+            )?;
         }
         for p in [&slide, &ki67] {
             if !p.exists() {
@@ -286,7 +300,10 @@ impl Demo {
             if done {
                 detail(format!("unmounted {}", m.display()));
             } else {
-                let _ = Command::new("fusermount3").args(["-u", "-z"]).arg(&m).output();
+                let _ = Command::new("fusermount3")
+                    .args(["-u", "-z"])
+                    .arg(&m)
+                    .output();
             }
         }
     }
@@ -301,18 +318,24 @@ impl Demo {
         if let Some(p) = slide.parent() {
             fs::create_dir_all(p)?;
         }
-        spin("generating a pyramidal tiled TIFF slide through the mount", || {
-            ok(Command::new(slide_tool)
-                .arg("--out")
-                .arg(&slide)
-                .args(["--seed", "42"]))
-        })?;
+        spin(
+            "generating a pyramidal tiled TIFF slide through the mount",
+            || {
+                ok(Command::new(slide_tool)
+                    .arg("--out")
+                    .arg(&slide)
+                    .args(["--seed", "42"]))
+            },
+        )?;
         // The ground truth stays out of the analysts' reach.
         let truth = slide.with_extension("truth.json");
         fs::copy(&truth, self.root.join("slide.truth.json"))?;
         fs::remove_file(&truth)?;
         for (path, text) in [
-            (LAB, "test,value,unit\nhb,13.9,g/dl\ncrp,4.1,mg/l\nki67_serum,n/a,\n"),
+            (
+                LAB,
+                "test,value,unit\nhb,13.9,g/dl\ncrp,4.1,mg/l\nki67_serum,n/a,\n",
+            ),
             (
                 RX,
                 "Rx for patient 0042: ramipril 5 mg, 1-0-0, 98 tablets.\nDr. A. Alvarez (alice)\n",
@@ -444,7 +467,10 @@ impl Demo {
     }
 
     fn nurse(&mut self) -> Result<()> {
-        step(5, "nina (nurse) mounts it: prescriptions readable, lab data not");
+        step(
+            5,
+            "nina (nurse) mounts it: prescriptions readable, lab data not",
+        );
         let mnt = self.mount("nina")?;
         let rx = fs::read_to_string(mnt.join(RX))?;
         detail(format!(
@@ -523,25 +549,20 @@ impl Demo {
             "tresor verify: {}",
             String::from_utf8_lossy(&good.stdout).trim()
         ));
-        let mut bytes = fs::read(&rx)?;
-        if let Some(b) = bytes.iter_mut().find(|b| b.is_ascii_digit()) {
-            *b = if *b == b'9' { b'8' } else { *b + 1 };
-        }
-        fs::write(&rx, &bytes)?;
+        // One byte: the dose.
+        let text = fs::read_to_string(&rx)?;
+        fs::write(&rx, text.replacen("5 mg", "6 mg", 1))?;
         let bad = verify()?;
         if bad.status.success() {
             bail!("verify accepted a changed prescription");
         }
-        detail("one digit changed; tresor verify:");
+        detail("the dose changed from 5 mg to 6 mg (one byte); tresor verify:");
         detail(format!(
             "  {}{}",
             String::from_utf8_lossy(&bad.stdout).trim(),
             String::from_utf8_lossy(&bad.stderr).trim()
         ));
-        detail(format!(
-            "  exit status {}",
-            bad.status.code().unwrap_or(-1)
-        ));
+        detail(format!("  exit status {}", bad.status.code().unwrap_or(-1)));
         Ok(())
     }
 
