@@ -54,24 +54,41 @@ workload() { # name → data dir and command
     esac
 }
 
-# one CONFIG: prints wall time in µs of one run
+# one CONFIG: prints "WALL CPU" in µs for one run; CPU is user+sys of the
+# whole tree (bash's `time` counts every waited-for descendant), steadier
+# than wall time on a shared VM.
 one() {
-    local cfg=$1 t0 t1
+    local cfg=$1 t
     local run=("$TRESOR" run --profile "$BENCH_DIR/$W.json" --data "$DATA" --out "$BENCH_DIR/out")
-    t0=$(now)
-    case $cfg in
+    local TIMEFORMAT="%R %U %S"
+    t=$( { time case $cfg in
         free) "${CMD[@]}" >/dev/null ;;
         own) "${run[@]}" -- "${CMD[@]}" >/dev/null ;;
         pad) "${run[@]}" --pad-rules "$PAD" -- "${CMD[@]}" >/dev/null ;;
-    esac
-    t1=$(now)
-    echo $(( (t1 - t0) / 1000 ))
+    esac; } 2>&1 )
+    echo "$t" | awk '{printf "%d %d\n", $1*1e6, ($2+$3)*1e6}'
 }
 
-median() { sort -n | awk '{a[NR]=$1} END {printf "%.3f", a[int((NR+1)/2)]/1e6}'; }
+# median of column $1 of the "WALL CPU" lines on stdin, in seconds
+median() { awk -v c="$1" '{print $c}' | sort -n | awk '{a[NR]=$1} END {printf "%.3f", a[int((NR+1)/2)]/1e6}'; }
+# paired ratio: the median over rounds of (this run / the unconfined run of
+# the same round) — drift between rounds cancels out.
+# usage: paired COL "free runs" "other runs"
+paired() {
+    python3 -c '
+import statistics, sys
+col = int(sys.argv[1]) - 1
+free = [float(l.split()[col]) for l in sys.argv[2].splitlines()]
+other = [float(l.split()[col]) for l in sys.argv[3].splitlines()]
+print("%.3f" % statistics.median(o / f for o, f in zip(other, free)))
+' "$1" "$2" "$3"
+}
 
-echo "| workload | unconfined (s) | tresor run, own policy (s) | ratio | tresor run, $PAD+ rules (s) | ratio |"
-echo "|---|---:|---:|---:|---:|---:|"
+echo "Wall time (s) and CPU time (user+sys of the tree, s), median of $RUNS interleaved rounds;"
+echo "ratios are the median of the per-round ratios to the unconfined run of the same round:"
+echo
+echo "| workload | unconfined wall | own policy wall | ratio | $PAD+ rules wall | ratio | unconfined CPU | own CPU | ratio | $PAD+ CPU | ratio |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for W in a b c d; do
     workload $W
     "$TRESOR" profile --out "$BENCH_DIR/$W.json" -- "${CMD[@]}" >/dev/null 2>&1
@@ -81,12 +98,15 @@ for W in a b c d; do
     for _ in $(seq "$RUNS"); do
         free+=("$(one free)"); own+=("$(one own)"); pad+=("$(one pad)")
     done
-    f=$(printf '%s\n' "${free[@]}" | median)
-    o=$(printf '%s\n' "${own[@]}" | median)
-    p=$(printf '%s\n' "${pad[@]}" | median)
-    ro=$(awk -v a="$o" -v b="$f" 'BEGIN {printf "%.3f", a/b}')
-    rp=$(awk -v a="$p" -v b="$f" 'BEGIN {printf "%.3f", a/b}')
-    echo "| $NAME | $f | $o | ${ro}× | $p | ${rp}× |"
+    row="| $NAME"
+    for col in 1 2; do
+        f=$(printf '%s\n' "${free[@]}" | median $col)
+        o=$(printf '%s\n' "${own[@]}" | median $col)
+        p=$(printf '%s\n' "${pad[@]}" | median $col)
+        F=$(printf '%s\n' "${free[@]}"); O=$(printf '%s\n' "${own[@]}"); P=$(printf '%s\n' "${pad[@]}")
+        row="$row | $f | $o | $(paired $col "$F" "$O")× | $p | $(paired $col "$F" "$P")×"
+    done
+    echo "$row |"
 done
 echo
 for W in a b c d; do
