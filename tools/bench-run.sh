@@ -15,10 +15,14 @@
 # ptrace supervisor (which sees only forks and exits).
 #
 # Usage: tools/bench-run.sh [RUNS]    (median of RUNS rounds, default 5)
+#   WORKLOADS="b" to run only some of a b c d; PIN=CPU to pin every run to
+#   one CPU with taskset (less migration noise on a shared VM).
 # Needs: cargo. Scratch data under $BENCH_DIR (default: target/bench-run).
 set -euo pipefail
 
 RUNS=${1:-5}
+WORKLOADS=${WORKLOADS:-a b c d}
+PIN=${PIN:-}
 PAD=${PAD:-2000}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -59,10 +63,12 @@ workload() { # name → data dir and command
 # than wall time on a shared VM.
 one() {
     local cfg=$1 t
-    local run=("$TRESOR" run --profile "$BENCH_DIR/$W.json" --data "$DATA" --out "$BENCH_DIR/out")
+    local pin=()
+    [ -n "$PIN" ] && pin=(taskset -c "$PIN")
+    local run=("${pin[@]}" "$TRESOR" run --profile "$BENCH_DIR/$W.json" --data "$DATA" --out "$BENCH_DIR/out")
     local TIMEFORMAT="%R %U %S"
     t=$( { time case $cfg in
-        free) "${CMD[@]}" >/dev/null ;;
+        free) "${pin[@]}" "${CMD[@]}" >/dev/null ;;
         own) "${run[@]}" -- "${CMD[@]}" >/dev/null ;;
         pad) "${run[@]}" --pad-rules "$PAD" -- "${CMD[@]}" >/dev/null ;;
     esac; } 2>&1 )
@@ -89,7 +95,7 @@ echo "ratios are the median of the per-round ratios to the unconfined run of the
 echo
 echo "| workload | unconfined wall | own policy wall | ratio | $PAD+ rules wall | ratio | unconfined CPU | own CPU | ratio | $PAD+ CPU | ratio |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-for W in a b c d; do
+for W in $WORKLOADS; do
     workload $W
     "$TRESOR" profile --out "$BENCH_DIR/$W.json" -- "${CMD[@]}" >/dev/null 2>&1
     # warm-up: page cache, binaries
@@ -109,7 +115,7 @@ for W in a b c d; do
     echo "$row |"
 done
 echo
-for W in a b c d; do
+for W in $WORKLOADS; do
     workload $W
     echo "policy $W: $("$TRESOR" policy show "$BENCH_DIR/$W.json" | grep -E '^[0-9]+ (syscalls|filters)' | tr '\n' ' ')"
     echo "policy $W padded: $("$TRESOR" policy show --pad-rules "$PAD" "$BENCH_DIR/$W.json" | grep -E '^[0-9]+ (syscalls|filters)' | tr '\n' ' ')"
