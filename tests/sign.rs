@@ -60,6 +60,17 @@ fn sign(file: &Path, (pse, pass): &(PathBuf, PathBuf)) -> Output {
         .unwrap()
 }
 
+/// alice (physician) in her own mount, with the prescription RX written
+/// and signed by her: (store, alice's PSE and passphrase file, mount, RX).
+fn alice_signed_rx() -> (TestStore, (PathBuf, PathBuf), Mount, PathBuf) {
+    let (ts, mut users) = clinic(&[("alice", "physicians")]);
+    let alice = users.remove(0);
+    let m = ts.mount_as(&alice.0, &alice.1, "alice", &[]);
+    let doc = write_doc(&m, RX, RX_TEXT);
+    sign_ok(&doc, &alice);
+    (ts, alice, m, doc)
+}
+
 fn sign_ok(file: &Path, who: &(PathBuf, PathBuf)) -> String {
     let out = sign(file, who);
     assert!(out.status.success(), "sign: {}", stderr(&out));
@@ -175,11 +186,8 @@ fn one_changed_byte_is_reported_as_content_changed() {
     if !fuse_available() {
         return;
     }
-    let (ts, users) = clinic(&[("alice", "physicians")]);
-    let alice = &users[0];
-    let m = ts.mount_as(&alice.0, &alice.1, "alice", &[]);
-    let doc = write_doc(&m, RX, RX_TEXT);
-    sign_ok(&doc, alice);
+    let (_ts, alice, _m, doc) = alice_signed_rx();
+    let alice = &alice;
     expect(&verify(&doc, &alice.0), 0, "valid");
     // One byte: 400 → 800 mg, written in place by a real program.
     let pos = RX_TEXT.find('4').unwrap();
@@ -203,11 +211,8 @@ fn a_document_moved_to_another_folder_is_reported_as_moved() {
     if !fuse_available() {
         return;
     }
-    let (ts, users) = clinic(&[("alice", "physicians")]);
-    let alice = &users[0];
-    let m = ts.mount_as(&alice.0, &alice.1, "alice", &[]);
-    let doc = write_doc(&m, RX, RX_TEXT);
-    sign_ok(&doc, alice);
+    let (_ts, alice, m, _doc) = alice_signed_rx();
+    let alice = &alice;
     fs::create_dir_all(m.path("prescriptions/patient-18")).unwrap();
     crate::util::sh(
         &m.path("prescriptions"),
@@ -269,11 +274,8 @@ fn a_signature_copied_onto_another_document_is_refused() {
     if !fuse_available() {
         return;
     }
-    let (ts, users) = clinic(&[("alice", "physicians")]);
-    let alice = &users[0];
-    let m = ts.mount_as(&alice.0, &alice.1, "alice", &[]);
-    let doc = write_doc(&m, RX, RX_TEXT);
-    sign_ok(&doc, alice);
+    let (_ts, alice, m, doc) = alice_signed_rx();
+    let alice = &alice;
     let forged = write_doc(
         &m,
         "prescriptions/patient-17/rx-morphine.txt",
@@ -480,11 +482,8 @@ fn the_signature_survives_cp_a_out_of_the_mount_and_back() {
     if !fuse_available() {
         return;
     }
-    let (ts, users) = clinic(&[("alice", "physicians")]);
-    let alice = &users[0];
-    let m = ts.mount_as(&alice.0, &alice.1, "alice", &[]);
-    let doc = write_doc(&m, RX, RX_TEXT);
-    sign_ok(&doc, alice);
+    let (ts, alice, m, _doc) = alice_signed_rx();
+    let alice = &alice;
     let out_dir = ts.subdir("export");
     ok(std::process::Command::new("cp")
         .arg("-a")
@@ -542,11 +541,8 @@ fn malformed_and_altered_signature_files() {
     if !fuse_available() {
         return;
     }
-    let (ts, users) = clinic(&[("alice", "physicians")]);
-    let alice = &users[0];
-    let m = ts.mount_as(&alice.0, &alice.1, "alice", &[]);
-    let doc = write_doc(&m, RX, RX_TEXT);
-    sign_ok(&doc, alice);
+    let (_ts, alice, m, doc) = alice_signed_rx();
+    let alice = &alice;
     let sig = m.path(&format!("{RX}.sig"));
     let good = fs::read_to_string(&sig).unwrap();
 

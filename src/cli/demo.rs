@@ -363,7 +363,6 @@ impl Demo {
         );
         let mnt = self.mount("rob")?;
         let slide = mnt.join(SLIDE);
-        let data = slide.parent().unwrap_or(&mnt).to_path_buf();
         let scratch = self.root.join("profiling-out");
         fs::create_dir_all(&scratch)?;
         let profile = self.root.join("ki67.json");
@@ -391,20 +390,7 @@ impl Demo {
         fs::create_dir_all(&out)?;
         spin(
             "tresor run --data <mounted slide> --out <mounted pathology group> -- ki67",
-            || {
-                ok(self
-                    .tresor(["run", "--profile"])
-                    .arg(&profile)
-                    .arg("--data")
-                    .arg(&data)
-                    .arg("--out")
-                    .arg(&out)
-                    .arg("--")
-                    .arg(ki67)
-                    .arg(&slide)
-                    .arg("--out")
-                    .arg(&out))
-            },
+            || ok(&mut self.run_ki67(ki67, &slide, &out)),
         )?;
         let summary: serde_json::Value =
             serde_json::from_slice(&fs::read(out.join("summary.json"))?)
@@ -427,6 +413,23 @@ impl Demo {
         // Keep a copy of the heat map outside the store for the reader.
         fs::copy(out.join("heatmap.png"), self.root.join("heatmap.png"))?;
         Ok(summary)
+    }
+
+    /// `tresor run --profile ki67.json --data <slide's folder> --out OUT --
+    /// ki67 SLIDE --out OUT`: the confined analysis (more arguments may follow).
+    fn run_ki67(&self, ki67: &Path, slide: &Path, out: &Path) -> Command {
+        let mut c = self.tresor(["run", "--profile"]);
+        c.arg(self.root.join("ki67.json"))
+            .arg("--data")
+            .arg(slide.parent().unwrap_or(slide))
+            .arg("--out")
+            .arg(out)
+            .arg("--")
+            .arg(ki67)
+            .arg(slide)
+            .arg("--out")
+            .arg(out);
+        c
     }
 
     fn ciphertext(&self, summary: &serde_json::Value) -> Result<()> {
@@ -494,17 +497,7 @@ impl Demo {
         let out = self.root.join("tampered-out");
         fs::create_dir_all(&out)?;
         let r = self
-            .tresor(["run", "--profile"])
-            .arg(self.root.join("ki67.json"))
-            .arg("--data")
-            .arg(slide.parent().unwrap_or(&mnt))
-            .arg("--out")
-            .arg(&out)
-            .arg("--")
-            .arg(ki67)
-            .arg(&slide)
-            .arg("--out")
-            .arg(&out)
+            .run_ki67(ki67, &slide, &out)
             .args(["--phone-home", "127.0.0.1:80"])
             .output()?;
         let err = String::from_utf8_lossy(&r.stderr);
