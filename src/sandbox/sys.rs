@@ -643,7 +643,7 @@ pub fn wait_child(pid: i32) -> io::Result<i32> {
 /// task that seccomp killed, the kernel has rolled the registers back to
 /// the syscall entry, so these are the denied call's.
 pub fn syscall_regs(pid: i32) -> io::Result<(u64, [u64; 6])> {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     {
         // SAFETY: user_regs_struct is plain old data; all-zero is valid.
         let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
@@ -657,27 +657,16 @@ pub fn syscall_regs(pid: i32) -> io::Result<(u64, [u64; 6])> {
             libc::NT_PRSTATUS as usize,
             &mut iov as *mut libc::iovec as usize,
         )?;
-        Ok((
+        #[cfg(target_arch = "x86_64")]
+        return Ok((
             regs.orig_rax,
             [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9],
-        ))
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        // SAFETY: user_regs_struct is plain old data; all-zero is valid.
-        let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
-        let mut iov = libc::iovec {
-            iov_base: (&mut regs as *mut libc::user_regs_struct).cast(),
-            iov_len: std::mem::size_of::<libc::user_regs_struct>(),
-        };
-        ptrace_raw(
-            libc::PTRACE_GETREGSET,
-            pid,
-            libc::NT_PRSTATUS as usize,
-            &mut iov as *mut libc::iovec as usize,
-        )?;
-        let r = regs.regs;
-        Ok((r[8], [r[0], r[1], r[2], r[3], r[4], r[5]]))
+        ));
+        #[cfg(target_arch = "aarch64")]
+        {
+            let r = regs.regs;
+            return Ok((r[8], [r[0], r[1], r[2], r[3], r[4], r[5]]));
+        }
     }
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
