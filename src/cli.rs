@@ -78,7 +78,7 @@ enum Cmd {
         /// Let other local users in; the kernel checks owners and modes.
         #[arg(long)]
         allow_other: bool,
-        /// Log file when detached (default: $XDG_RUNTIME_DIR/tresor/ or /tmp/tresor-UID/).
+        /// Log file when detached (default: beside the control socket, see docs/SESSIONS.md).
         #[arg(long)]
         log: Option<PathBuf>,
         /// Worker threads.
@@ -572,9 +572,7 @@ fn stop_signals() -> nix::sys::signal::SigSet {
 }
 
 fn default_log(mnt: &Path) -> Result<PathBuf> {
-    let base = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(|d| PathBuf::from(d).join("tresor"))
-        .unwrap_or_else(|| PathBuf::from(format!("/tmp/tresor-{}", nix::unistd::getuid())));
+    let base = crate::session::socket_dir();
     std::fs::create_dir_all(&base).with_context(|| format!("cannot create {}", base.display()))?;
     std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     let name = mnt

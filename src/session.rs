@@ -235,13 +235,18 @@ impl Reply {
 
 // ---- where the socket lives ----
 
-/// The directory of control sockets: `/run/tresor` for root, else
-/// `$XDG_RUNTIME_DIR/tresor`, else `/tmp/tresor-UID`.
+/// The directory of control sockets and default logs: `$TRESOR_RUNTIME_DIR`
+/// if set (for every uid: a test or a second instance keeps its own), else
+/// `/run/tresor` for root, else `$XDG_RUNTIME_DIR/tresor`, else
+/// `/tmp/tresor-UID`.
 pub fn socket_dir() -> PathBuf {
     socket_dir_for(nix::unistd::geteuid().as_raw())
 }
 
 fn socket_dir_for(uid: u32) -> PathBuf {
+    if let Some(d) = std::env::var_os("TRESOR_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
     if uid == 0 {
         return PathBuf::from("/run/tresor");
     }
@@ -267,7 +272,12 @@ fn socket_name(mnt: &Path) -> String {
 
 /// The control socket of the mount at `mnt` (for this uid).
 pub fn socket_path(mnt: &Path) -> PathBuf {
-    socket_dir().join(socket_name(&mount_key(mnt)))
+    socket_path_in(&socket_dir(), mnt)
+}
+
+/// The control socket of the mount at `mnt` in socket directory `dir`.
+pub fn socket_path_in(dir: &Path, mnt: &Path) -> PathBuf {
+    dir.join(socket_name(&mount_key(mnt)))
 }
 
 fn me() -> u32 {

@@ -515,6 +515,7 @@ impl Store {
 mod seen {
     use super::{write_atomic, DirectoryError, StoreError};
     use std::collections::BTreeMap;
+    use std::os::unix::fs::OpenOptionsExt;
     use std::path::PathBuf;
 
     fn path() -> Option<PathBuf> {
@@ -526,6 +527,19 @@ mod seen {
 
     pub(super) fn check_and_record(store_id: &str, version: u64) -> Result<(), StoreError> {
         let Some(p) = path() else { return Ok(()) };
+        if let Some(dir) = p.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        // Read, compare and write back under one exclusive lock: two tresor
+        // commands at once must not lose each other's newer version (the
+        // record would then let a put-back directory pass unnoticed).
+        let _lock = match lock(&p) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!("cannot lock {}: {e}", p.display());
+                None
+            }
+        };
         let mut map: BTreeMap<String, u64> = std::fs::read(&p)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -540,9 +554,6 @@ mod seen {
         }
         if version > seen {
             map.insert(store_id.to_string(), version);
-            if let Some(dir) = p.parent() {
-                let _ = std::fs::create_dir_all(dir);
-            }
             let bytes = serde_json::to_vec_pretty(&map).unwrap_or_default();
             // Best effort: a read-only home must not stop a mount.
             if let Err(e) = write_atomic(&p, &bytes, 0o600) {
@@ -553,5 +564,18 @@ mod seen {
             }
         }
         Ok(())
+    }
+
+    /// An exclusive `flock` on `seen.json.lock` beside the record (the record
+    /// itself is replaced by rename, so it cannot carry the lock).
+    fn lock(record: &std::path::Path) -> std::io::Result<nix::fcntl::Flock<std::fs::File>> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(record.with_extension("json.lock"))?;
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| std::io::Error::from(e))
     }
 }

@@ -400,6 +400,7 @@ fn tampered_block_is_eio_and_logged_never_plaintext() {
         .status()
         .unwrap();
     assert!(!st.success());
+    drop(file);
     m.unmount();
     let log = fs::read_to_string(ts.dir.path().join("mount.log")).unwrap();
     assert!(

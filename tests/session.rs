@@ -1,7 +1,7 @@
 //! Sessions (issue 7): lock, idle lock, user switch, failed logins, the PSE
 //! medium pulled, the control socket's owner check — on real mounts.
 
-use crate::util::{fuse_available, tresor, Mount, TestStore};
+use crate::util::{control_socket, fuse_available, isolate_as, tresor, Mount, TestStore};
 use serde_json::Value;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -424,13 +424,18 @@ fn removing_the_pse_locks_within_a_second() {
     m.unmount();
 }
 
-/// Runs `tresor ARGS` as nobody.
+/// Runs `tresor ARGS` as nobody, looking for control sockets where this
+/// test's root-started mounts keep theirs (as it would in /run/tresor).
 fn as_nobody(args: &[&str]) -> Output {
-    Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+    let mut c = Command::new("setpriv");
+    isolate_as(&mut c, 65534);
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(env!("CARGO_BIN_EXE_tresor"))
         .args(args)
-        .env_remove("XDG_RUNTIME_DIR")
+        .env(
+            "TRESOR_RUNTIME_DIR",
+            control_socket(Path::new("/")).parent().unwrap(),
+        )
         .stdin(Stdio::null())
         .output()
         .unwrap()
@@ -453,7 +458,7 @@ fn another_uid_cannot_use_the_control_socket() {
     let m = ts.mount_with(&["--idle-lock", "0"]);
     fs::write(m.path("g/f"), b"data").unwrap();
     let mnt = m.mnt.to_str().unwrap();
-    let sock = tresor::session::socket_path(&m.mnt);
+    let sock = control_socket(&m.mnt);
     assert!(sock.exists(), "{}", sock.display());
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     assert_eq!(fs::metadata(&sock).unwrap().mode() & 0o777, 0o600);
@@ -504,7 +509,7 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
     let mnt = ts.subdir("mnt");
 
     // A stale socket of a crashed mount: cleared, the mount comes up.
-    let stale = tresor::session::socket_path(&mnt);
+    let stale = control_socket(&mnt);
     fs::create_dir_all(stale.parent().unwrap()).unwrap();
     drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
     assert!(stale.exists());
@@ -564,7 +569,7 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
     assert!(text(&o).contains("nothing is mounted"), "{}", text(&o));
 
     // `tresor umount` asks the driver; the socket goes with the mount.
-    let sock = tresor::session::socket_path(&m.mnt);
+    let sock = control_socket(&m.mnt);
     let o = tresor().arg("umount").arg(&m.mnt).output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
     assert!(!m.is_mounted());

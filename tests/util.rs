@@ -7,11 +7,150 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `tresor` binary under test.
+/// The `tresor` binary under test, in this test's own environment.
 pub fn tresor() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tresor"));
     c.stdin(Stdio::null());
+    isolate(&mut c);
     c
+}
+
+/// Under `CI=true` a missing machine feature fails a test; it never skips.
+pub fn is_ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// The one place that decides a skip: returns `present`; when the feature is
+/// missing it fails the test under CI (naming the feature) and otherwise says
+/// on stderr what is skipped. Use as `if !require(x, "…") { return; }`.
+pub fn require(present: bool, feature: &str) -> bool {
+    if !present {
+        assert!(
+            !is_ci(),
+            "CI=true but this machine lacks {feature}: install or enable it (a skip would hide a failure)"
+        );
+        eprintln!("skipping: this machine lacks {feature}");
+    }
+    present
+}
+
+/// Whether the tests run as root; CI always does.
+pub fn require_root(why: &str) -> bool {
+    require(
+        nix::unistd::geteuid().is_root(),
+        &format!("root (needed to {why})"),
+    )
+}
+
+/// The temp dir of this test run; the process's own HOME and XDG
+/// directories point into it before any test starts (see [`ISOLATE_PROCESS`]).
+fn run_root() -> &'static Path {
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        // Short (a socket path must fit in 108 bytes) and kept for the whole
+        // run: it outlives every test, so it is left in /tmp.
+        tempfile::Builder::new()
+            .prefix("tresor-t-")
+            .tempdir()
+            .expect("create the test run's temp dir")
+            .keep()
+    })
+}
+
+/// HOME and the XDG directories of the test process itself, set before
+/// `main` while the process has one thread: tests that call the library
+/// in-process (directory reads record versions in XDG_STATE_HOME) must not
+/// reach the real home either.
+#[used]
+#[link_section = ".init_array"]
+static ISOLATE_PROCESS: extern "C" fn() = isolate_process;
+
+extern "C" fn isolate_process() {
+    let d = env_dirs(&run_root().join("process"));
+    for (k, v) in env_vars(&d) {
+        std::env::set_var(k, v);
+    }
+}
+
+fn env_dirs(dir: &Path) -> PathBuf {
+    if !dir.exists() {
+        for sub in ["home", "state", "run", "config", "cache"] {
+            std::fs::create_dir_all(dir.join(sub)).expect("create the test's env dir");
+        }
+        // Traversable, not listable: tests that open the socket's own
+        // modes to another uid need the path to it open.
+        std::fs::set_permissions(
+            dir.join("run"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .expect("chmod the test's runtime dir");
+    }
+    dir.to_path_buf()
+}
+
+fn env_vars(d: &Path) -> [(&'static str, PathBuf); 6] {
+    [
+        ("HOME", d.join("home")),
+        ("XDG_STATE_HOME", d.join("state")),
+        ("XDG_RUNTIME_DIR", d.join("run")),
+        ("XDG_CONFIG_HOME", d.join("config")),
+        ("XDG_CACHE_HOME", d.join("cache")),
+        ("TRESOR_RUNTIME_DIR", d.join("run").join("tresor")),
+    ]
+}
+
+/// Where this test's HOME, XDG_STATE_HOME, XDG_RUNTIME_DIR and
+/// TRESOR_RUNTIME_DIR live: one fresh directory per test (libtest runs each
+/// test on a thread named after it), inside the run's temp dir. Nothing a
+/// test does reaches the real home, /run/tresor or another test's rollback
+/// record.
+pub fn test_env_dir() -> PathBuf {
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("unnamed-thread")
+        .to_string();
+    // A hash keeps the path short; the full name is written beside it.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in name.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100000001b3);
+    }
+    let dir = run_root().join(format!("{h:016x}"));
+    if !dir.exists() {
+        env_dirs(&dir);
+        std::fs::write(dir.join("test-name"), &name).expect("name the test's env dir");
+    }
+    dir
+}
+
+/// Points a command's HOME and XDG directories (and tresor's runtime dir)
+/// into this test's own environment.
+pub fn isolate(cmd: &mut Command) -> &mut Command {
+    cmd.envs(env_vars(&test_env_dir()))
+}
+
+/// The control socket a mount at `mnt` started by this test has.
+pub fn control_socket(mnt: &Path) -> PathBuf {
+    tresor::session::socket_path_in(&test_env_dir().join("run").join("tresor"), mnt)
+}
+
+/// A command that will run as `uid` (through setpriv, by the caller): an
+/// environment of its own, owned by that uid, inside this test's.
+pub fn isolate_as(cmd: &mut Command, uid: u32) -> &mut Command {
+    use std::os::unix::fs::PermissionsExt;
+    let base = test_env_dir();
+    let d = base.join(format!("uid-{uid}"));
+    for sub in ["", "home", "state", "run", "config", "cache"] {
+        let p = d.join(sub);
+        std::fs::create_dir_all(&p).expect("create the env dir");
+        std::os::unix::fs::chown(&p, Some(uid), Some(uid)).expect("chown the env dir");
+    }
+    // The uid must reach its own dirs through ours.
+    for p in [base.parent().unwrap(), &base] {
+        let mode = std::fs::metadata(p).unwrap().permissions().mode();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode | 0o711)).unwrap();
+    }
+    std::fs::set_permissions(d.join("run"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    cmd.envs(env_vars(&d))
 }
 
 /// Runs a command and returns its output, panicking with its stderr if it failed.
@@ -29,7 +168,9 @@ pub fn ok(cmd: &mut Command) -> Output {
 
 /// Runs a shell command line in `dir`, panicking on failure; returns stdout.
 pub fn sh(dir: &Path, script: &str) -> String {
-    let out = ok(Command::new("sh").arg("-ec").arg(script).current_dir(dir));
+    let out = ok(isolate(
+        Command::new("sh").arg("-ec").arg(script).current_dir(dir),
+    ));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -41,13 +182,10 @@ pub fn fuse_available() -> bool {
             .output()
             .map(|o| o.status.success())
             .unwrap_or(false);
-    if !ok {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("CI=true but /dev/fuse or fusermount3 is missing: install fuse3");
-        }
-        eprintln!("skipping: /dev/fuse or fusermount3 missing");
-    }
-    ok
+    require(
+        ok,
+        "FUSE (/dev/fuse and fusermount3 from the fuse3 package)",
+    )
 }
 
 /// A throw-away store with an administrator and data groups.
@@ -245,40 +383,85 @@ impl Mount {
         is_mounted(&self.mnt)
     }
 
-    /// Unmounts and waits for the mount process to exit cleanly.
+    /// Unmounts and asserts a clean end: `fusermount3 -u` succeeds, the
+    /// driver exits with status 0 within a hang guard of 20 s, and its log
+    /// holds no panic.
     pub fn unmount(mut self) {
-        self.stop();
+        self.stop(true);
     }
 
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("fusermount3")
-                .arg("-u")
-                .arg(&self.mnt)
-                .output();
-            let start = Instant::now();
-            loop {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                if start.elapsed() > Duration::from_secs(20) {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let _ = Command::new("fusermount3")
-                        .args(["-u", "-z"])
-                        .arg(&self.mnt)
-                        .output();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+    /// Panics if the driver's log shows a panic.
+    pub fn assert_no_panic(&self) {
+        let log = self.log();
+        assert!(
+            !log.contains("panicked"),
+            "the driver panicked; log:\n{log}"
+        );
+    }
+
+    fn stop(&mut self, strict: bool) {
+        let Some(mut child) = self.child.take() else {
+            if strict {
+                self.assert_no_panic();
             }
+            return;
+        };
+        let um = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.mnt)
+            .output();
+        let start = Instant::now();
+        let status = loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                break Some(st);
+            }
+            // A hang guard, not a timing assertion.
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = Command::new("fusermount3")
+                    .args(["-u", "-z"])
+                    .arg(&self.mnt)
+                    .output();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if !strict {
+            // Drop: lenient about how it ended, but a panic is never fine
+            // (unless the test is failing already).
+            if !std::thread::panicking() {
+                self.assert_no_panic();
+            }
+            return;
         }
+        match um {
+            Ok(o) => assert!(
+                o.status.success(),
+                "fusermount3 -u {} failed: {}",
+                self.mnt.display(),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => panic!("cannot run fusermount3: {e}"),
+        }
+        let Some(st) = status else {
+            panic!(
+                "the driver did not exit within 20 s of the unmount (killed); log:\n{}",
+                self.log()
+            );
+        };
+        assert!(
+            st.success(),
+            "the driver exited with {st} after a normal unmount; log:\n{}",
+            self.log()
+        );
+        self.assert_no_panic();
     }
 }
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        self.stop();
+        self.stop(false);
     }
 }
 
