@@ -9,6 +9,7 @@ mod mount;
 mod policy;
 mod profile;
 mod rekey;
+mod rollback;
 mod run;
 mod session;
 mod sign;
