@@ -30,3 +30,33 @@ pub mod signature;
 pub mod slide;
 pub mod store;
 pub mod vfs;
+
+/// Unit tests get their own HOME and XDG directories, set before `main`
+/// while the test process has one thread: directory reads record versions
+/// in `XDG_STATE_HOME`, and nothing a test does may reach the real home.
+#[cfg(test)]
+mod test_env {
+    #[used]
+    #[link_section = ".init_array"]
+    static ISOLATE: extern "C" fn() = isolate;
+
+    extern "C" fn isolate() {
+        let root = tempfile::Builder::new()
+            .prefix("tresor-unit-")
+            .tempdir()
+            .expect("create the unit tests' temp dir")
+            .keep();
+        for (k, sub) in [
+            ("HOME", "home"),
+            ("XDG_STATE_HOME", "state"),
+            ("XDG_RUNTIME_DIR", "run"),
+            ("XDG_CONFIG_HOME", "config"),
+            ("XDG_CACHE_HOME", "cache"),
+        ] {
+            let d = root.join(sub);
+            std::fs::create_dir_all(&d).expect("create the unit tests' env dir");
+            std::env::set_var(k, &d);
+        }
+        std::env::set_var("TRESOR_RUNTIME_DIR", root.join("run").join("tresor"));
+    }
+}
