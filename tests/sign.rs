@@ -355,8 +355,20 @@ fn a_removed_users_signature_before_and_after_the_removal() {
         sign_ok(&doc, alice);
         m.unmount();
     }
-    // Signing times are whole seconds: the removal comes a second later.
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // Signing times are whole seconds: the removal must fall in a later
+    // second. A documented wait for the clock, not a proof.
+    let signed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    while std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        <= signed
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let out = ts.admin(&["user", "remove", &st, "alice"]);
     assert!(out.status.success(), "{}", stderr(&out));
 

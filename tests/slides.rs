@@ -42,14 +42,10 @@ fn tools_available(tools: &[&str]) -> bool {
                 .unwrap_or(true)
         })
         .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("CI=true but {missing:?} missing: install openslide-tools and libvips-tools");
-    }
-    eprintln!("skipping: {missing:?} missing (apt-get install openslide-tools libvips-tools)");
-    false
+    crate::util::require(
+        missing.is_empty(),
+        &format!("{missing:?} (apt-get install openslide-tools libvips-tools)"),
+    )
 }
 
 /// A PNG's pixels as RGB (an alpha channel must be opaque).
