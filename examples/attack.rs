@@ -106,6 +106,18 @@ fn read_all(p: &Path) -> std::io::Result<String> {
     Ok(format!("{total} bytes of {}", p.display()))
 }
 
+/// Burns CPU for 60 s (a run for `--timeout` to end).
+fn spin() -> String {
+    let start = Instant::now();
+    let mut x = 0u64;
+    while start.elapsed() < Duration::from_secs(60) {
+        for i in 0..1_000_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+    }
+    format!("spun 60 s ({x})")
+}
+
 fn attack(name: &str, target: Option<&Path>, data: &Path, out: &Path) -> ExitCode {
     let r = match name {
         "read-shadow" => std::fs::read("/etc/shadow").map(|b| format!("{} bytes", b.len())),
@@ -244,16 +256,19 @@ fn attack(name: &str, target: Option<&Path>, data: &Path, out: &Path) -> ExitCod
             }
             Ok("wrote 4 GiB".to_string())
         })(),
-        "spin" => {
-            let start = Instant::now();
-            let mut x = 0u64;
-            while start.elapsed() < Duration::from_secs(60) {
-                for i in 0..1_000_000u64 {
-                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
-                }
+        "spin" => Ok(spin()),
+        // Two processes spinning: the child first leaves `--out/child-started`.
+        // SAFETY: single-threaded; the child writes a file, spins and _exits.
+        "spin-tree" => match unsafe { libc::fork() } {
+            0 => {
+                let _ = std::fs::write(out.join("child-started"), "");
+                spin();
+                // SAFETY: ends the child without running the parent's exit path.
+                unsafe { libc::_exit(0) }
             }
-            Ok(format!("spun 60 s ({x})"))
-        }
+            pid if pid > 0 => Ok(spin()),
+            _ => Err(std::io::Error::last_os_error()),
+        },
         _ => {
             eprintln!("attack: unknown attack {name:?}");
             return ExitCode::from(2);

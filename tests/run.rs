@@ -385,18 +385,51 @@ fn writing_past_the_file_size_limit_is_stopped() {
     assert!(len <= 8 << 20, "{len} bytes written");
 }
 
+/// Processes whose command line names `path` (an `--out` of this test's).
+fn processes_naming(path: &Path) -> Vec<String> {
+    let needle = path.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            cmdline
+                .windows(needle.len())
+                .any(|w| w == needle)
+                .then(|| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        })
+        .collect()
+}
+
+/// Two processes spin for 60 s (the forking profile allows the fork);
+/// `--timeout 2s` ends the run with 124, and when tresor returns neither
+/// is left (the tree was killed, not just the program).
 #[test]
 fn running_past_the_timeout_kills_the_tree() {
     let Some(f) = fixture() else { return };
-    // spin runs 60 s: 124 and the report show --timeout ended it.
-    let out = run(f, &["--timeout", "1s"], Some("spin"));
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(124), "stderr: {err}");
+    let out = f.new_out();
+    let r = run_with(
+        f,
+        &f.forking_profile,
+        &out,
+        &["--timeout", "2s"],
+        Some("spin-tree"),
+    );
+    let err = text(&r.stderr);
+    assert_eq!(r.status.code(), Some(124), "stderr: {err}");
     assert!(
         err.contains("timeout: the analysis ran past --timeout"),
         "{err}"
     );
-    assert!(!text(&out.stdout).contains("ATTACK SUCCEEDED"));
+    assert!(!text(&r.stdout).contains("ATTACK SUCCEEDED"));
+    assert!(out.join("child-started").exists(), "the tree never forked");
+    assert_eq!(processes_naming(&out), Vec::<String>::new());
 }
 
 #[test]
