@@ -1,4 +1,4 @@
-//! `attack --data DIR --out DIR [--fork] [--attack NAME [--target PATH]]`
+//! `attack --data DIR --out DIR [--fork] [--also-read FILE…] [--attack NAME [--target PATH]]`
 //!
 //! A small benign analysis for the `tresor run` tests (tests/run.rs): it
 //! reads every file under `--data`, writes a per-file checksum table to
@@ -7,7 +7,13 @@
 //! tests profile the benign run and check that each attack is stopped.
 //! `--fork` makes the benign run fork one helper process (that exits at
 //! once), so its profile allows forking: the fork bomb then meets the
-//! process limit rather than the policy.
+//! process limit rather than the policy. Each `--also-read FILE` (benign
+//! run only) is read first and reported as `also read N bytes of FILE`:
+//! a profile that read many files in one directory.
+//!
+//! The benign run asks for its parent's pid (and discards it), so its
+//! profile allows `getppid`: the `kill-parent` attack then gets as far as
+//! `kill`, the call that matters.
 //!
 //! An attack the sandbox lets through prints `ATTACK SUCCEEDED` and exits 0;
 //! one refused with an error prints `blocked: …` and exits 1 (a seccomp
@@ -18,7 +24,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 fn usage() -> ExitCode {
-    eprintln!("usage: attack --data DIR --out DIR [--fork] [--attack NAME [--target PATH]]");
+    eprintln!(
+        "usage: attack --data DIR --out DIR [--fork] [--also-read FILE…] [--attack NAME [--target PATH]]"
+    );
     ExitCode::from(2)
 }
 
@@ -30,6 +38,8 @@ fn checksum(bytes: &[u8]) -> u64 {
 }
 
 fn benign(data: &Path, out: &Path) -> std::io::Result<String> {
+    // getppid into the profile: see the module comment.
+    std::hint::black_box(std::os::unix::process::parent_id());
     let mut names: Vec<PathBuf> = std::fs::read_dir(data)?
         .map(|e| e.map(|e| e.path()))
         .collect::<Result<_, _>>()?;
@@ -94,6 +104,18 @@ fn read_all(p: &Path) -> std::io::Result<String> {
         }
     }
     Ok(format!("{total} bytes of {}", p.display()))
+}
+
+/// Burns CPU for 60 s (a run for `--timeout` to end).
+fn spin() -> String {
+    let start = Instant::now();
+    let mut x = 0u64;
+    while start.elapsed() < Duration::from_secs(60) {
+        for i in 0..1_000_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+    }
+    format!("spun 60 s ({x})")
 }
 
 fn attack(name: &str, target: Option<&Path>, data: &Path, out: &Path) -> ExitCode {
@@ -234,16 +256,19 @@ fn attack(name: &str, target: Option<&Path>, data: &Path, out: &Path) -> ExitCod
             }
             Ok("wrote 4 GiB".to_string())
         })(),
-        "spin" => {
-            let start = Instant::now();
-            let mut x = 0u64;
-            while start.elapsed() < Duration::from_secs(60) {
-                for i in 0..1_000_000u64 {
-                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
-                }
+        "spin" => Ok(spin()),
+        // Two processes spinning: the child first leaves `--out/child-started`.
+        // SAFETY: single-threaded; the child writes a file, spins and _exits.
+        "spin-tree" => match unsafe { libc::fork() } {
+            0 => {
+                let _ = std::fs::write(out.join("child-started"), "");
+                spin();
+                // SAFETY: ends the child without running the parent's exit path.
+                unsafe { libc::_exit(0) }
             }
-            Ok(format!("spun 60 s ({x})"))
-        }
+            pid if pid > 0 => Ok(spin()),
+            _ => Err(std::io::Error::last_os_error()),
+        },
         _ => {
             eprintln!("attack: unknown attack {name:?}");
             return ExitCode::from(2);
@@ -255,7 +280,7 @@ fn attack(name: &str, target: Option<&Path>, data: &Path, out: &Path) -> ExitCod
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
     let (mut data, mut out, mut which, mut fork) = (None, None, None, false);
-    let mut target = None;
+    let (mut target, mut also_read) = (None, Vec::new());
     while let Some(a) = args.next() {
         match a.to_str() {
             Some("--data") => data = args.next().map(PathBuf::from),
@@ -263,6 +288,10 @@ fn main() -> ExitCode {
             Some("--attack") => which = args.next().and_then(|s| s.into_string().ok()),
             Some("--fork") => fork = true,
             Some("--target") => target = args.next().map(PathBuf::from),
+            Some("--also-read") => match args.next() {
+                Some(p) => also_read.push(PathBuf::from(p)),
+                None => return usage(),
+            },
             _ => return usage(),
         }
     }
@@ -284,6 +313,15 @@ fn main() -> ExitCode {
             }
             _ => {
                 eprintln!("attack: fork: {}", std::io::Error::last_os_error());
+                return ExitCode::from(1);
+            }
+        }
+    }
+    for p in &also_read {
+        match std::fs::read(p) {
+            Ok(b) => println!("also read {} bytes of {}", b.len(), p.display()),
+            Err(e) => {
+                eprintln!("attack: {}: {e}", p.display());
                 return ExitCode::from(1);
             }
         }

@@ -1,7 +1,8 @@
 //! Process trees for the profiler's bad-input tests:
 //! - `profile_tree many N [MS]`: starts N children at once (each sleeps MS
 //!   milliseconds), then waits for all of them;
-//! - `profile_tree sleep`: starts one sleeping child, prints its pid, sleeps;
+//! - `profile_tree hang`: starts one child that hangs (60 s), prints its
+//!   pid, hangs (60 s): a run for `--timeout` to end;
 //! - `profile_tree child MS`: sleeps MS milliseconds (the children).
 use std::process::{Child, Command, ExitCode};
 use std::time::Duration;
@@ -37,7 +38,7 @@ fn main() -> ExitCode {
                 .all(|c| c.wait().map(|s| s.success()).unwrap_or(false));
             ExitCode::from(if ok { 0 } else { 1 })
         }
-        Some("sleep") => match spawn_self(60_000) {
+        Some("hang") => match spawn_self(60_000) {
             Ok(c) => {
                 println!("{}", c.id());
                 std::thread::sleep(Duration::from_secs(60));
@@ -53,7 +54,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         _ => {
-            eprintln!("usage: profile_tree many N [MS] | sleep | child MS");
+            eprintln!("usage: profile_tree many N [MS] | hang | child MS");
             ExitCode::from(2)
         }
     }

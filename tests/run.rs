@@ -6,16 +6,18 @@
 //! under that profile and must be stopped: by seccomp (exit 121 and a
 //! report naming the syscall), by Landlock (the attack's own call fails
 //! with EACCES and nothing is read or written), or by a limit (122, 124).
-//! Under `CI=true` a kernel without Landlock or namespaces is a failure,
-//! never a skip.
+//! Every Landlock denial has its control: the same attack, unconfined, on
+//! the same paths, succeeds — so a refusal by file permissions alone cannot
+//! pass for the sandbox's. Under `CI=true` a kernel without Landlock or
+//! namespaces is a failure, never a skip (`util::require`).
 
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
-use crate::util::{example, ok, tresor};
+use crate::util::{example, ok, require, require_root, tresor};
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -28,14 +30,35 @@ impl Fixture {
     fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
-    /// A fresh, empty output directory.
-    fn new_out(&self) -> PathBuf {
+    /// A fresh, empty directory `NAME<n>` in the fixture's dir.
+    fn fresh(&self, name: &str) -> PathBuf {
         static N: AtomicUsize = AtomicUsize::new(0);
         let p = self
             .dir
             .path()
-            .join(format!("out{}", N.fetch_add(1, Ordering::SeqCst)));
+            .join(format!("{name}{}", N.fetch_add(1, Ordering::SeqCst)));
         std::fs::create_dir(&p).unwrap();
+        p
+    }
+    /// A fresh, empty output directory.
+    fn new_out(&self) -> PathBuf {
+        self.fresh("out")
+    }
+    /// A fresh copy of the data, for attacks that would change it.
+    fn new_data(&self) -> PathBuf {
+        let d = self.fresh("data");
+        for e in std::fs::read_dir(self.data()).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), d.join(e.file_name())).unwrap();
+        }
+        d
+    }
+    /// A file only its owner may read, outside `--data` and `--out`.
+    fn secret(&self) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.fresh("secret").join("secret.txt");
+        std::fs::write(&p, "not for the analysis\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         p
     }
 }
@@ -76,12 +99,11 @@ fn fixture() -> Option<&'static Fixture> {
             forking_profile,
         };
         let probe = run(&f, &[], None);
-        if probe.status.code() == Some(125) {
-            let err = String::from_utf8_lossy(&probe.stderr);
-            if std::env::var("CI").as_deref() == Ok("true") || !err.contains("lacks") {
-                panic!("tresor run cannot confine here: {err}");
-            }
-            eprintln!("SKIPPING run tests: {err}");
+        let err = text(&probe.stderr);
+        // Only a kernel that lacks a feature skips (and fails under CI);
+        // any other set-up failure fails the tests that use the fixture.
+        let lacks = probe.status.code() == Some(125) && err.contains("this kernel lacks");
+        if !require(!lacks, &format!("what tresor run needs ({})", err.trim())) {
             return None;
         }
         Some(f)
@@ -106,25 +128,55 @@ fn run_with(
     extra: &[&str],
     attack: Option<&str>,
 ) -> Output {
-    let mut c = tresor();
-    c.arg("run")
+    let args: Vec<&OsStr> = match attack {
+        Some(a) => vec!["--attack".as_ref(), a.as_ref()],
+        None => vec![],
+    };
+    confined(profile, &f.data(), out, extra, &args)
+}
+
+/// `tresor run --profile P --data DATA --out OUT [extra] -- attack --data
+/// DATA --out OUT ARGS…`
+fn confined(profile: &Path, data: &Path, out: &Path, extra: &[&str], args: &[&OsStr]) -> Output {
+    tresor()
+        .arg("run")
         .arg("--profile")
         .arg(profile)
         .arg("--data")
-        .arg(f.data())
+        .arg(data)
         .arg("--out")
         .arg(out)
         .args(extra)
         .arg("--")
         .arg(example("attack"))
         .arg("--data")
-        .arg(f.data())
+        .arg(data)
         .arg("--out")
-        .arg(out);
-    if let Some(a) = attack {
-        c.args(["--attack", a]);
+        .arg(out)
+        .args(args)
+        .output()
+        .expect("tresor starts")
+}
+
+/// The same `attack --data DATA --out OUT ARGS…`, unconfined: the control.
+fn unconfined(data: &Path, out: &Path, args: &[&OsStr]) -> Output {
+    Command::new(example("attack"))
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .args(args)
+        .output()
+        .expect("attack starts")
+}
+
+/// `--attack NAME [--target PATH]`
+fn attack<'a>(name: &'a str, target: Option<&'a Path>) -> Vec<&'a OsStr> {
+    let mut v: Vec<&OsStr> = vec!["--attack".as_ref(), name.as_ref()];
+    if let Some(t) = target {
+        v.extend(["--target".as_ref(), t.as_os_str()]);
     }
-    c.output().expect("tresor starts")
+    v
 }
 
 fn text(b: &[u8]) -> String {
@@ -142,7 +194,20 @@ fn assert_violation(out: &Output, call: &str) {
     assert!(!text(&out.stdout).contains("ATTACK SUCCEEDED"));
 }
 
+/// The attack did what it tried (unconfined: the control).
+#[track_caller]
+fn assert_succeeded(out: &Output) {
+    assert!(
+        out.status.success() && text(&out.stdout).contains("ATTACK SUCCEEDED"),
+        "the unconfined control failed ({}): {} {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
 /// The attack's own call failed with EACCES (Landlock).
+#[track_caller]
 fn assert_denied(out: &Output) {
     let o = text(&out.stdout);
     assert_eq!(
@@ -168,11 +233,8 @@ macro_rules! attack_stopped_by_policy {
 fn benign_run_is_byte_identical_confined_and_unconfined() {
     let Some(f) = fixture() else { return };
     let free = f.new_out();
-    let plain = ok(std::process::Command::new(example("attack"))
-        .arg("--data")
-        .arg(f.data())
-        .arg("--out")
-        .arg(&free));
+    let plain = unconfined(&f.data(), &free, &[]);
+    assert!(plain.status.success(), "{}", text(&plain.stderr));
     let jailed = f.new_out();
     let confined = run_in(f, &jailed, &[], None);
     assert!(
@@ -188,32 +250,67 @@ fn benign_run_is_byte_identical_confined_and_unconfined() {
     );
 }
 
+/// Root reads /etc/shadow unconfined (the control: as another user the file
+/// permissions alone refuse it, and the denial would prove nothing); the
+/// run cannot. The same for any user: `reading_a_file_outside_the_view_is_denied`.
 #[test]
 fn read_etc_shadow_is_denied() {
     let Some(f) = fixture() else { return };
-    assert_denied(&run(f, &[], Some("read-shadow")));
+    if !require_root("read /etc/shadow unconfined, the control") {
+        return;
+    }
+    assert_read_denied(f, &[], Path::new("/etc/shadow"));
+    let shadow = attack("read-shadow", None);
+    assert_succeeded(&unconfined(&f.data(), &f.new_out(), &shadow));
+    assert_denied(&run_attack(f, &[], &shadow));
+}
+
+/// A file the running user owns and reads, outside `--data` and `--out`:
+/// file permissions let it through, the run does not.
+#[test]
+fn reading_a_file_outside_the_view_is_denied() {
+    let Some(f) = fixture() else { return };
+    assert_read_denied(f, &[], &f.secret());
 }
 
 #[test]
 fn write_into_data_is_denied() {
     let Some(f) = fixture() else { return };
-    assert_denied(&run(f, &[], Some("write-data")));
-    assert!(!f.data().join("evil.txt").exists());
+    let data = f.new_data();
+    let args = attack("write-data", None);
+    assert_denied(&confined(&f.profile, &data, &f.new_out(), &[], &args));
+    assert!(!data.join("evil.txt").exists());
+    // The control: unconfined, the same write into the same --data lands.
+    assert_succeeded(&unconfined(&data, &f.new_out(), &args));
+    assert!(data.join("evil.txt").exists());
 }
 
 #[test]
 fn write_outside_out_is_denied() {
     let Some(f) = fixture() else { return };
-    assert_denied(&run(f, &[], Some("write-outside")));
-    assert!(!f.dir.path().join("evil.txt").exists());
+    // --out's parent is the attack's target: one of its own.
+    let parent = f.fresh("parent");
+    let out = parent.join("out");
+    std::fs::create_dir(&out).unwrap();
+    let args = attack("write-outside", None);
+    assert_denied(&confined(&f.profile, &f.data(), &out, &[], &args));
+    assert!(!parent.join("evil.txt").exists());
+    // The control: unconfined, the same write lands beside --out.
+    assert_succeeded(&unconfined(&f.data(), &out, &args));
+    assert!(parent.join("evil.txt").exists());
 }
 
 #[test]
 fn execve_bin_sh_is_denied() {
     let Some(f) = fixture() else { return };
-    let out = run(f, &[], Some("exec-sh"));
+    let args = attack("exec-sh", None);
+    let out = run_attack(f, &[], &args);
     assert_denied(&out);
     assert!(!text(&out.stdout).contains("shell"));
+    // The control: unconfined, /bin/sh runs (and replaces the attack).
+    let free = unconfined(&f.data(), &f.new_out(), &args);
+    assert!(free.status.success(), "{}", text(&free.stderr));
+    assert_eq!(text(&free.stdout), "shell\n");
 }
 
 attack_stopped_by_policy!(
@@ -227,7 +324,13 @@ attack_stopped_by_policy!(
     "socket(AF_INET, SOCK_RAW"
 );
 attack_stopped_by_policy!(ptrace_is_stopped, "ptrace", "ptrace(PTRACE_ATTACH, pid=1)");
-attack_stopped_by_policy!(kill_parent_is_stopped, "kill-parent", "getppid()");
+// The profile allows getppid (the benign run asks for it), so the attack
+// reaches kill; its parent is the pid namespace's init, pid 1.
+attack_stopped_by_policy!(
+    kill_parent_is_stopped,
+    "kill-parent",
+    "kill(pid=1, SIGKILL)"
+);
 attack_stopped_by_policy!(
     mount_is_stopped,
     "mount",
@@ -243,7 +346,6 @@ attack_stopped_by_policy!(fork_bomb_is_stopped, "fork-bomb", "clone(");
 fn fork_bomb_under_a_forking_profile_hits_the_process_limit() {
     let Some(f) = fixture() else { return };
     let out = f.new_out();
-    let t = Instant::now();
     let r = run_with(
         f,
         &f.forking_profile,
@@ -257,7 +359,6 @@ fn fork_bomb_under_a_forking_profile_hits_the_process_limit() {
         err.contains("limit hit: processes (--max-procs 32)"),
         "{err}"
     );
-    assert!(t.elapsed() < Duration::from_secs(30));
 }
 
 #[test]
@@ -284,18 +385,51 @@ fn writing_past_the_file_size_limit_is_stopped() {
     assert!(len <= 8 << 20, "{len} bytes written");
 }
 
+/// Processes whose command line names `path` (an `--out` of this test's).
+fn processes_naming(path: &Path) -> Vec<String> {
+    let needle = path.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            cmdline
+                .windows(needle.len())
+                .any(|w| w == needle)
+                .then(|| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        })
+        .collect()
+}
+
+/// Two processes spin for 60 s (the forking profile allows the fork);
+/// `--timeout 2s` ends the run with 124, and when tresor returns neither
+/// is left (the tree was killed, not just the program).
 #[test]
 fn running_past_the_timeout_kills_the_tree() {
     let Some(f) = fixture() else { return };
-    let t = Instant::now();
-    let out = run(f, &["--timeout", "1s"], Some("spin"));
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(124), "stderr: {err}");
+    let out = f.new_out();
+    let r = run_with(
+        f,
+        &f.forking_profile,
+        &out,
+        &["--timeout", "2s"],
+        Some("spin-tree"),
+    );
+    let err = text(&r.stderr);
+    assert_eq!(r.status.code(), Some(124), "stderr: {err}");
     assert!(
         err.contains("timeout: the analysis ran past --timeout"),
         "{err}"
     );
-    assert!(t.elapsed() < Duration::from_secs(30));
+    assert!(!text(&r.stdout).contains("ATTACK SUCCEEDED"));
+    assert!(out.join("child-started").exists(), "the tree never forked");
+    assert_eq!(processes_naming(&out), Vec::<String>::new());
 }
 
 #[test]
@@ -317,28 +451,52 @@ fn a_missing_program_is_a_runner_error() {
     assert!(text(&out.stderr).contains("/nonexistent/analysis"));
 }
 
+/// A valid --out and a file as --data: refused, naming --data.
 #[test]
 fn data_must_be_a_directory() {
     let Some(f) = fixture() else { return };
-    let out = run_in(f, &f.dir.path().join("no-such-dir"), &[], None);
-    assert_eq!(out.status.code(), Some(125));
-    assert!(text(&out.stderr).contains("--out"), "{}", text(&out.stderr));
+    let file = f.data().join("sample1.txt");
+    let out = confined(&f.profile, &file, &f.new_out(), &[], &[]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains(&format!("--data {}: not a directory", file.display())),
+        "{err}"
+    );
+}
+
+/// A valid --data and a missing --out: refused, naming --out.
+#[test]
+fn out_must_exist() {
+    let Some(f) = fixture() else { return };
+    let missing = f.dir.path().join("no-such-dir");
+    let out = confined(&f.profile, &f.data(), &missing, &[], &[]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains(&format!("--out {}", missing.display())),
+        "{err}"
+    );
 }
 
 /// As an unprivileged user the run gets a user namespace (and with it the
-/// others): the benign run still works and an attack is still reported.
-/// Needs root to become `nobody` (setpriv); skipped otherwise.
+/// others): the benign run still works, an attack is still reported, and a
+/// file of that user's own outside the view — which it reads unconfined —
+/// is refused. Needs root to become `nobody` (setpriv): under CI a failure,
+/// never a skip.
 #[test]
 fn unprivileged_run_uses_a_user_namespace() {
     use std::os::unix::fs::PermissionsExt;
+    const NOBODY: u32 = 65534;
     let Some(f) = fixture() else { return };
-    if !nix::unistd::geteuid().is_root()
-        || std::process::Command::new("setpriv")
-            .arg("--version")
-            .output()
-            .is_err()
-    {
-        eprintln!("skipping: needs root and setpriv to run as nobody");
+    if !require_root("become nobody with setpriv") {
+        return;
+    }
+    let setpriv = Command::new("setpriv").arg("--version").output();
+    if !require(
+        setpriv.is_ok_and(|o| o.status.success()),
+        "setpriv (util-linux)",
+    ) {
         return;
     }
     let dir = tempfile::Builder::new()
@@ -347,11 +505,14 @@ fn unprivileged_run_uses_a_user_namespace() {
         .unwrap();
     let root = dir.path();
     std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (data, out) = (root.join("data"), root.join("out"));
-    for d in [&data, &out] {
+    let (data, out, hidden) = (root.join("data"), root.join("out"), root.join("hidden"));
+    for d in [&data, &out, &hidden] {
         std::fs::create_dir(d).unwrap();
     }
     std::fs::write(data.join("x.txt"), "42\n").unwrap();
+    let secret = hidden.join("secret.txt");
+    std::fs::write(&secret, "nobody's own\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     let bin = root.join("tresor");
     let prog = root.join("attack");
     let profile = root.join("p.json");
@@ -359,107 +520,166 @@ fn unprivileged_run_uses_a_user_namespace() {
     std::fs::copy(example("attack"), &prog).unwrap();
     std::fs::copy(&f.profile, &profile).unwrap();
     for p in [
-        root.to_path_buf(),
-        data.clone(),
-        out.clone(),
-        data.join("x.txt"),
-        profile.clone(),
+        root,
+        &data,
+        &out,
+        &hidden,
+        &data.join("x.txt"),
+        &secret,
+        &profile,
     ] {
-        std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
+        std::os::unix::fs::chown(p, Some(NOBODY), Some(NOBODY)).unwrap();
     }
-    let nobody = |attack: Option<&str>| {
-        let mut c = std::process::Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(&bin)
-            .arg("run")
-            .arg("--profile")
-            .arg(&profile)
+    // `attack ARGS…` as nobody: under `tresor run`, or (the control) bare.
+    let nobody = |confine: bool, args: &[&OsStr]| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+        crate::util::isolate_as(&mut c, NOBODY);
+        if confine {
+            c.arg(&bin)
+                .arg("run")
+                .arg("--profile")
+                .arg(&profile)
+                .arg("--data")
+                .arg(&data)
+                .arg("--out")
+                .arg(&out)
+                .arg("--");
+        }
+        c.arg(&prog)
             .arg("--data")
             .arg(&data)
             .arg("--out")
             .arg(&out)
-            .arg("--")
-            .arg(&prog)
-            .arg("--data")
-            .arg(&data)
-            .arg("--out")
-            .arg(&out);
-        if let Some(a) = attack {
-            c.args(["--attack", a]);
-        }
-        c.output().unwrap()
+            .args(args)
+            .output()
+            .unwrap()
     };
-    let benign = nobody(None);
+    let benign = nobody(true, &[]);
     assert!(benign.status.success(), "{}", text(&benign.stderr));
     assert!(text(&benign.stdout).contains("files: 1"));
-    assert_violation(&nobody(Some("connect")), "socket(AF_INET, SOCK_STREAM");
+    assert_violation(
+        &nobody(true, &attack("connect", None)),
+        "socket(AF_INET, SOCK_STREAM",
+    );
+    let read = attack("read-target", Some(&secret));
+    assert_succeeded(&nobody(false, &read));
+    assert_denied(&nobody(true, &read));
 }
 
-/// `tresor run` under the benign profile; the attack gets extra arguments.
-fn run_attack(f: &Fixture, extra: &[&str], attack_args: &[&std::ffi::OsStr]) -> Output {
-    let out = f.new_out();
-    let mut c = tresor();
-    c.arg("run")
-        .arg("--profile")
-        .arg(&f.profile)
-        .arg("--data")
-        .arg(f.data())
-        .arg("--out")
-        .arg(&out)
-        .args(extra)
-        .arg("--")
-        .arg(example("attack"))
-        .arg("--data")
-        .arg(f.data())
-        .arg("--out")
-        .arg(&out)
-        .args(attack_args);
-    c.output().expect("tresor starts")
+/// `tresor run` under the benign profile, on the fixture's data and a
+/// fresh `--out`; the attack gets `args`.
+fn run_attack(f: &Fixture, extra: &[&str], args: &[&OsStr]) -> Output {
+    confined(&f.profile, &f.data(), &f.new_out(), extra, args)
 }
 
 /// The same attack unconfined must succeed: otherwise a denial proves nothing.
-fn assert_unconfined_succeeds(f: &Fixture, attack_args: &[&std::ffi::OsStr]) {
-    let free = std::process::Command::new(example("attack"))
-        .arg("--data")
-        .arg(f.data())
-        .arg("--out")
-        .arg(f.new_out())
-        .args(attack_args)
-        .output()
-        .unwrap();
-    assert!(
-        text(&free.stdout).contains("ATTACK SUCCEEDED"),
-        "unconfined: {} {}",
-        text(&free.stdout),
-        text(&free.stderr)
-    );
+#[track_caller]
+fn assert_unconfined_succeeds(f: &Fixture, args: &[&OsStr]) {
+    assert_succeeded(&unconfined(&f.data(), &f.new_out(), args));
 }
 
-/// `attack --attack read-target --target PATH`: succeeds unconfined,
-/// refused (EACCES) confined.
-fn assert_read_denied(f: &Fixture, target: &Path) {
-    let args = [
-        "--attack".as_ref(),
-        "read-target".as_ref(),
-        "--target".as_ref(),
-        target.as_os_str(),
-    ];
+/// `attack --attack read-target --target PATH`: succeeds unconfined (the
+/// control), refused (EACCES) confined.
+#[track_caller]
+fn assert_read_denied(f: &Fixture, extra: &[&str], target: &Path) {
+    let args = attack("read-target", Some(target));
     assert_unconfined_succeeds(f, &args);
-    assert_denied(&run_attack(f, &[], &args));
+    assert_denied(&run_attack(f, extra, &args));
 }
 
 #[test]
 fn reading_the_stores_ciphertext_is_denied() {
     let Some(f) = fixture() else { return };
     let s = crate::util::TestStore::new(&["lab"]);
-    assert_read_denied(f, &s.store);
+    assert_read_denied(f, &[], &s.store);
 }
 
 #[test]
 fn reading_a_pse_is_denied() {
     let Some(f) = fixture() else { return };
     let s = crate::util::TestStore::new(&[]);
-    assert_read_denied(f, &s.pse);
+    assert_read_denied(f, &[], &s.pse);
+}
+
+/// A profile that read more than 32 files in /etc lists 32 of them and
+/// marks /etc `more_files`; elsewhere such a directory is granted whole,
+/// /etc never (`never_whole` in src/sandbox/launch.rs). So the run reads the
+/// listed /etc files, and nothing else there: not /etc/shadow (root reads it
+/// unconfined, the control), not a file the profile read past the 32 it
+/// lists.
+#[test]
+fn many_etc_files_in_a_profile_never_open_etc_shadow() {
+    use tresor::sandbox::profile::MAX_FILES_PER_DIR;
+    let Some(f) = fixture() else { return };
+    if !require_root("read /etc/shadow unconfined, the control") {
+        return;
+    }
+    let mut etc: Vec<PathBuf> = std::fs::read_dir("/etc")
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter(|e| !e.file_name().to_string_lossy().contains("shadow"))
+        .map(|e| e.path())
+        .filter(|p| std::fs::read(p).is_ok())
+        .collect();
+    etc.sort();
+    etc.truncate(MAX_FILES_PER_DIR + 8);
+    if !require(
+        etc.len() > MAX_FILES_PER_DIR,
+        "more than 32 regular files in /etc besides the shadow files",
+    ) {
+        return;
+    }
+    let also_read = |files: &[&PathBuf]| -> Vec<OsString> {
+        files
+            .iter()
+            .flat_map(|p| [OsString::from("--also-read"), p.into()])
+            .collect()
+    };
+    let profile = f.fresh("etc-profile").join("etc.json");
+    ok(tresor()
+        .args(["profile", "--out"])
+        .arg(&profile)
+        .arg("--")
+        .arg(example("attack"))
+        .arg("--data")
+        .arg(f.data())
+        .arg("--out")
+        .arg(f.new_out())
+        .args(also_read(&etc.iter().collect::<Vec<_>>())));
+    let p = tresor::sandbox::Profile::load(&profile).unwrap();
+    let listed = &p.paths["/etc"];
+    assert!(listed.more_files, "{:?}", listed);
+    assert_eq!(listed.files.len(), MAX_FILES_PER_DIR);
+    assert!(!listed.files.contains_key("shadow"), "{:?}", listed.files);
+    let name = |p: &PathBuf| p.file_name().unwrap().to_string_lossy().into_owned();
+    let (granted, past): (Vec<&PathBuf>, Vec<&PathBuf>) = etc
+        .iter()
+        .partition(|p| listed.files.contains_key(&name(p)));
+    assert!(
+        !granted.is_empty() && !past.is_empty(),
+        "{granted:?} {past:?}"
+    );
+
+    // The listed /etc files: read confined as they were profiled.
+    let args = also_read(&granted);
+    let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
+    let benign = confined(&profile, &f.data(), &f.new_out(), &[], &args);
+    assert!(benign.status.success(), "{}", text(&benign.stderr));
+    assert_eq!(
+        text(&benign.stdout).matches("also read ").count(),
+        granted.len(),
+        "{}",
+        text(&benign.stdout)
+    );
+    // /etc/shadow, and a file the profile read but does not list: each read
+    // unconfined (the control), refused confined.
+    for target in [Path::new("/etc/shadow"), past[0].as_path()] {
+        let read = attack("read-target", Some(target));
+        assert_succeeded(&unconfined(&f.data(), &f.new_out(), &read));
+        assert_denied(&confined(&profile, &f.data(), &f.new_out(), &[], &read));
+    }
 }
 
 attack_stopped_by_policy!(
@@ -553,25 +773,8 @@ fn data_and_out_inside_a_tresor_mount() {
         std::fs::copy(e.path(), slides.join(e.file_name())).unwrap();
     }
     // `tresor run … -- attack` with --data and --out inside the mount.
-    let confined = |attack: &[&std::ffi::OsStr]| {
-        let mut c = tresor();
-        c.arg("run")
-            .arg("--profile")
-            .arg(&f.profile)
-            .arg("--data")
-            .arg(&slides)
-            .arg("--out")
-            .arg(&results)
-            .arg("--")
-            .arg(example("attack"))
-            .arg("--data")
-            .arg(&slides)
-            .arg("--out")
-            .arg(&results)
-            .args(attack);
-        c.output().unwrap()
-    };
-    let benign = confined(&[]);
+    let jailed = |args: &[&OsStr]| confined(&f.profile, &slides, &results, &[], args);
+    let benign = jailed(&[]);
     assert!(
         benign.status.success(),
         "confined run through the mount failed: {}",
@@ -579,11 +782,8 @@ fn data_and_out_inside_a_tresor_mount() {
     );
     // Byte-identical to the unconfined run on the plaintext.
     let free = f.new_out();
-    let plain = ok(std::process::Command::new(example("attack"))
-        .arg("--data")
-        .arg(f.data())
-        .arg("--out")
-        .arg(&free));
+    let plain = unconfined(&f.data(), &free, &[]);
+    assert!(plain.status.success(), "{}", text(&plain.stderr));
     assert_eq!(plain.stdout, benign.stdout);
     let result = std::fs::read(results.join("result.txt")).unwrap();
     assert_eq!(result, std::fs::read(free.join("result.txt")).unwrap());
@@ -594,15 +794,16 @@ fn data_and_out_inside_a_tresor_mount() {
     assert!(!store_bytes.windows(10).any(|w| w == b"result.txt"));
 
     // From inside, writing into --data (the mounted slides) and reading
-    // the store's ciphertext are refused.
-    assert_denied(&confined(&["--attack".as_ref(), "write-data".as_ref()]));
+    // the store's ciphertext are refused; the controls: unconfined, on the
+    // same paths, both succeed.
+    let write = attack("write-data", None);
+    assert_denied(&jailed(&write));
     assert!(!slides.join("evil.txt").exists());
-    assert_denied(&confined(&[
-        "--attack".as_ref(),
-        "read-target".as_ref(),
-        "--target".as_ref(),
-        s.store.as_os_str(),
-    ]));
+    assert_succeeded(&unconfined(&slides, &results, &write));
+    assert!(slides.join("evil.txt").exists());
+    let read = attack("read-target", Some(&s.store));
+    assert_denied(&jailed(&read));
+    assert_succeeded(&unconfined(&slides, &results, &read));
     m.unmount();
 }
 
@@ -620,5 +821,5 @@ fn allow_weaker_on_a_complete_kernel_weakens_nothing() {
         text(&benign.stderr)
     );
     assert_violation(&run(f, &["--allow-weaker"], Some("mount")), "mount(");
-    assert_denied(&run(f, &["--allow-weaker"], Some("read-shadow")));
+    assert_read_denied(f, &["--allow-weaker"], &f.secret());
 }
