@@ -23,6 +23,12 @@ mod sign;
 #[derive(Parser, Debug)]
 #[command(name = "tresor", version, about, propagate_version = true)]
 struct Cli {
+    /// More detail in the log on stderr (-v info, -vv debug, -vvv trace); TRESOR_LOG=FILTER overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Only errors in the log, no warnings.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -192,8 +198,8 @@ pub(crate) struct PassArgs {
 
 /// Entry point of the `tresor` binary.
 pub fn main() -> ExitCode {
-    init_logging();
     let cli = Cli::parse();
+    init_logging(&cli);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -270,12 +276,40 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     status::FAILURE
 }
 
-fn init_logging() {
+/// Whether log lines may carry colour: only on a terminal, and never
+/// with `NO_COLOR` set to anything but the empty string (no-color.org).
+pub fn log_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+fn init_logging(cli: &Cli) {
+    use std::io::IsTerminal;
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        _ => "trace",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRESOR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // A mount that detaches logs into a file from then on: no colour there.
+    let detaches = matches!(
+        cli.cmd,
+        Cmd::Mount {
+            foreground: false,
+            ..
+        }
+    );
+    let colour = !detaches
+        && log_colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        );
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_target(false)
         .try_init();
 }
@@ -466,6 +500,9 @@ fn prepare(store: &Path, pse_path: &Path, pass: &PassArgs) -> Result<Arc<Vfs>> {
     let user = unlock_pse(pse_path, pass)?;
     let ring = s.unlock(&user)?;
     drop(user);
+    for p in &ring.problems {
+        eprintln!("tresor: warning: {p}");
+    }
     if ring.is_empty() {
         eprintln!(
             "warning: {} may read none of this store's data groups; the mount shows them locked",
@@ -496,6 +533,9 @@ fn cmd_mount(
     (foreground, log, idle_lock): (bool, Option<PathBuf>, Option<std::time::Duration>),
     opts: MountOptions,
 ) -> Result<ExitCode> {
+    // Before the mount point's own checks: a dead mount fails them all
+    // with "Transport endpoint is not connected".
+    session::check_free(mnt)?;
     check_mountpoint(mnt)?;
     // Absolute paths: the detached process changes to `/`.
     let mnt = &mnt.canonicalize()?;
@@ -525,7 +565,7 @@ fn cmd_mount(
     // thread can wait for them and unmount cleanly.
     let signals = stop_signals();
     signals.thread_block().context("cannot block signals")?;
-    let mut fuse = crate::fs::mount(Arc::clone(&vfs), mnt, &opts)
+    let fuse = crate::fs::mount(Arc::clone(&vfs), mnt, &opts)
         .with_context(|| format!("cannot mount on {}", mnt.display()))
         .inspect_err(|_| {
             let _ = std::fs::remove_file(crate::session::socket_path(mnt));
@@ -548,15 +588,39 @@ fn cmd_mount(
         );
         crate::fs::detach(log_path).context("cannot detach into the background")?;
     }
-    let mut unmounter = fuse.unmount_callable();
+    let at = mnt.to_path_buf();
     std::thread::spawn(move || {
         if signals.wait().is_ok() {
-            let _ = unmounter.unmount();
+            // As fuser does for users: lazily if the mount is busy.
+            if let Err(e) = crate::session::unmount(&at, false) {
+                tracing::info!("{e}; unmounting lazily");
+                let _ = crate::session::unmount(&at, true);
+            }
         }
     });
     let notifier = crate::fs::KernelNotifier::new(&fuse);
+    // In a thread of its own, so that the mount stays here: fuser's session
+    // would unmount again when it ends, and after a normal `fusermount3 -u`
+    // that second try fails (EINVAL) and is logged as a warning.
+    let mut bg = fuse.spawn().context("cannot start the FUSE threads")?;
     let control = session::start(notifier, vfs, mnt, store, &pse_abs, idle_lock, listener)?;
-    let ran = fuse.run();
+    let fuse_thread = std::mem::replace(&mut bg.guard, std::thread::spawn(|| Ok(())));
+    let ran = fuse_thread
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the FUSE thread panicked")));
+    if ran.is_ok() {
+        // The loop ends cleanly only once the kernel has dropped the mount.
+        // fuser would try to unmount again (EINVAL, and with its inverted
+        // "still mounted?" check it could hit a new mount on the same
+        // place): keep its handle from ever doing so; the process ends soon.
+        std::mem::forget(bg);
+    } else if let Err(e) = bg.umount_and_join() {
+        tracing::warn!(
+            "cannot unmount {}: {e}; run `tresor umount {}`",
+            mnt.display(),
+            mnt.display()
+        );
+    }
     let code = session::ended(&control);
     ran.context("the mount ended with an error")?;
     Ok(code)

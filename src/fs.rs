@@ -578,7 +578,10 @@ pub fn mount(
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(opts.fsname.clone()),
-        MountOption::Subtype("tresor".into()),
+        // A kernel option, not `MountOption::Subtype`: fuser's own mount(2)
+        // (as root) drops that one and the type reads `fuse`; the kernel and
+        // fusermount3 both take `subtype=` and record `fuse.tresor`.
+        MountOption::CUSTOM("subtype=tresor".into()),
         MountOption::NoDev,
         MountOption::NoSuid,
         MountOption::Exec,

@@ -416,8 +416,17 @@ impl Store {
             // not the whole store.
             let mut keys = match self.group_keys(group, pse, Some(&dir)) {
                 Ok(k) => k,
+                Err(StoreError::NoSuchGroup(_)) => {
+                    ring.problems.push(format!(
+                        "data group {group} is locked: its key file {} is missing; restore it from a backup of the store",
+                        self.keyfile_path(group).display()
+                    ));
+                    ring.deny(group);
+                    continue;
+                }
                 Err(e) => {
-                    tracing::error!(group = %group, "data group locked: {e}");
+                    ring.problems
+                        .push(format!("data group {group} is locked: {e}"));
                     ring.deny(group);
                     continue;
                 }
@@ -427,7 +436,10 @@ impl Store {
                 ring.insert(group, keys);
             } else {
                 // The matrix grants it but no envelope is there (yet).
-                tracing::warn!(group = %group, "no key envelope for this user; ask the administrator to re-grant");
+                ring.problems.push(format!(
+                    "data group {group} is locked: its key file holds no key for {}; ask the administrator to grant it again",
+                    pse.public.user
+                ));
                 ring.deny(group);
             }
         }

@@ -1,0 +1,356 @@
+//! First run and daily use (issue 15): the mount's type, a dead driver's
+//! mount named everywhere, clean logs, exit statuses, JSON output, fstab,
+//! completions and man pages, `--passphrase-command`.
+
+use crate::util::{
+    fuse_available, isolate, isolate_as, ok, require, require_root, tresor, TestStore,
+};
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+}
+
+/// The type of the mount on `mnt` in /proc/self/mounts and in mountinfo.
+fn mount_types(mnt: &Path) -> (Option<String>, Option<String>) {
+    let m = mnt.to_str().unwrap();
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    let a = mounts.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.get(1) == Some(&m)).then(|| f[2].to_string())
+    });
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let b = info.lines().rev().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        (pre.split(' ').nth(4) == Some(m)).then(|| post.split(' ').next().unwrap().to_string())
+    });
+    (a, b)
+}
+
+#[test]
+fn the_mount_is_fuse_tresor_in_mounts_and_mountinfo() {
+    if !fuse_available() {
+        return;
+    }
+    let ts = TestStore::new(&["g"]);
+    let m = ts.mount();
+    let (mounts, info) = mount_types(&m.mnt);
+    assert_eq!(mounts.as_deref(), Some("fuse.tresor"), "/proc/self/mounts");
+    assert_eq!(info.as_deref(), Some("fuse.tresor"), "mountinfo");
+    m.unmount();
+}
+
+/// As an unprivileged user fuser mounts through fusermount3, which must
+/// record the subtype too. /dev/fuse is 0600 on this machine, so the test
+/// gives the user a 0666 node of its own in a private mount namespace (a
+/// child process; the test's own namespace is untouched).
+#[test]
+fn an_unprivileged_mount_through_fusermount3_is_fuse_tresor() {
+    if !fuse_available() || !require_root("become another user with setpriv") {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("tresor-u-")
+        .tempdir()
+        .unwrap();
+    let d = dir.path();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+    let work = d.join("w");
+    fs::create_dir(&work).unwrap();
+    fs::write(work.join("pass"), "user passphrase\n").unwrap();
+    fs::create_dir(d.join("dev")).unwrap();
+    std::os::unix::fs::chown(&work, Some(65534), Some(65534)).unwrap();
+    std::os::unix::fs::chown(work.join("pass"), Some(65534), Some(65534)).unwrap();
+    let t = env!("CARGO_BIN_EXE_tresor");
+    let user_script = format!(
+        "set -e; cd {w}; T={t}
+        $T init st --pse a.pse --passphrase-file pass --kdf-memory-mib 8 >/dev/null 2>&1
+        $T datagroup add st g --pse a.pse --passphrase-file pass >/dev/null
+        mkdir m
+        $T mount st m --pse a.pse --passphrase-file pass --log {w}/log >/dev/null
+        grep \" {w}/m \" /proc/self/mounts
+        echo data > m/g/f; cat m/g/f
+        $T umount m",
+        w = work.display()
+    );
+    let root_script = format!(
+        "set -e; mount -t tmpfs none {dev}; mknod -m 666 {dev}/fuse c 10 229
+        mount --bind {dev}/fuse /dev/fuse
+        exec setpriv --reuid=65534 --regid=65534 --clear-groups sh -c '{user_script}'",
+        dev = d.join("dev").display()
+    );
+    let mut c = Command::new("unshare");
+    isolate_as(&mut c, 65534);
+    let o = c
+        .args(["-m", "--propagation", "private", "sh", "-c", &root_script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let line = out.lines().next().unwrap_or("");
+    assert_eq!(line.split(' ').nth(2), Some("fuse.tresor"), "{out}");
+    assert!(
+        line.contains("user_id=65534"),
+        "not the user's mount: {out}"
+    );
+    assert!(out.contains("data"), "{out}");
+}
+
+/// A background mount of `ts` at `mnt`; returns the driver's pid.
+fn mount_bg(ts: &TestStore, mnt: &Path, extra: &[&str]) -> u32 {
+    ok(tresor()
+        .arg("mount")
+        .arg(&ts.store)
+        .arg(mnt)
+        .arg("--pse")
+        .arg(&ts.pse)
+        .arg("--passphrase-file")
+        .arg(&ts.pass)
+        .args(extra));
+    let o = ok(tresor().arg("status").arg(mnt).arg("--json"));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["pid"].as_u64().unwrap() as u32
+}
+
+fn wait_gone(pid: u32) {
+    let start = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        // A hang guard, not a timing assertion.
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "pid {pid} lives on"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_killed_drivers_mount_is_named_dead_everywhere_and_umount_clears_it() {
+    if !fuse_available() {
+        return;
+    }
+    let ts = TestStore::new(&["g"]);
+    let mnt = ts.subdir("m");
+    let log = ts.dir.path().join("m.log");
+    let log_arg = log.to_str().unwrap();
+    let pid = mount_bg(&ts, &mnt, &["--log", log_arg]);
+    fs::write(mnt.join("g/f"), b"kept").unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_gone(pid);
+    // The kernel keeps the mount, with the type that names it.
+    assert_eq!(mount_types(&mnt).0.as_deref(), Some("fuse.tresor"));
+    let m = mnt.display().to_string();
+    let dead = format!("tresor at {m} is dead");
+    let fix = format!("run `tresor umount {m}`");
+    let pse = ts.pse.to_str().unwrap();
+    let pass = ts.pass.to_str().unwrap();
+    let store = ts.store.to_str().unwrap();
+    for args in [
+        vec!["status", &m],
+        vec!["status", &m, "--json"],
+        vec!["lock", &m],
+        vec!["login", &m, "--pse", pse, "--passphrase-file", pass],
+        vec!["mount", store, &m, "--pse", pse, "--passphrase-file", pass],
+    ] {
+        let o = tresor().args(&args).output().unwrap();
+        assert_eq!(code(&o), 30, "{args:?}: {}", text(&o));
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(e.contains(&dead) && e.contains(&fix), "{args:?}: {e}");
+    }
+    let o = ok(tresor().arg("umount").arg(&mnt));
+    assert!(
+        text(&o).contains("removed the dead tresor mount"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(mount_types(&mnt).0, None, "still mounted");
+    // Mounting works again, and the data written before the kill is there.
+    mount_bg(&ts, &mnt, &["--log", log_arg]);
+    assert_eq!(fs::read(mnt.join("g/f")).unwrap(), b"kept");
+    ok(tresor().arg("umount").arg(&mnt));
+}
+
+#[test]
+fn logs_in_a_file_carry_no_colour_and_a_normal_unmount_no_warning() {
+    if !fuse_available() {
+        return;
+    }
+    let ts = TestStore::new(&["g"]);
+    let mnt = ts.subdir("m");
+    let log = ts.dir.path().join("m.log");
+    // -v: the driver logs its info lines too, so the file is not empty.
+    mount_bg(&ts, &mnt, &["-v", "--log", log.to_str().unwrap()]);
+    fs::write(mnt.join("g/f"), b"x").unwrap();
+    ok(tresor().arg("umount").arg(&mnt));
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(text.contains("INFO"), "no log lines to check: {text:?}");
+    assert!(
+        !text.contains('\x1b'),
+        "colour escapes in the log file: {text:?}"
+    );
+    assert!(
+        !text.contains("WARN"),
+        "a warning on a normal unmount: {text}"
+    );
+    assert!(!text.contains("Failed to umount"), "{text}");
+}
+
+/// `tresor -v mount -f` with stderr on a pipe, or on a terminal (`script`
+/// gives it one) with and without NO_COLOR; the driver's info line at the
+/// unmount is what is looked at. Returns what it wrote.
+fn foreground_log(ts: &TestStore, terminal: bool, no_color: Option<&str>) -> String {
+    let mnt = ts.subdir(&format!("fg-{terminal}-{}", no_color.is_some()));
+    let out = ts.dir.path().join("fg.out");
+    let cmd = format!(
+        "{} -v mount {} {} --pse {} --passphrase-file {} -f",
+        env!("CARGO_BIN_EXE_tresor"),
+        ts.store.display(),
+        mnt.display(),
+        ts.pse.display(),
+        ts.pass.display()
+    );
+    let mut c = if terminal {
+        let mut c = Command::new("script");
+        c.args(["-q", "-e", "-f", "-c", &cmd, "/dev/null"]);
+        c
+    } else {
+        let mut c = Command::new("sh");
+        c.args(["-c", &format!("exec {cmd} 2>&1")]);
+        c
+    };
+    isolate(&mut c);
+    c.env_remove("NO_COLOR");
+    if let Some(v) = no_color {
+        c.env("NO_COLOR", v);
+    }
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while mount_types(&mnt).0.is_none() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{}",
+            fs::read_to_string(&out).unwrap()
+        );
+        // A hang guard, not a timing assertion.
+        assert!(start.elapsed() < Duration::from_secs(30), "no mount");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ok(tresor().arg("umount").arg(&mnt));
+    assert!(child.wait().unwrap().success());
+    fs::read_to_string(&out).unwrap()
+}
+
+#[test]
+fn colour_only_on_a_terminal_without_no_color() {
+    if !fuse_available() {
+        return;
+    }
+    if !require(
+        Command::new("script")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "script (util-linux)",
+    ) {
+        return;
+    }
+    let ts = TestStore::new(&["g"]);
+    let piped = foreground_log(&ts, false, None);
+    assert!(piped.contains("unmounted by command"), "{piped}");
+    assert!(!piped.contains('\x1b'), "escapes on a pipe: {piped:?}");
+    // The control: on a terminal the same line is coloured.
+    let tty = foreground_log(&ts, true, None);
+    assert!(tty.contains("unmounted by command"), "{tty}");
+    assert!(tty.contains("\x1b["), "no colour on a terminal: {tty:?}");
+    let no_color = foreground_log(&ts, true, Some("1"));
+    assert!(no_color.contains("unmounted by command"), "{no_color}");
+    assert!(!no_color.contains('\x1b'), "NO_COLOR ignored: {no_color:?}");
+}
+
+#[test]
+fn quiet_keeps_warnings_out_and_verbose_lets_info_in() {
+    if !fuse_available() {
+        return;
+    }
+    let ts = TestStore::new(&["g"]);
+    // A stale control socket is a warning at the next mount.
+    let mnt = ts.subdir("m");
+    let sock = crate::util::control_socket(&mnt.canonicalize().unwrap());
+    fs::create_dir_all(sock.parent().unwrap()).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    let mount = |flag: &str| {
+        let o = ok(tresor()
+            .arg(flag)
+            .arg("mount")
+            .arg(&ts.store)
+            .arg(&mnt)
+            .arg("--pse")
+            .arg(&ts.pse)
+            .arg("--passphrase-file")
+            .arg(&ts.pass)
+            .arg("--log")
+            .arg(ts.dir.path().join("q.log")));
+        ok(tresor().arg("umount").arg(&mnt));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let q = mount("-q");
+    assert!(!q.contains("stale control socket"), "-q: {q}");
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    let v = mount("-v");
+    assert!(
+        v.contains("WARN") && v.contains("stale control socket"),
+        "-v: {v}"
+    );
+}
+
+#[test]
+fn a_missing_key_file_is_a_sentence_not_a_log_line() {
+    if !fuse_available() {
+        return;
+    }
+    let ts = TestStore::new(&["g", "h"]);
+    let key = ts.store.join("keys/g.json");
+    fs::remove_file(&key).unwrap();
+    let mnt = ts.subdir("m");
+    let o = ok(tresor()
+        .arg("mount")
+        .arg(&ts.store)
+        .arg(&mnt)
+        .arg("--pse")
+        .arg(&ts.pse)
+        .arg("--passphrase-file")
+        .arg(&ts.pass)
+        .arg("--log")
+        .arg(ts.dir.path().join("m.log")));
+    let e = String::from_utf8_lossy(&o.stderr);
+    let want = format!(
+        "tresor: warning: data group g is locked: its key file {} is missing; restore it from a backup of the store",
+        fs::canonicalize(&ts.store).unwrap().join("keys/g.json").display()
+    );
+    assert!(e.contains(&want), "{e}");
+    assert!(
+        !e.contains("ERROR") && !e.contains('\x1b'),
+        "a log line: {e}"
+    );
+    // The other group is served.
+    fs::write(mnt.join("h/f"), b"x").unwrap();
+    ok(tresor().arg("umount").arg(&mnt));
+}
