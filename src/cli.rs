@@ -66,6 +66,9 @@ enum Cmd {
     Matrix {
         /// The store directory.
         store: PathBuf,
+        /// Print the matrix as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Mount a store: MNT/<data group>/… shows the plaintext.
     Mount {
@@ -186,6 +189,9 @@ enum DatagroupCmd {
     List {
         /// The store directory.
         store: PathBuf,
+        /// Print the list as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -241,39 +247,65 @@ pub mod status {
     pub const ALREADY_MOUNTED: u8 = 34;
 }
 
+/// The one mapping from failures to exit statuses, for every command
+/// (docs/CLI.md): the first cause in the chain with a status decides.
 fn exit_code(e: &anyhow::Error) -> u8 {
-    use crate::directory::DirectoryError as D;
-    use crate::store::StoreError as S;
     for cause in e.chain() {
-        if let Some(s) = cause.downcast_ref::<crate::session::SessionError>() {
-            return session::exit_code(s);
-        }
-        if let Some(p) = cause.downcast_ref::<PseError>() {
-            return match p {
-                PseError::WrongPassphrase => status::WRONG_PASSPHRASE,
-                _ => status::CORRUPT_PSE,
-            };
-        }
-        let d = match cause.downcast_ref::<S>() {
-            Some(S::Directory(d)) => Some(d),
-            Some(S::UnknownUser(_) | S::NotAdmin(_)) => return status::NOT_MEMBER,
-            Some(S::RemovedUser(_)) => return status::REMOVED_USER,
-            Some(S::NoSuchGroup(_) | S::GroupExists(_) | S::BadGroupName(_)) => {
-                return status::BAD_NAME
-            }
-            Some(S::NotAStore(_) | S::Format { .. }) => return status::BAD_STORE,
-            _ => cause.downcast_ref::<D>(),
-        };
-        if let Some(d) = d {
-            return match d {
-                D::BadSignature(_) | D::Malformed(_) | D::TooNew(_) => status::TAMPERED,
-                D::Rollback { .. } => status::ROLLBACK,
-                D::Unknown { .. } | D::Duplicate { .. } | D::BadName(_) => status::BAD_NAME,
-                D::Crypto(_) => status::FAILURE,
-            };
+        if let Some(code) = cause_code(cause) {
+            return code;
         }
     }
     status::FAILURE
+}
+
+fn cause_code(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
+    use crate::rekey::RekeyError as R;
+    if let Some(s) = cause.downcast_ref::<crate::session::SessionError>() {
+        return Some(session::exit_code(s));
+    }
+    if let Some(p) = cause.downcast_ref::<PseError>() {
+        return Some(pse_code(p));
+    }
+    if let Some(s) = cause.downcast_ref::<crate::store::StoreError>() {
+        return store_code(s);
+    }
+    // `#[error(transparent)]` hides the wrapped error from the chain.
+    if let Some(R::Store(s)) = cause.downcast_ref::<R>() {
+        return store_code(s);
+    }
+    if let Some(d) = cause.downcast_ref::<crate::directory::DirectoryError>() {
+        return directory_code(d);
+    }
+    None
+}
+
+fn pse_code(p: &PseError) -> u8 {
+    match p {
+        PseError::WrongPassphrase => status::WRONG_PASSPHRASE,
+        _ => status::CORRUPT_PSE,
+    }
+}
+
+fn store_code(s: &crate::store::StoreError) -> Option<u8> {
+    use crate::store::StoreError as S;
+    match s {
+        S::Directory(d) => directory_code(d),
+        S::UnknownUser(_) | S::NotAdmin(_) => Some(status::NOT_MEMBER),
+        S::RemovedUser(_) => Some(status::REMOVED_USER),
+        S::NoSuchGroup(_) | S::GroupExists(_) | S::BadGroupName(_) => Some(status::BAD_NAME),
+        S::NotAStore(_) | S::Format { .. } => Some(status::BAD_STORE),
+        _ => None,
+    }
+}
+
+fn directory_code(d: &crate::directory::DirectoryError) -> Option<u8> {
+    use crate::directory::DirectoryError as D;
+    Some(match d {
+        D::BadSignature(_) | D::Malformed(_) | D::TooNew(_) => status::TAMPERED,
+        D::Rollback { .. } => status::ROLLBACK,
+        D::Unknown { .. } | D::Duplicate { .. } | D::BadName(_) => status::BAD_NAME,
+        D::Crypto(_) => return None,
+    })
 }
 
 /// Whether log lines may carry colour: only on a terminal, and never
@@ -329,17 +361,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             pse,
             pass,
         }) => cmd_datagroup_add(&store, &name, &pse, &pass),
-        Cmd::Datagroup(DatagroupCmd::List { store }) => {
+        Cmd::Datagroup(DatagroupCmd::List { store, json }) => {
             let s = Store::open(&store)?;
-            for g in s.groups()? {
-                println!("{g}");
+            let groups = s.groups()?;
+            if json {
+                let v = serde_json::json!({ "datagroups": groups });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if groups.is_empty() {
+                eprintln!("no data groups yet: add one with `tresor datagroup add`");
+            } else {
+                for g in groups {
+                    println!("{g}");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Role(c) => admin::role(c),
         Cmd::User(c) => admin::user(c),
         Cmd::Grant(a) => admin::grant(a),
-        Cmd::Matrix { store } => admin::matrix(&store),
+        Cmd::Matrix { store, json } => admin::matrix(&store, json),
         Cmd::Mount {
             store,
             mountpoint,
@@ -541,7 +581,7 @@ fn cmd_mount(
     let mnt = &mnt.canonicalize()?;
     let store = &store
         .canonicalize()
-        .with_context(|| format!("store {} not found", store.display()))?;
+        .map_err(|_| crate::store::StoreError::NotAStore(store.to_path_buf()))?;
     // The canonical store path names the mount (`tresor:/abs/store`): rekey
     // looks for it to refuse running under a live mount.
     let opts = MountOptions {

@@ -354,3 +354,229 @@ fn a_missing_key_file_is_a_sentence_not_a_log_line() {
     fs::write(mnt.join("h/f"), b"x").unwrap();
     ok(tresor().arg("umount").arg(&mnt));
 }
+
+/// One row of the exit-status table: the same failure in every command
+/// that can meet it gives the same status (docs/CLI.md).
+fn expect_status(want: i32, what: &str, runs: Vec<(String, Output)>) {
+    for (cmd, o) in runs {
+        assert_eq!(code(&o), want, "{what}: `tresor {cmd}` → {}", text(&o));
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            e.starts_with("tresor: "),
+            "{what}: `tresor {cmd}` says {e:?}, not a sentence"
+        );
+    }
+}
+
+#[test]
+fn the_same_failure_has_the_same_status_in_every_command() {
+    let ts = TestStore::new(&["g"]);
+    admin_ok(&ts, &["role", "add", ts.store.to_str().unwrap(), "r"]);
+    admin_ok(&ts, &["grant", ts.store.to_str().unwrap(), "r", "g", "w"]);
+    let (upse, upass) = ts.add_user("u", "r");
+    let doc = ts.dir.path().join("doc.txt");
+    fs::write(&doc, "x").unwrap();
+    let mnt = ts.subdir("m");
+    let run = |args: &[&str], pse: &Path, pass: &Path| -> (String, Output) {
+        let mut c = tresor();
+        c.args(args);
+        if !pse.as_os_str().is_empty() {
+            c.arg("--pse").arg(pse);
+        }
+        if !pass.as_os_str().is_empty() {
+            c.arg("--passphrase-file").arg(pass);
+        }
+        (args.join(" "), c.output().unwrap())
+    };
+    let none = Path::new("");
+    let (a, ap) = (ts.pse.as_path(), ts.pass.as_path());
+    let d = doc.to_str().unwrap();
+    let m = mnt.to_str().unwrap();
+
+    // 9: not a store.
+    let no = ts.dir.path().join("no-store");
+    let n = no.to_str().unwrap();
+    expect_status(
+        9,
+        "missing store",
+        vec![
+            run(&["mount", n, m], a, ap),
+            run(&["matrix", n], none, none),
+            run(&["matrix", n, "--json"], none, none),
+            run(&["user", "list", n], none, none),
+            run(&["datagroup", "list", n], none, none),
+            run(&["datagroup", "add", n, "x"], a, ap),
+            run(&["role", "add", n, "x"], a, ap),
+            run(&["grant", n, "r", "g", "r"], a, ap),
+            run(&["user", "remove", n, "u"], a, ap),
+            run(&["rekey", n, "g"], a, ap),
+            run(&["sign", d, "--store", n, "--as", "g/doc.txt"], a, ap),
+            run(&["verify", d, "--store", n, "--as", "g/doc.txt"], a, none),
+        ],
+    );
+    // 7: unknown data group.
+    let s = ts.store.to_str().unwrap();
+    expect_status(
+        7,
+        "unknown data group",
+        vec![
+            run(&["rekey", s, "nog"], a, ap),
+            run(&["grant", s, "r", "nog", "r"], a, ap),
+            run(&["datagroup", "add", s, "g"], a, ap),
+            run(&["sign", d, "--store", s, "--as", "nog/doc.txt"], a, ap),
+        ],
+    );
+    // 8: a PSE that is not the administrator's where one is needed.
+    expect_status(
+        8,
+        "non-admin PSE",
+        vec![
+            run(&["rekey", s, "g"], &upse, &upass),
+            run(&["datagroup", "add", s, "y"], &upse, &upass),
+            run(&["grant", s, "r", "g", "r"], &upse, &upass),
+            run(&["role", "add", s, "y"], &upse, &upass),
+            run(&["user", "remove", s, "u"], &upse, &upass),
+        ],
+    );
+    // 3: wrong passphrase, whichever command asks.
+    let wrong = ts.dir.path().join("wrong");
+    fs::write(&wrong, "not the passphrase\n").unwrap();
+    expect_status(
+        3,
+        "wrong passphrase",
+        vec![
+            run(&["mount", s, m], a, &wrong),
+            run(&["rekey", s, "g"], a, &wrong),
+            run(&["grant", s, "r", "g", "r"], a, &wrong),
+            run(&["datagroup", "add", s, "y"], a, &wrong),
+            run(&["sign", d, "--store", s, "--as", "g/doc.txt"], a, &wrong),
+            run(&["passwd"], a, &wrong),
+        ],
+    );
+    // 4: not a PSE.
+    expect_status(
+        4,
+        "not a PSE",
+        vec![
+            run(&["mount", s, m], &doc, ap),
+            run(&["rekey", s, "g"], &doc, ap),
+            run(&["grant", s, "r", "g", "r"], &doc, ap),
+            run(
+                &["verify", d, "--store", s, "--as", "g/doc.txt"],
+                &doc,
+                none,
+            ),
+        ],
+    );
+    // 30: nothing mounted.
+    expect_status(
+        30,
+        "not mounted",
+        vec![
+            run(&["status", m], none, none),
+            run(&["lock", m], none, none),
+            run(&["login", m], a, ap),
+            run(&["umount", m], none, none),
+        ],
+    );
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", text(o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(o)))
+}
+
+#[test]
+fn json_for_matrix_user_list_datagroup_list_and_an_empty_matrix_says_so() {
+    let ts = TestStore::new(&[]);
+    let s = ts.store.to_str().unwrap();
+    // An empty store: a sentence, not a line of spaces.
+    let o = ok(tresor().args(["matrix", s]));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("no roles and no data groups yet"), "{out}");
+    assert!(
+        out.lines().all(|l| !l.trim().is_empty()),
+        "blank line: {out:?}"
+    );
+    assert_eq!(
+        json(&ok(tresor().args(["datagroup", "list", s, "--json"])))["datagroups"],
+        serde_json::json!([])
+    );
+
+    for g in ["lab", "rx"] {
+        admin_ok(&ts, &["datagroup", "add", s, g]);
+    }
+    admin_ok(&ts, &["role", "add", s, "nurses"]);
+    admin_ok(&ts, &["grant", s, "nurses", "rx", "r"]);
+    ts.add_user("bob", "nurses");
+    let m = json(&ok(tresor().args(["matrix", s, "--json"])));
+    assert_eq!(m["matrix"]["nurses"]["rx"], "r", "{m}");
+    assert_eq!(m["matrix"]["nurses"]["lab"], "-", "{m}");
+    assert_eq!(m["datagroups"], serde_json::json!(["lab", "rx"]));
+    assert_eq!(m["signature"], "valid");
+    let u = json(&ok(tresor().args(["user", "list", s, "--json"])));
+    assert_eq!(u["users"][0]["name"], "bob", "{u}");
+    assert_eq!(u["users"][0]["role"], "nurses");
+    assert_eq!(u["administrator"]["name"], "admin");
+    assert_eq!(
+        u["administrator"]["signing_key"].as_str().unwrap().len(),
+        64
+    );
+    let d = json(&ok(tresor().args(["datagroup", "list", s, "--json"])));
+    assert_eq!(d["datagroups"], serde_json::json!(["lab", "rx"]));
+}
+
+#[test]
+fn verify_json_and_verify_in_a_mount_uses_the_sessions_trust_anchor() {
+    if !fuse_available() {
+        return;
+    }
+    let ts = TestStore::new(&["g"]);
+    let m = ts.mount();
+    let doc = m.path("g/rx.txt");
+    fs::write(&doc, "400 mg\n").unwrap();
+    ok(tresor()
+        .arg("sign")
+        .arg(&doc)
+        .arg("--pse")
+        .arg(&ts.pse)
+        .arg("--passphrase-file")
+        .arg(&ts.pass));
+    // No --pse, no --admin-key: the mount's session holds the anchor.
+    let o = ok(tresor().arg("verify").arg(&doc));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("valid — signed by admin"),
+        "{}",
+        text(&o)
+    );
+    let v = json(&ok(tresor().arg("verify").arg(&doc).arg("--json")));
+    assert_eq!(v["exit_status"], 0, "{v}");
+    assert_eq!(v["signatures"][0]["verdict"], "valid");
+    assert_eq!(v["signatures"][0]["signer"], "admin");
+    fs::write(&doc, "800 mg\n").unwrap();
+    let o = tresor()
+        .arg("verify")
+        .arg(&doc)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 21, "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["signatures"][0]["verdict"], "content changed", "{v}");
+    let all = tresor()
+        .arg("verify")
+        .arg("--all")
+        .arg(m.path("g"))
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert_eq!(code(&all), 21, "{}", text(&all));
+    let v: serde_json::Value = serde_json::from_slice(&all.stdout).unwrap();
+    assert_eq!(v["rows"][0]["document"], "g/rx.txt", "{v}");
+    m.unmount();
+}
+
+fn admin_ok(ts: &TestStore, args: &[&str]) {
+    let o = ts.admin(args);
+    assert!(o.status.success(), "{args:?}: {}", text(&o));
+}

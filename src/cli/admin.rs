@@ -72,6 +72,9 @@ pub enum UserCmd {
     List {
         /// The store directory.
         store: PathBuf,
+        /// Print the list as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -204,7 +207,7 @@ pub fn user(c: UserCmd) -> Result<ExitCode> {
             report(&out);
             Ok(ExitCode::SUCCESS)
         }
-        UserCmd::List { store } => {
+        UserCmd::List { store, json } => {
             let (s, dir) = verified_without_pse(&store)?;
             // In full: `tresor verify --admin-key` takes it.
             let admin_fpr = crate::crypto::PublicKey::from_der(
@@ -212,6 +215,38 @@ pub fn user(c: UserCmd) -> Result<ExitCode> {
                     .context("the manifest's admin key is not base64url")?,
             )?
             .fingerprint()?;
+            if json {
+                let mut users = Vec::new();
+                for (name, u) in &dir.users {
+                    users.push(serde_json::json!({
+                        "name": name,
+                        "role": u.role,
+                        "certified": date(u.certified),
+                        "shared": u.shared,
+                        "signing_key": directory::sign_key(&u.sign_public)?.fingerprint()?,
+                    }));
+                }
+                let removed: Vec<_> = dir
+                    .removed
+                    .iter()
+                    .map(|(name, r)| {
+                        serde_json::json!({
+                            "name": name,
+                            "role": r.role,
+                            "certified": date(r.certified),
+                            "removed": date(r.removed),
+                        })
+                    })
+                    .collect();
+                let v = serde_json::json!({
+                    "directory_version": dir.version,
+                    "administrator": {"name": dir.admin, "signing_key": admin_fpr},
+                    "users": users,
+                    "removed": removed,
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             println!(
                 "{:<20} {:<16} {:<10} {:<7} signing key",
                 "user", "role", "certified", "shared"
@@ -273,16 +308,61 @@ fn verified_without_pse(store: &Path) -> Result<(Store, Body)> {
     Ok((s, dir))
 }
 
-/// Runs `tresor matrix`: the seed's Figure 2.
-pub fn matrix(store: &Path) -> Result<ExitCode> {
+/// Runs `tresor matrix`: the access matrix (roles × data groups).
+pub fn matrix(store: &Path, json: bool) -> Result<ExitCode> {
     let (_, dir) = verified_without_pse(store)?;
+    let groups: Vec<&String> = dir.datagroups.keys().collect();
+    if json {
+        let cells: serde_json::Map<String, serde_json::Value> = dir
+            .roles
+            .iter()
+            .map(|role| {
+                let row: serde_json::Map<String, serde_json::Value> = groups
+                    .iter()
+                    .map(|g| {
+                        (
+                            g.to_string(),
+                            dir.right(role, g).symbol().to_string().into(),
+                        )
+                    })
+                    .collect();
+                (role.clone(), row.into())
+            })
+            .collect();
+        let v = serde_json::json!({
+            "directory_version": dir.version,
+            "signed_by": dir.admin,
+            "issued": date(dir.issued),
+            "signature": "valid",
+            "roles": dir.roles,
+            "datagroups": groups,
+            "matrix": cells,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "directory version {} signed by {} on {} — signature valid (checked against the admin key in tresor.json)",
         dir.version,
         dir.admin,
         date(dir.issued)
     );
-    let groups: Vec<&String> = dir.datagroups.keys().collect();
+    if dir.roles.is_empty() || groups.is_empty() {
+        println!(
+            "no {} yet: add them with {}",
+            match (dir.roles.is_empty(), groups.is_empty()) {
+                (true, true) => "roles and no data groups",
+                (true, false) => "roles",
+                _ => "data groups",
+            },
+            match (dir.roles.is_empty(), groups.is_empty()) {
+                (true, true) => "`tresor role add` and `tresor datagroup add`",
+                (true, false) => "`tresor role add`",
+                _ => "`tresor datagroup add`",
+            }
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let w = dir.roles.iter().map(|r| r.len()).max().unwrap_or(4).max(4);
     print!("{:<w$}", "");
     for g in &groups {
