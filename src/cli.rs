@@ -15,6 +15,7 @@ use zeroize::Zeroizing;
 
 mod admin;
 mod demo;
+mod helper;
 mod passwd;
 mod session;
 mod sign;
@@ -87,6 +88,9 @@ enum Cmd {
         /// Let other local users in; the kernel checks owners and modes.
         #[arg(long)]
         allow_other: bool,
+        /// Mount read-only: every write fails with EROFS, whatever the rights.
+        #[arg(long)]
+        read_only: bool,
         /// Log file when detached (default: beside the control socket, see docs/SESSIONS.md).
         #[arg(long)]
         log: Option<PathBuf>,
@@ -159,6 +163,17 @@ enum Cmd {
     Sign(sign::SignArgs),
     /// Check a document's signatures against the store's admin-signed directory (--all: a whole tree).
     Verify(sign::VerifyArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (tresor.1 and one per subcommand, tresor-mount.1 …) into DIR.
+    Man {
+        /// Directory to write them into (created if missing).
+        #[arg(long, value_name = "DIR", default_value = "man")]
+        out: PathBuf,
+    },
     /// Show the whole product on a throw-away store: roles and matrix, mounts per user, a virtual slide analysed confined through the mount, a signed prescription, a lock and a user switch.
     Demo {
         /// Keep the demo directory instead of deleting it.
@@ -195,16 +210,86 @@ enum DatagroupCmd {
     },
 }
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Default)]
 pub(crate) struct PassArgs {
     /// Read the passphrase from this file (first line) instead of prompting.
     #[arg(long, value_name = "FILE")]
     pub(crate) passphrase_file: Option<PathBuf>,
+    /// Run CMD and take the first line it prints as the passphrase (a
+    /// keyring, a password manager). No shell: CMD is a program and its
+    /// arguments, split at spaces.
+    #[arg(long, value_name = "CMD", conflicts_with = "passphrase_file")]
+    pub(crate) passphrase_command: Option<String>,
+}
+
+impl PassArgs {
+    /// The passphrase from `--passphrase-file` or `--passphrase-command`
+    /// (one try each), with where it came from; `None`: ask on the terminal.
+    pub(crate) fn given(&self) -> Result<Option<(Zeroizing<String>, String)>> {
+        if let Some(f) = &self.passphrase_file {
+            return Ok(Some((
+                prompt::from_file(f)?,
+                format!("passphrase from {}", f.display()),
+            )));
+        }
+        if let Some(c) = &self.passphrase_command {
+            return Ok(Some((
+                passphrase_command(c)?,
+                format!("passphrase from `{c}`"),
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Whether the passphrase comes from a file or command (one try).
+    pub(crate) fn is_given(&self) -> bool {
+        self.passphrase_file.is_some() || self.passphrase_command.is_some()
+    }
+}
+
+/// Runs `--passphrase-command CMD` without a shell: CMD split at spaces,
+/// the first word the program. Its stderr and the terminal stay its own (a
+/// password manager may ask there); the first line of its stdout is the
+/// passphrase.
+fn passphrase_command(cmd: &str) -> Result<Zeroizing<String>> {
+    let mut words = cmd.split_whitespace();
+    let Some(program) = words.next() else {
+        bail!("--passphrase-command is empty; give a program (and its arguments)");
+    };
+    let out = std::process::Command::new(program)
+        .args(words)
+        .stdout(std::process::Stdio::piped())
+        .output()
+        .with_context(|| format!("cannot run --passphrase-command `{cmd}`"))?;
+    let stdout = Zeroizing::new(out.stdout);
+    if !out.status.success() {
+        bail!(
+            "--passphrase-command `{cmd}` failed ({}); no passphrase read",
+            out.status
+        );
+    }
+    let line = std::str::from_utf8(&stdout)
+        .ok()
+        .and_then(|t| t.lines().next())
+        .filter(|l| !l.is_empty());
+    match line {
+        Some(l) => Ok(Zeroizing::new(l.to_string())),
+        None => bail!("--passphrase-command `{cmd}` printed no passphrase (an empty first line, or not UTF-8)"),
+    }
 }
 
 /// Entry point of the `tresor` binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Called as `mount.fuse.tresor STORE MNT -o OPTIONS` by mount(8).
+    let cli = match helper::as_mount_helper(std::env::args_os()) {
+        Some(Ok(helper::HelperCall::Mount(args))) => Cli::parse_from(args),
+        Some(Ok(helper::HelperCall::Fake)) => return ExitCode::SUCCESS,
+        Some(Err(e)) => {
+            eprintln!("mount.fuse.tresor: {e}");
+            return ExitCode::from(2);
+        }
+        None => Cli::parse(),
+    };
     init_logging(&cli);
     match run(cli) {
         Ok(code) => code,
@@ -387,14 +472,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             pass,
             foreground,
             allow_other,
+            read_only,
             log,
             threads,
             idle_lock,
         } => {
+            if threads == 0 {
+                bail!("--threads 0 would serve no request; give 1 or more (default 4)");
+            }
             let opts = MountOptions {
                 allow_other,
                 threads,
                 fsname: String::new(),
+                read_only,
             };
             let how = (foreground, log, idle_lock.0);
             cmd_mount(&store, &mountpoint, &pse, &pass, how, opts)
@@ -435,6 +525,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             pass,
         } => session::login(&mountpoint, &pse, &pass),
         Cmd::Demo { keep, dir } => demo::run(keep, dir),
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "tresor", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Man { out } => {
+            use clap::CommandFactory;
+            let n = helper::man_pages(Cli::command(), &out)?;
+            println!("wrote {n} man pages into {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
         // Distinct statuses per verdict (docs/SIGNATURES.md).
         Cmd::Sign(a) => sign::sign(a),
         Cmd::Verify(a) => sign::verify(a),
@@ -448,6 +549,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 /// Asks for a new passphrase twice (or reads it from the file).
 pub(crate) fn new_passphrase(pass: &PassArgs, who: &str) -> Result<Zeroizing<String>> {
+    if let (None, Some((p, _))) = (&pass.passphrase_file, pass.given()?) {
+        if p.chars().count() < prompt::MIN_CHARS {
+            return Err(prompt::PromptError::TooShort.into());
+        }
+        return Ok(p);
+    }
     Ok(prompt::new_passphrase(
         pass.passphrase_file.as_deref(),
         who,
@@ -458,7 +565,7 @@ pub(crate) fn new_passphrase(pass: &PassArgs, who: &str) -> Result<Zeroizing<Str
 /// Opens a PSE: one try from a file, three at the terminal (the seed's rules).
 pub(crate) fn unlock_pse(path: &Path, pass: &PassArgs) -> Result<Pse> {
     let timeout = prompt::timeout_from_env()?;
-    Ok(passwd::unlock(path, pass.passphrase_file.as_deref(), timeout)?.pse)
+    Ok(passwd::unlock(path, pass.given()?, timeout)?.pse)
 }
 
 fn cmd_init(

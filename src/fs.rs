@@ -31,6 +31,8 @@ pub struct MountOptions {
     pub threads: usize,
     /// Name shown as the mount source.
     pub fsname: String,
+    /// Mount read-only: the kernel refuses every write (EROFS).
+    pub read_only: bool,
 }
 
 /// The FUSE filesystem over a [`Vfs`].
@@ -591,6 +593,9 @@ pub fn mount(
     // which spares a GETATTR of the parent before every unlink.
     if opts.allow_other {
         config.mount_options.push(MountOption::DefaultPermissions);
+    }
+    if opts.read_only {
+        config.mount_options.push(MountOption::RO);
     }
     config.acl = if opts.allow_other {
         SessionACL::All

@@ -580,3 +580,267 @@ fn admin_ok(ts: &TestStore, args: &[&str]) {
     let o = ts.admin(args);
     assert!(o.status.success(), "{args:?}: {}", text(&o));
 }
+
+/// Runs `script` as root in a private mount namespace (a child process)
+/// where /usr/sbin (so /sbin) also holds `mount.fuse.tresor`, the helper
+/// mount(8) runs for type fuse.tresor: an overlay, so nothing outside the
+/// namespace changes.
+fn with_mount_helper(dir: &Path, script: &str) -> Output {
+    for d in ["u", "w"] {
+        fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let full = format!(
+        "set -e
+        mount -t overlay overlay -o lowerdir=/usr/sbin,upperdir={d}/u,workdir={d}/w /usr/sbin
+        ln -s {t} /usr/sbin/mount.fuse.tresor
+        {script}",
+        d = dir.display(),
+        t = env!("CARGO_BIN_EXE_tresor")
+    );
+    let mut c = Command::new("unshare");
+    isolate(&mut c);
+    c.args(["-m", "--propagation", "private", "sh", "-c", &full])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn an_fstab_line_mounts_with_mount_and_ro_is_read_only() {
+    if !fuse_available() || !require_root("mount(8) from an fstab in a private namespace") {
+        return;
+    }
+    let ts = TestStore::new(&["g"]);
+    let mnt = ts.subdir("t");
+    let (s, m, pse, pass) = (
+        ts.store.display(),
+        mnt.display(),
+        ts.pse.display(),
+        ts.pass.display(),
+    );
+    // As gocryptfs users write it: noauto (mounted on demand), options
+    // systemd reads (x-systemd.*) let through.
+    let rw = ts.dir.path().join("fstab");
+    fs::write(
+        &rw,
+        format!("# tresor\n{s} {m} fuse.tresor noauto,x-systemd.automount,pse={pse},passphrase_file={pass},idle_lock=0 0 0\n"),
+    )
+    .unwrap();
+    let ro = ts.dir.path().join("fstab.ro");
+    fs::write(
+        &ro,
+        format!("{s} {m} fuse.tresor noauto,pse={pse},passphrase_file={pass},ro,allow_other 0 0\n"),
+    )
+    .unwrap();
+    let o = with_mount_helper(
+        ts.dir.path(),
+        &format!(
+            "mount --fstab {rw} {m} >/dev/null
+            grep \" {m} \" /proc/self/mounts
+            echo 'written through fstab' > {m}/g/f
+            umount {m}
+            mount --fstab {ro} {m} >/dev/null
+            grep \" {m} \" /proc/self/mounts
+            cat {m}/g/f
+            if echo x > {m}/g/other 2>/dev/null; then echo WROTE; else echo 'write refused'; fi
+            umount {m}
+            grep -c \" {m} \" /proc/self/mounts || true",
+            rw = rw.display(),
+            ro = ro.display()
+        ),
+    );
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{}", text(&o));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 5, "{out}");
+    assert!(
+        lines[0].starts_with(&format!("tresor:{s} {m} fuse.tresor rw,")),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("tresor:{s} {m} fuse.tresor ro,")),
+        "{out}"
+    );
+    assert!(lines[1].contains("allow_other"), "{out}");
+    assert_eq!(lines[2], "written through fstab");
+    assert_eq!(lines[3], "write refused");
+    assert_eq!(lines[4], "0", "still mounted: {out}");
+}
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let present = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !require(present, "systemd-analyze (systemd)") {
+        return;
+    }
+    let unit =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/tresor@.service"))
+            .unwrap();
+    assert!(
+        unit.contains("ExecStart=/usr/local/bin/tresor mount "),
+        "{unit}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // verify checks that ExecStart's program exists: point it at the one
+    // under test instead of /usr/local/bin (the only change).
+    let verify = |text: &str| {
+        let p = dir.path().join("tresor@ward3.service");
+        fs::write(
+            &p,
+            text.replace("/usr/local/bin/tresor", env!("CARGO_BIN_EXE_tresor")),
+        )
+        .unwrap();
+        let mut c = Command::new("systemd-analyze");
+        isolate(&mut c);
+        c.arg("verify").arg(&p).output().unwrap()
+    };
+    let o = verify(&unit);
+    assert!(
+        o.status.success() && o.stderr.is_empty() && o.stdout.is_empty(),
+        "{}",
+        text(&o)
+    );
+    // The control: a unit systemd would not take is reported.
+    let o = verify(&unit.replace("Type=forking", "Type=frobbing"));
+    assert!(
+        !o.stderr.is_empty() || !o.status.success(),
+        "a broken unit passed"
+    );
+}
+
+#[test]
+fn completions_and_man_pages_are_generated() {
+    for shell in ["bash", "zsh", "fish"] {
+        let o = ok(tresor().args(["completions", shell]));
+        let s = String::from_utf8_lossy(&o.stdout);
+        for word in [
+            "mount",
+            "umount",
+            "verify",
+            "passphrase-command",
+            "read-only",
+        ] {
+            assert!(s.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    if Command::new("bash").arg("--version").output().is_ok() {
+        let o = ok(tresor().args(["completions", "bash"]));
+        let f = tempfile::NamedTempFile::new().unwrap();
+        fs::write(f.path(), &o.stdout).unwrap();
+        let o = Command::new("bash")
+            .arg("-n")
+            .arg(f.path())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "bash completion does not parse: {}",
+            text(&o)
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("man");
+    ok(tresor().arg("man").arg("--out").arg(&out));
+    let mut pages: Vec<String> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    pages.sort();
+    for p in [
+        "tresor.1",
+        "tresor-mount.1",
+        "tresor-user-add.1",
+        "tresor-verify.1",
+        "tresor-run.1",
+        "tresor-completions.1",
+    ] {
+        assert!(pages.contains(&p.to_string()), "no {p} in {pages:?}");
+    }
+    // One page per subcommand, nested ones included.
+    let o = ok(tresor().arg("--help"));
+    let help = String::from_utf8_lossy(&o.stdout);
+    let subcommands = help
+        .split("Commands:")
+        .nth(1)
+        .unwrap()
+        .split("Options:")
+        .next()
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| *w != "help")
+        .count();
+    assert!(
+        pages.iter().filter(|p| p.matches('-').count() == 1).count() >= subcommands,
+        "{pages:?}"
+    );
+    let page = fs::read_to_string(out.join("tresor-mount.1")).unwrap();
+    assert!(
+        page.starts_with(".ie \\n(.g .ds Aq") || page.contains(".TH"),
+        "not roff: {page}"
+    );
+    assert!(page.contains("read\\-only"), "{page}");
+    if Command::new("man")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        let o = Command::new("man")
+            .arg("-l")
+            .arg(out.join("tresor-mount.1"))
+            .env("MANPAGER", "cat")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("tresor-mount"),
+            "{}",
+            text(&o)
+        );
+    }
+}
+
+#[test]
+fn passphrase_command_runs_a_program_without_a_shell() {
+    let ts = TestStore::new(&["g"]);
+    let s = ts.store.to_str().unwrap();
+    let run = |cmd: &str| {
+        tresor()
+            .args(["datagroup", "add", s, "h", "--pse"])
+            .arg(&ts.pse)
+            .args(["--passphrase-command", cmd])
+            .output()
+            .unwrap()
+    };
+    // A shell string is not run by a shell: `;` and `$(…)` are plain words
+    // handed to cat, which fails on them.
+    let marker = ts.dir.path().join("ran");
+    let o = run(&format!(
+        "cat {} ; touch {}",
+        ts.pass.display(),
+        marker.display()
+    ));
+    assert_ne!(code(&o), 0, "{}", text(&o));
+    assert!(!marker.exists(), "a shell ran the command");
+    assert!(text(&o).contains("--passphrase-command"), "{}", text(&o));
+    // A failing program: no passphrase, said so.
+    let o = run("false");
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert!(text(&o).contains("failed"), "{}", text(&o));
+    // A wrong passphrase from it: 3, like every other source.
+    let o = run("echo wrong passphrase");
+    assert_eq!(code(&o), 3, "{}", text(&o));
+    // The first line of its output.
+    let two = ts.dir.path().join("two-lines");
+    fs::write(
+        &two,
+        format!("{}second line\n", fs::read_to_string(&ts.pass).unwrap()),
+    )
+    .unwrap();
+    let o = run(&format!("cat {}", two.display()));
+    assert!(o.status.success(), "{}", text(&o));
+    let o = ok(tresor().args(["datagroup", "list", s]));
+    assert!(String::from_utf8_lossy(&o.stdout).contains('h'));
+}

@@ -160,6 +160,7 @@ pub fn user(c: UserCmd) -> Result<ExitCode> {
             let user_pass = new_passphrase(
                 &PassArgs {
                     passphrase_file: user_passphrase_file,
+                    passphrase_command: None,
                 },
                 &user,
             )?;

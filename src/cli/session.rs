@@ -281,8 +281,8 @@ pub(super) fn login(mnt: &Path, pse: &Path, pass: &PassArgs) -> Result<ExitCode>
     let timeout = prompt::timeout_from_env()?;
     let question = format!("Passphrase for {} ({}): ", public.user, path.display());
     loop {
-        let passphrase = match &pass.passphrase_file {
-            Some(f) => prompt::from_file(f)?,
+        let passphrase = match pass.given()? {
+            Some((p, _)) => p,
             None => prompt::passphrase(&question, timeout)?,
         };
         match session::query(mnt, &Request::login(path.clone(), passphrase)) {
@@ -297,7 +297,7 @@ pub(super) fn login(mnt: &Path, pse: &Path, pass: &PassArgs) -> Result<ExitCode>
                 kind: ErrorKind::WrongPassphrase,
                 message,
                 tries_left: Some(_),
-            }) if pass.passphrase_file.is_none() => eprintln!("{message}"),
+            }) if !pass.is_given() => eprintln!("{message}"),
             Err(e) => return Err(e.into()),
         }
     }
