@@ -70,6 +70,11 @@ enum Cmd {
         /// Print the matrix as JSON.
         #[arg(long)]
         json: bool,
+        /// After restoring the store from a backup on purpose: accept its
+        /// (older) directory version N on this machine. What that gives up:
+        /// docs/ACCESS.md, "Restoring a store from a backup".
+        #[arg(long, value_name = "N")]
+        accept_directory_version: Option<u64>,
     },
     /// Mount a store: MNT/<data group>/… shows the plaintext.
     Mount {
@@ -464,7 +469,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Role(c) => admin::role(c),
         Cmd::User(c) => admin::user(c),
         Cmd::Grant(a) => admin::grant(a),
-        Cmd::Matrix { store, json } => admin::matrix(&store, json),
+        Cmd::Matrix {
+            store,
+            json,
+            accept_directory_version,
+        } => {
+            if let Some(n) = accept_directory_version {
+                admin::accept_directory_version(&store, n)?;
+            }
+            admin::matrix(&store, json)
+        }
         Cmd::Mount {
             store,
             mountpoint,
@@ -555,11 +569,32 @@ pub(crate) fn new_passphrase(pass: &PassArgs, who: &str) -> Result<Zeroizing<Str
         }
         return Ok(p);
     }
-    Ok(prompt::new_passphrase(
+    Ok(ask_new_passphrase(
         pass.passphrase_file.as_deref(),
         who,
         prompt::timeout_from_env()?,
     )?)
+}
+
+/// A new passphrase: from `file` (one try), or on the terminal, asked
+/// again (up to three times) when the two entries differ or it is too short.
+pub(crate) fn ask_new_passphrase(
+    file: Option<&Path>,
+    who: &str,
+    timeout: std::time::Duration,
+) -> Result<Zeroizing<String>, prompt::PromptError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match prompt::new_passphrase(file, who, timeout) {
+            Err(e @ (prompt::PromptError::Mismatch | prompt::PromptError::TooShort))
+                if file.is_none() && tries < prompt::MAX_TRIES =>
+            {
+                eprintln!("{e}; again");
+            }
+            r => return r,
+        }
+    }
 }
 
 /// Opens a PSE: one try from a file, three at the terminal (the seed's rules).

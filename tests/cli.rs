@@ -844,3 +844,208 @@ fn passphrase_command_runs_a_program_without_a_shell() {
     let o = ok(tresor().args(["datagroup", "list", s]));
     assert!(String::from_utf8_lossy(&o.stdout).contains('h'));
 }
+
+#[test]
+fn a_store_restored_from_a_backup_is_accepted_only_explicitly() {
+    let ts = TestStore::new(&["g"]);
+    let s = ts.store.to_str().unwrap();
+    let version = |o: &Output| json(o)["directory_version"].as_u64().unwrap();
+    let backed_up = version(&ok(tresor().args(["matrix", s, "--json"])));
+    let backup = ts.dir.path().join("backup");
+    ok(Command::new("cp").arg("-a").arg(&ts.store).arg(&backup));
+    admin_ok(&ts, &["role", "add", s, "r"]);
+    let newer = version(&ok(tresor().args(["matrix", s, "--json"])));
+    assert!(newer > backed_up);
+    // The backup goes back in place: refused, and the refusal says how.
+    fs::remove_dir_all(&ts.store).unwrap();
+    fs::rename(&backup, &ts.store).unwrap();
+    let o = tresor().args(["matrix", s]).output().unwrap();
+    assert_eq!(code(&o), 6, "{}", text(&o));
+    let how = format!("--accept-directory-version {backed_up}");
+    assert!(text(&o).contains(&how), "{}", text(&o));
+    // Only the version the store holds is accepted.
+    let wrong = (backed_up + 7).to_string();
+    let o = tresor()
+        .args(["matrix", s, "--accept-directory-version", &wrong])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert!(text(&o).contains("nothing was accepted"), "{}", text(&o));
+    assert_eq!(code(&tresor().args(["matrix", s]).output().unwrap()), 6);
+    let o = ok(tresor().args([
+        "matrix",
+        s,
+        "--accept-directory-version",
+        &backed_up.to_string(),
+    ]));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("What this gives up") && e.contains("re-do those removals"),
+        "{e}"
+    );
+    // From now on the restored store opens, for every command.
+    ok(tresor().args(["matrix", s]));
+    admin_ok(&ts, &["role", "add", s, "r2"]);
+    let rec: serde_json::Value = serde_json::from_slice(
+        &fs::read(crate::util::test_env_dir().join("state/tresor/seen.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        rec.as_object()
+            .unwrap()
+            .values()
+            .any(|v| v.as_u64() == Some(backed_up + 1)),
+        "{rec}"
+    );
+}
+
+/// Drives `tresor ARGS` on a pseudo-terminal (python3's pty module): for
+/// each (prompt, answer) waits until the prompt is shown, then types the
+/// answer. Returns (exit status, everything shown).
+fn on_a_terminal(args: &[&str], dialogue: &[(&str, &str)]) -> (i32, String) {
+    let script = r#"
+import os, pty, sys, json
+args, dialogue = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(args[0], args)
+seen = b""
+def until(want):
+    global seen
+    while want.encode() not in seen:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            sys.stdout.write(seen.decode(errors="replace")); sys.exit(99)
+        seen += chunk
+for prompt, answer in dialogue:
+    until(prompt)
+    head, _, rest = seen.partition(prompt.encode())
+    sys.stdout.write((head + prompt.encode()).decode(errors="replace")); seen = rest
+    os.write(fd, (answer + "\n").encode())
+while True:
+    try:
+        chunk = os.read(fd, 4096)
+    except OSError:
+        break
+    if not chunk:
+        break
+    seen += chunk
+sys.stdout.write(seen.decode(errors="replace"))
+_, st = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(st))
+"#;
+    let mut full = vec![env!("CARGO_BIN_EXE_tresor")];
+    full.extend_from_slice(args);
+    let d: Vec<[&str; 2]> = dialogue.iter().map(|(p, a)| [*p, *a]).collect();
+    let mut c = Command::new("python3");
+    isolate(&mut c);
+    let o = c
+        .args(["-c", script])
+        .arg(serde_json::to_string(&full).unwrap())
+        .arg(serde_json::to_string(&d).unwrap())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (code(&o), text(&o))
+}
+
+#[test]
+fn a_mismatched_new_passphrase_is_asked_again() {
+    let python = Command::new("python3")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !require(python, "python3 (drives a pseudo-terminal)") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s");
+    let pse = dir.path().join("a.pse");
+    let (st, out) = on_a_terminal(
+        &[
+            "init",
+            store.to_str().unwrap(),
+            "--pse",
+            pse.to_str().unwrap(),
+            "--kdf-memory-mib",
+            "8",
+        ],
+        &[
+            ("New passphrase", "first passphrase"),
+            ("Repeat it", "another passphrase"),
+            ("New passphrase", "short"),
+            ("New passphrase", "the same passphrase"),
+            ("Repeat it", "the same passphrase"),
+        ],
+    );
+    assert_eq!(st, 0, "{out}");
+    assert!(out.contains("the two passphrases differ; again"), "{out}");
+    assert!(
+        out.contains("too short: use at least 8 characters; again"),
+        "{out}"
+    );
+    assert!(out.contains("created store"), "{out}");
+    // The passphrase typed the third time is the PSE's.
+    let pass = dir.path().join("p");
+    fs::write(&pass, "the same passphrase\n").unwrap();
+    ok(tresor()
+        .args(["datagroup", "add", store.to_str().unwrap(), "g", "--pse"])
+        .arg(&pse)
+        .arg("--passphrase-file")
+        .arg(&pass));
+}
+
+#[test]
+fn zero_threads_tasks_and_processes_are_refused() {
+    let ts = TestStore::new(&["g"]);
+    let mnt = ts.subdir("m");
+    let o = tresor()
+        .arg("mount")
+        .arg(&ts.store)
+        .arg(&mnt)
+        .arg("--pse")
+        .arg(&ts.pse)
+        .arg("--passphrase-file")
+        .arg(&ts.pass)
+        .args(["--threads", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert!(text(&o).contains("--threads 0"), "{}", text(&o));
+    assert_eq!(mount_types(&mnt).0, None);
+    for args in [
+        vec![
+            "run",
+            "--profile",
+            "p.json",
+            "--data",
+            "d",
+            "--out",
+            "o",
+            "--max-procs",
+            "0",
+            "--",
+            "true",
+        ],
+        vec![
+            "profile",
+            "--out",
+            "p.json",
+            "--max-tasks",
+            "0",
+            "--",
+            "true",
+        ],
+    ] {
+        let o = tresor()
+            .args(&args)
+            .current_dir(ts.dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(code(&o), 2, "{args:?}: {}", text(&o));
+        assert!(text(&o).contains('0'), "{}", text(&o));
+    }
+}

@@ -309,6 +309,32 @@ fn verified_without_pse(store: &Path) -> Result<(Store, Body)> {
     Ok((s, dir))
 }
 
+/// `tresor matrix STORE --accept-directory-version N`: lowers this
+/// machine's rollback record to the restored directory's version, and says
+/// what that gives up.
+pub fn accept_directory_version(store: &Path, n: u64) -> Result<()> {
+    let s = Store::open(store)?;
+    let der = crate::format::names::decode(&s.manifest().admin.sign_public)
+        .context("the manifest's admin key is not base64url")?;
+    let anchor = crate::crypto::PublicKey::from_der(&der)?;
+    let before = s.accept_directory_version(&anchor, n)?;
+    if before <= n {
+        eprintln!(
+            "directory version {n} is not older than the {before} seen here; nothing to accept"
+        );
+        return Ok(());
+    }
+    eprintln!(
+        "accepted directory version {n} of {} on this machine (it had seen version {before}). What this gives up:\n\
+         - every change of versions {}..={before} is undone in this copy: users removed, rights revoked and keys rotated since are back as they were — re-do those removals and revocations now;\n\
+         - files written after the backup was taken are not in it;\n\
+         - this machine now refuses only versions older than {n}: a copy rolled back by someone else to {n} would pass here too.",
+        store.display(),
+        n + 1
+    );
+    Ok(())
+}
+
 /// Runs `tresor matrix`: the access matrix (roles × data groups).
 pub fn matrix(store: &Path, json: bool) -> Result<ExitCode> {
     let (_, dir) = verified_without_pse(store)?;

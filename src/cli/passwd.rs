@@ -84,7 +84,8 @@ pub fn run(
     let old = unlock(pse_path, given, timeout)?;
     let user = &old.pse.public.user;
     let unchanged = || format!("PSE {} unchanged", pse_path.display());
-    let new = prompt::new_passphrase(new_passphrase_file, user, timeout).with_context(unchanged)?;
+    let new =
+        super::ask_new_passphrase(new_passphrase_file, user, timeout).with_context(unchanged)?;
     if *new == *old.passphrase {
         bail!(
             "the new passphrase is the old one; choose another (PSE {} unchanged)",
