@@ -55,7 +55,7 @@ enum Cmd {
     /// Manage data groups.
     #[command(subcommand)]
     Datagroup(DatagroupCmd),
-    /// Manage roles (the seed's user groups).
+    /// Manage roles (the user groups of the access matrix).
     #[command(subcommand)]
     Role(admin::RoleCmd),
     /// Manage users: certify, list, remove.
@@ -597,7 +597,7 @@ pub(crate) fn ask_new_passphrase(
     }
 }
 
-/// Opens a PSE: one try from a file, three at the terminal (the seed's rules).
+/// Opens a PSE: one try from a file, three at the terminal (the login rules).
 pub(crate) fn unlock_pse(path: &Path, pass: &PassArgs) -> Result<Pse> {
     let timeout = prompt::timeout_from_env()?;
     Ok(passwd::unlock(path, pass.given()?, timeout)?.pse)
