@@ -728,3 +728,48 @@ fn read_only_right_refuses_every_change_and_write_allows_each() {
     assert_eq!(fs::metadata(g.join("link.txt")).unwrap().nlink(), 2);
     w.unmount();
 }
+
+/// docs/THREAT-MODEL.md: `tresor init` creates the store directory 0700
+/// (and its `keys/` and `groups/`, and each data group's tree), the PSE
+/// 0600; the manifest and key files are 0644 (docs/FORMAT.md §3). An
+/// existing empty directory given to `tresor init` keeps its own mode: the
+/// administrator chose it (e.g. for a store several accounts mount).
+#[test]
+fn init_creates_the_store_0700_and_the_pse_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let ts = TestStore::new(&["g"]);
+    let s = &ts.store;
+    for d in [
+        s.clone(),
+        s.join("keys"),
+        s.join("groups"),
+        s.join("groups/g"),
+    ] {
+        assert_eq!(mode(&d), 0o700, "{}", d.display());
+    }
+    assert_eq!(mode(&ts.pse), 0o600);
+    for f in ["tresor.json", "keys/g.json"] {
+        assert_eq!(mode(&s.join(f)), 0o644, "{f}");
+    }
+    assert_eq!(mode(&s.join("groups/g/tresor.dirid")), 0o444);
+
+    // A directory the administrator made beforehand keeps its mode.
+    let pre = ts.dir.path().join("pre");
+    fs::create_dir(&pre).unwrap();
+    fs::set_permissions(&pre, fs::Permissions::from_mode(0o750)).unwrap();
+    let out = tresor()
+        .arg("init")
+        .arg(&pre)
+        .arg("--pse")
+        .arg(ts.dir.path().join("pre.pse"))
+        .arg("--passphrase-file")
+        .arg(&ts.pass)
+        .args(["--kdf-memory-mib", "8"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(mode(&pre), 0o750);
+    assert_eq!(mode(&pre.join("keys")), 0o700);
+    assert_eq!(mode(&ts.dir.path().join("pre.pse")), 0o600);
+}
