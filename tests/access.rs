@@ -225,6 +225,35 @@ fn matrix_end_to_end_with_grants_revocation_and_rotation() {
         open_with(1, old_id, old_block).unwrap(),
         b"prescriptions data"
     );
+    // LIMIT (docs/THREAT-MODEL.md, known limits): the new file's *name* is
+    // sealed under the epoch of its directory (the group root, epoch 1,
+    // FORMAT.md §6.2), so the old key still reads it until `tresor rekey`.
+    let root = ts.store.join("groups/prescriptions");
+    let dirid =
+        tresor::format::content::DirId::decode(&fs::read(root.join("tresor.dirid")).unwrap())
+            .unwrap();
+    assert_eq!(dirid.epoch, 1);
+    let names: Vec<String> = fs::read_dir(&root)
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().into_string().unwrap();
+            let ct = tresor::format::names::decode(&n)?;
+            let mut sealed = vec![0u8; 12];
+            sealed.extend_from_slice(&ct);
+            let padded = old_key
+                .epoch(1)
+                .unwrap()
+                .names()
+                .open(&tresor::format::names::name_aad(&dirid.id), &sealed)
+                .ok()?;
+            let plain = tresor::format::names::unpad(&padded)?;
+            Some(String::from_utf8(plain.to_vec()).unwrap())
+        })
+        .collect();
+    assert!(
+        names.iter().any(|n| n == "after-rotation.txt"),
+        "the documented name limit changed: update THREAT-MODEL.md ({names:?})"
+    );
 
     // Downgrade physicians on prescriptions to read-only: no rotation needed.
     let out = grant("physicians", "prescriptions", "r");
