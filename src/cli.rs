@@ -87,6 +87,9 @@ enum Cmd {
         /// Lock after this long without a filesystem request (90s, 15min, 1h; 0 = never).
         #[arg(long, value_name = "DURATION", default_value = session::DEFAULT_IDLE_LOCK, value_parser = session::parse_idle_lock)]
         idle_lock: session::IdleLock,
+        /// Test hook (docs/SESSIONS.md): serve `advance_clock` on the control socket, which moves the idle lock's clock forward — it can only bring the lock sooner.
+        #[arg(long, hide = true)]
+        test_clock: bool,
     },
     /// Re-encrypt a data group's files, symlinks and names still under an older key epoch (after a revocation); safe to interrupt and run again. Run it while the store is not mounted.
     Rekey {
@@ -316,13 +319,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             log,
             threads,
             idle_lock,
+            test_clock,
         } => {
             let opts = MountOptions {
                 allow_other,
                 threads,
                 fsname: String::new(),
             };
-            let how = (foreground, log, idle_lock.0);
+            let how = (foreground, log, (idle_lock.0, test_clock));
             cmd_mount(&store, &mountpoint, &pse, &pass, how, opts)
         }
         Cmd::Rekey {
@@ -493,7 +497,7 @@ fn cmd_mount(
     mnt: &Path,
     pse_path: &Path,
     pass: &PassArgs,
-    (foreground, log, idle_lock): (bool, Option<PathBuf>, Option<std::time::Duration>),
+    (foreground, log, idle_lock): (bool, Option<PathBuf>, (Option<std::time::Duration>, bool)),
     opts: MountOptions,
 ) -> Result<ExitCode> {
     check_mountpoint(mnt)?;

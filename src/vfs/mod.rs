@@ -6,6 +6,7 @@
 //! it, each inode is a backing file or directory whose inode number it
 //! reuses (so `stat` and `readdir` agree).
 
+pub mod clock;
 pub mod content;
 pub(crate) mod names;
 
@@ -13,6 +14,7 @@ use crate::format::content::{DirId, FileHeader, FILE_ID_LEN};
 use crate::format::names::{Entry, DIRID_FILE};
 use crate::keyring::{EpochKey, Keyring};
 use crate::store::{write_dirid, Store};
+use clock::Clock;
 use content::{ContentError, FileCipher};
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -24,7 +26,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 /// Inode number.
 pub type Ino = u64;
@@ -323,9 +325,10 @@ pub struct Vfs {
     as_root: bool,
     /// OPEN, LOCKING or LOCKED.
     state: AtomicU8,
-    /// Milliseconds after `clock` of the last filesystem request.
+    /// `clock` reading (ms) of the last filesystem request.
     last_request: AtomicU64,
-    clock: Instant,
+    /// The idle lock's clock.
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Vfs {
@@ -389,7 +392,7 @@ impl Vfs {
             as_root: nix::unistd::geteuid().is_root(),
             state: AtomicU8::new(OPEN),
             last_request: AtomicU64::new(0),
-            clock: Instant::now(),
+            clock: Clock::system(),
         })
     }
 
@@ -454,15 +457,34 @@ impl Vfs {
         self.state.load(Ordering::SeqCst) != OPEN
     }
 
-    /// Time since the last filesystem request.
+    /// The same engine with `clock` for its idle time (unit tests: a
+    /// clock that moves only when told).
+    #[cfg(test)]
+    pub(crate) fn with_clock(mut self, clock: Clock) -> Vfs {
+        self.clock = clock;
+        self.last_request = AtomicU64::new(self.clock_ms());
+        self
+    }
+
+    /// The clock the idle time is measured on (a test may move it forward:
+    /// see [`Clock::advance`]).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Time since the last filesystem request, on [`Vfs::clock`].
     pub fn idle_for(&self) -> Duration {
-        let now = self.clock.elapsed().as_millis() as u64;
+        let now = self.clock_ms();
         Duration::from_millis(now.saturating_sub(self.last_request.load(Ordering::Relaxed)))
     }
 
+    fn clock_ms(&self) -> u64 {
+        u64::try_from(self.clock.now().as_millis()).unwrap_or(u64::MAX)
+    }
+
     fn touch(&self) {
-        let now = self.clock.elapsed().as_millis() as u64;
-        self.last_request.store(now, Ordering::Relaxed);
+        self.last_request
+            .fetch_max(self.clock_ms(), Ordering::Relaxed);
     }
 
     /// Every request passes here: it counts as activity and is refused
@@ -1852,14 +1874,25 @@ mod tests {
     fn requests_count_as_activity_a_stat_of_the_root_does_not() {
         let dir = tempfile::tempdir().unwrap();
         let (vfs, _, _) = engine(dir.path());
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(vfs.idle_for() >= Duration::from_millis(50));
+        // A clock that moves only when told: idle times are exact.
+        let vfs = vfs.with_clock(Clock::manual());
+        let minute = Duration::from_secs(60);
+        assert_eq!(vfs.idle_for(), Duration::ZERO);
+        vfs.clock().advance(minute);
+        assert_eq!(vfs.idle_for(), minute);
         vfs.getattr(ROOT, None).unwrap();
-        assert!(
-            vfs.idle_for() >= Duration::from_millis(50),
-            "stat of the root is no activity"
-        );
+        assert_eq!(vfs.idle_for(), minute, "stat of the root is no activity");
         vfs.lookup(ROOT, OsStr::new("g")).unwrap();
-        assert!(vfs.idle_for() < Duration::from_millis(50));
+        assert_eq!(vfs.idle_for(), Duration::ZERO, "a lookup is activity");
+        vfs.clock().advance(minute);
+        let g = vfs.lookup(ROOT, OsStr::new("g")).unwrap();
+        vfs.clock().advance(minute);
+        vfs.forget(g.ino, 1);
+        assert_eq!(vfs.idle_for(), minute, "forget is no activity");
+        // Locked: requests are refused and do not count either.
+        vfs.begin_lock();
+        vfs.finish_lock();
+        assert!(vfs.lookup(ROOT, OsStr::new("g")).is_err());
+        assert_eq!(vfs.idle_for(), minute, "a refused request is no activity");
     }
 }
