@@ -4,6 +4,7 @@ mod util;
 
 mod access;
 mod demo;
+mod docs;
 mod login;
 mod mount;
 mod policy;

@@ -350,7 +350,7 @@ impl Mount {
                     std::fs::read_to_string(&self.log).unwrap_or_default()
                 );
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(20)); // poll: a wait for the kernel to list the mount, hang-guarded
         }
     }
 
@@ -373,7 +373,7 @@ impl Mount {
                 self.child = None;
                 return Some(st);
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(20)); // poll of a hang-guarded wait
         }
         None
     }
@@ -425,7 +425,7 @@ impl Mount {
                     .output();
                 break None;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(20)); // poll of a hang-guarded wait
         };
         if !strict {
             // Drop: lenient about how it ended, but a panic is never fine
