@@ -752,6 +752,10 @@ struct Supervisor<'a> {
     init: Option<i32>,
     program: Option<i32>,
     program_status: Option<i32>,
+    /// Exit statuses seen before the program was known: `wait` finds the
+    /// newest tracee first, so under load the program can exit before its
+    /// parent's fork event names it.
+    early_exits: Vec<(i32, i32)>,
     stop: Option<Stop>,
     /// `--audit`: the delta, how to record into it, and the report lines.
     delta: Option<(Profile, tracer::CallRecorder)>,
@@ -779,6 +783,33 @@ impl Supervisor<'_> {
         }
     }
 
+    /// The program's exit status, also when it comes before the fork
+    /// event that names the program.
+    fn note_exit(&mut self, pid: i32, status: i32) {
+        match self.program {
+            Some(p) if p == pid && self.program_status.is_none() => {
+                self.program_status = Some(status)
+            }
+            None if pid != self.first && Some(pid) != self.init => {
+                self.early_exits.push((pid, status))
+            }
+            _ => {}
+        }
+    }
+
+    /// After the last task is gone every fork event has been seen.
+    fn resolve_program_status(&mut self) {
+        if self.program_status.is_none() {
+            if let Some(p) = self.program {
+                self.program_status = self
+                    .early_exits
+                    .iter()
+                    .find(|(pid, _)| *pid == p)
+                    .map(|&(_, st)| st);
+            }
+        }
+    }
+
     fn in_tree(&self, pid: i32) -> bool {
         pid != self.first && Some(pid) != self.init
     }
@@ -786,9 +817,7 @@ impl Supervisor<'_> {
     fn on_exit_event(&mut self, pid: i32) {
         let Ok(msg) = sys::event_msg(pid) else { return };
         let st = msg as i32;
-        if Some(pid) == self.program {
-            self.program_status = Some(st);
-        }
+        self.note_exit(pid, st);
         if !self.in_tree(pid) {
             return;
         }
@@ -1009,6 +1038,7 @@ pub fn supervise(
         init: None,
         program: None,
         program_status: None,
+        early_exits: Vec::new(),
         stop: None,
         delta,
         audited: Vec::new(),
@@ -1020,9 +1050,7 @@ pub fn supervise(
                     sup.on_stop(p, status);
                 } else {
                     sup.live.remove(&p);
-                    if Some(p) == sup.program && sup.program_status.is_none() {
-                        sup.program_status = Some(status);
-                    }
+                    sup.note_exit(p, status);
                     if Some(p) == sup.init {
                         // The namespace is gone with its init.
                         sup.init = None;
@@ -1056,6 +1084,7 @@ pub fn supervise(
         }
     }
     drop(guard);
+    sup.resolve_program_status();
     let mut buf = [0u8; 8];
     if nix::unistd::read(err_r.as_raw_fd(), &mut buf) == Ok(8) {
         let code = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
