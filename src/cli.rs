@@ -15,6 +15,7 @@ use zeroize::Zeroizing;
 
 mod admin;
 mod demo;
+mod helper;
 mod passwd;
 mod session;
 mod sign;
@@ -23,6 +24,12 @@ mod sign;
 #[derive(Parser, Debug)]
 #[command(name = "tresor", version, about, propagate_version = true)]
 struct Cli {
+    /// More detail in the log on stderr (-v info, -vv debug, -vvv trace); TRESOR_LOG=FILTER overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Only errors in the log, no warnings.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -60,6 +67,14 @@ enum Cmd {
     Matrix {
         /// The store directory.
         store: PathBuf,
+        /// Print the matrix as JSON.
+        #[arg(long)]
+        json: bool,
+        /// After restoring the store from a backup on purpose: accept its
+        /// (older) directory version N on this machine. What that gives up:
+        /// docs/ACCESS.md, "Restoring a store from a backup".
+        #[arg(long, value_name = "N")]
+        accept_directory_version: Option<u64>,
     },
     /// Mount a store: MNT/<data group>/… shows the plaintext.
     Mount {
@@ -78,6 +93,9 @@ enum Cmd {
         /// Let other local users in; the kernel checks owners and modes.
         #[arg(long)]
         allow_other: bool,
+        /// Mount read-only: every write fails with EROFS, whatever the rights.
+        #[arg(long)]
+        read_only: bool,
         /// Log file when detached (default: beside the control socket, see docs/SESSIONS.md).
         #[arg(long)]
         log: Option<PathBuf>,
@@ -153,6 +171,17 @@ enum Cmd {
     Sign(sign::SignArgs),
     /// Check a document's signatures against the store's admin-signed directory (--all: a whole tree).
     Verify(sign::VerifyArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (tresor.1 and one per subcommand, tresor-mount.1 …) into DIR.
+    Man {
+        /// Directory to write them into (created if missing).
+        #[arg(long, value_name = "DIR", default_value = "man")]
+        out: PathBuf,
+    },
     /// Show the whole product on a throw-away store: roles and matrix, mounts per user, a virtual slide analysed confined through the mount, a signed prescription, a lock and a user switch.
     Demo {
         /// Keep the demo directory instead of deleting it.
@@ -183,20 +212,93 @@ enum DatagroupCmd {
     List {
         /// The store directory.
         store: PathBuf,
+        /// Print the list as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Default)]
 pub(crate) struct PassArgs {
     /// Read the passphrase from this file (first line) instead of prompting.
     #[arg(long, value_name = "FILE")]
     pub(crate) passphrase_file: Option<PathBuf>,
+    /// Run CMD and take the first line it prints as the passphrase (a
+    /// keyring, a password manager). No shell: CMD is a program and its
+    /// arguments, split at spaces.
+    #[arg(long, value_name = "CMD", conflicts_with = "passphrase_file")]
+    pub(crate) passphrase_command: Option<String>,
+}
+
+impl PassArgs {
+    /// The passphrase from `--passphrase-file` or `--passphrase-command`
+    /// (one try each), with where it came from; `None`: ask on the terminal.
+    pub(crate) fn given(&self) -> Result<Option<(Zeroizing<String>, String)>> {
+        if let Some(f) = &self.passphrase_file {
+            return Ok(Some((
+                prompt::from_file(f)?,
+                format!("passphrase from {}", f.display()),
+            )));
+        }
+        if let Some(c) = &self.passphrase_command {
+            return Ok(Some((
+                passphrase_command(c)?,
+                format!("passphrase from `{c}`"),
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Whether the passphrase comes from a file or command (one try).
+    pub(crate) fn is_given(&self) -> bool {
+        self.passphrase_file.is_some() || self.passphrase_command.is_some()
+    }
+}
+
+/// Runs `--passphrase-command CMD` without a shell: CMD split at spaces,
+/// the first word the program. Its stderr and the terminal stay its own (a
+/// password manager may ask there); the first line of its stdout is the
+/// passphrase.
+fn passphrase_command(cmd: &str) -> Result<Zeroizing<String>> {
+    let mut words = cmd.split_whitespace();
+    let Some(program) = words.next() else {
+        bail!("--passphrase-command is empty; give a program (and its arguments)");
+    };
+    let out = std::process::Command::new(program)
+        .args(words)
+        .stdout(std::process::Stdio::piped())
+        .output()
+        .with_context(|| format!("cannot run --passphrase-command `{cmd}`"))?;
+    let stdout = Zeroizing::new(out.stdout);
+    if !out.status.success() {
+        bail!(
+            "--passphrase-command `{cmd}` failed ({}); no passphrase read",
+            out.status
+        );
+    }
+    let line = std::str::from_utf8(&stdout)
+        .ok()
+        .and_then(|t| t.lines().next())
+        .filter(|l| !l.is_empty());
+    match line {
+        Some(l) => Ok(Zeroizing::new(l.to_string())),
+        None => bail!("--passphrase-command `{cmd}` printed no passphrase (an empty first line, or not UTF-8)"),
+    }
 }
 
 /// Entry point of the `tresor` binary.
 pub fn main() -> ExitCode {
-    init_logging();
-    let cli = Cli::parse();
+    // Called as `mount.fuse.tresor STORE MNT -o OPTIONS` by mount(8).
+    let cli = match helper::as_mount_helper(std::env::args_os()) {
+        Some(Ok(helper::HelperCall::Mount(args))) => Cli::parse_from(args),
+        Some(Ok(helper::HelperCall::Fake)) => return ExitCode::SUCCESS,
+        Some(Err(e)) => {
+            eprintln!("mount.fuse.tresor: {e}");
+            return ExitCode::from(2);
+        }
+        None => Cli::parse(),
+    };
+    init_logging(&cli);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -238,47 +340,101 @@ pub mod status {
     pub const ALREADY_MOUNTED: u8 = 34;
 }
 
+/// The one mapping from failures to exit statuses, for every command
+/// (docs/CLI.md): the first cause in the chain with a status decides.
 fn exit_code(e: &anyhow::Error) -> u8 {
-    use crate::directory::DirectoryError as D;
-    use crate::store::StoreError as S;
     for cause in e.chain() {
-        if let Some(s) = cause.downcast_ref::<crate::session::SessionError>() {
-            return session::exit_code(s);
-        }
-        if let Some(p) = cause.downcast_ref::<PseError>() {
-            return match p {
-                PseError::WrongPassphrase => status::WRONG_PASSPHRASE,
-                _ => status::CORRUPT_PSE,
-            };
-        }
-        let d = match cause.downcast_ref::<S>() {
-            Some(S::Directory(d)) => Some(d),
-            Some(S::UnknownUser(_) | S::NotAdmin(_)) => return status::NOT_MEMBER,
-            Some(S::RemovedUser(_)) => return status::REMOVED_USER,
-            Some(S::NoSuchGroup(_) | S::GroupExists(_) | S::BadGroupName(_)) => {
-                return status::BAD_NAME
-            }
-            Some(S::NotAStore(_) | S::Format { .. }) => return status::BAD_STORE,
-            _ => cause.downcast_ref::<D>(),
-        };
-        if let Some(d) = d {
-            return match d {
-                D::BadSignature(_) | D::Malformed(_) | D::TooNew(_) => status::TAMPERED,
-                D::Rollback { .. } => status::ROLLBACK,
-                D::Unknown { .. } | D::Duplicate { .. } | D::BadName(_) => status::BAD_NAME,
-                D::Crypto(_) => status::FAILURE,
-            };
+        if let Some(code) = cause_code(cause) {
+            return code;
         }
     }
     status::FAILURE
 }
 
-fn init_logging() {
+fn cause_code(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
+    use crate::rekey::RekeyError as R;
+    if let Some(s) = cause.downcast_ref::<crate::session::SessionError>() {
+        return Some(session::exit_code(s));
+    }
+    if let Some(p) = cause.downcast_ref::<PseError>() {
+        return Some(pse_code(p));
+    }
+    if let Some(s) = cause.downcast_ref::<crate::store::StoreError>() {
+        return store_code(s);
+    }
+    // `#[error(transparent)]` hides the wrapped error from the chain.
+    if let Some(R::Store(s)) = cause.downcast_ref::<R>() {
+        return store_code(s);
+    }
+    if let Some(d) = cause.downcast_ref::<crate::directory::DirectoryError>() {
+        return directory_code(d);
+    }
+    None
+}
+
+fn pse_code(p: &PseError) -> u8 {
+    match p {
+        PseError::WrongPassphrase => status::WRONG_PASSPHRASE,
+        _ => status::CORRUPT_PSE,
+    }
+}
+
+fn store_code(s: &crate::store::StoreError) -> Option<u8> {
+    use crate::store::StoreError as S;
+    match s {
+        S::Directory(d) => directory_code(d),
+        S::UnknownUser(_) | S::NotAdmin(_) => Some(status::NOT_MEMBER),
+        S::RemovedUser(_) => Some(status::REMOVED_USER),
+        S::NoSuchGroup(_) | S::GroupExists(_) | S::BadGroupName(_) => Some(status::BAD_NAME),
+        S::NotAStore(_) | S::Format { .. } => Some(status::BAD_STORE),
+        _ => None,
+    }
+}
+
+fn directory_code(d: &crate::directory::DirectoryError) -> Option<u8> {
+    use crate::directory::DirectoryError as D;
+    Some(match d {
+        D::BadSignature(_) | D::Malformed(_) | D::TooNew(_) => status::TAMPERED,
+        D::Rollback { .. } => status::ROLLBACK,
+        D::Unknown { .. } | D::Duplicate { .. } | D::BadName(_) => status::BAD_NAME,
+        D::Crypto(_) => return None,
+    })
+}
+
+/// Whether log lines may carry colour: only on a terminal, and never
+/// with `NO_COLOR` set to anything but the empty string (no-color.org).
+pub fn log_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+fn init_logging(cli: &Cli) {
+    use std::io::IsTerminal;
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        _ => "trace",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRESOR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // A mount that detaches logs into a file from then on: no colour there.
+    let detaches = matches!(
+        cli.cmd,
+        Cmd::Mount {
+            foreground: false,
+            ..
+        }
+    );
+    let colour = !detaches
+        && log_colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        );
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_target(false)
         .try_init();
 }
@@ -298,17 +454,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
             pse,
             pass,
         }) => cmd_datagroup_add(&store, &name, &pse, &pass),
-        Cmd::Datagroup(DatagroupCmd::List { store }) => {
+        Cmd::Datagroup(DatagroupCmd::List { store, json }) => {
             let s = Store::open(&store)?;
-            for g in s.groups()? {
-                println!("{g}");
+            let groups = s.groups()?;
+            if json {
+                let v = serde_json::json!({ "datagroups": groups });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if groups.is_empty() {
+                eprintln!("no data groups yet: add one with `tresor datagroup add`");
+            } else {
+                for g in groups {
+                    println!("{g}");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Role(c) => admin::role(c),
         Cmd::User(c) => admin::user(c),
         Cmd::Grant(a) => admin::grant(a),
-        Cmd::Matrix { store } => admin::matrix(&store),
+        Cmd::Matrix {
+            store,
+            json,
+            accept_directory_version,
+        } => {
+            if let Some(n) = accept_directory_version {
+                admin::accept_directory_version(&store, n)?;
+            }
+            admin::matrix(&store, json)
+        }
         Cmd::Mount {
             store,
             mountpoint,
@@ -316,15 +489,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             pass,
             foreground,
             allow_other,
+            read_only,
             log,
             threads,
             idle_lock,
             test_clock,
         } => {
+            if threads == 0 {
+                bail!("--threads 0 would serve no request; give 1 or more (default 4)");
+            }
             let opts = MountOptions {
                 allow_other,
                 threads,
                 fsname: String::new(),
+                read_only,
             };
             let how = (foreground, log, (idle_lock.0, test_clock));
             cmd_mount(&store, &mountpoint, &pse, &pass, how, opts)
@@ -365,6 +543,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             pass,
         } => session::login(&mountpoint, &pse, &pass),
         Cmd::Demo { keep, dir } => demo::run(keep, dir),
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "tresor", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Man { out } => {
+            use clap::CommandFactory;
+            let n = helper::man_pages(Cli::command(), &out)?;
+            println!("wrote {n} man pages into {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
         // Distinct statuses per verdict (docs/SIGNATURES.md).
         Cmd::Sign(a) => sign::sign(a),
         Cmd::Verify(a) => sign::verify(a),
@@ -378,17 +567,44 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 /// Asks for a new passphrase twice (or reads it from the file).
 pub(crate) fn new_passphrase(pass: &PassArgs, who: &str) -> Result<Zeroizing<String>> {
-    Ok(prompt::new_passphrase(
+    if let (None, Some((p, _))) = (&pass.passphrase_file, pass.given()?) {
+        if p.chars().count() < prompt::MIN_CHARS {
+            return Err(prompt::PromptError::TooShort.into());
+        }
+        return Ok(p);
+    }
+    Ok(ask_new_passphrase(
         pass.passphrase_file.as_deref(),
         who,
         prompt::timeout_from_env()?,
     )?)
 }
 
+/// A new passphrase: from `file` (one try), or on the terminal, asked
+/// again (up to three times) when the two entries differ or it is too short.
+pub(crate) fn ask_new_passphrase(
+    file: Option<&Path>,
+    who: &str,
+    timeout: std::time::Duration,
+) -> Result<Zeroizing<String>, prompt::PromptError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match prompt::new_passphrase(file, who, timeout) {
+            Err(e @ (prompt::PromptError::Mismatch | prompt::PromptError::TooShort))
+                if file.is_none() && tries < prompt::MAX_TRIES =>
+            {
+                eprintln!("{e}; again");
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Opens a PSE: one try from a file, three at the terminal (the seed's rules).
 pub(crate) fn unlock_pse(path: &Path, pass: &PassArgs) -> Result<Pse> {
     let timeout = prompt::timeout_from_env()?;
-    Ok(passwd::unlock(path, pass.passphrase_file.as_deref(), timeout)?.pse)
+    Ok(passwd::unlock(path, pass.given()?, timeout)?.pse)
 }
 
 fn cmd_init(
@@ -470,6 +686,9 @@ fn prepare(store: &Path, pse_path: &Path, pass: &PassArgs) -> Result<Arc<Vfs>> {
     let user = unlock_pse(pse_path, pass)?;
     let ring = s.unlock(&user)?;
     drop(user);
+    for p in &ring.problems {
+        eprintln!("tresor: warning: {p}");
+    }
     if ring.is_empty() {
         eprintln!(
             "warning: {} may read none of this store's data groups; the mount shows them locked",
@@ -500,12 +719,15 @@ fn cmd_mount(
     (foreground, log, idle_lock): (bool, Option<PathBuf>, (Option<std::time::Duration>, bool)),
     opts: MountOptions,
 ) -> Result<ExitCode> {
+    // Before the mount point's own checks: a dead mount fails them all
+    // with "Transport endpoint is not connected".
+    session::check_free(mnt)?;
     check_mountpoint(mnt)?;
     // Absolute paths: the detached process changes to `/`.
     let mnt = &mnt.canonicalize()?;
     let store = &store
         .canonicalize()
-        .with_context(|| format!("store {} not found", store.display()))?;
+        .map_err(|_| crate::store::StoreError::NotAStore(store.to_path_buf()))?;
     // The canonical store path names the mount (`tresor:/abs/store`): rekey
     // looks for it to refuse running under a live mount.
     let opts = MountOptions {
@@ -529,7 +751,7 @@ fn cmd_mount(
     // thread can wait for them and unmount cleanly.
     let signals = stop_signals();
     signals.thread_block().context("cannot block signals")?;
-    let mut fuse = crate::fs::mount(Arc::clone(&vfs), mnt, &opts)
+    let fuse = crate::fs::mount(Arc::clone(&vfs), mnt, &opts)
         .with_context(|| format!("cannot mount on {}", mnt.display()))
         .inspect_err(|_| {
             let _ = std::fs::remove_file(crate::session::socket_path(mnt));
@@ -552,15 +774,39 @@ fn cmd_mount(
         );
         crate::fs::detach(log_path).context("cannot detach into the background")?;
     }
-    let mut unmounter = fuse.unmount_callable();
+    let at = mnt.to_path_buf();
     std::thread::spawn(move || {
         if signals.wait().is_ok() {
-            let _ = unmounter.unmount();
+            // As fuser does for users: lazily if the mount is busy.
+            if let Err(e) = crate::session::unmount(&at, false) {
+                tracing::info!("{e}; unmounting lazily");
+                let _ = crate::session::unmount(&at, true);
+            }
         }
     });
     let notifier = crate::fs::KernelNotifier::new(&fuse);
+    // In a thread of its own, so that the mount stays here: fuser's session
+    // would unmount again when it ends, and after a normal `fusermount3 -u`
+    // that second try fails (EINVAL) and is logged as a warning.
+    let mut bg = fuse.spawn().context("cannot start the FUSE threads")?;
     let control = session::start(notifier, vfs, mnt, store, &pse_abs, idle_lock, listener)?;
-    let ran = fuse.run();
+    let fuse_thread = std::mem::replace(&mut bg.guard, std::thread::spawn(|| Ok(())));
+    let ran = fuse_thread
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the FUSE thread panicked")));
+    if ran.is_ok() {
+        // The loop ends cleanly only once the kernel has dropped the mount.
+        // fuser would try to unmount again (EINVAL, and with its inverted
+        // "still mounted?" check it could hit a new mount on the same
+        // place): keep its handle from ever doing so; the process ends soon.
+        std::mem::forget(bg);
+    } else if let Err(e) = bg.umount_and_join() {
+        tracing::warn!(
+            "cannot unmount {}: {e}; run `tresor umount {}`",
+            mnt.display(),
+            mnt.display()
+        );
+    }
     let code = session::ended(&control);
     ran.context("the mount ended with an error")?;
     Ok(code)

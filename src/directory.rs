@@ -38,7 +38,7 @@ pub enum DirectoryError {
     )]
     TooNew(u32),
     /// Older than one already seen: a rollback.
-    #[error("directory version {found} is older than version {seen} already seen on this machine — an old directory was put back (rollback); refusing")]
+    #[error("directory version {found} is older than version {seen} already seen on this machine — an old directory was put back (rollback); refusing. If you restored the store from a backup on purpose: `tresor matrix STORE --accept-directory-version {found}` (docs/ACCESS.md says what that gives up)")]
     Rollback {
         /// Version in the store.
         found: u64,

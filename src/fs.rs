@@ -31,6 +31,8 @@ pub struct MountOptions {
     pub threads: usize,
     /// Name shown as the mount source.
     pub fsname: String,
+    /// Mount read-only: the kernel refuses every write (EROFS).
+    pub read_only: bool,
 }
 
 /// The FUSE filesystem over a [`Vfs`].
@@ -578,7 +580,10 @@ pub fn mount(
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(opts.fsname.clone()),
-        MountOption::Subtype("tresor".into()),
+        // A kernel option, not `MountOption::Subtype`: fuser's own mount(2)
+        // (as root) drops that one and the type reads `fuse`; the kernel and
+        // fusermount3 both take `subtype=` and record `fuse.tresor`.
+        MountOption::CUSTOM("subtype=tresor".into()),
         MountOption::NoDev,
         MountOption::NoSuid,
         MountOption::Exec,
@@ -588,6 +593,9 @@ pub fn mount(
     // which spares a GETATTR of the parent before every unlink.
     if opts.allow_other {
         config.mount_options.push(MountOption::DefaultPermissions);
+    }
+    if opts.read_only {
+        config.mount_options.push(MountOption::RO);
     }
     config.acl = if opts.allow_other {
         SessionACL::All

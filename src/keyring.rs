@@ -89,6 +89,9 @@ pub struct Keyring {
     groups: BTreeMap<String, GroupKeys>,
     /// Data groups shown (mode 000) but not readable by this user.
     denied: BTreeSet<String>,
+    /// Data groups the user may read but whose keys could not be opened,
+    /// each as a sentence saying what to do (printed by the command).
+    pub problems: Vec<String>,
 }
 
 impl Keyring {
@@ -99,6 +102,7 @@ impl Keyring {
             role: None,
             groups: BTreeMap::new(),
             denied: BTreeSet::new(),
+            problems: Vec::new(),
         }
     }
 

@@ -809,7 +809,7 @@ impl Control {
                 drop(st);
                 match unmount(&self.mountpoint, false) {
                     Ok(()) => {
-                        tracing::warn!("session: unmounted by command");
+                        tracing::info!("session: unmounted by command");
                         (Reply::ok(Status::default(), "unmounted"), None)
                     }
                     Err(e) => (Reply::err(ErrorKind::Failed, e), None),
@@ -874,6 +874,9 @@ impl Control {
             }
         };
         drop(user);
+        for p in &ring.problems {
+            tracing::warn!("session: {p}");
+        }
         st.failures = 0;
         let who = ring.user.clone();
         let role = ring.role.clone();

@@ -28,6 +28,14 @@ pub enum StoreError {
     /// No manifest at the given path.
     #[error("{0} is not a tresor store (no {MANIFEST_FILE}); create one with `tresor init`")]
     NotAStore(PathBuf),
+    /// `--accept-directory-version N` on a store whose directory is another version.
+    #[error("the store's directory is version {found}, not {asked}; nothing was accepted (give the version the refusal named)")]
+    VersionMismatch {
+        /// The version in the store.
+        found: u64,
+        /// The version the user named.
+        asked: u64,
+    },
     /// `init` on a non-empty directory.
     #[error("{0} exists and is not empty; `tresor init` needs a new or empty directory")]
     NotEmpty(PathBuf),
@@ -416,8 +424,17 @@ impl Store {
             // not the whole store.
             let mut keys = match self.group_keys(group, pse, Some(&dir)) {
                 Ok(k) => k,
+                Err(StoreError::NoSuchGroup(_)) => {
+                    ring.problems.push(format!(
+                        "data group {group} is locked: its key file {} is missing; restore it from a backup of the store",
+                        self.keyfile_path(group).display()
+                    ));
+                    ring.deny(group);
+                    continue;
+                }
                 Err(e) => {
-                    tracing::error!(group = %group, "data group locked: {e}");
+                    ring.problems
+                        .push(format!("data group {group} is locked: {e}"));
                     ring.deny(group);
                     continue;
                 }
@@ -427,7 +444,10 @@ impl Store {
                 ring.insert(group, keys);
             } else {
                 // The matrix grants it but no envelope is there (yet).
-                tracing::warn!(group = %group, "no key envelope for this user; ask the administrator to re-grant");
+                ring.problems.push(format!(
+                    "data group {group} is locked: its key file holds no key for {}; ask the administrator to grant it again",
+                    pse.public.user
+                ));
                 ring.deny(group);
             }
         }
@@ -472,6 +492,31 @@ impl Store {
         }
         seen::check_and_record(&self.manifest.store_id, body.version)?;
         Ok(body)
+    }
+
+    /// Accepts the directory now in the store, version `version`, although
+    /// this machine saw a newer one (a store restored from a backup on
+    /// purpose): checks its signature against `anchor` and that it is
+    /// exactly `version`, then lowers the record to it. Returns the version
+    /// seen before.
+    pub fn accept_directory_version(
+        &self,
+        anchor: &PublicKey,
+        version: u64,
+    ) -> Result<u64, StoreError> {
+        let p = self.root.join(DIRECTORY_FILE);
+        let bytes = fs::read(&p).map_err(io_err(&p))?;
+        let body = Body::verify(&bytes, anchor)?;
+        if body.store_id != self.manifest.store_id {
+            return Err(DirectoryError::BadSignature("it belongs to another store".into()).into());
+        }
+        if body.version != version {
+            return Err(StoreError::VersionMismatch {
+                found: body.version,
+                asked: version,
+            });
+        }
+        Ok(seen::accept(&self.manifest.store_id, version))
     }
 
     /// Remembers that this machine has seen directory `version` (after
@@ -564,6 +609,29 @@ mod seen {
             }
         }
         Ok(())
+    }
+
+    /// Sets the record of `store_id` to `version` (also downwards);
+    /// returns the version recorded before.
+    pub(super) fn accept(store_id: &str, version: u64) -> u64 {
+        let Some(p) = path() else { return 0 };
+        if let Some(dir) = p.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _lock = lock(&p).ok();
+        let mut map: BTreeMap<String, u64> = std::fs::read(&p)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let before = map.insert(store_id.to_string(), version).unwrap_or(0);
+        let bytes = serde_json::to_vec_pretty(&map).unwrap_or_default();
+        if let Err(e) = write_atomic(&p, &bytes, 0o600) {
+            tracing::warn!(
+                "cannot record the directory version in {}: {e}",
+                p.display()
+            );
+        }
+        before
     }
 
     /// An exclusive `flock` on `seen.json.lock` beside the record (the record

@@ -72,6 +72,9 @@ pub enum UserCmd {
     List {
         /// The store directory.
         store: PathBuf,
+        /// Print the list as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -157,6 +160,7 @@ pub fn user(c: UserCmd) -> Result<ExitCode> {
             let user_pass = new_passphrase(
                 &PassArgs {
                     passphrase_file: user_passphrase_file,
+                    passphrase_command: None,
                 },
                 &user,
             )?;
@@ -204,7 +208,7 @@ pub fn user(c: UserCmd) -> Result<ExitCode> {
             report(&out);
             Ok(ExitCode::SUCCESS)
         }
-        UserCmd::List { store } => {
+        UserCmd::List { store, json } => {
             let (s, dir) = verified_without_pse(&store)?;
             // In full: `tresor verify --admin-key` takes it.
             let admin_fpr = crate::crypto::PublicKey::from_der(
@@ -212,6 +216,38 @@ pub fn user(c: UserCmd) -> Result<ExitCode> {
                     .context("the manifest's admin key is not base64url")?,
             )?
             .fingerprint()?;
+            if json {
+                let mut users = Vec::new();
+                for (name, u) in &dir.users {
+                    users.push(serde_json::json!({
+                        "name": name,
+                        "role": u.role,
+                        "certified": date(u.certified),
+                        "shared": u.shared,
+                        "signing_key": directory::sign_key(&u.sign_public)?.fingerprint()?,
+                    }));
+                }
+                let removed: Vec<_> = dir
+                    .removed
+                    .iter()
+                    .map(|(name, r)| {
+                        serde_json::json!({
+                            "name": name,
+                            "role": r.role,
+                            "certified": date(r.certified),
+                            "removed": date(r.removed),
+                        })
+                    })
+                    .collect();
+                let v = serde_json::json!({
+                    "directory_version": dir.version,
+                    "administrator": {"name": dir.admin, "signing_key": admin_fpr},
+                    "users": users,
+                    "removed": removed,
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             println!(
                 "{:<20} {:<16} {:<10} {:<7} signing key",
                 "user", "role", "certified", "shared"
@@ -273,16 +309,87 @@ fn verified_without_pse(store: &Path) -> Result<(Store, Body)> {
     Ok((s, dir))
 }
 
-/// Runs `tresor matrix`: the seed's Figure 2.
-pub fn matrix(store: &Path) -> Result<ExitCode> {
+/// `tresor matrix STORE --accept-directory-version N`: lowers this
+/// machine's rollback record to the restored directory's version, and says
+/// what that gives up.
+pub fn accept_directory_version(store: &Path, n: u64) -> Result<()> {
+    let s = Store::open(store)?;
+    let der = crate::format::names::decode(&s.manifest().admin.sign_public)
+        .context("the manifest's admin key is not base64url")?;
+    let anchor = crate::crypto::PublicKey::from_der(&der)?;
+    let before = s.accept_directory_version(&anchor, n)?;
+    if before <= n {
+        eprintln!(
+            "directory version {n} is not older than the {before} seen here; nothing to accept"
+        );
+        return Ok(());
+    }
+    eprintln!(
+        "accepted directory version {n} of {} on this machine (it had seen version {before}). What this gives up:\n\
+         - every change of versions {}..={before} is undone in this copy: users removed, rights revoked and keys rotated since are back as they were — re-do those removals and revocations now;\n\
+         - files written after the backup was taken are not in it;\n\
+         - this machine now refuses only versions older than {n}: a copy rolled back by someone else to {n} would pass here too.",
+        store.display(),
+        n + 1
+    );
+    Ok(())
+}
+
+/// Runs `tresor matrix`: the access matrix (roles × data groups).
+pub fn matrix(store: &Path, json: bool) -> Result<ExitCode> {
     let (_, dir) = verified_without_pse(store)?;
+    let groups: Vec<&String> = dir.datagroups.keys().collect();
+    if json {
+        let cells: serde_json::Map<String, serde_json::Value> = dir
+            .roles
+            .iter()
+            .map(|role| {
+                let row: serde_json::Map<String, serde_json::Value> = groups
+                    .iter()
+                    .map(|g| {
+                        (
+                            g.to_string(),
+                            dir.right(role, g).symbol().to_string().into(),
+                        )
+                    })
+                    .collect();
+                (role.clone(), row.into())
+            })
+            .collect();
+        let v = serde_json::json!({
+            "directory_version": dir.version,
+            "signed_by": dir.admin,
+            "issued": date(dir.issued),
+            "signature": "valid",
+            "roles": dir.roles,
+            "datagroups": groups,
+            "matrix": cells,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "directory version {} signed by {} on {} — signature valid (checked against the admin key in tresor.json)",
         dir.version,
         dir.admin,
         date(dir.issued)
     );
-    let groups: Vec<&String> = dir.datagroups.keys().collect();
+    if dir.roles.is_empty() || groups.is_empty() {
+        println!(
+            "no {} yet: add them with {}",
+            match (dir.roles.is_empty(), groups.is_empty()) {
+                (true, true) => "roles and no data groups",
+                (true, false) => "roles",
+                _ => "data groups",
+            },
+            match (dir.roles.is_empty(), groups.is_empty()) {
+                (true, true) => "`tresor role add` and `tresor datagroup add`",
+                (true, false) => "`tresor role add`",
+                _ => "`tresor datagroup add`",
+            }
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let w = dir.roles.iter().map(|r| r.len()).max().unwrap_or(4).max(4);
     print!("{:<w$}", "");
     for g in &groups {

@@ -23,10 +23,15 @@ pub struct Unlocked {
     pub passphrase: Zeroizing<String>,
 }
 
-/// Opens the PSE at `path`: with the first line of `passphrase_file` (a
-/// wrong passphrase fails at once), or by asking on the terminal up to
-/// [`prompt::MAX_TRIES`] times, each answer within `timeout`.
-pub fn unlock(path: &Path, passphrase_file: Option<&Path>, timeout: Duration) -> Result<Unlocked> {
+/// Opens the PSE at `path`: with a `given` passphrase (from a file or a
+/// command, with where it came from; a wrong one fails at once), or by
+/// asking on the terminal up to [`prompt::MAX_TRIES`] times, each answer
+/// within `timeout`.
+pub fn unlock(
+    path: &Path,
+    given: Option<(Zeroizing<String>, String)>,
+    timeout: Duration,
+) -> Result<Unlocked> {
     let bytes =
         std::fs::read(path).with_context(|| format!("cannot read PSE {}", path.display()))?;
     let public = pse::read_public(&bytes).with_context(|| format!("PSE {}", path.display()))?;
@@ -40,15 +45,10 @@ pub fn unlock(path: &Path, passphrase_file: Option<&Path>, timeout: Duration) ->
     };
     // The PseError stays in the error chain: the CLI's exit status says
     // "wrong passphrase" or "corrupt PSE" from it.
-    if let Some(file) = passphrase_file {
-        let p = prompt::from_file(file)?;
+    if let Some((p, from)) = given {
         return open(&p).map_err(
             |(AttemptError::WrongPassphrase(e) | AttemptError::Other(e))| {
-                anyhow::Error::new(e).context(format!(
-                    "PSE {} (passphrase from {})",
-                    path.display(),
-                    file.display()
-                ))
+                anyhow::Error::new(e).context(format!("PSE {} ({from})", path.display()))
             },
         );
     }
@@ -74,10 +74,18 @@ pub fn run(
     let target = pse_path
         .canonicalize()
         .with_context(|| format!("cannot read PSE {}", pse_path.display()))?;
-    let old = unlock(pse_path, passphrase_file, timeout)?;
+    let given = match passphrase_file {
+        Some(f) => Some((
+            prompt::from_file(f)?,
+            format!("passphrase from {}", f.display()),
+        )),
+        None => None,
+    };
+    let old = unlock(pse_path, given, timeout)?;
     let user = &old.pse.public.user;
     let unchanged = || format!("PSE {} unchanged", pse_path.display());
-    let new = prompt::new_passphrase(new_passphrase_file, user, timeout).with_context(unchanged)?;
+    let new =
+        super::ask_new_passphrase(new_passphrase_file, user, timeout).with_context(unchanged)?;
     if *new == *old.passphrase {
         bail!(
             "the new passphrase is the old one; choose another (PSE {} unchanged)",

@@ -49,9 +49,88 @@ pub(super) fn exit_code(e: &SessionError) -> u8 {
     }
 }
 
+/// Undoes the octal escapes of /proc/self/mountinfo (`\040` for a space).
+fn unescape(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|o| o.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], oct) {
+            (b'\\', Some(o)) => {
+                out.push(
+                    o.iter()
+                        .fold(0u8, |a, c| a.wrapping_mul(8).wrapping_add(c - b'0')),
+                );
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Whether mountinfo text has a tresor mount on `mnt` (the last one
+/// stacked there): type `fuse.tresor`, or a `fuse` mount named
+/// `tresor:STORE` (a tresor before the subtype was recorded).
+fn is_tresor_mount(mountinfo: &str, mnt: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let want = mnt.as_os_str().as_bytes();
+    mountinfo
+        .lines()
+        .rev()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            (unescape(pre.split(' ').nth(4)?) == want).then(|| {
+                let mut f = post.split(' ');
+                let (ty, src) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
+                ty == "fuse.tresor" || (ty == "fuse" && src.starts_with("tresor:"))
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// A tresor mount on `mnt` whose driver has ended (killed, crashed): the
+/// kernel keeps the mount and answers every access with ENOTCONN. Named
+/// the same way by every command (exit status 30).
+pub(super) fn dead_mount(mnt: &Path) -> Option<SessionError> {
+    let key = session::mount_key(mnt);
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if !is_tresor_mount(&info, &key) {
+        return None;
+    }
+    match std::fs::metadata(&key) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            let m = key.display();
+            Some(SessionError::NotRunning(format!(
+                "tresor at {m} is dead (its driver ended); run `tresor umount {m}`"
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// A request to the mount at `mnt`; a dead one is named as such.
+fn ask(mnt: &Path, req: &Request) -> Result<session::Reply, SessionError> {
+    match session::query(mnt, req) {
+        Err(SessionError::NotRunning(m)) => {
+            Err(dead_mount(mnt).unwrap_or(SessionError::NotRunning(m)))
+        }
+        r => r,
+    }
+}
+
 /// Before asking for a passphrase: a second mount on the same place is
-/// refused at once.
+/// refused at once, a dead one named.
 pub(super) fn check_free(mnt: &Path) -> Result<()> {
+    if let Some(e) = dead_mount(mnt) {
+        return Err(e.into());
+    }
     if let Ok(r) = session::query(mnt, &Request::new("status")) {
         let pid = r.status.map(|s| s.pid).unwrap_or(0);
         return Err(SessionError::AlreadyMounted(mnt.display().to_string(), pid).into());
@@ -163,7 +242,7 @@ fn print_status(s: &Status) {
 
 /// `tresor status MNT [--json]`: exit 0 unlocked, LOCKED when locked.
 pub(super) fn status(mnt: &Path, json: bool) -> Result<ExitCode> {
-    let r = session::query(mnt, &Request::new("status"))?;
+    let r = ask(mnt, &Request::new("status"))?;
     let s = r.status.unwrap_or_default();
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
@@ -179,7 +258,7 @@ pub(super) fn status(mnt: &Path, json: bool) -> Result<ExitCode> {
 
 /// `tresor lock MNT`.
 pub(super) fn lock(mnt: &Path) -> Result<ExitCode> {
-    session::query(mnt, &Request::new("lock"))?;
+    ask(mnt, &Request::new("lock"))?;
     println!(
         "{} is locked: keys wiped, cached plaintext dropped; `tresor login {} --pse FILE` unlocks it",
         mnt.display(),
@@ -199,12 +278,12 @@ pub(super) fn login(mnt: &Path, pse: &Path, pass: &PassArgs) -> Result<ExitCode>
     let public =
         crate::pse::read_public(&bytes).with_context(|| format!("PSE {}", path.display()))?;
     // Ask only once the mount answers and its socket is trusted.
-    session::query(mnt, &Request::new("status"))?;
+    ask(mnt, &Request::new("status"))?;
     let timeout = prompt::timeout_from_env()?;
     let question = format!("Passphrase for {} ({}): ", public.user, path.display());
     loop {
-        let passphrase = match &pass.passphrase_file {
-            Some(f) => prompt::from_file(f)?,
+        let passphrase = match pass.given()? {
+            Some((p, _)) => p,
             None => prompt::passphrase(&question, timeout)?,
         };
         match session::query(mnt, &Request::login(path.clone(), passphrase)) {
@@ -219,7 +298,7 @@ pub(super) fn login(mnt: &Path, pse: &Path, pass: &PassArgs) -> Result<ExitCode>
                 kind: ErrorKind::WrongPassphrase,
                 message,
                 tries_left: Some(_),
-            }) if pass.passphrase_file.is_none() => eprintln!("{message}"),
+            }) if !pass.is_given() => eprintln!("{message}"),
             Err(e) => return Err(e.into()),
         }
     }
@@ -228,6 +307,14 @@ pub(super) fn login(mnt: &Path, pse: &Path, pass: &PassArgs) -> Result<ExitCode>
 /// `tresor umount MNT`: asks the driver (it unmounts cleanly), or falls
 /// back to `fusermount3 -u` for a mount whose driver does not answer.
 pub(super) fn umount(mnt: &Path) -> Result<ExitCode> {
+    if dead_mount(mnt).is_some() {
+        super::unmount(mnt)?;
+        println!(
+            "removed the dead tresor mount at {}",
+            session::mount_key(mnt).display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     match session::query(mnt, &Request::new("umount")) {
         Ok(_) => Ok(ExitCode::SUCCESS),
         Err(e @ SessionError::NotRunning(_)) => {
@@ -236,5 +323,30 @@ pub(super) fn umount(mnt: &Path) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_tresor_mount;
+    use std::path::Path;
+
+    #[test]
+    fn tresor_mounts_are_found_in_mountinfo() {
+        let info = "\
+22 1 0:21 / /tmp rw - tmpfs tmpfs rw
+41 22 0:39 / /tmp/a\\040b rw,nosuid - fuse.tresor tresor:/srv/s rw,user_id=0
+42 22 0:40 / /tmp/old rw,nosuid - fuse tresor:/srv/s rw,user_id=0
+43 22 0:41 / /tmp/other rw,nosuid - fuse sshfs#x rw,user_id=0
+44 22 0:42 / /tmp/over rw - fuse.tresor tresor:/srv/s rw
+45 44 0:43 / /tmp/over rw - tmpfs tmpfs rw
+";
+        assert!(is_tresor_mount(info, Path::new("/tmp/a b")));
+        assert!(is_tresor_mount(info, Path::new("/tmp/old")));
+        assert!(!is_tresor_mount(info, Path::new("/tmp/other")));
+        assert!(!is_tresor_mount(info, Path::new("/tmp")));
+        assert!(!is_tresor_mount(info, Path::new("/tmp/nothing")));
+        // The top of a stack decides.
+        assert!(!is_tresor_mount(info, Path::new("/tmp/over")));
     }
 }

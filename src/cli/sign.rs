@@ -66,7 +66,8 @@ pub struct VerifyArgs {
     #[arg(long, requires = "all")]
     unsigned: bool,
     /// Your PSE: its trust anchor (the administrator's key) decides whom to
-    /// believe. No passphrase needed.
+    /// believe. No passphrase needed. Inside a mount the default is the PSE
+    /// its session is logged in with.
     #[arg(long, conflicts_with = "admin_key")]
     pse: Option<PathBuf>,
     /// The fingerprint of the administrator's key you trust, instead of a
@@ -80,6 +81,9 @@ pub struct VerifyArgs {
     /// e.g. for a copy taken out with `cp -a`).
     #[arg(long = "as", value_name = "DATAGROUP/PATH")]
     as_path: Option<String>,
+    /// Print the verdicts as JSON (the exit status is the same).
+    #[arg(long)]
+    json: bool,
 }
 
 /// A failure with its own exit status: printed, then the status returned.
@@ -138,6 +142,8 @@ struct Place {
     file: PathBuf,
     /// Its path inside the store (`DATAGROUP/…`; empty for a mount's root).
     in_store: String,
+    /// The tresor mount it is in, if any.
+    mount: Option<PathBuf>,
 }
 
 /// Undoes the octal escapes of /proc/self/mountinfo (`\040` for a space …).
@@ -235,6 +241,7 @@ fn place(target: &Path, store: Option<&Path>, as_path: Option<&str>) -> Result<P
             store: mstore,
             file,
             in_store: rel.to_string(),
+            mount: Some(mnt),
         });
     }
     let (Some(store), Some(as_path)) = (store, as_path) else {
@@ -251,6 +258,7 @@ fn place(target: &Path, store: Option<&Path>, as_path: Option<&str>) -> Result<P
         store: store.to_path_buf(),
         file,
         in_store: parts.join("/"),
+        mount: None,
     })
 }
 
@@ -421,7 +429,30 @@ fn trusted_directory(
     s: &Store,
     pse: Option<&Path>,
     admin_key: Option<&str>,
+    mount: Option<&Path>,
 ) -> Result<(Body, PublicKey)> {
+    // Inside a mount and nothing said: the PSE its session logged in with
+    // (the mount checked it against this store) holds the trust anchor.
+    let from_mount;
+    let pse = match (pse, admin_key, mount) {
+        (None, None, Some(m)) => {
+            let st = crate::session::query(m, &crate::session::Request::new("status"))
+                .map_err(|e| anyhow::anyhow!("{e}; or say which administrator you trust with --pse YOUR.pse or --admin-key FINGERPRINT"))?
+                .status
+                .unwrap_or_default();
+            match st.pse {
+                Some(p) if !st.locked => {
+                    from_mount = p;
+                    Some(from_mount.as_path())
+                }
+                _ => bail!(
+                    "the mount {} is locked, so its session holds no trust anchor; log in, or give --pse YOUR.pse or --admin-key FINGERPRINT",
+                    m.display()
+                ),
+            }
+        }
+        _ => pse,
+    };
     let store_admin = manifest_admin_key(s)?;
     let store_fpr = store_admin.fingerprint()?;
     let anchor = match (pse, admin_key) {
@@ -502,6 +533,8 @@ fn sign_inner(a: SignArgs) -> Result<ExitCode> {
     // Removed users and foreign PSEs are refused (exit 10, 8): their
     // signature would not verify here.
     s.check_member(&dir, &pse)?;
+    // A document of no data group of this store (exit 7).
+    dir.need_group(path.split('/').next().unwrap_or(""))?;
     let role = dir
         .users
         .get(&pse.public.user)
@@ -566,21 +599,39 @@ fn verify_one(a: &VerifyArgs) -> Result<ExitCode> {
         );
     }
     let s = open_store(&p.store)?;
-    let (dir, admin) = trusted_directory(&s, a.pse.as_deref(), a.admin_key.as_deref())?;
+    let (dir, admin) = trusted_directory(
+        &s,
+        a.pse.as_deref(),
+        a.admin_key.as_deref(),
+        p.mount.as_deref(),
+    )?;
     let sp = sig_path(&p.file);
+    let one = |exit: u8, message: String, signatures: Vec<serde_json::Value>| {
+        if a.json {
+            let v = serde_json::json!({
+                "document": path,
+                "exit_status": exit,
+                "message": message,
+                "signatures": signatures,
+            });
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        } else {
+            println!("{message}");
+        }
+        ExitCode::from(exit)
+    };
     let sigs = match read_sig(&sp) {
         Ok(Some(f)) => f,
         Ok(None) => {
-            println!(
+            let msg = format!(
                 "no signature — {path} has no {} beside it",
                 sp.file_name().unwrap_or_default().to_string_lossy()
             );
-            return Ok(ExitCode::from(status::NO_SIGNATURE));
+            return Ok(one(status::NO_SIGNATURE, msg, Vec::new()));
         }
         Err(e) => {
             if let Some(r) = e.downcast_ref::<Refusal>() {
-                println!("{}", r.msg);
-                return Ok(ExitCode::from(r.code));
+                return Ok(one(r.code, r.msg.clone(), Vec::new()));
             }
             return Err(e);
         }
@@ -591,12 +642,25 @@ fn verify_one(a: &VerifyArgs) -> Result<ExitCode> {
         path: &path,
     };
     let mut exit = 0;
+    let mut lines = Vec::new();
+    let mut json = Vec::new();
     for e in &sigs.signatures {
         let v = signature::check(e, &dir, &admin, doc);
-        println!("{}", describe(e, &v, &dir, &path));
+        let line = describe(e, &v, &dir, &path);
+        json.push(serde_json::json!({
+            "verdict": short(&v),
+            "exit_status": code(&v),
+            "signer": e.statement.signer,
+            "role": e.statement.role,
+            "key": e.statement.key,
+            "time": utc(e.statement.time),
+            "signed_path": e.statement.path,
+            "message": line,
+        }));
+        lines.push(line);
         exit = worst(exit, code(&v));
     }
-    Ok(ExitCode::from(exit))
+    Ok(one(exit, lines.join("\n"), json))
 }
 
 /// Anything else that went wrong in a walk (an unreadable file or directory).
@@ -638,7 +702,12 @@ fn verify_all(a: &VerifyArgs) -> Result<ExitCode> {
         bail!("{} is not a directory", a.target.display());
     }
     let s = open_store(&p.store)?;
-    let (dir, admin) = trusted_directory(&s, a.pse.as_deref(), a.admin_key.as_deref())?;
+    let (dir, admin) = trusted_directory(
+        &s,
+        a.pse.as_deref(),
+        a.admin_key.as_deref(),
+        p.mount.as_deref(),
+    )?;
     let mut files = Vec::new();
     let mut errors = Vec::new();
     walk(&p.file, &mut files, &mut errors);
@@ -770,6 +839,29 @@ fn verify_all(a: &VerifyArgs) -> Result<ExitCode> {
             time: dash(),
             code: FAILURE,
         });
+    }
+    if a.json {
+        let exit = rows.iter().fold(0, |x, r| worst(x, r.code));
+        let docs: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "document": r.path,
+                    "signer": r.signer,
+                    "signed": r.time,
+                    "status": r.status,
+                    "exit_status": r.code,
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "signed_documents": signed,
+            "unsigned_documents": unsigned,
+            "exit_status": exit,
+            "rows": docs,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::from(exit));
     }
     let w_doc = rows.iter().map(|r| r.path.len()).max().unwrap_or(0).max(8);
     let w_signer = rows

@@ -50,7 +50,7 @@ pub struct RecordArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
     /// Most processes and threads alive at once before the tree is killed.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_TASKS)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_TASKS, value_parser = at_least_one)]
     pub max_tasks: usize,
     /// The program and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "PROGRAM [ARGS]...")]
@@ -307,7 +307,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "4G")]
     pub memory: u64,
     /// Processes and threads of the analysis at once.
-    #[arg(long, value_name = "N", default_value_t = launch::DEFAULT_MAX_PROCS)]
+    #[arg(long, value_name = "N", default_value_t = launch::DEFAULT_MAX_PROCS, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_procs: u64,
     /// Largest file the analysis may write (e.g. 100M, 1G).
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1G")]
@@ -406,6 +406,15 @@ pub fn run_run(args: RunArgs) -> anyhow::Result<ExitCode> {
             eprintln!("tresor run: {e}");
             Ok(ExitCode::from(launch::EXIT_RUNNER))
         }
+    }
+}
+
+/// `--max-tasks`: 0 would kill every analysis at its first process.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("0 would stop the analysis at once; give 1 or more".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
     }
 }
 
