@@ -8,8 +8,8 @@ use crate::vfs::{Attr, Caller, Kind, SetAttr, Vfs, VfsError};
 use fuser::{
     AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::io;
@@ -125,9 +125,11 @@ impl Filesystem for TresorFs {
         // Optional speed-ups; the kernel may lack them, which is fine.
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
         let _ = config.add_capabilities(InitFlags::FUSE_ASYNC_DIO);
-        // The kernel gathers small writes into page-sized and larger ones
-        // before they reach us: each costs a block read-modify-write here.
-        let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
+        // No FUSE write-back cache (as gocryptfs): every write(2) reaches
+        // the backing store before it returns, so a full disk, a quota or an
+        // I/O error of the store is the writer's error at write(2) — with the
+        // cache the kernel would accept writes it can never store (issue 14)
+        // — and the kernel takes sizes from us, not from its own cache.
         // `ls -l` and friends: entries and attributes in one round trip.
         let _ = config
             .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
@@ -538,11 +540,36 @@ impl Filesystem for TresorFs {
         reply: ReplyEmpty,
     ) {
         if mode != 0 {
-            // Punching holes or collapsing ranges would leave unauthenticated gaps.
+            // Keep-size, punching holes, collapsing or zeroing ranges: not
+            // supported (the caller sees EOPNOTSUPP and falls back).
             reply.error(Errno::EOPNOTSUPP);
             return;
         }
         empty(reply, self.vfs.allocate(fh.0, offset, length));
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        // The kernel answers SEEK_SET/CUR/END itself; only these reach us.
+        let data = match whence {
+            libc::SEEK_DATA => true,
+            libc::SEEK_HOLE => false,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let Ok(off) = u64::try_from(offset) else {
+            return reply.error(Errno::ENXIO);
+        };
+        match self.vfs.seek_data_hole(fh.0, off, data) {
+            Ok(o) => reply.offset(i64::try_from(o).unwrap_or(i64::MAX)),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 }
 

@@ -4,6 +4,7 @@ mod util;
 
 mod access;
 mod demo;
+mod durability;
 mod login;
 mod mount;
 mod policy;

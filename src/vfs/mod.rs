@@ -310,6 +310,8 @@ enum Handle {
 /// The filesystem engine.
 pub struct Vfs {
     store: Store,
+    /// The store writes content format 2 (`stat` sizes by its layout).
+    v2_store: bool,
     groups_dir: PathBuf,
     store_dev: u64,
     keys: RwLock<Arc<Keyring>>,
@@ -375,6 +377,7 @@ impl Vfs {
             },
         );
         Ok(Vfs {
+            v2_store: store.content_version() != crate::format::content::VERSION_1,
             store,
             groups_dir,
             store_dev,
@@ -625,10 +628,15 @@ impl Vfs {
     fn attr_of(&self, md: &fs::Metadata, path: &Path, group: &str, plain: &str) -> Result<Attr> {
         let kind = Kind::of(md.file_type()).ok_or(VfsError::NotSupported)?;
         let size = match kind {
-            Kind::File => crate::format::content::plaintext_size(md.len()).unwrap_or_else(|| {
-                tracing::warn!(file = %plain, "ciphertext length matches no plaintext length");
-                0
-            }),
+            Kind::File => match content::size_from_len(md.len(), self.v2_store) {
+                Some(size) => size,
+                // Not a length at rest: a crash during an update (or
+                // tampering). The record tells, and the length is repaired.
+                None if !path.as_os_str().is_empty() => self
+                    .settled_size(self.ino_for(md), path, group, plain)
+                    .unwrap_or(0),
+                None => 0,
+            },
             Kind::Symlink => self
                 .read_symlink(path, group, plain)
                 .map(|t| t.len() as u64)
@@ -660,6 +668,32 @@ impl Vfs {
             gid: md.gid(),
             rdev: 0,
         })
+    }
+
+    /// Size of a file whose backing length is not at rest, from its
+    /// record; sets the length right when the backing file is writable.
+    fn settled_size(&self, ino: Ino, path: &Path, group: &str, plain: &str) -> Option<u64> {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .or_else(|_| File::open(path))
+            .ok()?;
+        let state = self.open_state(ino, &file, group, plain).ok()?;
+        match state.with(true, |c| content::settle(&file, c)) {
+            Ok(size) => Some(size),
+            Err(e) => {
+                tracing::warn!(file = %plain, "size unknown: {e}");
+                None
+            }
+        }
+    }
+
+    /// Size of an open file whose backing length is not at rest.
+    fn handle_size(file: &File, state: &OpenFile, attr: &mut Attr) {
+        if let Ok(size) = state.with(true, |c| content::settle(file, c)) {
+            attr.size = size;
+        }
     }
 
     /// Permission bits as this user sees them: a denied data group's root
@@ -795,10 +829,14 @@ impl Vfs {
         self.gate(false)?;
         if let Some(fh) = fh {
             if let Ok(h) = self.handle(fh) {
-                if let Handle::File { file, path, .. } = &*h {
+                if let Handle::File { file, path, state } = &*h {
                     // Regular files need no path: works after unlink too.
                     let md = file.metadata()?;
-                    return self.attr_of(&md, Path::new(""), "", path);
+                    let mut attr = self.attr_of(&md, Path::new(""), "", path)?;
+                    if content::size_from_len(md.len(), self.v2_store).is_none() {
+                        Self::handle_size(file, state, &mut attr);
+                    }
+                    return Ok(attr);
                 }
             }
         }
@@ -832,7 +870,11 @@ impl Vfs {
                 }
                 Self::set_meta(Target::Fd(file), &s)?;
                 let md = file.metadata()?;
-                return self.attr_of(&md, Path::new(""), "", path);
+                let mut attr = self.attr_of(&md, Path::new(""), "", path)?;
+                if content::size_from_len(md.len(), self.v2_store).is_none() {
+                    Self::handle_size(file, state, &mut attr);
+                }
+                return Ok(attr);
             }
         }
         let (path, group, plain) = self.locate(ino)?;
@@ -938,7 +980,8 @@ impl Vfs {
             .ok_or_else(|| VfsError::Access(format!("no current key for {group}")))?;
         let mut file_id = [0u8; FILE_ID_LEN];
         crate::crypto::random_bytes(&mut file_id);
-        Ok((FileHeader { epoch, file_id }, key.file_cipher(&file_id)))
+        let header = FileHeader::new(self.store.content_version(), epoch, file_id);
+        Ok((header, key.file_cipher(&file_id)))
     }
 
     /// Creates a symlink `name` → `target` in `parent`.
@@ -951,7 +994,9 @@ impl Vfs {
     ) -> Result<Attr> {
         self.gate(false)?;
         let c = self.child_in_group(parent, name)?;
-        let (h, aead) = self.new_header(&c.group)?;
+        let (mut h, aead) = self.new_header(&c.group)?;
+        // Symlink targets keep the format-1 header (FORMAT.md §6.5).
+        h.version = crate::format::content::VERSION_1;
         let mut raw = h.encode().to_vec();
         raw.extend(aead.seal(
             &crate::format::content::block_aad(&h.file_id, 0, true),
@@ -1088,15 +1133,11 @@ impl Vfs {
         let c = self.child_in_group(parent, name)?;
         let (header, aead) = self.new_header(&c.group)?;
         self.before_create(&c)?;
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(mode & 0o7777)
-            .open(&c.path)
-            .map_err(|e| self.undo_create(&c, e))?;
-        let cipher = FileCipher { header, aead };
-        content::init_empty(&file, &cipher).map_err(|e| content_err(&c.plain, e))?;
+        let cipher = FileCipher::new(header, aead);
+        let file = create_whole(&c.path, mode & 0o7777, |f| {
+            content::init_empty(f, &cipher).map_err(|e| content_err(&c.plain, e).into_io())
+        })
+        .map_err(|e| self.undo_create(&c, e))?;
         self.chown_new(caller, &c.path)?;
         let md = file.metadata()?;
         let attr = self.remember(parent, &c, &md)?;
@@ -1297,10 +1338,7 @@ impl Vfs {
         let header = content::read_header(file).map_err(|e| content_err(plain, e))?;
         let ring = self.keyring();
         let key = Self::group_keys_epoch(&ring, group, header.epoch)?;
-        let state = OpenFile::new(FileCipher {
-            header,
-            aead: key.file_cipher(&header.file_id),
-        });
+        let state = OpenFile::new(FileCipher::new(header, key.file_cipher(&header.file_id)));
         map.insert(ino, Arc::downgrade(&state));
         map.retain(|_, w| w.strong_count() > 0);
         Ok(state)
@@ -1384,18 +1422,17 @@ impl Vfs {
         Ok(u32::try_from(data.len()).unwrap_or(u32::MAX))
     }
 
-    /// Extends the file to cover `[offset, offset + len)` (fallocate mode 0).
+    /// Extends the file to cover `[offset, offset + len)` and reserves the
+    /// store's space for it (fallocate mode 0).
     pub fn allocate(&self, fh: u64, offset: u64, len: u64) -> Result<()> {
         self.gate(true)?;
-        let end = offset
-            .checked_add(len)
-            .ok_or(VfsError::Invalid("range overflows"))?;
-        self.with_file(fh, true, |file, c| {
-            if end > content::plain_size(file)? {
-                content::truncate(file, c, end)?;
-            }
-            Ok(())
-        })
+        self.with_file(fh, true, |file, c| content::allocate(file, c, offset, len))
+    }
+
+    /// `SEEK_DATA` (`data`) or `SEEK_HOLE` from `offset`.
+    pub fn seek_data_hole(&self, fh: u64, offset: u64, data: bool) -> Result<u64> {
+        self.gate(false)?;
+        self.with_file(fh, false, |file, c| content::seek(file, c, offset, data))
     }
 
     /// Flushes file data (and metadata unless `datasync`) to stable storage.
@@ -1403,16 +1440,11 @@ impl Vfs {
         self.gate(true)?;
         let h = self.handle(fh)?;
         match &*h {
-            Handle::File { file, .. } => {
-                if datasync {
-                    file.sync_data()?
-                } else {
-                    file.sync_all()?
-                }
-            }
-            Handle::Dir { .. } | Handle::Revoked => {}
+            Handle::File { file, state, path } => state
+                .with(false, |c| content::sync(file, c, datasync))
+                .map_err(|e| content_err(path, e)),
+            Handle::Dir { .. } | Handle::Revoked => Ok(()),
         }
-        Ok(())
     }
 
     /// Closes a handle.
@@ -1713,6 +1745,55 @@ struct Child {
     plain: String,
     #[allow(dead_code)]
     dir_epoch: u32,
+}
+
+/// Creates the regular file `path` (failing if it exists) with its first
+/// bytes written by `init` before the name appears: a crash never leaves a
+/// named file without a header and a size record. An unnamed `O_TMPFILE`
+/// linked into place; where the backing filesystem has none, a hidden
+/// temporary name, hard-linked (which, like `O_EXCL`, never replaces).
+fn create_whole(
+    path: &Path,
+    mode: u32,
+    init: impl Fn(&File) -> io::Result<()>,
+) -> io::Result<File> {
+    use nix::fcntl::AtFlags;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(mode)
+        .open(dir);
+    match tmp {
+        Ok(file) => {
+            init(&file)?;
+            let fd = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+            match nix::unistd::linkat(None, fd.as_path(), None, path, AtFlags::AT_SYMLINK_FOLLOW) {
+                Ok(()) => return Ok(file),
+                Err(nix::Error::ENOENT) if !Path::new("/proc/self/fd").exists() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+            ) => {}
+        Err(e) => return Err(e),
+    }
+    let mut rnd = [0u8; 8];
+    crate::crypto::random_bytes(&mut rnd);
+    let tmp_path = dir.join(format!(".tresor-tmp-{}", hex::encode(rnd)));
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp_path)?;
+    let linked = init(&file).and_then(|()| fs::hard_link(&tmp_path, path));
+    let _ = fs::remove_file(&tmp_path);
+    linked.map(|()| file)
 }
 
 fn side_file(path: &Path) -> PathBuf {
