@@ -87,6 +87,9 @@ enum Cmd {
         /// Lock after this long without a filesystem request (90s, 15min, 1h; 0 = never).
         #[arg(long, value_name = "DURATION", default_value = session::DEFAULT_IDLE_LOCK, value_parser = session::parse_idle_lock)]
         idle_lock: session::IdleLock,
+        /// Mount even if the mount point holds files (they are hidden while mounted).
+        #[arg(long)]
+        nonempty: bool,
     },
     /// Re-encrypt a data group's files, symlinks and names still under an older key epoch (after a revocation); safe to interrupt and run again. Run it while the store is not mounted.
     Rekey {
@@ -326,11 +329,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             log,
             threads,
             idle_lock,
+            nonempty,
         } => {
             let opts = MountOptions {
                 allow_other,
                 threads,
                 fsname: String::new(),
+                nonempty,
             };
             let how = (foreground, log, idle_lock.0);
             cmd_mount(&store, &mountpoint, &pse, &pass, how, opts)
@@ -426,11 +431,39 @@ fn cmd_init(
     pass: &PassArgs,
     mib: u32,
 ) -> Result<ExitCode> {
-    if pse_path.exists() {
+    // Everything is checked before anything is created.
+    if !crate::directory::valid_name(user) {
+        bail!(
+            "user name {user:?} is not valid: use 1–64 characters of A–Z a–z 0–9 _ . - not starting with . or -"
+        );
+    }
+    if pse_path.symlink_metadata().is_ok() {
         bail!(
             "{} exists; choose a new path for the PSE",
             pse_path.display()
         );
+    }
+    let pse_dir = pse_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !pse_dir.is_dir() {
+        bail!(
+            "the directory {} for the PSE does not exist; create it first",
+            pse_dir.display()
+        );
+    }
+    let store_existed = store.symlink_metadata().is_ok();
+    if store_existed {
+        let empty = std::fs::read_dir(store)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if !store.is_dir() || !empty {
+            bail!(
+                "{} exists and is not an empty directory; choose a new store directory",
+                store.display()
+            );
+        }
     }
     let kdf = KdfParams {
         m_kib: mib.saturating_mul(1024),
@@ -444,9 +477,33 @@ fn cmd_init(
     );
     let admin = Pse::generate(user, None)?;
     let bytes = admin.seal(passphrase.as_bytes(), kdf)?;
-    let s = Store::create(store, &admin, kdf)?;
+    // Nothing is left behind on failure: a store whose administrator PSE
+    // was never written could never be administered.
+    let undo = || {
+        if store_existed {
+            if let Ok(d) = std::fs::read_dir(store) {
+                for e in d.flatten() {
+                    let p = e.path();
+                    let _ = if p.is_dir() {
+                        std::fs::remove_dir_all(&p)
+                    } else {
+                        std::fs::remove_file(&p)
+                    };
+                }
+            }
+        } else {
+            let _ = std::fs::remove_dir_all(store);
+        }
+    };
+    let s = Store::create(store, &admin, kdf).inspect_err(|_| undo())?;
     write_atomic(pse_path, &bytes, 0o600)
-        .with_context(|| format!("cannot write PSE {}", pse_path.display()))?;
+        .inspect_err(|_| undo())
+        .with_context(|| {
+            format!(
+                "cannot write PSE {}; the store was not created",
+                pse_path.display()
+            )
+        })?;
     println!(
         "created store {} (id {}) and administrator PSE {}",
         store.display(),
@@ -507,7 +564,7 @@ fn prepare(store: &Path, pse_path: &Path, pass: &PassArgs) -> Result<Arc<Vfs>> {
     Ok(Arc::new(Vfs::new(s, ring, owner())?))
 }
 
-fn check_mountpoint(mnt: &Path) -> Result<()> {
+fn check_mountpoint(mnt: &Path, nonempty: bool) -> Result<()> {
     let md = std::fs::metadata(mnt).with_context(|| {
         format!(
             "mount point {} does not exist; create it first",
@@ -516,6 +573,17 @@ fn check_mountpoint(mnt: &Path) -> Result<()> {
     })?;
     if !md.is_dir() {
         bail!("mount point {} is not a directory", mnt.display());
+    }
+    // As gocryptfs: files under the mount would be hidden while it is up.
+    if !nonempty
+        && std::fs::read_dir(mnt)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+    {
+        bail!(
+            "mount point {} is not empty (its files would be hidden); use an empty directory or pass --nonempty",
+            mnt.display()
+        );
     }
     Ok(())
 }
@@ -528,7 +596,7 @@ fn cmd_mount(
     (foreground, log, idle_lock): (bool, Option<PathBuf>, Option<std::time::Duration>),
     opts: MountOptions,
 ) -> Result<ExitCode> {
-    check_mountpoint(mnt)?;
+    check_mountpoint(mnt, opts.nonempty)?;
     // Absolute paths: the detached process changes to `/`.
     let mnt = &mnt.canonicalize()?;
     let store = &store

@@ -31,6 +31,8 @@ pub struct MountOptions {
     pub threads: usize,
     /// Name shown as the mount source.
     pub fsname: String,
+    /// The mount point may hold files (`--nonempty`).
+    pub nonempty: bool,
 }
 
 /// The FUSE filesystem over a [`Vfs`].
@@ -57,6 +59,8 @@ fn kind(k: Kind) -> FileType {
         Kind::Symlink => FileType::Symlink,
         Kind::Fifo => FileType::NamedPipe,
         Kind::Socket => FileType::Socket,
+        Kind::CharDevice => FileType::CharDevice,
+        Kind::BlockDevice => FileType::BlockDevice,
     }
 }
 
@@ -196,11 +200,17 @@ impl Filesystem for TresorFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
-        _rdev: u32,
+        umask: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        entry(reply, self.vfs.mknod(caller(req), parent.0, name, mode));
+        // The caller's umask: applied here too, in case the kernel left it
+        // to us (FUSE_DONT_MASK); applying it twice changes nothing.
+        let mode = mode & !(umask & 0o777);
+        entry(
+            reply,
+            self.vfs.mknod(caller(req), parent.0, name, mode, rdev),
+        );
     }
 
     fn mkdir(
@@ -209,9 +219,10 @@ impl Filesystem for TresorFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
+        let mode = mode & !(umask & 0o777);
         entry(reply, self.vfs.mkdir(caller(req), parent.0, name, mode));
     }
 
@@ -513,10 +524,11 @@ impl Filesystem for TresorFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let mode = mode & !(umask & 0o777);
         match self.vfs.create(caller(req), parent.0, name, mode, flags) {
             Ok((a, fh)) => reply.created(
                 &TTL,

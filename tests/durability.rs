@@ -1340,3 +1340,135 @@ fn holes_cost_no_disk_and_read_as_zeros() {
     drop((f, g, h));
     m.unmount();
 }
+
+// ---------------------------------------------------------------------------
+// POSIX points of issue 14
+// ---------------------------------------------------------------------------
+
+/// The caller's umask decides new modes (not the driver's 022), setuid bits
+/// asked for are kept, and device nodes are stored as inodes, inert.
+#[test]
+fn umask_is_the_callers_and_device_nodes_are_inert_inodes() {
+    if !util::fuse_available() {
+        return;
+    }
+    let ts = TestStore::new(&["g"]);
+    let m = ts.mount();
+    let g = m.path("g");
+    let modes = util::sh(
+        &g,
+        "umask 002; touch f; mkdir d; mkfifo p; ln -s f l
+         umask 0; python3 -c \"import os; os.close(os.open('s', os.O_CREAT | os.O_WRONLY, 0o4777)); os.mkdir('d0', 0o777)\"
+         umask 077; touch private
+         stat -c '%n %a' f d p s d0 private",
+    );
+    assert_eq!(
+        modes.split_whitespace().collect::<Vec<_>>(),
+        ["f", "664", "d", "775", "p", "664", "s", "4777", "d0", "777", "private", "600"],
+        "{modes}"
+    );
+    if util::require_root("mknod of device nodes") {
+        let out = util::sh(
+            &g,
+            "mknod c c 1 3; mknod b b 7 0; stat -c '%n %F %t %T' c b
+             if cat c 2>/dev/null; then echo opened; else echo refused; fi",
+        );
+        assert!(out.contains("c character special file 1 3"), "{out}");
+        assert!(out.contains("b block special file 7 0"), "{out}");
+        assert!(
+            out.contains("refused"),
+            "a device node opened on a nodev mount: {out}"
+        );
+    }
+    m.unmount();
+    let m = ts.mount();
+    let again = util::sh(&m.path("g"), "stat -c '%n %a' f d p s d0 private");
+    assert_eq!(again.split_whitespace().count(), 12, "{again}");
+    if nix::unistd::geteuid().is_root() {
+        let out = util::sh(&m.path("g"), "stat -c '%n %F %t %T' c");
+        assert!(
+            out.contains("c character special file 1 3"),
+            "after a remount: {out}"
+        );
+    }
+    m.unmount();
+}
+
+/// `tresor init` checks everything before creating anything: a bad user
+/// name or a PSE path in a missing directory leaves no store behind.
+#[test]
+fn init_leaves_nothing_behind_on_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let pass = dir.path().join("pass");
+    fs::write(&pass, "test passphrase\n").unwrap();
+    let store = dir.path().join("store");
+    let init = |user: &str, pse: &Path| {
+        util::tresor()
+            .arg("init")
+            .arg(&store)
+            .arg("--pse")
+            .arg(pse)
+            .args(["--user", user, "--kdf-memory-mib", "8", "--passphrase-file"])
+            .arg(&pass)
+            .output()
+            .unwrap()
+    };
+    for (user, pse, says) in [
+        ("", dir.path().join("a.pse"), "not valid"),
+        ("../x", dir.path().join("a.pse"), "not valid"),
+        (
+            "admin",
+            dir.path().join("missing-dir/x.pse"),
+            "does not exist",
+        ),
+    ] {
+        let out = init(user, &pse);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "init --user {user:?} --pse {} succeeded",
+            pse.display()
+        );
+        assert!(err.contains(says), "{err}");
+        assert!(
+            !store.exists(),
+            "init --user {user:?}: a store was left behind"
+        );
+        assert!(!pse.exists());
+    }
+    // And after all that, a good init works on the same paths.
+    let out = init("admin", &dir.path().join("a.pse"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A non-empty mount point is refused unless --nonempty (as gocryptfs).
+#[test]
+fn non_empty_mount_point_needs_nonempty() {
+    if !util::fuse_available() {
+        return;
+    }
+    let ts = TestStore::new(&["g"]);
+    let mnt = ts.subdir("busy");
+    fs::write(mnt.join("hidden-file"), b"x").unwrap();
+    let out = util::tresor()
+        .arg("mount")
+        .arg(&ts.store)
+        .arg(&mnt)
+        .arg("--pse")
+        .arg(&ts.pse)
+        .arg("--passphrase-file")
+        .arg(&ts.pass)
+        .arg("-f")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--nonempty"), "{err}");
+    assert!(!is_mounted(&mnt));
+    let m = ts.mount_as(&ts.pse, &ts.pass, "busy", &["--nonempty"]);
+    assert!(m.path("g").is_dir());
+    m.unmount();
+}

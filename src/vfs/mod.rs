@@ -121,6 +121,10 @@ pub enum Kind {
     Fifo,
     /// Unix socket.
     Socket,
+    /// Character device (inert: the mount is `nodev`).
+    CharDevice,
+    /// Block device (inert: the mount is `nodev`).
+    BlockDevice,
 }
 
 impl Kind {
@@ -136,6 +140,10 @@ impl Kind {
             Some(Kind::Fifo)
         } else if ft.is_socket() {
             Some(Kind::Socket)
+        } else if ft.is_char_device() {
+            Some(Kind::CharDevice)
+        } else if ft.is_block_device() {
+            Some(Kind::BlockDevice)
         } else {
             None
         }
@@ -169,7 +177,7 @@ pub struct Attr {
     pub uid: u32,
     /// Group.
     pub gid: u32,
-    /// Device (always 0: device nodes are not stored).
+    /// Device number of a device node.
     pub rdev: u32,
 }
 
@@ -312,6 +320,9 @@ pub struct Vfs {
     store: Store,
     /// The store writes content format 2 (`stat` sizes by its layout).
     v2_store: bool,
+    /// The driver process's umask: bits it would take from new files'
+    /// modes, which the kernel has already masked with the caller's.
+    proc_umask: u32,
     groups_dir: PathBuf,
     store_dev: u64,
     keys: RwLock<Arc<Keyring>>,
@@ -378,6 +389,7 @@ impl Vfs {
         );
         Ok(Vfs {
             v2_store: store.content_version() != crate::format::content::VERSION_1,
+            proc_umask: process_umask(),
             store,
             groups_dir,
             store_dev,
@@ -666,7 +678,7 @@ impl Vfs {
             nlink: u32::try_from(md.nlink()).unwrap_or(u32::MAX),
             uid: md.uid(),
             gid: md.gid(),
-            rdev: 0,
+            rdev: u32::try_from(md.rdev()).unwrap_or(0),
         })
     }
 
@@ -1093,7 +1105,14 @@ impl Vfs {
     }
 
     /// Creates a fifo, socket or (empty) regular file with `mknod`.
-    pub fn mknod(&self, caller: Caller, parent: Ino, name: &OsStr, mode: u32) -> Result<Attr> {
+    pub fn mknod(
+        &self,
+        caller: Caller,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+    ) -> Result<Attr> {
         self.gate(false)?;
         match mode & libc::S_IFMT {
             libc::S_IFREG => {
@@ -1101,17 +1120,32 @@ impl Vfs {
                 self.release(fh);
                 Ok(attr)
             }
-            libc::S_IFIFO | libc::S_IFSOCK => {
+            // Device nodes are stored as backing device nodes, inert: the
+            // mount is `nodev`, and the store's directories are 0700. Making
+            // one needs CAP_MKNOD in the driver (EPERM otherwise, as on a
+            // local filesystem for an unprivileged user).
+            libc::S_IFIFO | libc::S_IFSOCK | libc::S_IFCHR | libc::S_IFBLK => {
                 let c = self.child_in_group(parent, name)?;
                 self.before_create(&c)?;
                 let kind = nix::sys::stat::SFlag::from_bits_truncate(mode & libc::S_IFMT);
+                let perm = mode & 0o7777;
                 nix::sys::stat::mknod(
                     &c.path,
                     kind,
-                    nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777),
-                    0,
+                    nix::sys::stat::Mode::from_bits_truncate(perm),
+                    libc::dev_t::from(rdev),
                 )
                 .map_err(|e| self.undo_create(&c, nix_err(e).into_io()))?;
+                if perm & self.proc_umask != 0 {
+                    // The driver's own umask must not take bits the caller asked for.
+                    nix::sys::stat::fchmodat(
+                        None,
+                        &c.path,
+                        nix::sys::stat::Mode::from_bits_truncate(perm),
+                        nix::sys::stat::FchmodatFlags::FollowSymlink,
+                    )
+                    .map_err(nix_err)?;
+                }
                 self.chown_new(caller, &c.path)?;
                 let md = fs::symlink_metadata(&c.path)?;
                 self.remember(parent, &c, &md)
@@ -1134,7 +1168,16 @@ impl Vfs {
         let (header, aead) = self.new_header(&c.group)?;
         self.before_create(&c)?;
         let cipher = FileCipher::new(header, aead);
-        let file = create_whole(&c.path, mode & 0o7777, |f| {
+        let perm = mode & 0o7777;
+        let file = create_whole(&c.path, perm, |f| {
+            if perm & self.proc_umask != 0 {
+                // The driver's own umask must not take bits the caller asked for.
+                nix::sys::stat::fchmod(
+                    f.as_raw_fd(),
+                    nix::sys::stat::Mode::from_bits_truncate(perm),
+                )
+                .map_err(|e| nix_err(e).into_io())?;
+            }
             content::init_empty(f, &cipher).map_err(|e| content_err(&c.plain, e).into_io())
         })
         .map_err(|e| self.undo_create(&c, e))?;
@@ -1745,6 +1788,19 @@ struct Child {
     plain: String,
     #[allow(dead_code)]
     dir_epoch: u32,
+}
+
+/// The process's umask, from /proc (reading it with umask(2) would change
+/// it for a moment under other threads); 022 if unknown.
+fn process_umask() -> u32 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
 }
 
 /// Creates the regular file `path` (failing if it exists) with its first
