@@ -452,10 +452,12 @@ fn update(
             rec.other_newer = false;
             rec.mirrored = true;
         }
-        let k_old_written = ranges.iter().any(|r| r.0 <= k_old && k_old < r.1);
-        if rec.stale_tail || !k_old_written {
+        let written = |i: u64| ranges.iter().any(|r| r.0 <= i && i < r.1);
+        if rec.stale_tail || !written(k_old) {
             super::set_len(file, dirty_len(k_old).unwrap_or(0))?;
         }
+        // The whole room first: a block write that extends the file and is
+        // cut short could otherwise leave a length that looks steady.
         super::set_len(
             file,
             dirty_len(k_new).ok_or_else(|| io::Error::from_raw_os_error(libc::EFBIG))?,
