@@ -376,16 +376,18 @@ fn tampered_block_is_eio_and_logged_never_plaintext() {
     let victim = fs::read_dir(&gdir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| fs::metadata(p).unwrap().len() > 4096)
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
         .unwrap();
+    // Block 1 in content format 2 (docs/FORMAT.md §5b).
+    let at = tresor::format::content::v2::block_offset(1) + 100;
     let f = fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(&victim)
         .unwrap();
     let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, 28 + 4124 + 100).unwrap();
-    f.write_all_at(&[b[0] ^ 0x20], 28 + 4124 + 100).unwrap();
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x20], at).unwrap();
     drop(f);
 
     let m = ts.mount();

@@ -6,6 +6,7 @@ mod access;
 mod cli;
 mod demo;
 mod docs;
+mod durability;
 mod login;
 mod mount;
 mod policy;

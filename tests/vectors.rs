@@ -813,6 +813,7 @@ fn size_formula_worked_examples() {
     assert_eq!(CT_BLOCK_SIZE, BLOCK_SIZE + 28);
     assert_eq!(block_offset(2), 28 + 2 * 4124);
     let h = FileHeader {
+        version: 1,
         epoch: 0x0102_0304,
         file_id: [0xAA; 16],
     };
