@@ -210,12 +210,12 @@ fn matrix_end_to_end_with_grants_revocation_and_rotation() {
     assert_eq!(*old_epoch, 1, "written before the revocation");
     let old_key = bob_before.group("prescriptions").unwrap();
     assert!(old_key.epoch(2).is_none());
-    let open_with = |epoch: u32, id: &[u8; 16], block: &[u8]| {
+    let open_with = |epoch: u32, id: &[u8; 16], (aad, sealed): &(Vec<u8>, Vec<u8>)| {
         old_key
             .epoch(epoch)
             .unwrap()
             .file_cipher(id)
-            .open(&tresor::format::content::block_aad(id, 0, true), block)
+            .open(aad, sealed)
     };
     assert!(
         open_with(1, new_id, new_block).is_err(),
@@ -298,10 +298,14 @@ fn matrix_end_to_end_with_grants_revocation_and_rotation() {
     a.unmount();
 }
 
-/// The one-block files at the root of `group`'s ciphertext tree, by
-/// plaintext (decrypted with the admin's keys): header epoch, file id and
-/// sealed block 0.
-fn backing_files(ts: &TestStore, group: &str) -> BTreeMap<String, (u32, [u8; 16], Vec<u8>)> {
+/// The small files at the root of `group`'s ciphertext tree, by plaintext
+/// (decrypted with the admin's keys): header epoch, file id, and the AAD and
+/// sealed bytes that hold the data — block 0 in content format 1, the tail
+/// in record slot 0 in format 2 (docs/FORMAT.md §5b).
+type Sealed = (u32, [u8; 16], (Vec<u8>, Vec<u8>));
+
+fn backing_files(ts: &TestStore, group: &str) -> BTreeMap<String, Sealed> {
+    use tresor::format::content::v2::{slot_offset, RecordFields, RECORD_FIELDS_LEN};
     use tresor::format::content::{block_aad, FileHeader, HEADER_LEN};
     let pw = fs::read_to_string(&ts.pass).unwrap();
     let admin = tresor::pse::open(&fs::read(&ts.pse).unwrap(), pw.trim_end().as_bytes()).unwrap();
@@ -319,16 +323,30 @@ fn backing_files(ts: &TestStore, group: &str) -> BTreeMap<String, (u32, [u8; 16]
         }
         let raw = fs::read(&p).unwrap();
         let h = FileHeader::decode(&raw).unwrap();
-        let block = raw[HEADER_LEN as usize..].to_vec();
-        let plain = keys
-            .epoch(h.epoch)
-            .unwrap()
-            .file_cipher(&h.file_id)
-            .open(&block_aad(&h.file_id, 0, true), &block)
-            .unwrap();
+        let cipher = keys.epoch(h.epoch).unwrap().file_cipher(&h.file_id);
+        let (aad, sealed) = if h.version == 1 {
+            let block = raw[HEADER_LEN as usize..].to_vec();
+            (block_aad(&h.file_id, 0, true).to_vec(), block)
+        } else {
+            // The record in force: of the slots that open, the higher counter.
+            (0..2)
+                .filter_map(|i| {
+                    let slot = raw.get(slot_offset(i) as usize..)?;
+                    let fields =
+                        RecordFields::decode(slot.get(..RECORD_FIELDS_LEN)?.try_into().ok()?);
+                    let sealed = slot.get(RECORD_FIELDS_LEN..fields.slot_len())?.to_vec();
+                    let aad = fields.aad(&h.file_id).to_vec();
+                    cipher.open(&aad, &sealed).ok()?;
+                    Some((fields.counter, aad, sealed))
+                })
+                .max_by_key(|(counter, _, _)| *counter)
+                .map(|(_, aad, sealed)| (aad, sealed))
+                .unwrap()
+        };
+        let plain = cipher.open(&aad, &sealed).unwrap();
         out.insert(
             String::from_utf8(plain).unwrap(),
-            (h.epoch, h.file_id, block),
+            (h.epoch, h.file_id, (aad, sealed)),
         );
     }
     out
