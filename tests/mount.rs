@@ -10,7 +10,8 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
-use tresor::format::content::{ciphertext_size, CT_BLOCK_SIZE, HEADER_LEN};
+use tresor::format::content::v2::{block_offset, ciphertext_size};
+use tresor::format::content::CT_BLOCK_SIZE;
 
 /// A source tree with the awkward cases: empty and block-edge sizes, a
 /// 1 MiB file, nesting, a long name, non-ASCII, symlinks, modes.
@@ -423,9 +424,10 @@ fn tampered_block_is_eio_and_logged_never_plaintext() {
 }
 
 /// The only backing file directly in `dir` whose size is that of a
-/// `plain`-byte file (the tests give each file its own size to find it).
+/// `plain`-byte file at rest in content format 2 (the tests give each file
+/// its own size to find it).
 fn backing_of_size(dir: &Path, plain: u64) -> std::path::PathBuf {
-    let want = ciphertext_size(plain);
+    let want = ciphertext_size(plain).unwrap();
     let found: Vec<_> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -438,9 +440,9 @@ fn backing_of_size(dir: &Path, plain: u64) -> std::path::PathBuf {
     found.into_iter().next().unwrap()
 }
 
-/// Ciphertext offset of block `i` of a backing file.
+/// Ciphertext offset of full block `i` of a format-2 backing file.
 fn block_at(i: u64) -> u64 {
-    HEADER_LEN + i * CT_BLOCK_SIZE
+    block_offset(i)
 }
 
 /// Tampering through FUSE beyond a flipped byte: two blocks swapped, a file
@@ -472,8 +474,8 @@ fn swapped_cut_and_mmapped_tampered_blocks_are_eio_never_plaintext() {
     raw.copy_within(b2..b2 + CT_BLOCK_SIZE as usize, b1);
     raw[b2..b2 + CT_BLOCK_SIZE as usize].copy_from_slice(&one);
     fs::write(&p, &raw).unwrap();
-    // `cut` loses its last block: 8192 bytes, a valid size, whose new last
-    // block was sealed as "not last".
+    // `cut` loses its last block at a block boundary (the size record
+    // still says 12288 bytes).
     let p = backing_of_size(&gdir, cut.len() as u64);
     fs::OpenOptions::new()
         .write(true)
@@ -514,11 +516,13 @@ fn swapped_cut_and_mmapped_tampered_blocks_are_eio_never_plaintext() {
     }
     drop(f);
 
-    // Cut at a block boundary: stat shows the shorter size, reading is EIO.
-    assert_eq!(fs::metadata(m.path("g/cut")).unwrap().len(), 2 * 4096);
+    // Cut at a block boundary: the lost block reads EIO, never zeros or a
+    // shorter file; the intact block 0 still reads (the control).
     let f = fs::File::open(m.path("g/cut")).unwrap();
     let mut buf = vec![0u8; 4096];
-    let err = f.read_at(&mut buf, 4096).unwrap_err();
+    f.read_exact_at(&mut buf, 0).unwrap();
+    assert!(buf == cut[..4096]);
+    let err = f.read_at(&mut buf, 2 * 4096).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "cut: {err}");
     drop(f);
     let err = fs::read(m.path("g/cut")).unwrap_err();
