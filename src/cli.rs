@@ -55,7 +55,7 @@ enum Cmd {
     /// Manage data groups.
     #[command(subcommand)]
     Datagroup(DatagroupCmd),
-    /// Manage roles (the seed's user groups).
+    /// Manage roles (the user groups of the access matrix).
     #[command(subcommand)]
     Role(admin::RoleCmd),
     /// Manage users: certify, list, remove.
@@ -610,11 +610,11 @@ pub(crate) fn new_passphrase(pass: &PassArgs, who: &str) -> Result<Zeroizing<Str
         }
         return Ok(p);
     }
-    Ok(ask_new_passphrase(
+    ask_new_passphrase(
         pass.passphrase_file.as_deref(),
         who,
         prompt::timeout_from_env()?,
-    )?)
+    )
 }
 
 /// A new passphrase: from `file` (one try), or on the terminal, asked
@@ -623,22 +623,29 @@ pub(crate) fn ask_new_passphrase(
     file: Option<&Path>,
     who: &str,
     timeout: std::time::Duration,
-) -> Result<Zeroizing<String>, prompt::PromptError> {
+) -> Result<Zeroizing<String>> {
+    use prompt::PromptError as P;
     let mut tries = 0;
     loop {
         tries += 1;
         match prompt::new_passphrase(file, who, timeout) {
-            Err(e @ (prompt::PromptError::Mismatch | prompt::PromptError::TooShort))
-                if file.is_none() && tries < prompt::MAX_TRIES =>
-            {
+            Err(e @ (P::Mismatch | P::TooShort)) if file.is_none() && tries < prompt::MAX_TRIES => {
                 eprintln!("{e}; again");
             }
-            r => return r,
+            // Not a login: say that nothing was made or changed.
+            Err(e @ (P::Timeout(_) | P::Interrupted(_) | P::Closed)) => {
+                bail!(
+                    "{}",
+                    e.to_string()
+                        .replace("login aborted", "nothing was created or changed")
+                )
+            }
+            r => return Ok(r?),
         }
     }
 }
 
-/// Opens a PSE: one try from a file, three at the terminal (the seed's rules).
+/// Opens a PSE: one try from a file, three at the terminal (the login rules).
 pub(crate) fn unlock_pse(path: &Path, pass: &PassArgs) -> Result<Pse> {
     let timeout = prompt::timeout_from_env()?;
     Ok(passwd::unlock(path, pass.given()?, timeout)?.pse)

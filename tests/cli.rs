@@ -726,7 +726,7 @@ fn completions_and_man_pages_are_generated() {
             assert!(s.contains(word), "{shell} completion lacks {word}");
         }
     }
-    if Command::new("bash").arg("--version").output().is_ok() {
+    {
         let o = ok(tresor().args(["completions", "bash"]));
         let f = tempfile::NamedTempFile::new().unwrap();
         fs::write(f.path(), &o.stdout).unwrap();
@@ -783,23 +783,6 @@ fn completions_and_man_pages_are_generated() {
         "not roff: {page}"
     );
     assert!(page.contains("read\\-only"), "{page}");
-    if Command::new("man")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        let o = Command::new("man")
-            .arg("-l")
-            .arg(out.join("tresor-mount.1"))
-            .env("MANPAGER", "cat")
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("tresor-mount"),
-            "{}",
-            text(&o)
-        );
-    }
 }
 
 #[test]
@@ -902,7 +885,7 @@ fn a_store_restored_from_a_backup_is_accepted_only_explicitly() {
 /// Drives `tresor ARGS` on a pseudo-terminal (python3's pty module): for
 /// each (prompt, answer) waits until the prompt is shown, then types the
 /// answer. Returns (exit status, everything shown).
-fn on_a_terminal(args: &[&str], dialogue: &[(&str, &str)]) -> (i32, String) {
+fn on_a_terminal(args: &[&str], dialogue: &[(&str, &str)], env: &[(&str, &str)]) -> (i32, String) {
     let script = r#"
 import os, pty, sys, json
 args, dialogue = json.loads(sys.argv[1]), json.loads(sys.argv[2])
@@ -942,6 +925,7 @@ sys.exit(os.waitstatus_to_exitcode(st))
     let d: Vec<[&str; 2]> = dialogue.iter().map(|(p, a)| [*p, *a]).collect();
     let mut c = Command::new("python3");
     isolate(&mut c);
+    c.envs(env.iter().copied());
     let o = c
         .args(["-c", script])
         .arg(serde_json::to_string(&full).unwrap())
@@ -980,6 +964,7 @@ fn a_mismatched_new_passphrase_is_asked_again() {
             ("New passphrase", "the same passphrase"),
             ("Repeat it", "the same passphrase"),
         ],
+        &[],
     );
     assert_eq!(st, 0, "{out}");
     assert!(out.contains("the two passphrases differ; again"), "{out}");
@@ -1048,4 +1033,32 @@ fn zero_threads_tasks_and_processes_are_refused() {
         assert_eq!(code(&o), 2, "{args:?}: {}", text(&o));
         assert!(text(&o).contains('0'), "{}", text(&o));
     }
+}
+
+#[test]
+fn a_prompt_timeout_at_init_is_not_called_a_login() {
+    let python = Command::new("python3")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !require(python, "python3 (drives a pseudo-terminal)") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s");
+    let pse = dir.path().join("a.pse");
+    let (st, out) = on_a_terminal(
+        &[
+            "init",
+            store.to_str().unwrap(),
+            "--pse",
+            pse.to_str().unwrap(),
+        ],
+        &[],
+        &[("TRESOR_PROMPT_TIMEOUT", "1")],
+    );
+    assert_ne!(st, 0, "{out}");
+    assert!(out.contains("nothing was created or changed"), "{out}");
+    assert!(!out.contains("login"), "{out}");
+    assert!(!pse.exists() && !store.join("tresor.json").exists());
 }

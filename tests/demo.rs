@@ -54,9 +54,16 @@ fn the_demo_runs_to_the_end_twice_in_the_same_place() {
             "INVALID: content changed after signing",
             "user:        nina (role nurses)",
             "every mount is unmounted",
+            // Without a terminal: a plain line before each long action (issue 15).
+            "generating a pyramidal tiled TIFF slide through the mount …",
+            "\n1. a store, its administrator",
         ] {
             assert!(text.contains(shown), "run {run}: no {shown:?} in\n{text}");
         }
+        assert!(
+            !text.contains('\x1b'),
+            "run {run}: escapes on a pipe: {text:?}"
+        );
         assert!(mounted_under(&dir).is_empty(), "{:?}", mounted_under(&dir));
         // What the demo keeps with --dir: the store, the heat map, the profile.
         for kept in ["store/tresor.json", "heatmap.png", "ki67.json"] {

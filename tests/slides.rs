@@ -9,7 +9,7 @@ use std::process::Command;
 use serde_json::Value;
 use tresor::slide::SlideReader;
 
-use crate::util::{example, fuse_available, ok, TestStore};
+use crate::util::{fuse_available, ok, TestStore};
 
 fn slide_bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tresor-slide"))
@@ -113,7 +113,7 @@ fn generator_is_deterministic_for_a_seed_and_bigtiff_holds_the_same_pixels() {
 
 /// Runs the analysis; returns its summary and the bytes it wrote.
 fn analyse(slide: &Path, out: &Path, cwd: &Path) -> (Value, Vec<u8>, Vec<u8>) {
-    ok(Command::new(example("ki67"))
+    ok(Command::new(ki67())
         .arg(slide)
         .arg("--out")
         .arg(out)
@@ -346,7 +346,7 @@ fn bad_input_gives_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.tiff");
     std::fs::write(&junk, "not a slide at all").unwrap();
-    let o = Command::new(example("ki67"))
+    let o = Command::new(ki67())
         .arg(&junk)
         .arg("--out")
         .arg(dir.path().join("o"))
@@ -357,7 +357,7 @@ fn bad_input_gives_a_clear_error() {
     assert!(err.contains("cannot read") && err.contains("TIFF"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 
-    let o = Command::new(example("ki67")).arg(&junk).output().unwrap();
+    let o = Command::new(ki67()).arg(&junk).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("usage"));
 
@@ -365,7 +365,7 @@ fn bad_input_gives_a_clear_error() {
     let (slide, _) = generate(dir.path(), "t.tiff", 1, "1024x1024", &[]);
     let bytes = std::fs::read(&slide).unwrap();
     std::fs::write(&slide, &bytes[..bytes.len() / 2]).unwrap();
-    let o = Command::new(example("ki67"))
+    let o = Command::new(ki67())
         .arg(&slide)
         .arg("--out")
         .arg(dir.path().join("o2"))
@@ -419,7 +419,7 @@ fn ki67_confined_through_the_mount_matches_the_unconfined_run() {
         .args(["profile", "--out"])
         .arg(&profile)
         .arg("--")
-        .arg(example("ki67"))
+        .arg(ki67())
         .arg(&slide)
         .arg("--out")
         .arg(&scratch));
@@ -431,7 +431,7 @@ fn ki67_confined_through_the_mount_matches_the_unconfined_run() {
         .arg("--out")
         .arg(&results)
         .arg("--")
-        .arg(example("ki67"))
+        .arg(ki67())
         .arg(&slide)
         .arg("--out")
         .arg(&results)
@@ -453,4 +453,9 @@ fn ki67_confined_through_the_mount_matches_the_unconfined_run() {
         .windows(b"ki67_index_percent".len())
         .any(|w| w == b"ki67_index_percent"));
     m.unmount();
+}
+
+/// The Ki-67 analysis, a binary of the package (tools/ki67).
+fn ki67() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_tresor-ki67"))
 }

@@ -11,6 +11,7 @@ mod login;
 mod mount;
 mod policy;
 mod profile;
+mod readme;
 mod rekey;
 mod rollback;
 mod run;

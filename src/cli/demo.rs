@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 const MARKER: &str = "tresor-demo.txt";
 /// Passphrase of every demo PSE (written to files; never on a command line).
 const PASSPHRASE: &str = "demo passphrase";
-/// Data groups, roles and the matrix (the seed's Figure 2, in small).
+/// Data groups, roles and the matrix (Figure 2 of the security concept, in small).
 const GROUPS: [&str; 3] = ["pathology", "lab", "prescriptions"];
 const MATRIX: [(&str, [&str; 3]); 3] = [
     ("physicians", ["w", "w", "w"]),
@@ -36,7 +36,14 @@ const LAB: &str = "lab/patient-0042/blood-2026-11-20.csv";
 const RX: &str = "prescriptions/patient-0042/rx-2026-11-23.txt";
 
 fn step(n: u32, text: &str) {
-    println!("\n\x1b[1m{n}. {text}\x1b[0m");
+    use std::io::IsTerminal;
+    let bold = std::io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    if bold {
+        println!("\n\x1b[1m{n}. {text}\x1b[0m");
+    } else {
+        println!("\n{n}. {text}");
+    }
 }
 
 fn detail(text: impl AsRef<str>) {
@@ -179,12 +186,14 @@ impl Demo {
         Ok(())
     }
 
-    /// The slide generator and the Ki-67 analysis: built beside this binary
-    /// (under `cargo run`, built now), else a clear error.
+    /// The slide generator and the Ki-67 analysis, binaries of the package
+    /// beside this one: under `cargo run` built now (the same profile and
+    /// dependencies as tresor itself, no dev-dependencies: seconds), else a
+    /// clear error.
     fn tools(&self) -> Result<(PathBuf, PathBuf)> {
         let dir = self.exe.parent().unwrap_or(Path::new("."));
         let slide = dir.join("tresor-slide");
-        let ki67 = dir.join("examples").join("ki67");
+        let ki67 = dir.join("tresor-ki67");
         if let Some(cargo) = std::env::var_os("CARGO") {
             let release = dir.ends_with("release");
             let mut c = Command::new(cargo);
@@ -193,8 +202,8 @@ impl Demo {
                 "--quiet",
                 "--bin",
                 "tresor-slide",
-                "--example",
-                "ki67",
+                "--bin",
+                "tresor-ki67",
             ])
             .arg("--manifest-path")
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
@@ -202,14 +211,14 @@ impl Demo {
                 c.arg("--release");
             }
             spin(
-                "building the slide generator and the Ki-67 analysis (cargo build)",
+                "building the slide generator and the Ki-67 analysis (cargo build --bin tresor-slide --bin tresor-ki67)",
                 || ok(&mut c),
             )?;
         }
         for p in [&slide, &ki67] {
             if !p.exists() {
                 bail!(
-                    "{} is missing; build it with `cargo build --release --bin tresor-slide --example ki67` (or run the demo with `cargo run --release -- demo`)",
+                    "{} is missing; build it with `cargo build --release --bins` (or run the demo with `cargo run --release -- demo`)",
                     p.display()
                 );
             }
@@ -599,6 +608,12 @@ impl Demo {
 
 /// Runs `f` under a spinner with `what` (hidden when not on a terminal).
 fn spin<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    use std::io::IsTerminal;
+    // Without a terminal there is no spinner: say what is running before
+    // it runs, so a log shows where the time goes.
+    if !std::io::stderr().is_terminal() {
+        detail(format!("{what} …"));
+    }
     let bar = ProgressBar::new_spinner();
     bar.set_style(
         ProgressStyle::with_template("   {spinner} {msg} {elapsed}")
