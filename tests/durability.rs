@@ -313,7 +313,7 @@ fn scenarios() -> Vec<Scenario> {
             ],
         },
         Scenario {
-            name: "overwrite the last block",
+            name: "overwrite the last block, and inside a full block",
             start: Some(six),
             steps: vec![
                 Write(4096, pattern(7, 1904)),
@@ -321,6 +321,9 @@ fn scenarios() -> Vec<Scenario> {
                 Write(5000, pattern(8, 3000)),
                 Sync,
                 Write(4096 + 10, pattern(9, 100)),
+                Sync,
+                // Inside the full block 0: overwritten in place, staged first.
+                Write(10, pattern(12, 100)),
                 Sync,
                 // The last block full: the next append moves it out of the record.
                 Write(7000, pattern(10, 1192)),
