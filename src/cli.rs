@@ -794,7 +794,7 @@ fn prepare(store: &Path, pse_path: &Path, pass: &PassArgs) -> Result<Arc<Vfs>> {
     Ok(Arc::new(Vfs::new(s, ring, owner())?))
 }
 
-fn check_mountpoint(mnt: &Path, nonempty: bool) -> Result<()> {
+fn check_mountpoint(mnt: &Path) -> Result<()> {
     let md = std::fs::metadata(mnt).with_context(|| {
         format!(
             "mount point {} does not exist; create it first",
@@ -804,7 +804,12 @@ fn check_mountpoint(mnt: &Path, nonempty: bool) -> Result<()> {
     if !md.is_dir() {
         bail!("mount point {} is not a directory", mnt.display());
     }
-    // As gocryptfs: files under the mount would be hidden while it is up.
+    Ok(())
+}
+
+/// As gocryptfs: files under the mount would be hidden while it is up.
+/// Checked after "already mounted", which has its own exit status.
+fn check_empty(mnt: &Path, nonempty: bool) -> Result<()> {
     if !nonempty
         && std::fs::read_dir(mnt)
             .map(|mut d| d.next().is_some())
@@ -829,7 +834,7 @@ fn cmd_mount(
     // Before the mount point's own checks: a dead mount fails them all
     // with "Transport endpoint is not connected".
     session::check_free(mnt)?;
-    check_mountpoint(mnt, opts.nonempty)?;
+    check_mountpoint(mnt)?;
     // Absolute paths: the detached process changes to `/`.
     let mnt = &mnt.canonicalize()?;
     let store = &store
@@ -842,6 +847,7 @@ fn cmd_mount(
         ..opts
     };
     session::check_free(mnt)?;
+    check_empty(mnt, opts.nonempty)?;
     // Watched while mounted: removing it (pulling the medium) locks.
     let pse_abs = pse_path
         .canonicalize()

@@ -576,6 +576,28 @@ mod tests {
         }
     }
 
+    /// Overwrites inside the full blocks are staged (FORMAT.md §5b.5): a
+    /// crash in them, even in the middle of a block's in-place write,
+    /// leaves the file as before or after, never a block failing.
+    #[test]
+    fn v2_no_crash_point_of_an_overwrite_tears_a_block() {
+        for synced in [8192usize, 20_000] {
+            crash_everywhere(
+                synced,
+                &[
+                    &|f, c| write_at(f, c, 10, &[0xA1; 100]).unwrap(),
+                    &|f, c| write_at(f, c, 4096, &[0xB2; 4096]).unwrap(),
+                    &|f, c| write_at(f, c, 100, &[0xC3; 9000]).unwrap(),
+                    &|f, c| write_at(f, c, (synced - 100) as u64, &[0xD4; 6000]).unwrap(),
+                    &|f, c| sync(f, c, true).unwrap(),
+                    &|f, c| write_at(f, c, 0, &vec![0xE5; 300_000]).unwrap(),
+                    &|f, c| truncate(f, c, 5000).unwrap(),
+                    &|f, c| write_at(f, c, 0, &[0xF6; 4096]).unwrap(),
+                ],
+            );
+        }
+    }
+
     /// The "truncate up and down" scenario of tests/durability.rs.
     #[test]
     fn v2_no_crash_point_of_truncates_up_and_down_tears_synced_data() {

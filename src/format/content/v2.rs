@@ -42,8 +42,25 @@ pub const BLOCK_AAD_LEN: usize = 4 + FILE_ID_LEN + 8;
 /// Record flag: the file may hold holes — a full block whose 4124
 /// ciphertext bytes are all zero reads as 4096 zero bytes.
 pub const FLAG_SPARSE: u32 = 1;
-/// Every flag this tresor knows.
-pub const KNOWN_FLAGS: u32 = FLAG_SPARSE;
+/// Record flags bits 8–31: how many *staged* blocks the record counts
+/// (FORMAT.md §5b.5): new versions of full blocks being overwritten in
+/// place, stored past the blocks until the overwrite is done.
+pub const STAGED_SHIFT: u32 = 8;
+/// Every flag bit this tresor knows.
+pub const KNOWN_FLAGS: u32 = FLAG_SPARSE | (u32::MAX << STAGED_SHIFT);
+/// Bytes of one staged entry: the block index (u64 BE) and the sealed block.
+pub const STAGED_ENTRY_LEN: u64 = 8 + CT_BLOCK_SIZE;
+
+/// Staged blocks a record's flags count.
+pub fn staged_count(flags: u32) -> u64 {
+    u64::from(flags >> STAGED_SHIFT)
+}
+
+/// Offset of the staged entries of a record whose size has `blocks` full
+/// blocks: one block slot past them (past the tail's padding).
+pub fn staging_offset(blocks: u64) -> Option<u64> {
+    dirty_len(blocks.checked_add(1)?)
+}
 
 /// Offset of record slot `slot` (0 or 1).
 pub fn slot_offset(slot: usize) -> u64 {

@@ -13,17 +13,19 @@
 //!    new full blocks, it first sets a non-steady length with room for them
 //!    (`dirty_len`), writes them, then the record; while the length is not
 //!    steady the valid record with the higher counter is in force.
-//! 3. No update rewrites a full block that a record in force counts, except
-//!    an overwrite inside the full blocks themselves (in place, as every
-//!    block-cipher filesystem does; FORMAT.md §5b.5).
+//! 3. No update rewrites a full block that a record in force counts before
+//!    its new version is staged past the data and a record counts it
+//!    (FORMAT.md §5b.5).
 
 use super::{read_full, ContentError, FileCipher};
 use crate::crypto::NONCE_LEN;
 use crate::format::content::v2::{
     block_aad, block_offset, ciphertext_size, dirty_len, full_blocks, plaintext_size, slot_offset,
-    tail_len, RecordFields, FLAG_SPARSE, KNOWN_FLAGS, RECORD_FIELDS_LEN, RECORD_SLOT_LEN,
+    staged_count, staging_offset, tail_len, RecordFields, FLAG_SPARSE, KNOWN_FLAGS,
+    RECORD_FIELDS_LEN, RECORD_SLOT_LEN, STAGED_ENTRY_LEN, STAGED_SHIFT,
 };
 use crate::format::content::{BLOCK_SIZE, CT_BLOCK_SIZE};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use zeroize::Zeroizing;
@@ -51,6 +53,9 @@ pub(super) struct Record {
     /// before a shrink finished, or an update that failed): cut before
     /// growing, so no stale block reappears inside a hole.
     stale_tail: bool,
+    /// Staged blocks the record counts (an overwrite cut off by a crash):
+    /// they override the blocks in place until written there.
+    staged: BTreeMap<u64, Zeroizing<Vec<u8>>>,
 }
 
 impl Record {
@@ -60,6 +65,46 @@ impl Record {
     fn sparse(&self) -> bool {
         self.fields.flags & FLAG_SPARSE != 0
     }
+    /// Flags without the staged count.
+    fn base_flags(&self) -> u32 {
+        self.fields.flags & !(u32::MAX << STAGED_SHIFT)
+    }
+}
+
+/// Reads and opens the staged entries a record counts.
+fn load_staged(
+    file: &File,
+    c: &FileCipher,
+    fields: &RecordFields,
+) -> Result<BTreeMap<u64, Zeroizing<Vec<u8>>>, ContentError> {
+    let n = staged_count(fields.flags);
+    let mut out = BTreeMap::new();
+    if n == 0 {
+        return Ok(out);
+    }
+    let k = full_blocks(fields.size);
+    let at = staging_offset(k).ok_or_else(|| corrupt("staging area out of range"))?;
+    let mut raw = vec![0u8; (n * STAGED_ENTRY_LEN) as usize];
+    if read_full(file, &mut raw, at)? != raw.len() {
+        return Err(corrupt("staged blocks are missing: the file was cut"));
+    }
+    for e in raw.chunks_exact_mut(STAGED_ENTRY_LEN as usize) {
+        let mut idx = [0u8; 8];
+        idx.copy_from_slice(&e[..8]);
+        let idx = u64::from_be_bytes(idx);
+        let sealed = &mut e[8..];
+        c.aead
+            .open_in_place(&block_aad(c.id(), idx), sealed)
+            .map_err(|_| corrupt(format!("staged block {idx} failed authentication")))?;
+        if idx >= k || out.contains_key(&idx) {
+            return Err(corrupt(format!("staged block {idx} is out of place")));
+        }
+        out.insert(
+            idx,
+            Zeroizing::new(sealed[NONCE_LEN..NONCE_LEN + B as usize].to_vec()),
+        );
+    }
+    Ok(out)
 }
 
 fn corrupt(what: impl Into<String>) -> ContentError {
@@ -117,6 +162,7 @@ fn load(file: &File, c: &FileCipher) -> Result<Record, ContentError> {
     let other_newer = slots[1 - slot]
         .as_ref()
         .is_some_and(|o| o.0.counter > fields.counter);
+    let staged = load_staged(file, c, &fields)?;
     Ok(Record {
         slot,
         fields,
@@ -124,6 +170,7 @@ fn load(file: &File, c: &FileCipher) -> Result<Record, ContentError> {
         mirrored,
         other_newer,
         stale_tail: steady.is_none(),
+        staged,
     })
 }
 
@@ -132,6 +179,10 @@ fn load(file: &File, c: &FileCipher) -> Result<Record, ContentError> {
 /// size again without reading the record. Returns the plaintext size.
 pub(super) fn settle(file: &File, c: &FileCipher) -> Result<u64, ContentError> {
     with_record(file, c, |rec| {
+        if !rec.staged.is_empty() && replay_staged(file, c, rec).is_err() {
+            // A read-only descriptor: readers use the staged blocks.
+            return Ok(rec.size());
+        }
         if rec.stale_tail {
             let need = steady_len(rec.size())?;
             let have_blocks = dirty_len(full_blocks(rec.size())).unwrap_or(u64::MAX);
@@ -189,6 +240,7 @@ pub(super) fn init_empty(file: &File, c: &FileCipher) -> Result<(), ContentError
         mirrored: false,
         other_newer: false,
         stale_tail: false,
+        staged: BTreeMap::new(),
     });
     Ok(())
 }
@@ -226,6 +278,7 @@ fn commit(
         mirrored: false,
         other_newer: false,
         stale_tail: rec.stale_tail,
+        staged: BTreeMap::new(),
     };
     Ok(())
 }
@@ -254,6 +307,12 @@ pub(super) fn mirror(file: &File, c: &FileCipher) -> Result<(), ContentError> {
         // Never read through this cipher, so never changed through it.
         return Ok(());
     };
+    if !rec.staged.is_empty() {
+        if let Err(e) = replay_staged(file, c, rec) {
+            *g = None;
+            return Err(e);
+        }
+    }
     if rec.mirrored {
         return Ok(());
     }
@@ -289,7 +348,7 @@ fn all_zero(b: &[u8]) -> bool {
 fn read_blocks(
     file: &File,
     c: &FileCipher,
-    sparse: bool,
+    (sparse, staged): (bool, &BTreeMap<u64, Zeroizing<Vec<u8>>>),
     first: u64,
     last: u64,
     out: &mut Vec<u8>,
@@ -305,6 +364,11 @@ fn read_blocks(
     for idx in first..=last {
         let at = ((idx - first) * CT_BLOCK_SIZE) as usize;
         let sealed = &mut buf[at..at + CT_BLOCK_SIZE as usize];
+        if let Some(p) = staged.get(&idx) {
+            // The new version of a block whose overwrite a crash cut off.
+            out.extend_from_slice(p);
+            continue;
+        }
         if sparse && all_zero(sealed) {
             // A hole (format 2, flag "sparse"): reads as zeros.
             out.resize(out.len() + B as usize, 0);
@@ -326,7 +390,7 @@ pub(super) fn read_at(
     len: usize,
 ) -> Result<Vec<u8>, ContentError> {
     // The tail part is copied under the record's lock; blocks are read after.
-    let (size, sparse, tail_part) = with_record(file, c, |r| {
+    let (size, sparse, tail_part, staged) = with_record(file, c, |r| {
         let size = r.size();
         let end = size.min(off.saturating_add(len as u64));
         let kb = full_blocks(size) * B;
@@ -336,7 +400,9 @@ pub(super) fn read_at(
         } else {
             Zeroizing::new(Vec::new())
         };
-        Ok((size, r.sparse(), tail_part))
+        // Only after a crash in an overwrite (rare): a copy.
+        let staged = r.staged.clone();
+        Ok((size, r.sparse(), tail_part, staged))
     })?;
     if off >= size || len == 0 {
         return Ok(Vec::new());
@@ -349,7 +415,7 @@ pub(super) fn read_at(
         let first = off / B;
         let last = (bend - 1) / B;
         let mut plain = Vec::with_capacity(((last - first + 1) * B) as usize);
-        read_blocks(file, c, sparse, first, last, &mut plain)?;
+        read_blocks(file, c, (sparse, &staged), first, last, &mut plain)?;
         let skip = (off - first * B) as usize;
         out.extend_from_slice(&plain[skip..skip + (bend - off) as usize]);
     }
@@ -373,6 +439,9 @@ pub(super) fn write_at(
 /// Sets the plaintext size.
 pub(super) fn truncate(file: &File, c: &FileCipher, new: u64) -> Result<(), ContentError> {
     with_record(file, c, |rec| {
+        if !rec.staged.is_empty() {
+            replay_staged(file, c, rec)?;
+        }
         let size = rec.size();
         if new >= size {
             if new == size {
@@ -389,16 +458,16 @@ pub(super) fn truncate(file: &File, c: &FileCipher, new: u64) -> Result<(), Cont
             Zeroizing::new(rec.tail[..t_new].to_vec())
         } else if t_new > 0 {
             let mut p = Vec::with_capacity(B as usize);
-            read_blocks(file, c, rec.sparse(), k_new, k_new, &mut p)?;
+            read_blocks(file, c, (rec.sparse(), &rec.staged), k_new, k_new, &mut p)?;
             p.truncate(t_new);
             Zeroizing::new(p)
         } else {
             Zeroizing::new(Vec::new())
         };
         let flags = if k_new == 0 {
-            rec.fields.flags & !FLAG_SPARSE
+            rec.base_flags() & !FLAG_SPARSE
         } else {
-            rec.fields.flags
+            rec.base_flags()
         };
         let need = steady_len(new)?;
         commit(file, c, rec, new, flags, tail)?;
@@ -406,6 +475,67 @@ pub(super) fn truncate(file: &File, c: &FileCipher, new: u64) -> Result<(), Cont
         rec.stale_tail = false;
         Ok(())
     })
+}
+
+/// Writes the staged blocks of the record in force in place, then a record
+/// without them (after a crash cut an overwrite off).
+fn replay_staged(file: &File, c: &FileCipher, rec: &mut Record) -> Result<(), ContentError> {
+    let mut sealed = vec![0u8; CT_BLOCK_SIZE as usize];
+    for (idx, plain) in &rec.staged {
+        c.aead
+            .seal_to_slice(&block_aad(c.id(), *idx), plain, &mut sealed);
+        super::pwrite(file, &sealed, block_offset(*idx))?;
+    }
+    let (size, flags, tail) = (rec.size(), rec.base_flags(), rec.tail.clone());
+    commit(file, c, rec, size, flags, tail)?;
+    super::set_len(file, steady_len(size)?)?;
+    rec.stale_tail = false;
+    Ok(())
+}
+
+/// Seals blocks `first..end` of the new state: the caller's data where it
+/// covers a block, else the old content (a full block, the old tail, or
+/// zeros past the old end) with the data laid over it.
+fn seal_blocks(
+    file: &File,
+    c: &FileCipher,
+    rec: &Record,
+    (first, end): (u64, u64),
+    (off, data): (u64, &[u8]),
+    out: &mut Vec<u8>,
+) -> Result<(), ContentError> {
+    let k_old = full_blocks(rec.size());
+    let data_end = off + data.len() as u64;
+    let mut plain = Zeroizing::new(vec![0u8; B as usize]);
+    out.resize(((end - first) * CT_BLOCK_SIZE) as usize, 0);
+    for idx in first..end {
+        let bstart = idx * B;
+        let at = ((idx - first) * CT_BLOCK_SIZE) as usize;
+        let aad = block_aad(c.id(), idx);
+        if off <= bstart && data_end >= bstart + B {
+            // Sealed straight from the caller's data: no copy.
+            let from = (bstart - off) as usize;
+            c.aead
+                .seal_to_slice(&aad, &data[from..from + B as usize], &mut out[at..]);
+            continue;
+        }
+        plain.fill(0);
+        if idx < k_old {
+            let mut old = Zeroizing::new(Vec::with_capacity(B as usize));
+            read_blocks(file, c, (rec.sparse(), &rec.staged), idx, idx, &mut old)?;
+            plain.copy_from_slice(&old);
+        } else if idx == k_old {
+            plain[..rec.tail.len()].copy_from_slice(&rec.tail);
+        }
+        let lo = off.max(bstart);
+        let hi = data_end.min(bstart + B);
+        if lo < hi {
+            plain[(lo - bstart) as usize..(hi - bstart) as usize]
+                .copy_from_slice(&data[(lo - off) as usize..(hi - off) as usize]);
+        }
+        c.aead.seal_to_slice(&aad, &plain, &mut out[at..]);
+    }
+    Ok(())
 }
 
 /// Makes the plaintext `[off, off + data.len())` equal `data`, zeros in any
@@ -418,6 +548,9 @@ fn update(
     off: u64,
     data: &[u8],
 ) -> Result<(), ContentError> {
+    if !rec.staged.is_empty() {
+        replay_staged(file, c, rec)?;
+    }
     let size = rec.size();
     debug_assert!(new_size >= size);
     let k_old = full_blocks(size);
@@ -426,7 +559,8 @@ fn update(
     let need = steady_len(new_size)?;
     // 1. Full blocks of the new state that change: those the data touches,
     //    and block k_old if the old tail moves into it. Blocks wholly in the
-    //    gap after the old end are not written: holes.
+    //    gap after the old end are not written: holes. Blocks below k_old
+    //    are overwritten in place, staged first (FORMAT.md §5b.5).
     let mut ranges: Vec<(u64, u64)> = Vec::with_capacity(2);
     if k_new > k_old && !rec.tail.is_empty() {
         ranges.push((k_old, k_old + 1));
@@ -441,76 +575,76 @@ fn update(
             _ => ranges.push(r),
         }
     }
-    if k_new > k_old {
-        // Room for the new blocks, at a length that is not steady. If block
-        // k_old becomes a hole, or bytes of an update that did not finish
-        // may lie past the old end, cut to the old blocks first: the padding
-        // after them can hold old ciphertext (a shrink only cuts), which must
-        // not show through a hole.
+    let in_place: Vec<(u64, u64)> = ranges
+        .iter()
+        .filter(|r| r.0 < k_old)
+        .map(|r| (r.0, r.1.min(k_old)))
+        .collect();
+    let fresh: Vec<(u64, u64)> = ranges
+        .iter()
+        .filter(|r| r.1 > k_old)
+        .map(|r| (r.0.max(k_old), r.1))
+        .collect();
+    let staged_n: u64 = in_place.iter().map(|r| r.1 - r.0).sum();
+    let written = |i: u64| ranges.iter().any(|r| r.0 <= i && i < r.1);
+    if k_new > k_old || staged_n > 0 {
+        // Room for the new blocks (and staged ones), at a length that is
+        // not steady. If block k_old becomes a hole, or bytes of an update
+        // that did not finish may lie past the old end, cut to the old
+        // blocks first: the padding after them can hold old ciphertext (a
+        // shrink only cuts), which must not show through a hole.
         if rec.other_newer {
             write_slot(file, c, 1 - rec.slot, &rec.fields, &rec.tail)?;
             rec.other_newer = false;
             rec.mirrored = true;
         }
-        let written = |i: u64| ranges.iter().any(|r| r.0 <= i && i < r.1);
-        if rec.stale_tail || !written(k_old) {
+        if k_new > k_old && (rec.stale_tail || !written(k_old)) {
             super::set_len(file, dirty_len(k_old).unwrap_or(0))?;
         }
         // The whole room first: a block write that extends the file and is
         // cut short could otherwise leave a length that looks steady.
+        let staged_blocks = (staged_n * STAGED_ENTRY_LEN).div_ceil(CT_BLOCK_SIZE);
+        let room = if staged_n > 0 {
+            k_new + 1 + staged_blocks
+        } else {
+            k_new
+        };
         super::set_len(
             file,
-            dirty_len(k_new).ok_or_else(|| io::Error::from_raw_os_error(libc::EFBIG))?,
+            dirty_len(room).ok_or_else(|| io::Error::from_raw_os_error(libc::EFBIG))?,
         )?;
         rec.stale_tail = true;
     }
-    let written_after_old_end: u64 = ranges
-        .iter()
-        .map(|(a, b)| b.min(&k_new).saturating_sub(*a.max(&k_old)))
-        .sum();
-    let mut flags = rec.fields.flags;
+    let written_after_old_end: u64 = fresh.iter().map(|(a, b)| b - a).sum();
+    let mut flags = rec.base_flags();
     if k_new - k_old > written_after_old_end {
         flags |= FLAG_SPARSE;
     }
-    let mut plain = Zeroizing::new(vec![0u8; B as usize]);
     let mut sealed = Vec::new();
-    for (first, end) in ranges {
+    for &(first, end) in &fresh {
         let mut chunk = first;
         while chunk < end {
             let chunk_end = end.min(chunk + CHUNK_BLOCKS);
-            sealed.resize(((chunk_end - chunk) * CT_BLOCK_SIZE) as usize, 0);
-            for idx in chunk..chunk_end {
-                let bstart = idx * B;
-                let at = ((idx - chunk) * CT_BLOCK_SIZE) as usize;
-                let aad = block_aad(c.id(), idx);
-                if off <= bstart && data_end >= bstart + B {
-                    // Sealed straight from the caller's data: no copy.
-                    let from = (bstart - off) as usize;
-                    c.aead
-                        .seal_to_slice(&aad, &data[from..from + B as usize], &mut sealed[at..]);
-                    continue;
-                }
-                // A partly written block: old content (a full block, the
-                // old tail, or zeros past the old end), then the data.
-                plain.fill(0);
-                if idx < k_old {
-                    let mut old = Zeroizing::new(Vec::with_capacity(B as usize));
-                    read_blocks(file, c, rec.sparse(), idx, idx, &mut old)?;
-                    plain.copy_from_slice(&old);
-                } else if idx == k_old {
-                    plain[..rec.tail.len()].copy_from_slice(&rec.tail);
-                }
-                let lo = off.max(bstart);
-                let hi = data_end.min(bstart + B);
-                if lo < hi {
-                    plain[(lo - bstart) as usize..(hi - bstart) as usize]
-                        .copy_from_slice(&data[(lo - off) as usize..(hi - off) as usize]);
-                }
-                c.aead.seal_to_slice(&aad, &plain, &mut sealed[at..]);
-            }
+            seal_blocks(file, c, rec, (chunk, chunk_end), (off, data), &mut sealed)?;
             super::pwrite(file, &sealed, block_offset(chunk))?;
             chunk = chunk_end;
         }
+    }
+    // Overwrites in place: the new blocks go to the staging area first.
+    let mut in_place_sealed = Vec::with_capacity(in_place.len());
+    if staged_n > 0 {
+        let mut entries = Vec::with_capacity((staged_n * STAGED_ENTRY_LEN) as usize);
+        for &(first, end) in &in_place {
+            let mut blocks = Vec::new();
+            seal_blocks(file, c, rec, (first, end), (off, data), &mut blocks)?;
+            for (i, b) in blocks.chunks_exact(CT_BLOCK_SIZE as usize).enumerate() {
+                entries.extend_from_slice(&(first + i as u64).to_be_bytes());
+                entries.extend_from_slice(b);
+            }
+            in_place_sealed.push((first, blocks));
+        }
+        let at = staging_offset(k_new).ok_or_else(|| corrupt("staging area out of range"))?;
+        super::pwrite(file, &entries, at)?;
     }
 
     // 2. The new tail.
@@ -528,9 +662,27 @@ fn update(
             .copy_from_slice(&data[(lo - off) as usize..(data_end - off) as usize]);
     }
 
-    // 3. The record, then (if the size changed) the steady length that
-    //    commits it.
-    if new_size != size || tail_touched || flags != rec.fields.flags {
+    // 3. The record; with staged blocks, then the blocks in place and a
+    //    record without them; then (if the size changed or the length is
+    //    not steady) the steady length.
+    if staged_n > 0 {
+        let count = u32::try_from(staged_n)
+            .ok()
+            .filter(|n| *n < 1 << (32 - STAGED_SHIFT))
+            .ok_or_else(|| corrupt("too many blocks in one overwrite"))?;
+        commit(
+            file,
+            c,
+            rec,
+            new_size,
+            flags | (count << STAGED_SHIFT),
+            tail.clone(),
+        )?;
+        for (first, blocks) in &in_place_sealed {
+            super::pwrite(file, blocks, block_offset(*first))?;
+        }
+        commit(file, c, rec, new_size, flags, tail)?;
+    } else if new_size != size || tail_touched || flags != rec.fields.flags {
         commit(file, c, rec, new_size, flags, tail)?;
     }
     if new_size != size || rec.stale_tail {
