@@ -1,4 +1,4 @@
-//! `attack --data DIR --out DIR [--fork] [--attack NAME [--target PATH]]`
+//! `attack --data DIR --out DIR [--fork] [--nss] [--chmod] [--fifo] [--attack NAME [--target PATH]]`
 //!
 //! A small benign analysis for the `tresor run` tests (tests/run.rs): it
 //! reads every file under `--data`, writes a per-file checksum table to
@@ -244,18 +244,168 @@ fn attack(name: &str, target: Option<&Path>, data: &Path, out: &Path) -> ExitCod
             }
             Ok(format!("spun 60 s ({x})"))
         }
-        _ => {
-            eprintln!("attack: unknown attack {name:?}");
-            return ExitCode::from(2);
-        }
+        _ => match escape_attack(name, target, out) {
+            Some(r) => r,
+            None => {
+                eprintln!("attack: unknown attack {name:?}");
+                return ExitCode::from(2);
+            }
+        },
     };
     outcome(r)
+}
+
+// --- escape classes (tests/escape.rs, issue 13) ----------------------------
+
+/// Benign extras, recorded by a profiling run so that the profile allows
+/// what a hostile run then abuses: `--nss` looks up its own user name
+/// (nss connects to nscd's unix socket), `--chmod` makes its result
+/// world-readable, `--fifo` makes (and removes) a fifo in `--out`.
+fn benign_extras(extras: &[String], out: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for e in extras {
+        match e.as_str() {
+            "--nss" => {
+                // SAFETY: getuid takes nothing; getpwuid returns a pointer
+                // into libc's static storage (or NULL), not kept.
+                let _ = unsafe { libc::getpwuid(libc::getuid()) };
+            }
+            "--chmod" => std::fs::set_permissions(
+                out.join("result.txt"),
+                std::fs::Permissions::from_mode(0o644),
+            )?,
+            "--fifo" => {
+                let fifo = std::ffi::CString::new(out.join("fifo").as_os_str().as_encoded_bytes())
+                    .map_err(std::io::Error::other)?;
+                // SAFETY: a NUL-terminated path.
+                check(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, "fifo")?;
+                std::fs::remove_file(out.join("fifo"))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn cpath(p: &Path) -> std::io::Result<std::ffi::CString> {
+    std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)
+}
+
+/// The escape attempts of issue 13's classes; `None` for an unknown name.
+fn escape_attack(name: &str, target: Option<&Path>, out: &Path) -> Option<std::io::Result<String>> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    Some(match name {
+        // Class 1: a mount's control socket — connect and lock it.
+        // Raw calls, as nss makes them: the profile of `--nss` allows
+        // socket(AF_UNIX, SOCK_STREAM) and connect, nothing more is needed
+        // to reach the socket.
+        "connect-unix" => (|| {
+            let t = target.ok_or_else(|| std::io::Error::other("--target SOCKET"))?;
+            let bytes = t.as_os_str().as_encoded_bytes();
+            // SAFETY: sockaddr_un is plain old data; all-zero is valid.
+            let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+            if bytes.len() >= addr.sun_path.len() {
+                return Err(std::io::Error::other("socket path too long"));
+            }
+            addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+            for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+                *d = *s as libc::c_char;
+            }
+            // SAFETY: plain socket(2) with integer arguments.
+            let fd =
+                unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+            check(fd, "")?;
+            let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+            // SAFETY: `addr` is a live sockaddr_un of `len` bytes.
+            let rc = unsafe { libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) };
+            check(rc, "")?;
+            // Connected: from here on the sandbox has already failed.
+            let req = b"{\"v\":1,\"op\":\"lock\"}\n";
+            // SAFETY: writes the literal's bytes to our socket.
+            unsafe { libc::write(fd, req.as_ptr().cast(), req.len()) };
+            // SAFETY: from_raw_fd takes ownership of the fd made above.
+            let mut s: std::os::unix::net::UnixStream =
+                unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut reply = String::new();
+            let _ = s.read_to_string(&mut reply);
+            Ok(format!(
+                "connected to {}, sent lock: {}",
+                t.display(),
+                reply.trim()
+            ))
+        })(),
+        // Class 2: privileges.
+        "cap-eff" => (|| {
+            let st = std::fs::read_to_string("/proc/self/status")?;
+            let caps: Vec<&str> = st
+                .lines()
+                .filter(|l| l.starts_with("Cap"))
+                .filter(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .is_some_and(|v| !v.trim_start_matches('0').is_empty())
+                })
+                .collect();
+            if caps.is_empty() {
+                Err(std::io::Error::other("no capabilities"))
+            } else {
+                Ok(caps.join("; "))
+            }
+        })(),
+        // SAFETY: chroot takes a NUL-terminated literal.
+        "chroot-root" => check(unsafe { libc::chroot(c"/".as_ptr()) }, "chrooted"),
+        // SAFETY: setuid takes an integer.
+        "setuid-root" => check(unsafe { libc::setuid(0) }, "setuid(0)"),
+        "mknod-dev" => (|| {
+            let p = cpath(&out.join("kmsg"))?;
+            // SAFETY: a NUL-terminated path; mode and device are integers.
+            let rc =
+                unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 11)) };
+            check(rc, "made a character device (1, 11: /dev/kmsg)")
+        })(),
+        "setuid-file" => (|| {
+            let p = cpath(&out.join("suid"))?;
+            // SAFETY: a NUL-terminated path; flags and mode are integers.
+            let fd = unsafe { libc::open(p.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o4755) };
+            check(fd, "")?;
+            // SAFETY: writes 4 bytes of a literal to the fd opened above.
+            let n = unsafe { libc::write(fd, b"\x7fELF".as_ptr().cast(), 4) };
+            // SAFETY: closes the fd opened above.
+            unsafe { libc::close(fd) };
+            check(n as libc::c_int, "")?;
+            let mode = std::fs::metadata(out.join("suid"))?.permissions().mode();
+            if mode & 0o6000 != 0 {
+                Ok(format!("setuid file, mode {mode:o}"))
+            } else {
+                Err(std::io::Error::other(format!(
+                    "no setuid bit (mode {mode:o})"
+                )))
+            }
+        })(),
+        "chmod-setuid" => (|| {
+            let p = out.join("suid2");
+            std::fs::write(&p, b"\x7fELF")?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o4755))?;
+            let mode = std::fs::metadata(&p)?.permissions().mode();
+            Ok(format!("setuid file, mode {mode:o}"))
+        })(),
+        // Class 3: chmod of a file (outside the view, or in --data).
+        "chmod-target" => (|| {
+            let t = target.ok_or_else(|| std::io::Error::other("--target PATH"))?;
+            std::fs::set_permissions(t, std::fs::Permissions::from_mode(0o644))?;
+            Ok(format!("{} is now 0644", t.display()))
+        })(),
+        _ => return None,
+    })
 }
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
     let (mut data, mut out, mut which, mut fork) = (None, None, None, false);
     let mut target = None;
+    let mut extras = Vec::new();
     while let Some(a) = args.next() {
         match a.to_str() {
             Some("--data") => data = args.next().map(PathBuf::from),
@@ -263,6 +413,7 @@ fn main() -> ExitCode {
             Some("--attack") => which = args.next().and_then(|s| s.into_string().ok()),
             Some("--fork") => fork = true,
             Some("--target") => target = args.next().map(PathBuf::from),
+            Some(e @ ("--nss" | "--chmod" | "--fifo")) => extras.push(e.to_string()),
             _ => return usage(),
         }
     }
@@ -288,7 +439,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    match benign(&data, &out) {
+    match benign(&data, &out).and_then(|s| benign_extras(&extras, &out).map(|()| s)) {
         Ok(summary) => {
             print!("{summary}");
             ExitCode::SUCCESS

@@ -142,7 +142,8 @@ fn assert_violation(out: &Output, call: &str) {
     assert!(!text(&out.stdout).contains("ATTACK SUCCEEDED"));
 }
 
-/// The attack's own call failed with EACCES (Landlock).
+/// The attack's own call failed: EACCES (Landlock), or — in the run's own
+/// root — ENOENT (not in the view) or EROFS (bound read-only).
 fn assert_denied(out: &Output) {
     let o = text(&out.stdout);
     assert_eq!(
@@ -151,7 +152,16 @@ fn assert_denied(out: &Output) {
         "stdout: {o} stderr: {}",
         text(&out.stderr)
     );
-    assert!(o.contains("blocked: Permission denied"), "stdout: {o}");
+    assert!(
+        [
+            "blocked: Permission denied",
+            "blocked: No such file or directory",
+            "blocked: Read-only file system"
+        ]
+        .iter()
+        .any(|b| o.contains(b)),
+        "stdout: {o}"
+    );
 }
 
 macro_rules! attack_stopped_by_policy {

@@ -4,6 +4,7 @@ mod util;
 
 mod access;
 mod demo;
+mod escape;
 mod login;
 mod mount;
 mod policy;

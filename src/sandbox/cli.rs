@@ -312,6 +312,9 @@ pub struct RunArgs {
     /// Largest file the analysis may write (e.g. 100M, 1G).
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1G")]
     pub max_file_size: u64,
+    /// Size of the private /tmp and of /dev/shm the analysis gets, each (e.g. 64M, 1G).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256M")]
+    pub tmp_size: u64,
     /// Run even where the kernel lacks Landlock or namespaces (less confined).
     #[arg(long)]
     pub allow_weaker: bool,
@@ -380,6 +383,7 @@ pub fn run_run(args: RunArgs) -> anyhow::Result<ExitCode> {
         memory: args.memory,
         max_procs: args.max_procs,
         max_file_size: args.max_file_size,
+        tmp_size: args.tmp_size,
         allow_weaker: args.allow_weaker,
         allow_incomplete: args.allow_incomplete,
         pad_rules: args.pad_rules,

@@ -121,9 +121,26 @@ fn flag_arg(syscall: &str) -> Option<(&'static str, u8)> {
     match syscall {
         "mmap" | "mprotect" | "pkey_mprotect" => Some(("prot", 2)),
         "clone" => Some(("flags", 0)),
+        // File modes: no setuid/setgid files, no device nodes (below).
+        "chmod" | "fchmod" | "creat" | "mknod" => Some(("mode", 1)),
+        "fchmodat" | "fchmodat2" | "open" | "mknodat" => Some(("mode", 2)),
+        "openat" => Some(("mode", 3)),
         _ => None,
     }
 }
+
+/// Mode bits no analysis may set, whatever its profile: a setuid or
+/// setgid file in `--out` would run with the analysis's (the caller's)
+/// ids for anyone; a device node would reach the host's hardware. (With
+/// no capability left the kernel refuses device nodes and strips
+/// setuid bits on write anyway; the policy names the attempt.)
+const MODE_SETID: &[(u64, &str)] = &[
+    (libc::S_ISUID as u64, "S_ISUID"),
+    (libc::S_ISGID as u64, "S_ISGID"),
+];
+/// The bit that character and block device types share (`S_IFCHR`;
+/// `S_IFBLK` is `S_IFCHR|S_IFDIR`); fifos and sockets lack it.
+const MODE_DEVICE: u64 = libc::S_IFCHR as u64;
 
 /// Errors building, reading or compiling a policy.
 #[derive(Debug, thiserror::Error)]
@@ -659,6 +676,23 @@ fn default_deny_flags(
                 comment: format!("{flag} creates a namespace; the profile never did"),
             })
             .collect()
+    } else if arg == "mode" {
+        let mut v: Vec<DenyFlags> = MODE_SETID
+            .iter()
+            .map(|(bit, flag)| DenyFlags {
+                arg: arg.into(),
+                mask: *bit,
+                comment: format!("{flag}: no analysis makes setuid or setgid files"),
+            })
+            .collect();
+        if name.starts_with("mknod") {
+            v.push(DenyFlags {
+                arg: arg.into(),
+                mask: MODE_DEVICE,
+                comment: "a character or block device node; no analysis makes one".into(),
+            });
+        }
+        v
     } else if profile.write_exec_memory {
         Vec::new()
     } else {
@@ -722,6 +756,10 @@ fn flag_names(syscall: &str, mask: u64) -> String {
         }
     } else if mask == PROT_WX {
         return "PROT_WRITE|PROT_EXEC".into();
+    } else if let Some((_, n)) = MODE_SETID.iter().find(|(b, _)| *b == mask) {
+        return (*n).to_string();
+    } else if mask == MODE_DEVICE {
+        return "S_IFCHR (a device)".into();
     }
     format!("{mask:#x}")
 }

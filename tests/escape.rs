@@ -1,0 +1,500 @@
+//! The escape suite (issue 13): one test per class of attack a hostile
+//! analysis made on `tresor run`, each run as the test's own user (root in
+//! CI) **and** as an unprivileged user (`setpriv` to nobody). Each test
+//! profiles `examples/attack` in a mode whose profile allows what the
+//! attack then abuses, runs the attack confined under it and checks that
+//! it fails, that nothing outside `--out` changed (modes, contents, mount
+//! state), and — its control — that the same attack unconfined succeeds.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use crate::util;
+
+const NOBODY: u32 = 65534;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Who {
+    /// The test's own user (root in CI).
+    Caller,
+    /// nobody, through setpriv.
+    Nobody,
+}
+
+/// Who runs each attack: the caller and, when the tests run as root,
+/// nobody too (under CI=true not being root fails).
+fn everyone() -> Vec<Who> {
+    if util::require_root("run each escape attempt as root and as an unprivileged user")
+        && util::require(
+            Command::new("setpriv").arg("--version").output().is_ok(),
+            "setpriv (util-linux)",
+        )
+    {
+        vec![Who::Caller, Who::Nobody]
+    } else {
+        vec![Who::Caller]
+    }
+}
+
+/// A world-traversable temp dir whose entries `who` owns.
+struct Case {
+    dir: tempfile::TempDir,
+    who: Who,
+}
+
+impl Case {
+    fn new(who: Who) -> Case {
+        Case::new_in(who, &std::env::temp_dir())
+    }
+
+    fn new_in(who: Who, parent: &Path) -> Case {
+        std::fs::create_dir_all(parent).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("tresor-esc-")
+            .tempdir_in(parent)
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        Case { dir, who }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn own(&self, p: &Path) {
+        if self.who == Who::Nobody {
+            std::os::unix::fs::chown(p, Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+    }
+
+    fn mkdir(&self, name: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::create_dir(&p).unwrap();
+        self.own(&p);
+        p
+    }
+
+    fn file(&self, path: &Path, contents: &str, mode: u32) {
+        std::fs::write(path, contents).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        self.own(path);
+    }
+
+    /// A profile of `attack --data DATA --out (scratch) ARGS`, run
+    /// unconfined by the caller; whatever it did is in the profile.
+    fn profile(&self, name: &str, data: &Path, args: &[&OsStr]) -> PathBuf {
+        let out = self.path(&format!("{name}-profile-out"));
+        std::fs::create_dir(&out).unwrap();
+        let p = self.path(&format!("{name}.json"));
+        let r = util::tresor()
+            .arg("profile")
+            .arg("--out")
+            .arg(&p)
+            .arg("--")
+            .arg(util::example("attack"))
+            .arg("--data")
+            .arg(data)
+            .arg("--out")
+            .arg(&out)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(p.exists(), "no profile: {}", text(&r.stderr));
+        p
+    }
+
+    fn command(&self, program: &Path) -> Command {
+        match self.who {
+            Who::Caller => {
+                let mut c = Command::new(program);
+                util::isolate(&mut c);
+                c
+            }
+            Who::Nobody => {
+                let mut c = Command::new("setpriv");
+                c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                    .arg(program);
+                util::isolate_as(&mut c, NOBODY);
+                c
+            }
+        }
+    }
+
+    /// `tresor run` of `attack ARGS` under `profile`, as this case's user.
+    fn run(&self, profile: &Path, data: &[&Path], out: &Path, args: &[&OsStr]) -> Output {
+        let mut c = self.command(Path::new(env!("CARGO_BIN_EXE_tresor")));
+        c.stdin(Stdio::null())
+            .arg("run")
+            .arg("--profile")
+            .arg(profile);
+        for d in data {
+            c.arg("--data").arg(d);
+        }
+        c.arg("--out")
+            .arg(out)
+            .arg("--")
+            .arg(util::example("attack"))
+            .arg("--data")
+            .arg(data[0])
+            .arg("--out")
+            .arg(out)
+            .args(args);
+        c.output().expect("tresor starts")
+    }
+
+    /// The same attack, unconfined, as this case's user.
+    fn unconfined(&self, data: &Path, out: &Path, args: &[&OsStr]) -> Output {
+        let mut c = self.command(&util::example("attack"));
+        c.stdin(Stdio::null())
+            .arg("--data")
+            .arg(data)
+            .arg("--out")
+            .arg(out)
+            .args(args);
+        c.output().unwrap()
+    }
+
+    /// A fresh `--out`.
+    fn out(&self) -> PathBuf {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.mkdir(&format!("out{n}"))
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn args<'a>(a: &'a [&'a str]) -> Vec<&'a OsStr> {
+    a.iter().map(OsStr::new).collect()
+}
+
+fn attack<'a>(name: &'a str, target: Option<&'a Path>) -> Vec<&'a OsStr> {
+    let mut v = vec![OsStr::new("--attack"), OsStr::new(name)];
+    if let Some(t) = target {
+        v.push(OsStr::new("--target"));
+        v.push(t.as_os_str());
+    }
+    v
+}
+
+/// The attack's own call failed (it printed `blocked: …`, exit 1).
+fn assert_blocked(o: &Output, what: &str) {
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert!(
+        o.status.code() == Some(1) && out.contains("blocked:") && !out.contains("ATTACK SUCCEEDED"),
+        "{what}: not blocked ({}): stdout {out} stderr {err}",
+        o.status
+    );
+}
+
+/// The policy stopped the attack and the report names `call`.
+fn assert_stopped(o: &Output, call: &str, what: &str) {
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert!(
+        o.status.code() == Some(121)
+            && err.contains(&format!("analysis stopped: {call}"))
+            && !out.contains("ATTACK SUCCEEDED"),
+        "{what}: not stopped at {call} ({}): stdout {out} stderr {err}",
+        o.status
+    );
+}
+
+fn assert_succeeded(o: &Output, what: &str) {
+    assert!(
+        text(&o.stdout).contains("ATTACK SUCCEEDED"),
+        "control {what}: the attack fails even unconfined, so its refusal proves nothing: {} {}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+}
+
+/// Every entry below `root` except below `skip`: mode, owner, size and
+/// contents of files, target of symlinks.
+fn snapshot(root: &Path, skip: &[&Path]) -> BTreeMap<PathBuf, (u32, u32, Vec<u8>)> {
+    let mut m = BTreeMap::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if skip.iter().any(|s| p.starts_with(s)) {
+                continue;
+            }
+            let Ok(meta) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            let body = if meta.is_file() {
+                std::fs::read(&p).unwrap_or_default()
+            } else if meta.file_type().is_symlink() {
+                std::fs::read_link(&p)
+                    .map(|t| t.into_os_string().into_encoded_bytes())
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            if meta.is_dir() {
+                todo.push(p.clone());
+            }
+            m.insert(p, (meta.mode(), meta.uid(), body));
+        }
+    }
+    m
+}
+
+/// No setuid/setgid file and no device node anywhere below `dir`.
+fn assert_no_setid_or_device(dir: &Path) {
+    for (p, (mode, _, _)) in snapshot(dir, &[]) {
+        let ft = std::fs::symlink_metadata(&p).unwrap().file_type();
+        assert!(
+            mode & 0o6000 == 0 && !ft.is_char_device() && !ft.is_block_device(),
+            "{} is setuid/setgid or a device (mode {mode:o})",
+            p.display()
+        );
+    }
+}
+
+/// Class 1: a profile with `socket(AF_UNIX)` + `connect` (every
+/// `getpwuid` through nss) must not reach a mount's control socket. As
+/// root: a real tresor mount whose socket lives in the test's runtime
+/// dir — the confined attack cannot connect and the mount stays unlocked;
+/// unconfined, the same attack locks it. As nobody: a control socket of
+/// nobody's own in nobody's runtime dir (a stand-in for its own mount).
+#[test]
+fn class1_control_sockets_are_unreachable() {
+    if !util::fuse_available() {
+        return;
+    }
+    for who in everyone() {
+        let case = Case::new(who);
+        let data = case.mkdir("data");
+        case.file(&data.join("a.txt"), "sample\n", 0o644);
+        let profile = case.profile("nss", &data, &args(&["--nss"]));
+        let pj: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&profile).unwrap()).unwrap();
+        assert!(
+            pj["syscalls"]["connect"].is_object()
+                && pj["syscalls"]["socket"]["args"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|t| t["domain"] == libc::AF_UNIX)),
+            "the benign --nss profile should allow AF_UNIX sockets and connect: {pj}"
+        );
+        match who {
+            Who::Caller => {
+                let s = util::TestStore::new(&["lab"]);
+                let m = s.mount();
+                std::fs::write(m.path("lab/x.txt"), "unlocked").unwrap();
+                let sock = util::control_socket(&m.mnt);
+                assert!(sock.exists(), "no control socket at {}", sock.display());
+                let out = case.out();
+                let before = snapshot(case.dir.path(), &[&out]);
+                let r = case.run(
+                    &profile,
+                    &[&data],
+                    &out,
+                    &attack("connect-unix", Some(&sock)),
+                );
+                assert_blocked(&r, "connect to the mount's control socket");
+                assert_eq!(
+                    std::fs::read_to_string(m.path("lab/x.txt")).unwrap(),
+                    "unlocked",
+                    "the mount must stay unlocked"
+                );
+                assert!(m.is_mounted());
+                assert_eq!(before, snapshot(case.dir.path(), &[&out]));
+                // Control: unconfined, the same attack locks the mount.
+                let free =
+                    case.unconfined(&data, &case.out(), &attack("connect-unix", Some(&sock)));
+                assert_succeeded(&free, "connect-unix");
+                assert!(
+                    std::fs::read(m.path("lab/x.txt")).is_err(),
+                    "the unconfined attack should have locked the mount"
+                );
+                m.unmount();
+            }
+            Who::Nobody => {
+                let rt = case.mkdir("run");
+                std::fs::set_permissions(&rt, std::fs::Permissions::from_mode(0o700)).unwrap();
+                let sock = rt.join("control.sock");
+                let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+                case.own(&sock);
+                let out = case.out();
+                let before = snapshot(case.dir.path(), &[&out]);
+                let r = case.run(
+                    &profile,
+                    &[&data],
+                    &out,
+                    &attack("connect-unix", Some(&sock)),
+                );
+                assert_blocked(&r, "connect to nobody's own control socket");
+                listener.set_nonblocking(true).unwrap();
+                assert_eq!(
+                    listener.accept().map(|_| ()).unwrap_err().kind(),
+                    std::io::ErrorKind::WouldBlock,
+                    "a connection reached the socket"
+                );
+                assert_eq!(before, snapshot(case.dir.path(), &[&out]));
+                // Control: unconfined, nobody reaches its socket.
+                listener.set_nonblocking(false).unwrap();
+                let server = std::thread::spawn(move || {
+                    use std::io::Write;
+                    let (mut s, _) = listener.accept().unwrap();
+                    let _ = s.write_all(b"{\"ok\":true}\n");
+                });
+                let free =
+                    case.unconfined(&data, &case.out(), &attack("connect-unix", Some(&sock)));
+                assert_succeeded(&free, "connect-unix as nobody");
+                server.join().unwrap();
+            }
+        }
+    }
+}
+
+/// Class 2: whatever its profile allows, the analysis has no privilege —
+/// no capability (CapEff, CapPrm, CapBnd all 0), chroot and setuid(0)
+/// fail, no device node, no setuid file (created setuid, or chmod'ed
+/// setuid), also when tresor was started by root. Each attack runs under
+/// the profile of its own unconfined run, so the policy allows its calls.
+#[test]
+fn class2_no_privilege_whatever_the_profile_allows() {
+    enum Expect {
+        Blocked,
+        Stopped(&'static str),
+    }
+    let root = nix::unistd::geteuid().is_root();
+    for who in everyone() {
+        let case = Case::new(who);
+        let data = case.mkdir("data");
+        case.file(&data.join("a.txt"), "sample\n", 0o644);
+        for (name, expect) in [
+            ("cap-eff", Expect::Blocked),
+            ("chroot-root", Expect::Blocked),
+            ("setuid-root", Expect::Blocked),
+            ("mknod-dev", Expect::Stopped("mknodat(")),
+            ("setuid-file", Expect::Stopped("openat(")),
+            ("chmod-setuid", Expect::Stopped("chmod(")),
+        ] {
+            let profile = case.profile(name, &data, &attack(name, None));
+            let out = case.out();
+            let before = snapshot(case.dir.path(), &[&out]);
+            let r = case.run(&profile, &[&data], &out, &attack(name, None));
+            match expect {
+                Expect::Blocked => assert_blocked(&r, name),
+                Expect::Stopped(call) => {
+                    assert_stopped(&r, call, name);
+                    assert!(text(&r.stderr).contains("0o"), "{}", text(&r.stderr));
+                }
+            }
+            assert_no_setid_or_device(&out);
+            assert_eq!(
+                before,
+                snapshot(case.dir.path(), &[&out]),
+                "{name} as {who:?}"
+            );
+            // Control: started by root, unconfined, each succeeds.
+            if who == Who::Caller && root {
+                let free_out = case.out();
+                assert_succeeded(
+                    &case.unconfined(&data, &free_out, &attack(name, None)),
+                    name,
+                );
+            }
+        }
+    }
+}
+
+/// Class 3: Landlock has no right for chmod; the view does — a file
+/// outside it (a 0600 PSE) is not there to chmod, and the `--data` files
+/// are bound read-only. Modes stay as they were.
+#[test]
+fn class3_chmod_reaches_nothing_outside_the_view() {
+    for who in everyone() {
+        let case = Case::new(who);
+        let data = case.mkdir("data");
+        let in_data = data.join("a.txt");
+        case.file(&in_data, "sample\n", 0o600);
+        let scratch = case.path("scratch");
+        case.file(&scratch, "x", 0o600);
+        let profile = case.profile("chmod", &data, &attack("chmod-target", Some(&scratch)));
+        // A PSE outside the view: the store's real one (root), or one of
+        // nobody's own.
+        let store = (who == Who::Caller).then(|| util::TestStore::new(&[]));
+        let pse = match &store {
+            Some(s) => s.pse.clone(),
+            None => {
+                let p = case.path("nobody.pse");
+                case.file(&p, "secret key material", 0o600);
+                p
+            }
+        };
+        let pse_mode = std::fs::metadata(&pse).unwrap().mode();
+        assert_eq!(pse_mode & 0o777, 0o600);
+        for target in [&pse, &in_data] {
+            let out = case.out();
+            let before = snapshot(case.dir.path(), &[&out]);
+            let r = case.run(
+                &profile,
+                &[&data],
+                &out,
+                &attack("chmod-target", Some(target)),
+            );
+            assert_blocked(&r, &format!("chmod {}", target.display()));
+            assert_eq!(before, snapshot(case.dir.path(), &[&out]));
+        }
+        assert_eq!(std::fs::metadata(&pse).unwrap().mode(), pse_mode);
+        assert_eq!(std::fs::metadata(&in_data).unwrap().mode() & 0o777, 0o600);
+        // Control: unconfined, the same user makes the PSE world-readable.
+        let free = case.unconfined(&data, &case.out(), &attack("chmod-target", Some(&pse)));
+        assert_succeeded(&free, "chmod of the PSE");
+        assert_eq!(std::fs::metadata(&pse).unwrap().mode() & 0o777, 0o644);
+    }
+}
+
+/// Class 4: the profiling run read `--data A`; a run with `--data B`
+/// cannot read A's files — with A in /tmp and with A beside the build
+/// (no temp-dir rule helps there).
+#[test]
+fn class4_a_run_reads_only_its_own_data() {
+    for who in everyone() {
+        for parent in [
+            std::env::temp_dir(),
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
+        ] {
+            let case = Case::new_in(who, &parent);
+            let a = case.mkdir("A");
+            let b = case.mkdir("B");
+            let secret = a.join("patient-a.txt");
+            case.file(&secret, "A's data\n", 0o644);
+            case.file(&b.join("patient-b.txt"), "B's data\n", 0o644);
+            let profile = case.profile("benign", &a, &[]);
+            let pj = std::fs::read_to_string(&profile).unwrap();
+            assert!(
+                pj.contains("patient-a.txt"),
+                "the profile should list A's file: {pj}"
+            );
+            // The benign run on B works and sees only B.
+            let out = case.out();
+            let r = case.run(&profile, &[&b], &out, &[]);
+            assert!(r.status.success(), "{}", text(&r.stderr));
+            assert!(text(&r.stdout).contains("files: 1"), "{}", text(&r.stdout));
+            let result = std::fs::read_to_string(out.join("result.txt")).unwrap();
+            assert!(result.contains("patient-b.txt") && !result.contains("patient-a.txt"));
+            for target in [&secret, &a] {
+                let out = case.out();
+                let before = snapshot(case.dir.path(), &[&out]);
+                let r = case.run(&profile, &[&b], &out, &attack("read-target", Some(target)));
+                assert_blocked(&r, &format!("read {}", target.display()));
+                assert_eq!(before, snapshot(case.dir.path(), &[&out]));
+            }
+            // Control: unconfined the same read succeeds.
+            let free = case.unconfined(&b, &case.out(), &attack("read-target", Some(&secret)));
+            assert_succeeded(&free, "read A's file");
+        }
+    }
+}
