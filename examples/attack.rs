@@ -397,6 +397,30 @@ fn escape_attack(name: &str, target: Option<&Path>, out: &Path) -> Option<std::i
             std::fs::set_permissions(t, std::fs::Permissions::from_mode(0o644))?;
             Ok(format!("{} is now 0644", t.display()))
         })(),
+        // Class 5: a run that waits (stdin to EOF) while someone stops
+        // the namespace's init from outside.
+        "wait-stdin" => (|| {
+            println!("ready");
+            std::io::stdout().flush()?;
+            let mut v = Vec::new();
+            std::io::stdin().read_to_end(&mut v)?;
+            Ok(format!("read {} bytes of stdin, then ended", v.len()))
+        })(),
+        // Class 9: push a character into an inherited terminal's input
+        // (TIOCSTI), on each of fds 0–2.
+        "tiocsti" => {
+            let mut last = Err(std::io::Error::other("no fd"));
+            for fd in 0..3 {
+                let c = b'x';
+                // SAFETY: TIOCSTI reads one byte from a live local.
+                let rc = unsafe { libc::ioctl(fd, libc::TIOCSTI, &c as *const u8) };
+                last = check(rc, &format!("TIOCSTI on fd {fd}"));
+                if last.is_ok() {
+                    break;
+                }
+            }
+            last
+        }
         _ => return None,
     })
 }

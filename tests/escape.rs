@@ -498,3 +498,170 @@ fn class4_a_run_reads_only_its_own_data() {
         }
     }
 }
+
+/// The children of `pid` (every thread's), from /proc.
+fn children(pid: u32) -> Vec<u32> {
+    let mut v = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in rd.flatten() {
+            let s = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            v.extend(s.split_whitespace().filter_map(|x| x.parse::<u32>().ok()));
+        }
+    }
+    v
+}
+
+/// Class 5: SIGSTOP and SIGTSTP sent from outside to the pid namespace's
+/// init do not hang the run: when the program ends, init still reaps it
+/// and the run ends with the program's status (before, tresor waited for
+/// the stopped init until killed; with --timeout it reported 124).
+#[test]
+fn class5_stopping_the_namespace_init_does_not_hang_the_run() {
+    use std::io::BufRead;
+    for who in everyone() {
+        let case = Case::new(who);
+        let data = case.mkdir("data");
+        case.file(&data.join("a.txt"), "sample\n", 0o644);
+        let profile = case.profile("wait", &data, &attack("wait-stdin", None));
+        let out = case.out();
+        let mut c = case.command(Path::new(env!("CARGO_BIN_EXE_tresor")));
+        c.arg("run")
+            .arg("--profile")
+            .arg(&profile)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&out)
+            .arg("--")
+            .arg(util::example("attack"))
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&out)
+            .args(attack("wait-stdin", None))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "the analysis did not start");
+        // tresor → its confined child → the namespace's init (pid 1 inside).
+        let first = children(child.id());
+        assert_eq!(first.len(), 1, "{first:?}");
+        let init = children(first[0]);
+        assert_eq!(init.len(), 1, "{init:?}");
+        let init = init[0];
+        let status = std::fs::read_to_string(format!("/proc/{init}/status")).unwrap();
+        let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+        assert_eq!(nspid.split_whitespace().last(), Some("1"), "{nspid}");
+        for sig in [libc::SIGSTOP, libc::SIGTSTP] {
+            // SAFETY: kill takes integer arguments; the pid is our grandchild's.
+            assert_eq!(unsafe { libc::kill(init as i32, sig) }, 0);
+        }
+        drop(child.stdin.take()); // EOF: the analysis ends
+                                  // A hang guard, not a timing assertion.
+        let start = std::time::Instant::now();
+        let st = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if start.elapsed() > std::time::Duration::from_secs(30) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the run hung after its init was sent SIGSTOP ({who:?})");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert_eq!(st.code(), Some(0), "stdout {rest} stderr {err}");
+        assert!(rest.contains("then ended"), "{rest}");
+    }
+}
+
+/// Class 9 (the terminal): tresor started from a terminal (its
+/// controlling tty) — the analysis, under a profile that allows
+/// `ioctl(TIOCSTI)`, cannot push input into it: it runs in a session of
+/// its own without a controlling terminal, and its stdin is /dev/null.
+/// Unconfined, with the terminal as its controlling tty, it can.
+#[test]
+fn class9_no_input_into_an_inherited_terminal() {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    for who in everyone() {
+        let case = Case::new(who);
+        let data = case.mkdir("data");
+        case.file(&data.join("a.txt"), "sample\n", 0o644);
+        let profile = case.profile("tty", &data, &attack("tiocsti", None));
+        let pj = std::fs::read_to_string(&profile).unwrap();
+        assert!(
+            pj.contains(&format!("\"request\": {}", libc::TIOCSTI)),
+            "the profile should allow ioctl(TIOCSTI): {pj}"
+        );
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let slave: OwnedFd = pty.slave;
+        if who == Who::Nobody {
+            let path = std::fs::read_link(format!("/proc/self/fd/{}", slave.as_raw_fd())).unwrap();
+            std::os::unix::fs::chown(&path, Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+        let on_terminal = |c: &mut Command| {
+            c.stdin(slave.try_clone().unwrap())
+                .stdout(slave.try_clone().unwrap())
+                .stderr(Stdio::piped());
+            // SAFETY: between fork and exec only async-signal-safe calls:
+            // a new session, then fd 0 (the terminal) as its controlling tty.
+            unsafe {
+                c.pre_exec(|| {
+                    if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        };
+        let out = case.out();
+        let mut c = case.command(Path::new(env!("CARGO_BIN_EXE_tresor")));
+        c.arg("run")
+            .arg("--profile")
+            .arg(&profile)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&out)
+            .arg("--")
+            .arg(util::example("attack"))
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&out)
+            .args(attack("tiocsti", None));
+        on_terminal(&mut c);
+        let r = c.output().unwrap();
+        // Its stdout is the terminal: the outcome is the exit status.
+        assert_eq!(
+            r.status.code(),
+            Some(1),
+            "TIOCSTI was not refused: {}",
+            text(&r.stderr)
+        );
+        // Control: unconfined, on the terminal as its controlling tty.
+        let mut free = case.command(&util::example("attack"));
+        free.arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(case.out())
+            .args(attack("tiocsti", None));
+        on_terminal(&mut free);
+        let f = free.output().unwrap();
+        assert_eq!(
+            f.status.code(),
+            Some(0),
+            "control: TIOCSTI fails even unconfined: {}",
+            text(&f.stderr)
+        );
+    }
+}

@@ -249,6 +249,8 @@ pub struct Prepared {
     /// Landlock rules for what exists only inside the run's root (its
     /// `/`, `/tmp`, `/dev/shm`, `/proc`), added in the child.
     inner_rules: Vec<(CString, u64)>,
+    /// `/dev/null`, stdin's replacement when it is a terminal.
+    dev_null: CString,
     rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
     exec: sys::Execve,
     allow_weaker: bool,
@@ -667,6 +669,7 @@ pub fn prepare(opts: &RunOptions) -> Result<(Prepared, Option<RulesetCreated>), 
             id_maps,
             root: own_root.then_some(plan),
             inner_rules: inner,
+            dev_null: cstring(b"/dev/null", "path")?,
             rlimits,
             exec: sys::Execve::new(prog_c, argv, env),
             allow_weaker: opts.allow_weaker,
@@ -690,6 +693,32 @@ struct Kernel<'a> {
     err_fd: i32,
     /// The step of the root's construction that failed, for the report.
     failed_op: Option<usize>,
+}
+
+/// The pid namespace's init: reaps every process of the namespace (orphans
+/// included); when the program's process ends, kills whatever is left and
+/// exits with its status. Termination signals it gets are forwarded to the
+/// namespace (`sys::init_signals`); it cannot be stopped (the supervisor
+/// discards stop signals, terminal ones are ignored).
+fn init_main(program: i32) -> ! {
+    loop {
+        match sys::wait_any_child() {
+            Ok((pid, st)) if pid == program => {
+                sys::kill_namespace();
+                let code = if libc::WIFEXITED(st) {
+                    libc::WEXITSTATUS(st)
+                } else if libc::WIFSIGNALED(st) {
+                    128 + libc::WTERMSIG(st)
+                } else {
+                    i32::from(EXIT_RUNNER)
+                };
+                sys::exit_now(code)
+            }
+            Ok(_) => {} // an orphan, reaped
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => sys::exit_now(i32::from(EXIT_RUNNER)),
+        }
+    }
 }
 
 /// `waitpid` for `pid`, then exit with its status (128+signal if killed).
@@ -785,10 +814,16 @@ impl Confine for Kernel<'_> {
         if init > 0 {
             wait_and_exit(init);
         }
+        // The namespace's init: a session of its own (no controlling
+        // terminal for anything below: no TIOCSTI, no job control), stdin
+        // never a terminal.
+        sys::new_session()?;
+        sys::stdin_not_a_terminal(&self.prep.dev_null)?;
+        sys::init_signals()?;
         // SAFETY: as above.
         let program = unsafe { sys::fork_raw() }?;
         if program > 0 {
-            wait_and_exit(program);
+            init_main(program);
         }
         Ok(())
     }
@@ -999,6 +1034,16 @@ impl Supervisor<'_> {
                 } else {
                     let _ = sys::cont(pid, 0);
                 }
+            }
+            // No job control: stop signals are discarded for every task,
+            // so neither the namespace's init nor the analysis can be
+            // stopped (a stopped init would hang the run).
+            0 if matches!(
+                sig,
+                libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+            ) =>
+            {
+                let _ = sys::cont(pid, 0);
             }
             0 => {
                 let _ = sys::cont(pid, sig);

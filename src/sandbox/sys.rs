@@ -938,3 +938,92 @@ pub fn landlock_restrict(ruleset: i32) -> io::Result<()> {
     // SAFETY: integer arguments only.
     check(unsafe { libc::syscall(libc::SYS_landlock_restrict_self, ruleset, 0) })
 }
+
+// ---------------------------------------------------------------------------
+// The pid namespace's init (src/sandbox/launch.rs, step `PidNamespace`).
+
+extern "C" fn forward_to_namespace(sig: libc::c_int) {
+    // SAFETY: kill is async-signal-safe; -1 from the namespace's init
+    // reaches every other process of the namespace.
+    unsafe { libc::kill(-1, sig) };
+}
+
+/// The init's signals: termination signals (TERM, INT, HUP, QUIT) are
+/// forwarded to every process of the namespace; terminal stop signals
+/// (TSTP, TTIN, TTOU) are ignored. (SIGSTOP cannot be caught: the
+/// supervisor discards it, see `launch`.)
+pub fn init_signals() -> io::Result<()> {
+    let fwd = forward_to_namespace as extern "C" fn(libc::c_int) as *const () as usize;
+    // SAFETY: sigaction with a handler that only calls kill(2), or with
+    // SIG_IGN; the structs are initialised and alive for each call.
+    unsafe {
+        for (sig, handler) in [
+            (libc::SIGTERM, fwd),
+            (libc::SIGINT, fwd),
+            (libc::SIGHUP, fwd),
+            (libc::SIGQUIT, fwd),
+            (libc::SIGTSTP, libc::SIG_IGN),
+            (libc::SIGTTIN, libc::SIG_IGN),
+            (libc::SIGTTOU, libc::SIG_IGN),
+        ] {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = handler;
+            act.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut act.sa_mask);
+            if libc::sigaction(sig, &act, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `setsid()`: a new session without a controlling terminal.
+pub fn new_session() -> io::Result<()> {
+    // SAFETY: setsid takes no arguments.
+    if unsafe { libc::setsid() } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// If fd 0 is a terminal, replaces it with `/dev/null` (`path`).
+pub fn stdin_not_a_terminal(dev_null: &CStr) -> io::Result<()> {
+    // SAFETY: isatty takes an integer.
+    if unsafe { libc::isatty(0) } != 1 {
+        return Ok(());
+    }
+    // SAFETY: a NUL-terminated path; the fd is closed below or becomes fd 0.
+    let fd = unsafe { libc::open(dev_null.as_ptr(), libc::O_RDONLY) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: dup2 onto fd 0, then close the spare fd.
+    let rc = unsafe { libc::dup2(fd, 0) };
+    let e = io::Error::last_os_error();
+    // SAFETY: closes the fd opened above.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Sends SIGKILL to every other process of the caller's pid namespace
+/// (from its init: `kill(-1)`).
+pub fn kill_namespace() {
+    // SAFETY: kill takes integer arguments.
+    unsafe { libc::kill(-1, libc::SIGKILL) };
+}
+
+/// `waitpid(-1, 0)`: any child; `(pid, status)`. Allocates nothing.
+pub fn wait_any_child() -> io::Result<(i32, i32)> {
+    let mut status = 0;
+    // SAFETY: `status` is a live out-parameter.
+    let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+    if pid < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok((pid, status))
+    }
+}
