@@ -665,3 +665,161 @@ fn class9_no_input_into_an_inherited_terminal() {
         );
     }
 }
+
+/// `tresor profile --out P -- ARGS…` by the caller, unconfined.
+fn profile_command(p: &Path, argv: &[&OsStr]) {
+    let r = util::tresor()
+        .arg("profile")
+        .arg("--out")
+        .arg(p)
+        .arg("--")
+        .args(argv)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", text(&r.stderr));
+}
+
+/// `tresor run --profile P --data DATA --out OUT [extra] -- ARGS…`.
+fn run_command(case: &Case, p: &Path, data: &Path, extra: &[&str], argv: &[&OsStr]) -> Output {
+    let out = case.out();
+    let mut c = case.command(Path::new(env!("CARGO_BIN_EXE_tresor")));
+    c.stdin(Stdio::null())
+        .arg("run")
+        .arg("--profile")
+        .arg(p)
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(&out)
+        .args(extra)
+        .arg("--")
+        .args(argv);
+    c.output().unwrap()
+}
+
+fn assert_other_program(o: &Output, says: &str) {
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(123), "stderr: {err}");
+    assert!(
+        err.contains(says) && err.contains("--allow-other-program"),
+        "the refusal should say {says:?}: {err}"
+    );
+}
+
+/// Class 6: the profile binds its program. A profile of `ls` is refused
+/// for `head`; a program changed after profiling is refused; for an
+/// interpreter, a changed script and another script are refused — each
+/// with its own exit status (123) and a message naming both; with
+/// `--allow-other-program` the run goes ahead.
+#[test]
+fn class6_the_profile_binds_its_program_and_script() {
+    let which = |name: &str| {
+        util::ok(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {name}")),
+        )
+        .stdout
+        .iter()
+        .map(|&b| b as char)
+        .collect::<String>()
+        .trim()
+        .to_string()
+    };
+    let (ls, head, sh) = (which("ls"), which("head"), which("sh"));
+    for who in everyone() {
+        let case = Case::new(who);
+        let data = case.mkdir("data");
+        let input = data.join("a.txt");
+        case.file(&input, "line one\nline two\n", 0o644);
+
+        // Another program.
+        let lsp = case.path("ls.json");
+        profile_command(&lsp, &[OsStr::new(&ls), data.as_os_str()]);
+        let r = run_command(
+            &case,
+            &lsp,
+            &data,
+            &[],
+            &[OsStr::new(&ls), data.as_os_str()],
+        );
+        assert!(r.status.success(), "{}", text(&r.stderr));
+        assert_eq!(text(&r.stdout).trim(), "a.txt");
+        let r = run_command(
+            &case,
+            &lsp,
+            &data,
+            &[],
+            &[OsStr::new(&head), input.as_os_str()],
+        );
+        assert_other_program(&r, "is not the program of profile");
+        assert!(r.stdout.is_empty(), "{}", text(&r.stdout));
+
+        // The same path, changed after profiling.
+        let prog = case.path("attack-copy");
+        std::fs::copy(util::example("attack"), &prog).unwrap();
+        case.own(&prog);
+        let progp = case.path("copy.json");
+        let out = case.mkdir("copy-out");
+        profile_command(
+            &progp,
+            &[
+                prog.as_os_str(),
+                OsStr::new("--data"),
+                data.as_os_str(),
+                OsStr::new("--out"),
+                out.as_os_str(),
+            ],
+        );
+        let mut bytes = std::fs::read(&prog).unwrap();
+        bytes.push(0);
+        std::fs::write(&prog, bytes).unwrap();
+        let argv = [
+            prog.as_os_str(),
+            OsStr::new("--data"),
+            data.as_os_str(),
+            OsStr::new("--out"),
+            out.as_os_str(),
+        ];
+        let r = run_command(&case, &progp, &data, &[], &argv);
+        assert_other_program(&r, "has changed since profile");
+
+        // An interpreter: its script is bound too.
+        let script = case.path("count.sh");
+        case.file(
+            &script,
+            "read first < \"$1\"\necho \"first: $first\"\n",
+            0o644,
+        );
+        let shp = case.path("sh.json");
+        let sh_argv = |s: &Path| {
+            vec![
+                OsStr::new(&sh).to_os_string(),
+                s.into(),
+                input.clone().into(),
+            ]
+        };
+        let a: Vec<_> = sh_argv(&script);
+        let a: Vec<&OsStr> = a.iter().map(|x| x.as_os_str()).collect();
+        profile_command(&shp, &a);
+        let r = run_command(&case, &shp, &data, &[], &a);
+        assert!(r.status.success(), "{}", text(&r.stderr));
+        assert_eq!(text(&r.stdout), "first: line one\n");
+        let other = case.path("other.sh");
+        case.file(&other, "echo other\n", 0o644);
+        let o: Vec<_> = sh_argv(&other);
+        let o: Vec<&OsStr> = o.iter().map(|x| x.as_os_str()).collect();
+        assert_other_program(
+            &run_command(&case, &shp, &data, &[], &o),
+            "not the script of profile",
+        );
+        case.file(&script, "echo changed\n", 0o644);
+        let r = run_command(&case, &shp, &data, &[], &a);
+        assert_other_program(&r, "has changed since profile");
+        assert!(!text(&r.stdout).contains("changed"));
+        // The explicit way past the check.
+        let r = run_command(&case, &shp, &data, &["--allow-other-program"], &a);
+        assert_eq!(r.status.code(), Some(0), "{}", text(&r.stderr));
+        assert_eq!(text(&r.stdout), "changed\n");
+    }
+}

@@ -363,10 +363,10 @@ fn unprivileged_run_uses_a_user_namespace() {
     }
     std::fs::write(data.join("x.txt"), "42\n").unwrap();
     let bin = root.join("tresor");
-    let prog = root.join("attack");
+    // The profile's own program (a copy would be another program).
+    let prog = example("attack");
     let profile = root.join("p.json");
     std::fs::copy(env!("CARGO_BIN_EXE_tresor"), &bin).unwrap();
-    std::fs::copy(example("attack"), &prog).unwrap();
     std::fs::copy(&f.profile, &profile).unwrap();
     for p in [
         root.to_path_buf(),

@@ -288,7 +288,7 @@ pub fn run_policy(args: PolicyArgs) -> anyhow::Result<ExitCode> {
 /// `tresor run`: run an analysis confined to its profile (docs/RUN.md).
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Exit status: the program's own, or 121 policy violation, 122 limit hit, 124 timeout, 125 tresor could not set the run up.\n\nExample:\n  tresor run --profile ki67.json --data MNT/slides --out MNT/results -- ./ki67 MNT/slides/s1.svs"
+    after_help = "Exit status: the program's own, or 121 policy violation, 122 limit hit, 123 not the profile's program, 124 timeout, 125 tresor could not set the run up.\n\nExample:\n  tresor run --profile ki67.json --data MNT/slides --out MNT/results -- ./ki67 MNT/slides/s1.svs"
 )]
 pub struct RunArgs {
     /// The profile (from `tresor profile`) whose policy confines the run.
@@ -321,6 +321,10 @@ pub struct RunArgs {
     /// Accept a profile marked incomplete.
     #[arg(long)]
     pub allow_incomplete: bool,
+    /// Run a program (or, for an interpreter, a script) other than the one
+    /// the profile was made of.
+    #[arg(long)]
+    pub allow_other_program: bool,
     /// Let the analysis run on past calls outside the profile; record them
     /// as a profile delta (for `tresor profile merge`). The filesystem view
     /// and the limits still hold.
@@ -386,6 +390,7 @@ pub fn run_run(args: RunArgs) -> anyhow::Result<ExitCode> {
         tmp_size: args.tmp_size,
         allow_weaker: args.allow_weaker,
         allow_incomplete: args.allow_incomplete,
+        allow_other_program: args.allow_other_program,
         pad_rules: args.pad_rules,
         program,
         args: command.collect(),
@@ -405,6 +410,10 @@ pub fn run_run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("tresor: {m}");
             }
             Ok(ExitCode::from(report.exit_code()))
+        }
+        Err(e @ launch::RunError::OtherProgram(_)) => {
+            eprintln!("tresor run: {e}");
+            Ok(ExitCode::from(launch::EXIT_OTHER_PROGRAM))
         }
         Err(e) => {
             eprintln!("tresor run: {e}");

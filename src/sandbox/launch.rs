@@ -44,6 +44,9 @@ use super::tracer;
 pub const EXIT_VIOLATION: u8 = 121;
 /// Exit status: a resource limit was hit (memory, processes, CPU, file size).
 pub const EXIT_LIMIT: u8 = 122;
+/// Exit status: the program (or its script) is not the one the profile
+/// was made of (unless `--allow-other-program`).
+pub const EXIT_OTHER_PROGRAM: u8 = 123;
 /// Exit status: `--timeout` passed; the tree was killed.
 pub const EXIT_TIMEOUT: u8 = 124;
 /// Exit status: tresor could not set the run up (bad profile, missing
@@ -97,6 +100,8 @@ pub struct RunOptions {
     pub allow_weaker: bool,
     /// Accept a profile marked incomplete.
     pub allow_incomplete: bool,
+    /// Run a program (or script) other than the one the profile was made of.
+    pub allow_other_program: bool,
     /// Audit instead of enforcing the syscall policy: record every call
     /// outside the profile and write them to this profile delta.
     pub audit: Option<PathBuf>,
@@ -115,6 +120,8 @@ pub enum RunError {
     Policy(#[from] PolicyError),
     #[error("{0}")]
     Program(String),
+    #[error("{0}; profile this program, or pass --allow-other-program to run it under this profile anyway")]
+    OtherProgram(String),
     #[error("{what} {path}: {source}")]
     Path {
         what: &'static str,
@@ -510,6 +517,74 @@ fn plan(
     Ok((ns_flags, weaker))
 }
 
+/// The profile binds its program: the same file (path, after symlinks)
+/// with the same SHA-256 — and for an interpreter the same script.
+fn check_program(
+    profile: &Profile,
+    profile_path: &Path,
+    program: &Path,
+    args: &[OsString],
+) -> Result<(), RunError> {
+    let p = &profile.program;
+    let short = |h: &str| h.get(..16).unwrap_or(h).to_string();
+    let pname = profile_path.display();
+    let theirs = Path::new(&p.path)
+        .canonicalize()
+        .unwrap_or_else(|_| PathBuf::from(&p.path));
+    if theirs != program {
+        return Err(RunError::OtherProgram(format!(
+            "{} is not the program of profile {pname}, which was made of {}",
+            program.display(),
+            p.path
+        )));
+    }
+    let Some(want) = &p.sha256 else {
+        return Err(RunError::OtherProgram(format!(
+            "profile {pname} records no SHA-256 of {}, so it cannot be checked",
+            p.path
+        )));
+    };
+    let have = tracer::sha256_file(program).unwrap_or_default();
+    if &have != want {
+        return Err(RunError::OtherProgram(format!(
+            "{} has changed since profile {pname} was made (sha256 {} there, {} now)",
+            program.display(),
+            short(want),
+            short(&have)
+        )));
+    }
+    if !super::profile::is_interpreter(program) {
+        return Ok(());
+    }
+    let now = super::profile::Script::of_args(args);
+    match (&profile.script, &now) {
+        (Some(a), Some(b)) if a == b => Ok(()),
+        (None, None) => Ok(()),
+        (Some(a), Some(b)) if a.path == b.path => Err(RunError::OtherProgram(format!(
+            "the script {} has changed since profile {pname} was made (sha256 {} there, {} now)",
+            b.path,
+            short(&a.sha256),
+            short(&b.sha256)
+        ))),
+        (Some(a), Some(b)) => Err(RunError::OtherProgram(format!(
+            "{} runs {}, not the script of profile {pname} ({})",
+            program.display(),
+            b.path,
+            a.path
+        ))),
+        (Some(a), None) => Err(RunError::OtherProgram(format!(
+            "{} is given no script, but profile {pname} is of its script {}",
+            program.display(),
+            a.path
+        ))),
+        (None, Some(b)) => Err(RunError::OtherProgram(format!(
+            "profile {pname} records no script for the interpreter {}, which now runs {}",
+            program.display(),
+            b.path
+        ))),
+    }
+}
+
 /// Whether the run can build its own root: it needs a user namespace (to
 /// mount without privilege) and a mount namespace.
 fn has_own_root(ns_flags: libc::c_int) -> bool {
@@ -555,6 +630,9 @@ pub fn prepare(opts: &RunOptions) -> Result<(Prepared, Option<RulesetCreated>), 
         path: program.clone(),
         source,
     })?;
+    if !opts.allow_other_program {
+        check_program(&profile, &opts.profile, &program, &opts.args)?;
+    }
     // Each directory as given (made absolute: its symlinks are recreated
     // in the view) and canonical.
     let cwd = std::env::current_dir().ok();
@@ -599,9 +677,15 @@ pub fn prepare(opts: &RunOptions) -> Result<(Prepared, Option<RulesetCreated>), 
         .filter(|l| Path::new(l).exists())
         .collect();
     let cwd = cwd.and_then(|c| c.canonicalize().ok());
+    let script = super::profile::is_interpreter(&program)
+        .then(|| super::profile::Script::of_args(&opts.args))
+        .flatten()
+        .map(|s| PathBuf::from(s.path))
+        .filter(|p| p.is_absolute());
     let plan = RootPlan::new(&root::Inputs {
         profile: &profile,
         program: &program,
+        script: script.as_deref(),
         loaders: &loaders,
         data: &data,
         out: &out,
@@ -632,6 +716,7 @@ pub fn prepare(opts: &RunOptions) -> Result<(Prepared, Option<RulesetCreated>), 
         }
     };
     let out = out.1;
+    let prep_root = own_root.then_some(plan);
 
     let cpu = opts.timeout.map(|t| t.as_secs() + 2);
     let inf = libc::RLIM_INFINITY;
@@ -655,11 +740,17 @@ pub fn prepare(opts: &RunOptions) -> Result<(Prepared, Option<RulesetCreated>), 
     }
     let mut home = b"HOME=".to_vec();
     home.extend_from_slice(out.as_os_str().as_bytes());
-    let env = vec![
+    let mut env = vec![
         cstring(b"PATH=/usr/bin:/bin", "env")?,
         cstring(b"LANG=C.UTF-8", "env")?,
         cstring(&home, "--out")?,
     ];
+    // Where it starts (shells call getcwd only when PWD is missing).
+    if let Some(plan) = &prep_root {
+        let mut pwd = b"PWD=".to_vec();
+        pwd.extend_from_slice(plan.cwd.as_os_str().as_bytes());
+        env.push(cstring(&pwd, "working directory")?);
+    }
     Ok((
         Prepared {
             compiled,
@@ -667,7 +758,7 @@ pub fn prepare(opts: &RunOptions) -> Result<(Prepared, Option<RulesetCreated>), 
             ns_flags,
             clear_groups: root_caller,
             id_maps,
-            root: own_root.then_some(plan),
+            root: prep_root,
             inner_rules: inner,
             dev_null: cstring(b"/dev/null", "path")?,
             rlimits,
@@ -1607,6 +1698,7 @@ mod tests {
             .exit_code()
         };
         let codes = [
+            EXIT_OTHER_PROGRAM,
             r(End::Violation),
             r(End::Limit(Limit::Memory)),
             r(End::Timeout),

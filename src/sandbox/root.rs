@@ -112,8 +112,6 @@ pub enum RootOp {
         put_old: CString,
     },
     Detach(CString),
-    /// The first directory that exists in the view.
-    ChdirFirst(CString, CString),
 }
 
 impl RootOp {
@@ -143,7 +141,6 @@ impl RootOp {
                 format!("pivot_root({}, {})", s(new_root), s(put_old))
             }
             RootOp::Detach(p) => format!("umount2({}, MNT_DETACH)", s(p)),
-            RootOp::ChdirFirst(a, b) => format!("chdir({} or {})", s(a), s(b)),
         }
     }
 
@@ -173,7 +170,6 @@ impl RootOp {
             RootOp::Chdir(p) => sys::chdir(p),
             RootOp::PivotRoot { new_root, put_old } => sys::pivot_root(new_root, put_old),
             RootOp::Detach(p) => sys::detach(p),
-            RootOp::ChdirFirst(a, b) => sys::chdir(a).or_else(|_| sys::chdir(b)),
         }
     }
 }
@@ -183,6 +179,8 @@ pub struct Inputs<'a> {
     pub profile: &'a Profile,
     /// The program, canonical.
     pub program: &'a Path,
+    /// The script an interpreter runs (its first argument), canonical.
+    pub script: Option<&'a Path>,
     /// ELF loaders that exist on this machine.
     pub loaders: &'a [&'a str],
     /// `--data` as given (made absolute) and canonical.
@@ -203,6 +201,9 @@ pub struct RootPlan {
     /// Symlinks recreated in the view: (link, target).
     pub symlinks: Vec<(PathBuf, PathBuf)>,
     pub ops: Vec<RootOp>,
+    /// The working directory: the caller's if it is in the view, else
+    /// `--out`.
+    pub cwd: PathBuf,
 }
 
 fn under(p: &Path, tree: &str) -> bool {
@@ -317,6 +318,9 @@ impl RootPlan {
                 e.0 = e.0.max(access);
             };
         add(&mut links, inp.program, Access::ReadExec, false);
+        if let Some(sc) = inp.script {
+            add(&mut links, sc, Access::Read, false);
+        }
         for l in inp.loaders {
             add(&mut links, Path::new(l), Access::ReadExec, false);
         }
@@ -593,16 +597,19 @@ impl RootPlan {
                 set: sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
                 recursive: false,
             },
-            RootOp::ChdirFirst(
-                c(inp.cwd.unwrap_or(&inp.out.1).as_os_str().as_bytes())?,
-                c(inp.out.1.as_os_str().as_bytes())?,
-            ),
         ]);
-        Ok(RootPlan {
+        let mut plan = RootPlan {
             entries,
             symlinks,
             ops,
-        })
+            cwd: inp.out.1.clone(),
+        };
+        if let Some(cwd) = inp.cwd.filter(|c| plan.contains(c)) {
+            plan.cwd = cwd.to_path_buf();
+        }
+        let cwd = c(plan.cwd.as_os_str().as_bytes())?;
+        plan.ops.push(RootOp::Chdir(cwd));
+        Ok(plan)
     }
 
     /// Replays the steps (in the forked child, allocating nothing);
@@ -679,6 +686,7 @@ mod tests {
         let plan = RootPlan::new(&Inputs {
             profile: &p,
             program: &program,
+            script: None,
             loaders: &[],
             data: &data,
             out: &out,
