@@ -421,6 +421,41 @@ fn escape_attack(name: &str, target: Option<&Path>, out: &Path) -> Option<std::i
             }
             last
         }
+        // Class 9: fill --out with many files, each under a per-file limit.
+        "fill-out" => (|| {
+            let block = vec![7u8; 1 << 20];
+            for i in 0..6 {
+                let mut f = std::fs::File::create(out.join(format!("part{i:02}.bin")))?;
+                for _ in 0..7 {
+                    f.write_all(&block)?;
+                }
+            }
+            Ok("wrote 6 files of 7 MiB (42 MiB)".to_string())
+        })(),
+        // Class 9: write a native program into --out and run it.
+        "exec-out" => (|| {
+            let prog = out.join("prog");
+            // read + write (copy_file_range would differ between the
+            // profiling run's filesystem and the staging tmpfs).
+            std::fs::write(&prog, std::fs::read("/proc/self/exe")?)?;
+            std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755))?;
+            let p = cpath(&prog)?;
+            let argv = [p.as_ptr(), std::ptr::null()];
+            // SAFETY: path and argv are NUL-terminated; argv ends in NULL.
+            unsafe { libc::execv(p.as_ptr(), argv.as_ptr()) };
+            Err(std::io::Error::last_os_error())
+        })(),
+        // Class 9: outputs that are no regular files.
+        "odd-outputs" => (|| {
+            std::fs::write(out.join("plain.txt"), "plain\n")?;
+            std::fs::create_dir(out.join("sub"))?;
+            std::fs::write(out.join("sub/inner.txt"), "inner\n")?;
+            std::os::unix::fs::symlink("/etc/passwd", out.join("link"))?;
+            let fifo = cpath(&out.join("fifo"))?;
+            // SAFETY: a NUL-terminated path.
+            check(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, "")?;
+            Ok("made a file, a directory, a symlink and a fifo".to_string())
+        })(),
         _ => return None,
     })
 }

@@ -823,3 +823,120 @@ fn class6_the_profile_binds_its_program_and_script() {
         assert_eq!(text(&r.stdout), "changed\n");
     }
 }
+
+/// Every regular file below `dir`: (relative path, size).
+fn files_below(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut v: Vec<_> = snapshot(dir, &[])
+        .into_iter()
+        .filter(|(p, _)| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
+        .map(|(p, (_, _, body))| {
+            (
+                p.strip_prefix(dir).unwrap().to_path_buf(),
+                body.len() as u64,
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Class 9: outputs are staged, then delivered. Six files of 7 MiB pass
+/// `--max-file-size 8M` one by one but not `--out-quota 32M` together;
+/// the failed run delivers nothing (with `--keep-partial`, what fitted);
+/// a native program written to `--out` cannot run there (noexec); a
+/// symlink and a fifo are not delivered and the report names them, while
+/// files and directories are.
+#[test]
+fn class9_outputs_are_staged_limited_and_delivered_plainly() {
+    for who in everyone() {
+        let case = Case::new(who);
+        let data = case.mkdir("data");
+        case.file(&data.join("a.txt"), "sample\n", 0o644);
+
+        // The aggregate limit.
+        let fill = case.profile("fill", &data, &attack("fill-out", None));
+        let limits = ["--max-file-size", "8M", "--out-quota", "32M"];
+        let out = case.out();
+        let before = snapshot(case.dir.path(), &[&out]);
+        let mut c = case.command(Path::new(env!("CARGO_BIN_EXE_tresor")));
+        let run = |c: &mut Command, out: &Path, extra: &[&str], mode: &str| {
+            c.stdin(Stdio::null())
+                .arg("run")
+                .arg("--profile")
+                .arg(&fill)
+                .arg("--data")
+                .arg(&data)
+                .arg("--out")
+                .arg(out)
+                .args(extra)
+                .arg("--")
+                .arg(util::example("attack"))
+                .arg("--data")
+                .arg(&data)
+                .arg("--out")
+                .arg(out)
+                .args(attack(mode, None))
+                .output()
+                .unwrap()
+        };
+        let r = run(&mut c, &out, &limits, "fill-out");
+        assert!(
+            text(&r.stdout).contains("blocked: No space left on device"),
+            "{} {}",
+            text(&r.stdout),
+            text(&r.stderr)
+        );
+        assert_eq!(r.status.code(), Some(1));
+        assert!(
+            text(&r.stderr).contains("not delivered"),
+            "{}",
+            text(&r.stderr)
+        );
+        assert!(files_below(&out).is_empty(), "{:?}", files_below(&out));
+        assert_eq!(before, snapshot(case.dir.path(), &[&out]));
+        let partial = case.out();
+        let mut c = case.command(Path::new(env!("CARGO_BIN_EXE_tresor")));
+        let mut extra = limits.to_vec();
+        extra.push("--keep-partial");
+        let r = run(&mut c, &partial, &extra, "fill-out");
+        assert_eq!(r.status.code(), Some(1), "{}", text(&r.stderr));
+        let got = files_below(&partial);
+        let total: u64 = got.iter().map(|(_, n)| n).sum();
+        assert!(!got.is_empty() && total <= 32 << 20, "{got:?}");
+        let free = case.unconfined(&data, &case.out(), &attack("fill-out", None));
+        assert_succeeded(&free, "fill-out");
+
+        // noexec: a native program written to --out does not run.
+        let execp = case.profile("exec", &data, &attack("exec-out", None));
+        let out = case.out();
+        let r = case.run(&execp, &[&data], &out, &attack("exec-out", None));
+        assert_blocked(&r, "exec a program written to --out");
+        assert!(files_below(&out).is_empty());
+        // Control: unconfined the copy runs (and prints its usage, exit 2).
+        let free = case.unconfined(&data, &case.out(), &attack("exec-out", None));
+        assert_eq!(free.status.code(), Some(2), "{}", text(&free.stderr));
+        assert!(text(&free.stderr).contains("usage: attack"));
+
+        // Only regular files and directories are delivered.
+        let oddp = case.profile("odd", &data, &attack("odd-outputs", None));
+        let out = case.out();
+        let r = case.run(&oddp, &[&data], &out, &attack("odd-outputs", None));
+        let err = text(&r.stderr);
+        assert_eq!(r.status.code(), Some(0), "{err}");
+        assert_eq!(
+            files_below(&out),
+            [
+                (PathBuf::from("plain.txt"), 6),
+                (PathBuf::from("sub/inner.txt"), 6)
+            ]
+        );
+        for (name, why) in [("link", "a symlink"), ("fifo", "a fifo")] {
+            assert!(std::fs::symlink_metadata(out.join(name)).is_err());
+            assert!(
+                err.contains(&format!("output {name} not delivered: {why}")),
+                "{err}"
+            );
+        }
+        assert_no_setid_or_device(&out);
+    }
+}

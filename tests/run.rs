@@ -283,7 +283,13 @@ fn memory_bomb_hits_the_memory_limit() {
 fn writing_past_the_file_size_limit_is_stopped() {
     let Some(f) = fixture() else { return };
     let dir = f.new_out();
-    let out = run_in(f, &dir, &["--max-file-size", "8M"], Some("big-file"));
+    // --keep-partial: a stopped run's outputs are otherwise not delivered.
+    let out = run_in(
+        f,
+        &dir,
+        &["--max-file-size", "8M", "--keep-partial"],
+        Some("big-file"),
+    );
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(122), "stderr: {err}");
     assert!(

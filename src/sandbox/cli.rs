@@ -315,6 +315,13 @@ pub struct RunArgs {
     /// Size of the private /tmp and of /dev/shm the analysis gets, each (e.g. 64M, 1G).
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256M")]
     pub tmp_size: u64,
+    /// Most the analysis may write into --out in all (it writes into a
+    /// private staging directory of this size; e.g. 100M, 4G).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1G")]
+    pub out_quota: u64,
+    /// Deliver the outputs of a run that failed or was stopped too.
+    #[arg(long)]
+    pub keep_partial: bool,
     /// Run even where the kernel lacks Landlock or namespaces (less confined).
     #[arg(long)]
     pub allow_weaker: bool,
@@ -388,6 +395,8 @@ pub fn run_run(args: RunArgs) -> anyhow::Result<ExitCode> {
         max_procs: args.max_procs,
         max_file_size: args.max_file_size,
         tmp_size: args.tmp_size,
+        out_quota: args.out_quota,
+        keep_partial: args.keep_partial,
         allow_weaker: args.allow_weaker,
         allow_incomplete: args.allow_incomplete,
         allow_other_program: args.allow_other_program,
@@ -408,6 +417,9 @@ pub fn run_run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
             if let Some(m) = &report.message {
                 eprintln!("tresor: {m}");
+            }
+            for line in &report.delivery {
+                eprintln!("tresor: {line}");
             }
             Ok(ExitCode::from(report.exit_code()))
         }

@@ -33,6 +33,7 @@ use landlock::{
     RulesetCreated, RulesetCreatedAttr, Scope, ABI,
 };
 
+use super::deliver;
 use super::policy::{CompiledPolicy, Policy, PolicyError, PolicyOptions, AUDIT_TRACE_DATA};
 use super::profile::{Mode, Profile, ProfileError};
 use super::root::{self, RootPlan};
@@ -63,6 +64,8 @@ pub const DEFAULT_MAX_FILE_SIZE: u64 = 1 << 30;
 pub const MAX_OPEN_FILES: u64 = 1024;
 /// Default `--tmp-size`: the private `/tmp` and `/dev/shm`, each.
 pub const DEFAULT_TMP_SIZE: u64 = 256 << 20;
+/// Default `--out-quota`: everything the analysis writes to `--out`.
+pub const DEFAULT_OUT_QUOTA: u64 = 1 << 30;
 /// The uid and gid the analysis has inside its user namespace when tresor
 /// was started by root (mapped to root outside, so that it can read root's
 /// data and root's FUSE mounts; it holds no capability anywhere).
@@ -96,6 +99,10 @@ pub struct RunOptions {
     pub max_file_size: u64,
     /// Bytes of the private `/tmp` and of `/dev/shm`, each.
     pub tmp_size: u64,
+    /// Bytes the analysis may write into its (staged) `--out` in all.
+    pub out_quota: u64,
+    /// Deliver the outputs of a run that failed or was stopped too.
+    pub keep_partial: bool,
     /// Run even where the kernel lacks Landlock or namespaces.
     pub allow_weaker: bool,
     /// Accept a profile marked incomplete.
@@ -258,6 +265,10 @@ pub struct Prepared {
     inner_rules: Vec<(CString, u64)>,
     /// `/dev/null`, stdin's replacement when it is a terminal.
     dev_null: CString,
+    /// `--out` (canonical) when it is staged inside the run (own root):
+    /// tresor delivers from the staging tmpfs into it at the end.
+    staged_out: Option<PathBuf>,
+    keep_partial: bool,
     rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
     exec: sys::Execve,
     allow_weaker: bool,
@@ -305,6 +316,8 @@ pub struct RunReport {
     pub message: Option<String>,
     /// `--audit`: one line per distinct call outside the profile, in order.
     pub audited: Vec<String>,
+    /// What the delivery of the staged outputs refused or withheld.
+    pub delivery: Vec<String>,
 }
 
 impl RunReport {
@@ -428,18 +441,20 @@ fn device_access(abi: ABI) -> landlock::BitFlags<AccessFs> {
 /// The Landlock rules for what exists only inside the run's root: its
 /// skeleton may be listed (names of what is in the view), its `/tmp` and
 /// `/dev/shm` written, its `/proc` (its own pid namespace) read.
-fn inner_rules(abi: ABI) -> Result<Vec<(CString, u64)>, RunError> {
+fn inner_rules(abi: ABI, out: &Path) -> Result<Vec<(CString, u64)>, RunError> {
     let read = AccessFs::ReadFile | AccessFs::ReadDir;
     [
-        ("/", landlock::BitFlags::from(AccessFs::ReadDir)),
-        ("/tmp", writable(abi)),
-        ("/dev/shm", writable(abi)),
-        ("/proc", read),
+        (Path::new("/"), landlock::BitFlags::from(AccessFs::ReadDir)),
+        (Path::new("/tmp"), writable(abi)),
+        (Path::new("/dev/shm"), writable(abi)),
+        (Path::new("/proc"), read),
+        // The staging tmpfs mounted at --out.
+        (out, writable(abi)),
     ]
     .into_iter()
     .map(|(p, a)| {
         Ok((
-            cstring(p.as_bytes(), "path")?,
+            cstring(p.as_os_str().as_bytes(), "path")?,
             (a & AccessFs::from_all(abi)).bits(),
         ))
     })
@@ -691,6 +706,7 @@ pub fn prepare(opts: &RunOptions) -> Result<(Prepared, Option<RulesetCreated>), 
         out: &out,
         cwd: cwd.as_deref(),
         tmp_size: opts.tmp_size,
+        out_quota: has_own_root(ns_flags).then_some(opts.out_quota),
     })
     .map_err(|source| RunError::Sys {
         what: "planning the analysis's root",
@@ -708,7 +724,7 @@ pub fn prepare(opts: &RunOptions) -> Result<(Prepared, Option<RulesetCreated>), 
             };
             let abi = landlock_abi(v);
             let inner = if own_root {
-                inner_rules(abi)?
+                inner_rules(abi, &out.1)?
             } else {
                 Vec::new()
             };
@@ -761,6 +777,8 @@ pub fn prepare(opts: &RunOptions) -> Result<(Prepared, Option<RulesetCreated>), 
             root: prep_root,
             inner_rules: inner,
             dev_null: cstring(b"/dev/null", "path")?,
+            staged_out: own_root.then(|| out.clone()),
+            keep_partial: opts.keep_partial,
             rlimits,
             exec: sys::Execve::new(prog_c, argv, env),
             allow_weaker: opts.allow_weaker,
@@ -967,6 +985,9 @@ struct Supervisor<'a> {
     /// `--audit`: the delta, how to record into it, and the report lines.
     delta: Option<(Profile, tracer::CallRecorder)>,
     audited: Vec<String>,
+    /// The staging tmpfs at `--out`, opened through the program's root at
+    /// its first exec (it outlives the run's mount namespace).
+    staged: Option<OwnedFd>,
 }
 
 impl Supervisor<'_> {
@@ -1116,6 +1137,29 @@ impl Supervisor<'_> {
                 self.on_audit(pid);
                 let _ = sys::cont(pid, 0);
             }
+            libc::PTRACE_EVENT_EXEC => {
+                // The first exec happens after the root is built: hold on
+                // to the staging directory from here.
+                if let (None, Some(out), true) =
+                    (&self.staged, &self.prep.staged_out, self.in_tree(pid))
+                {
+                    let p = Path::new("/proc")
+                        .join(pid.to_string())
+                        .join("root")
+                        .join(out.strip_prefix("/").unwrap_or(out));
+                    self.staged = nix::fcntl::open(
+                        &p,
+                        nix::fcntl::OFlag::O_PATH
+                            | nix::fcntl::OFlag::O_DIRECTORY
+                            | nix::fcntl::OFlag::O_CLOEXEC,
+                        nix::sys::stat::Mode::empty(),
+                    )
+                    .ok()
+                    // SAFETY: open returned a new fd that nothing else owns.
+                    .map(|fd| unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) });
+                }
+                let _ = sys::cont(pid, 0);
+            }
             libc::PTRACE_EVENT_STOP => {
                 if matches!(
                     sig,
@@ -1200,6 +1244,7 @@ pub fn supervise(
     drop(go_r);
     drop(err_w);
     let mut options = libc::PTRACE_O_TRACEEXIT
+        | libc::PTRACE_O_TRACEEXEC
         | libc::PTRACE_O_TRACEFORK
         | libc::PTRACE_O_TRACEVFORK
         | libc::PTRACE_O_TRACECLONE
@@ -1233,6 +1278,7 @@ pub fn supervise(
         stop: None,
         delta,
         audited: Vec::new(),
+        staged: None,
     };
     loop {
         match sys::wait_any() {
@@ -1317,11 +1363,13 @@ pub fn supervise(
             end: End::Violation,
             message: Some(m),
             audited: Vec::new(),
+            delivery: Vec::new(),
         },
         Some(Stop::Limit(l, m)) => RunReport {
             end: End::Limit(l),
             message: Some(m),
             audited: Vec::new(),
+            delivery: Vec::new(),
         },
         Some(Stop::Timeout) => RunReport {
             end: End::Timeout,
@@ -1329,6 +1377,7 @@ pub fn supervise(
                 "timeout: the analysis ran past --timeout ({elapsed}); its processes were killed"
             )),
             audited: Vec::new(),
+            delivery: Vec::new(),
         },
         Some(Stop::Terminated(sig)) => RunReport {
             end: End::Signaled(sig),
@@ -1337,12 +1386,14 @@ pub fn supervise(
                 tracer::signal_name(sig)
             )),
             audited: Vec::new(),
+            delivery: Vec::new(),
         },
         None => match sup.program_status {
             Some(st) if libc::WIFEXITED(st) => RunReport {
                 end: End::Exited(libc::WEXITSTATUS(st)),
                 message: None,
                 audited: Vec::new(),
+                delivery: Vec::new(),
             },
             Some(st) if libc::WIFSIGNALED(st) => RunReport {
                 end: End::Signaled(libc::WTERMSIG(st)),
@@ -1351,6 +1402,7 @@ pub fn supervise(
                     tracer::signal_name(libc::WTERMSIG(st))
                 )),
                 audited: Vec::new(),
+                delivery: Vec::new(),
             },
             _ => {
                 return Err(RunError::Sys {
@@ -1361,6 +1413,26 @@ pub fn supervise(
         },
     };
     report.audited = audited;
+    if let (Some(fd), Some(out)) = (sup.staged.take(), &prep.staged_out) {
+        let done = report.end == End::Exited(0);
+        if done || prep.keep_partial {
+            let from = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+            let d = deliver::deliver(&from, out).map_err(|source| RunError::Sys {
+                what: "delivering the outputs into --out",
+                source,
+            })?;
+            for (p, why) in &d.refused {
+                report.delivery.push(format!(
+                    "output {} not delivered: {why} (only regular files and directories are)",
+                    p.display()
+                ));
+            }
+        } else {
+            report.delivery.push(
+                "the run did not end with status 0: its outputs were not delivered to --out (--keep-partial delivers them)".into(),
+            );
+        }
+    }
     Ok(report)
 }
 
@@ -1694,6 +1766,7 @@ mod tests {
                 end,
                 message: None,
                 audited: Vec::new(),
+                delivery: Vec::new(),
             }
             .exit_code()
         };

@@ -191,6 +191,9 @@ pub struct Inputs<'a> {
     pub cwd: Option<&'a Path>,
     /// Size of the private `/tmp` and `/dev/shm`, bytes each.
     pub tmp_size: u64,
+    /// Bytes of the staging tmpfs mounted at `--out` (docs/RUN.md
+    /// "Outputs"); `None` binds the real `--out` read-write instead.
+    pub out_quota: Option<u64>,
 }
 
 /// The view and the steps that build it.
@@ -550,6 +553,21 @@ impl RootPlan {
             if !e.is_dir && covered_by(&e.path).is_none() {
                 ops.push(RootOp::Touch(prefixed("/newroot", &e.path)?));
             }
+            if let (Access::Write, Some(quota)) = (e.access, inp.out_quota) {
+                // The staging directory: private, size-limited, emptied
+                // with the run; tresor delivers from it.
+                ops.push(RootOp::Mount {
+                    src: Some(c("tmpfs")?),
+                    target: prefixed("/newroot", &e.path)?,
+                    fstype: Some(c("tmpfs")?),
+                    flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    data: Some(c(format!(
+                        "mode=0755,size={},nr_inodes=1048576",
+                        quota.max(4096)
+                    ))?),
+                });
+                continue;
+            }
             let target = prefixed("/newroot", &e.path)?;
             ops.push(RootOp::Mount {
                 src: Some(prefixed("/oldroot", &e.path)?),
@@ -692,6 +710,7 @@ mod tests {
             out: &out,
             cwd: None,
             tmp_size: 1 << 20,
+            out_quota: None,
         })
         .unwrap();
         assert!(plan.contains(&program));
