@@ -940,3 +940,135 @@ fn class9_outputs_are_staged_limited_and_delivered_plainly() {
         assert_no_setid_or_device(&out);
     }
 }
+
+/// Class 7 (in part): a refusal is reported as what was refused, not as
+/// a later benign call. A Python analysis, profiled on `--data A` and run
+/// on `--data B`: on B it runs (output delivered); asked for A's file, its
+/// open is refused and Python's own traceback names the file — before,
+/// the traceback printer's `fcntl(F_DUPFD_CLOEXEC)` was killed and the
+/// report named `fcntl`. (The view refuses with ENOENT; tresor does not
+/// see that call itself.)
+#[test]
+fn class7_a_refusal_is_reported_as_itself() {
+    let python = Path::new("/usr/bin/python3");
+    if !util::require(python.exists(), "python3 (/usr/bin/python3)") {
+        return;
+    }
+    for who in everyone() {
+        let case = Case::new(who);
+        let a = case.mkdir("A");
+        let b = case.mkdir("B");
+        case.file(&a.join("a.txt"), "patient a\n", 0o644);
+        case.file(&b.join("b.txt"), "patient b\n", 0o644);
+        let script = case.path("ana.py");
+        case.file(
+            &script,
+            "import sys\nsrc, out = sys.argv[1], sys.argv[2]\nwith open(src) as f:\n    text = f.read()\nwith open(out + '/result.txt', 'w') as f:\n    f.write(f'{len(text)} chars\\n')\n",
+            0o644,
+        );
+        let scratch = case.mkdir("profile-out");
+        let argv = |input: &Path, out: &Path| -> Vec<std::ffi::OsString> {
+            vec![
+                python.into(),
+                script.clone().into(),
+                input.into(),
+                out.into(),
+            ]
+        };
+        let p = case.path("py.json");
+        let v = argv(&a.join("a.txt"), &scratch);
+        profile_command(&p, &v.iter().map(|x| x.as_os_str()).collect::<Vec<_>>());
+        let run = |input: &Path| {
+            let out = case.out();
+            let v = argv(input, &out);
+            let mut c = case.command(Path::new(env!("CARGO_BIN_EXE_tresor")));
+            c.stdin(Stdio::null())
+                .arg("run")
+                .arg("--profile")
+                .arg(&p)
+                .arg("--data")
+                .arg(&b)
+                .arg("--out")
+                .arg(&out)
+                .arg("--")
+                .args(&v);
+            (c.output().unwrap(), out)
+        };
+        let (r, out) = run(&b.join("b.txt"));
+        assert!(r.status.success(), "{}", text(&r.stderr));
+        assert_eq!(
+            std::fs::read_to_string(out.join("result.txt")).unwrap(),
+            "10 chars\n"
+        );
+        let secret = a.join("a.txt");
+        let (r, out) = run(&secret);
+        let err = text(&r.stderr);
+        assert_eq!(r.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("FileNotFoundError") && err.contains(secret.to_str().unwrap()),
+            "the analysis's own report should name the refused file: {err}"
+        );
+        assert!(!err.contains("analysis stopped"), "{err}");
+        assert!(files_below(&out).is_empty());
+    }
+}
+
+/// A real analysis, profiled on one input and run on another: a shell
+/// pipeline `sh -c 'grep … | sort > f'` (dash calls getcwd without PWD;
+/// grep calls mincore) gives the same output confined as unconfined.
+#[test]
+fn real_shell_pipeline_profiled_on_one_input_runs_on_another() {
+    let sh = Path::new("/bin/sh");
+    for who in everyone() {
+        let case = Case::new(who);
+        let a = case.mkdir("A");
+        let b = case.mkdir("B");
+        case.file(&a.join("s1.txt"), "ki67 12\nother 3\nki67 7\n", 0o644);
+        case.file(
+            &b.join("slide-2.txt"),
+            "ki67 99\nki67 1\nfoo 2\nki67 40\n",
+            0o644,
+        );
+        let code = "grep -h ki67 \"$1\"/* | sort > \"$2\"/f.txt";
+        let argv = |data: &Path, out: &Path| -> Vec<std::ffi::OsString> {
+            vec![
+                sh.into(),
+                "-c".into(),
+                code.into(),
+                "sh".into(),
+                data.into(),
+                out.into(),
+            ]
+        };
+        let p = case.path("sh.json");
+        let scratch = case.mkdir("profile-out");
+        let v = argv(&a, &scratch);
+        profile_command(&p, &v.iter().map(|x| x.as_os_str()).collect::<Vec<_>>());
+        let out = case.out();
+        let v = argv(&b, &out);
+        let mut c = case.command(Path::new(env!("CARGO_BIN_EXE_tresor")));
+        c.stdin(Stdio::null())
+            .arg("run")
+            .arg("--profile")
+            .arg(&p)
+            .arg("--data")
+            .arg(&b)
+            .arg("--out")
+            .arg(&out)
+            .arg("--")
+            .args(&v);
+        let r = c.output().unwrap();
+        assert!(r.status.success(), "{}", text(&r.stderr));
+        let free = case.out();
+        let v = argv(&b, &free);
+        util::ok(case.command(sh).args(&v[1..]));
+        assert_eq!(
+            std::fs::read_to_string(out.join("f.txt")).unwrap(),
+            std::fs::read_to_string(free.join("f.txt")).unwrap()
+        );
+        assert_eq!(
+            std::fs::read_to_string(out.join("f.txt")).unwrap(),
+            "ki67 1\nki67 40\nki67 99\n"
+        );
+    }
+}

@@ -318,6 +318,11 @@ pub struct RunReport {
     pub audited: Vec<String>,
     /// What the delivery of the staged outputs refused or withheld.
     pub delivery: Vec<String>,
+    /// Start-up (benchmarks): from tresor's fork to the program's exec,
+    /// and from the program's process being forked (by the namespace's
+    /// init) to its exec — its own root, Landlock, the capability drop,
+    /// rlimits, seccomp; and how many steps built the root.
+    pub setup: Option<(Duration, Duration, usize)>,
 }
 
 impl RunReport {
@@ -988,6 +993,9 @@ struct Supervisor<'a> {
     /// The staging tmpfs at `--out`, opened through the program's root at
     /// its first exec (it outlives the run's mount namespace).
     staged: Option<OwnedFd>,
+    /// When the program's process was forked, and when it first exec'd.
+    program_forked: Option<Instant>,
+    program_execed: Option<Instant>,
 }
 
 impl Supervisor<'_> {
@@ -1118,6 +1126,7 @@ impl Supervisor<'_> {
                         self.init = Some(new);
                     } else if Some(pid) == self.init && self.program.is_none() {
                         self.program = Some(new);
+                        self.program_forked = Some(Instant::now());
                     }
                     let tasks = self.live.len().saturating_sub(2) as u64;
                     if self.program.is_some() && tasks > self.prep.max_procs {
@@ -1138,6 +1147,9 @@ impl Supervisor<'_> {
                 let _ = sys::cont(pid, 0);
             }
             libc::PTRACE_EVENT_EXEC => {
+                if Some(pid) == self.program && self.program_execed.is_none() {
+                    self.program_execed = Some(Instant::now());
+                }
                 // The first exec happens after the root is built: hold on
                 // to the staging directory from here.
                 if let (None, Some(out), true) =
@@ -1279,6 +1291,8 @@ pub fn supervise(
         delta,
         audited: Vec::new(),
         staged: None,
+        program_forked: None,
+        program_execed: None,
     };
     loop {
         match sys::wait_any() {
@@ -1364,12 +1378,14 @@ pub fn supervise(
             message: Some(m),
             audited: Vec::new(),
             delivery: Vec::new(),
+            setup: None,
         },
         Some(Stop::Limit(l, m)) => RunReport {
             end: End::Limit(l),
             message: Some(m),
             audited: Vec::new(),
             delivery: Vec::new(),
+            setup: None,
         },
         Some(Stop::Timeout) => RunReport {
             end: End::Timeout,
@@ -1378,6 +1394,7 @@ pub fn supervise(
             )),
             audited: Vec::new(),
             delivery: Vec::new(),
+            setup: None,
         },
         Some(Stop::Terminated(sig)) => RunReport {
             end: End::Signaled(sig),
@@ -1387,6 +1404,7 @@ pub fn supervise(
             )),
             audited: Vec::new(),
             delivery: Vec::new(),
+            setup: None,
         },
         None => match sup.program_status {
             Some(st) if libc::WIFEXITED(st) => RunReport {
@@ -1394,6 +1412,7 @@ pub fn supervise(
                 message: None,
                 audited: Vec::new(),
                 delivery: Vec::new(),
+                setup: None,
             },
             Some(st) if libc::WIFSIGNALED(st) => RunReport {
                 end: End::Signaled(libc::WTERMSIG(st)),
@@ -1403,6 +1422,7 @@ pub fn supervise(
                 )),
                 audited: Vec::new(),
                 delivery: Vec::new(),
+                setup: None,
             },
             _ => {
                 return Err(RunError::Sys {
@@ -1413,6 +1433,13 @@ pub fn supervise(
         },
     };
     report.audited = audited;
+    if let (Some(forked), Some(execed)) = (sup.program_forked, sup.program_execed) {
+        report.setup = Some((
+            execed.duration_since(started),
+            execed.duration_since(forked),
+            prep.root.as_ref().map_or(0, |r| r.ops.len()),
+        ));
+    }
     if let (Some(fd), Some(out)) = (sup.staged.take(), &prep.staged_out) {
         let done = report.end == End::Exited(0);
         if done || prep.keep_partial {
@@ -1549,6 +1576,35 @@ pub fn describe_call(arch: Arch, pid: i32, nr: u64, a: [u64; 6]) -> String {
             a[2] as u32
         ),
         "mknod" => format!("{}, {:#o}", read_string(pid, a[0]), a[1] as u32),
+        "symlink" | "link" | "rename" => {
+            format!("{}, {}", read_string(pid, a[0]), read_string(pid, a[1]))
+        }
+        "symlinkat" => format!(
+            "{}, {}, {}",
+            read_string(pid, a[0]),
+            dirfd(a[1]),
+            read_string(pid, a[2])
+        ),
+        "linkat" | "renameat" | "renameat2" => format!(
+            "{}, {}, {}, {}",
+            dirfd(a[0]),
+            read_string(pid, a[1]),
+            dirfd(a[2]),
+            read_string(pid, a[3])
+        ),
+        "chown" | "lchown" => format!(
+            "{}, {}, {}",
+            read_string(pid, a[0]),
+            a[1] as u32 as i32,
+            a[2] as u32 as i32
+        ),
+        "fchownat" => format!(
+            "{}, {}, {}, {}",
+            dirfd(a[0]),
+            read_string(pid, a[1]),
+            a[2] as u32 as i32,
+            a[3] as u32 as i32
+        ),
         "open" => format!(
             "{}, {:#x}, {:#o}",
             read_string(pid, a[0]),
@@ -1566,7 +1622,7 @@ pub fn describe_call(arch: Arch, pid: i32, nr: u64, a: [u64; 6]) -> String {
         | "lstat" | "access" | "readlink" | "statfs" | "acct" | "swapon" | "umount2"
         | "pivot_root" => read_string(pid, a[0]),
         "openat2" | "mkdirat" | "unlinkat" | "execveat" | "newfstatat" | "faccessat"
-        | "faccessat2" | "fchownat" | "readlinkat" => {
+        | "faccessat2" | "readlinkat" => {
             format!("{}, {}", dirfd(a[0]), read_string(pid, a[1]))
         }
         "mount" => format!(
@@ -1767,6 +1823,7 @@ mod tests {
                 message: None,
                 audited: Vec::new(),
                 delivery: Vec::new(),
+                setup: None,
             }
             .exit_code()
         };

@@ -116,6 +116,33 @@ fn value_args(syscall: &str) -> Option<&'static [ArgSpec]> {
     })
 }
 
+/// Calls that error paths make, allowed in every policy: each is harmless
+/// (it reads the caller's own state or changes only its own process) and
+/// without them a handled refusal (EACCES, ENOENT, ENOMEM, EFBIG) kills
+/// the analysis at the printing of the error instead — and the report
+/// then names the wrong call (issue 13, class 7).
+pub const BENIGN: &[(&str, &str)] = &[
+    ("fcntl", "F_DUPFD_CLOEXEC, F_GETFD, F_SETFD, F_GETFL only: duplicate or inspect the caller's own descriptors (Python's traceback printer)"),
+    ("rt_sigaction", "the caller's own signal handlers (error and exit paths)"),
+    ("rt_sigprocmask", "the caller's own signal mask"),
+    ("sigaltstack", "the caller's own signal stack (Rust, Go runtimes)"),
+    ("getcwd", "the caller's own working directory (shells, error messages)"),
+    ("mincore", "which of the caller's own pages are resident (GNU grep, allocators)"),
+    ("sched_getaffinity", "which CPUs the caller may run on (thread pools size themselves)"),
+    ("sched_yield", "give up the CPU"),
+    ("getpid", "the caller's own pid"),
+    ("gettid", "the caller's own thread id"),
+    ("madvise", "advice about the caller's own memory (allocators returning memory)"),
+];
+
+/// The fcntl commands of [`BENIGN`].
+const BENIGN_FCNTL: &[u32] = &[
+    libc::F_DUPFD_CLOEXEC as u32,
+    libc::F_GETFD as u32,
+    libc::F_SETFD as u32,
+    libc::F_GETFL as u32,
+];
+
 /// Syscalls with flag bits refused unless seen: the argument's name and index.
 fn flag_arg(syscall: &str) -> Option<(&'static str, u8)> {
     match syscall {
@@ -332,6 +359,32 @@ impl Policy {
                 rule.deny_flags = default_deny_flags(name, arg, profile, &e.args);
             }
             syscalls.insert(name.clone(), rule);
+        }
+        // What error paths do (docs/POLICY.md "Benign calls"): allowed so
+        // that a refusal the analysis handles (EACCES, ENOENT, ENOMEM,
+        // EFBIG) is reported by the analysis as what it was, not as a kill
+        // of the benign call that prints the error.
+        for (name, why) in BENIGN {
+            let Some(nr) = arch.number(name) else {
+                continue;
+            };
+            if let Some(r) = syscalls.get_mut(*name) {
+                if *name == "fcntl" && !r.allow_args.is_empty() {
+                    for cmd in BENIGN_FCNTL {
+                        r.allow_args
+                            .insert(BTreeMap::from([("cmd".to_string(), u64::from(*cmd))]));
+                    }
+                }
+                continue;
+            }
+            let mut rule = Rule::allow(nr, format!("(benign) {why}"));
+            if *name == "fcntl" {
+                rule.allow_args = BENIGN_FCNTL
+                    .iter()
+                    .map(|c| BTreeMap::from([("cmd".to_string(), u64::from(*c))]))
+                    .collect();
+            }
+            syscalls.insert(name.to_string(), rule);
         }
         // The profiler adds these; a hand-made or old profile may lack them.
         for (name, why) in profile::ALWAYS_ADDED {

@@ -330,7 +330,11 @@ impl RootPlan {
         for (dir, da) in &inp.profile.paths {
             let dirp = Path::new(dir);
             let exec = da.access.exec;
-            if (da.access.read || exec) && da.more_files && !never_whole(dirp) {
+            // Bound whole: a directory where the profile saw more files
+            // than it lists, and one it opened itself (listed: programs
+            // then stat names in it they never open — Python's imports).
+            let listed = da.files.is_empty();
+            if (da.access.read || exec) && (da.more_files || listed) && !never_whole(dirp) {
                 let a = if exec { Access::ReadExec } else { Access::Read };
                 add(&mut links, dirp, a, true);
                 continue;
@@ -344,6 +348,12 @@ impl RootPlan {
                         Access::Read
                     };
                     add(&mut links, &dirp.join(name), acc, true);
+                    // Python reads __pycache__/X.cpython-311.pyc only if
+                    // X.py exists beside it (it stats it, which the
+                    // profile does not record): the source comes along.
+                    if let Some(src) = python_source(dirp, name) {
+                        add(&mut links, &src, Access::Read, true);
+                    }
                 }
             }
         }
@@ -622,7 +632,17 @@ impl RootPlan {
             ops,
             cwd: inp.out.1.clone(),
         };
-        if let Some(cwd) = inp.cwd.filter(|c| plan.contains(c)) {
+        // In the view: bound, or a directory of the skeleton on the way
+        // to something bound (`tresor run --data data --out out` from
+        // the directory holding both: relative paths keep working).
+        let in_view = |c: &&Path| {
+            plan.contains(c)
+                || plan
+                    .entries
+                    .iter()
+                    .any(|e| e.access != Access::List && e.path.starts_with(c))
+        };
+        if let Some(cwd) = inp.cwd.filter(in_view) {
             plan.cwd = cwd.to_path_buf();
         }
         let cwd = c(plan.cwd.as_os_str().as_bytes())?;
@@ -646,6 +666,16 @@ impl RootPlan {
             e.access != Access::List && (e.path == p || (e.is_dir && p.starts_with(&e.path)))
         })
     }
+}
+
+/// `DIR/X.py` for `DIR/__pycache__/X.TAG.pyc`.
+fn python_source(dir: &Path, name: &str) -> Option<PathBuf> {
+    if dir.file_name()? != "__pycache__" {
+        return None;
+    }
+    let stem = name.strip_suffix(".pyc")?;
+    let module = stem.split('.').next()?;
+    Some(dir.parent()?.join(format!("{module}.py")))
 }
 
 /// Paths the view makes itself (its /proc, /dev, /tmp).
