@@ -1193,10 +1193,11 @@ fn class3_inherited_descriptors_and_devices_keep_their_modes() {
 type Argv = Box<dyn Fn(&Path, &Path) -> Vec<std::ffi::OsString>>;
 
 /// Real analyses on virtual slides, profiled on one slide (seed 1) and run
-/// on another (seed 7, another file name): `vips thumbnail` and
-/// `openslide-write-png` give output identical to the unconfined run.
+/// on another (seed 7, another file name): the Ki-67 example, `vips
+/// thumbnail` and `openslide-write-png` give output identical to the
+/// unconfined run.
 #[test]
-fn real_vips_and_openslide_profiled_on_one_slide_run_on_another() {
+fn real_ki67_vips_and_openslide_profiled_on_one_slide_run_on_another() {
     const TOOLS: [&str; 2] = ["/usr/bin/vips", "/usr/bin/openslide-write-png"];
     let tools = TOOLS;
     if !util::require(
@@ -1219,7 +1220,20 @@ fn real_vips_and_openslide_profiled_on_one_slide_run_on_another() {
             case.own(&dir.join(name));
         }
         let (sa, sb) = (a.join("s1.tiff"), b.join("other-7.tiff"));
-        let cases: [(&str, Argv, &str); 2] = [
+        let ki67 = util::example("ki67");
+        let cases: [(&str, Argv, &str); 3] = [
+            (
+                "ki67",
+                Box::new(move |slide: &Path, out: &Path| {
+                    vec![
+                        ki67.clone().into(),
+                        slide.into(),
+                        "--out".into(),
+                        out.into(),
+                    ]
+                }),
+                "heatmap.png",
+            ),
             (
                 "vips",
                 Box::new(|slide: &Path, out: &Path| {
@@ -1271,5 +1285,64 @@ fn real_vips_and_openslide_profiled_on_one_slide_run_on_another() {
             assert!(!got.is_empty());
             assert_eq!(got, std::fs::read(free.join(result)).unwrap(), "{name}");
         }
+    }
+}
+
+/// A real Python analysis with `multiprocessing.Pool` (its semaphores get
+/// new random names in /dev/shm each run — the run's private tmpfs),
+/// profiled on one input and run on another: same output as unconfined.
+#[test]
+fn real_python_multiprocessing_pool_profiled_on_one_input_runs_on_another() {
+    let python = Path::new("/usr/bin/python3");
+    if !util::require(python.exists(), "python3 (/usr/bin/python3)") {
+        return;
+    }
+    for who in everyone() {
+        let case = Case::new(who);
+        let a = case.mkdir("A");
+        let b = case.mkdir("B");
+        case.file(&a.join("n.txt"), "1\n2\n3\n", 0o644);
+        case.file(&b.join("other.txt"), "4\n5\n6\n7\n", 0o644);
+        let script = case.path("pool.py");
+        case.file(
+            &script,
+            "import sys, os, multiprocessing\n\
+             def sq(x):\n    return x * x\n\
+             if __name__ == '__main__':\n\
+             \x20   d, out = sys.argv[1], sys.argv[2]\n\
+             \x20   nums = [int(l) for f in sorted(os.listdir(d)) for l in open(os.path.join(d, f))]\n\
+             \x20   with multiprocessing.Pool(2) as p:\n\
+             \x20       r = p.map(sq, nums)\n\
+             \x20   open(os.path.join(out, 'sq.txt'), 'w').write(' '.join(map(str, r)) + '\\n')\n",
+            0o644,
+        );
+        let argv = |d: &Path, out: &Path| -> Vec<std::ffi::OsString> {
+            vec![python.into(), script.clone().into(), d.into(), out.into()]
+        };
+        let p = case.path("pool.json");
+        let scratch = case.mkdir("profile-out");
+        let v = argv(&a, &scratch);
+        profile_command(&p, &v.iter().map(|x| x.as_os_str()).collect::<Vec<_>>());
+        let out = case.out();
+        let v = argv(&b, &out);
+        let mut c = case.command(Path::new(env!("CARGO_BIN_EXE_tresor")));
+        c.stdin(Stdio::null())
+            .arg("run")
+            .arg("--profile")
+            .arg(&p)
+            .arg("--data")
+            .arg(&b)
+            .arg("--out")
+            .arg(&out)
+            .arg("--")
+            .args(&v);
+        let r = c.output().unwrap();
+        assert!(r.status.success(), "{}", text(&r.stderr));
+        let free = case.out();
+        let v = argv(&b, &free);
+        util::ok(case.command(python).args(&v[1..]));
+        let got = std::fs::read_to_string(out.join("sq.txt")).unwrap();
+        assert_eq!(got, "16 25 36 49\n");
+        assert_eq!(got, std::fs::read_to_string(free.join("sq.txt")).unwrap());
     }
 }
