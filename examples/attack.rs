@@ -422,6 +422,22 @@ fn escape_attack(name: &str, target: Option<&Path>, out: &Path) -> Option<std::i
             std::fs::set_permissions(t, std::fs::Permissions::from_mode(0o644))?;
             Ok(format!("{} is now 0644", t.display()))
         })(),
+        // Class 3: chmod what the inherited descriptors 0–2 are (the
+        // caller's files or terminal, if they were handed over).
+        "fchmod-stdio" => {
+            let mut done = Vec::new();
+            for fd in 0..3 {
+                // SAFETY: fchmod takes integers.
+                if unsafe { libc::fchmod(fd, 0o600) } == 0 {
+                    done.push(fd.to_string());
+                }
+            }
+            if done.is_empty() {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(format!("fchmod 0600 of fds {}", done.join(", ")))
+            }
+        }
         // Class 5: a run that waits (stdin to EOF) while someone stops
         // the namespace's init from outside.
         "wait-stdin" => (|| {

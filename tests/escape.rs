@@ -1072,3 +1072,277 @@ fn real_shell_pipeline_profiled_on_one_input_runs_on_another() {
         );
     }
 }
+
+/// Class 3, the descriptors: the caller's files handed over as stdin,
+/// stdout and stderr, and the host's device nodes in the view, are not
+/// the analysis's to chmod — its fds 0–2 are pipes tresor relays, the
+/// device nodes are bound read-only (`/dev/null` stays 0666 even for a run
+/// started by root, who owns it). Unconfined, the same fchmod changes the
+/// caller's files.
+#[test]
+fn class3_inherited_descriptors_and_devices_keep_their_modes() {
+    for who in everyone() {
+        let case = Case::new(who);
+        let data = case.mkdir("data");
+        case.file(&data.join("a.txt"), "sample\n", 0o644);
+        let stdio = |tag: &str| -> [PathBuf; 3] {
+            ["in", "out", "err"].map(|n| {
+                let p = case.path(&format!("{tag}-std{n}.txt"));
+                case.file(&p, "input\n", 0o644);
+                p
+            })
+        };
+        let attach = |c: &mut Command, files: &[PathBuf; 3]| {
+            let open = |p: &Path, w: bool| {
+                std::fs::OpenOptions::new()
+                    .read(!w)
+                    .append(w)
+                    .open(p)
+                    .unwrap()
+            };
+            c.stdin(open(&files[0], false))
+                .stdout(open(&files[1], true))
+                .stderr(open(&files[2], true));
+        };
+        // The profile: the same fchmods on scratch files.
+        let scratch = stdio("profile");
+        let pout = case.mkdir("profile-out");
+        let profile = case.path("fchmod.json");
+        let mut c = util::tresor();
+        c.arg("profile")
+            .arg("--out")
+            .arg(&profile)
+            .arg("--")
+            .arg(util::example("attack"))
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&pout)
+            .args(attack("fchmod-stdio", None));
+        attach(&mut c, &scratch);
+        assert!(c.status().unwrap().success());
+        let files = stdio("run");
+        let out = case.out();
+        let mut c = case.command(Path::new(env!("CARGO_BIN_EXE_tresor")));
+        c.arg("run")
+            .arg("--profile")
+            .arg(&profile)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&out)
+            .arg("--")
+            .arg(util::example("attack"))
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&out)
+            .args(attack("fchmod-stdio", None));
+        attach(&mut c, &files);
+        let st = c.status().unwrap();
+        for f in &files {
+            assert_eq!(
+                std::fs::metadata(f).unwrap().mode() & 0o777,
+                0o644,
+                "{} was chmodded through an inherited descriptor ({st})",
+                f.display()
+            );
+        }
+        // The relayed stdout still reached the caller's file.
+        assert!(std::fs::read_to_string(&files[1])
+            .unwrap()
+            .contains("fchmod"));
+        // The host's /dev/null in the view: bound read-only.
+        let chmodp = case.profile(
+            "chmod",
+            &data,
+            &attack("chmod-target", Some(&case.path("profile-stdin.txt"))),
+        );
+        let devnull = std::fs::metadata("/dev/null").unwrap().mode();
+        let r = case.run(
+            &chmodp,
+            &[&data],
+            &case.out(),
+            &attack("chmod-target", Some(Path::new("/dev/null"))),
+        );
+        assert_blocked(&r, "chmod /dev/null");
+        assert!(
+            text(&r.stdout).contains("Read-only file system"),
+            "{}",
+            text(&r.stdout)
+        );
+        assert_eq!(std::fs::metadata("/dev/null").unwrap().mode(), devnull);
+        // Control: unconfined, the same fchmod changes the caller's files.
+        let free_files = stdio("free");
+        let mut c = case.command(&util::example("attack"));
+        c.arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(case.out())
+            .args(attack("fchmod-stdio", None));
+        attach(&mut c, &free_files);
+        assert!(c.status().unwrap().success());
+        assert_eq!(
+            std::fs::metadata(&free_files[1]).unwrap().mode() & 0o777,
+            0o600
+        );
+    }
+}
+
+/// How a test builds a command line from its input and its `--out`.
+type Argv = Box<dyn Fn(&Path, &Path) -> Vec<std::ffi::OsString>>;
+
+/// Real analyses on virtual slides, profiled on one slide (seed 1) and run
+/// on another (seed 7, another file name): the Ki-67 example, `vips
+/// thumbnail` and `openslide-write-png` give output identical to the
+/// unconfined run.
+#[test]
+fn real_ki67_vips_and_openslide_profiled_on_one_slide_run_on_another() {
+    const TOOLS: [&str; 2] = ["/usr/bin/vips", "/usr/bin/openslide-write-png"];
+    let tools = TOOLS;
+    if !util::require(
+        tools.iter().all(|t| Path::new(t).exists()),
+        "vips and openslide-write-png (libvips-tools, openslide-tools)",
+    ) {
+        return;
+    }
+    for who in everyone() {
+        let case = Case::new(who);
+        let a = case.mkdir("A");
+        let b = case.mkdir("B");
+        for (dir, name, seed) in [(&a, "s1.tiff", "1"), (&b, "other-7.tiff", "7")] {
+            util::ok(
+                Command::new(env!("CARGO_BIN_EXE_tresor-slide"))
+                    .arg("--out")
+                    .arg(dir.join(name))
+                    .args(["--seed", seed, "--size", "small"]),
+            );
+            case.own(&dir.join(name));
+        }
+        let (sa, sb) = (a.join("s1.tiff"), b.join("other-7.tiff"));
+        let ki67 = util::example("ki67");
+        let cases: [(&str, Argv, &str); 3] = [
+            (
+                "ki67",
+                Box::new(move |slide: &Path, out: &Path| {
+                    vec![
+                        ki67.clone().into(),
+                        slide.into(),
+                        "--out".into(),
+                        out.into(),
+                    ]
+                }),
+                "heatmap.png",
+            ),
+            (
+                "vips",
+                Box::new(|slide: &Path, out: &Path| {
+                    vec![
+                        TOOLS[0].into(),
+                        "thumbnail".into(),
+                        slide.into(),
+                        out.join("thumb.png").into(),
+                        "128".into(),
+                    ]
+                }),
+                "thumb.png",
+            ),
+            (
+                "openslide",
+                Box::new(|slide: &Path, out: &Path| {
+                    let mut v: Vec<std::ffi::OsString> = vec![TOOLS[1].into(), slide.into()];
+                    v.extend(["200", "300", "0", "256", "256"].map(Into::into));
+                    v.push(out.join("region.png").into());
+                    v
+                }),
+                "region.png",
+            ),
+        ];
+        for (name, argv, result) in cases {
+            let p = case.path(&format!("{name}.json"));
+            let scratch = case.mkdir(&format!("{name}-profile-out"));
+            let v = argv(&sa, &scratch);
+            profile_command(&p, &v.iter().map(|x| x.as_os_str()).collect::<Vec<_>>());
+            let out = case.out();
+            let v = argv(&sb, &out);
+            let mut c = case.command(Path::new(env!("CARGO_BIN_EXE_tresor")));
+            c.stdin(Stdio::null())
+                .arg("run")
+                .arg("--profile")
+                .arg(&p)
+                .arg("--data")
+                .arg(&b)
+                .arg("--out")
+                .arg(&out)
+                .arg("--")
+                .args(&v);
+            let r = c.output().unwrap();
+            assert!(r.status.success(), "{name}: {}", text(&r.stderr));
+            let free = case.out();
+            let v = argv(&sb, &free);
+            util::ok(case.command(Path::new(&v[0])).args(&v[1..]));
+            let got = std::fs::read(out.join(result)).unwrap();
+            assert!(!got.is_empty());
+            assert_eq!(got, std::fs::read(free.join(result)).unwrap(), "{name}");
+        }
+    }
+}
+
+/// A real Python analysis with `multiprocessing.Pool` (its semaphores get
+/// new random names in /dev/shm each run — the run's private tmpfs),
+/// profiled on one input and run on another: same output as unconfined.
+#[test]
+fn real_python_multiprocessing_pool_profiled_on_one_input_runs_on_another() {
+    let python = Path::new("/usr/bin/python3");
+    if !util::require(python.exists(), "python3 (/usr/bin/python3)") {
+        return;
+    }
+    for who in everyone() {
+        let case = Case::new(who);
+        let a = case.mkdir("A");
+        let b = case.mkdir("B");
+        case.file(&a.join("n.txt"), "1\n2\n3\n", 0o644);
+        case.file(&b.join("other.txt"), "4\n5\n6\n7\n", 0o644);
+        let script = case.path("pool.py");
+        case.file(
+            &script,
+            "import sys, os, multiprocessing\n\
+             def sq(x):\n    return x * x\n\
+             if __name__ == '__main__':\n\
+             \x20   d, out = sys.argv[1], sys.argv[2]\n\
+             \x20   nums = [int(l) for f in sorted(os.listdir(d)) for l in open(os.path.join(d, f))]\n\
+             \x20   with multiprocessing.Pool(2) as p:\n\
+             \x20       r = p.map(sq, nums)\n\
+             \x20   open(os.path.join(out, 'sq.txt'), 'w').write(' '.join(map(str, r)) + '\\n')\n",
+            0o644,
+        );
+        let argv = |d: &Path, out: &Path| -> Vec<std::ffi::OsString> {
+            vec![python.into(), script.clone().into(), d.into(), out.into()]
+        };
+        let p = case.path("pool.json");
+        let scratch = case.mkdir("profile-out");
+        let v = argv(&a, &scratch);
+        profile_command(&p, &v.iter().map(|x| x.as_os_str()).collect::<Vec<_>>());
+        let out = case.out();
+        let v = argv(&b, &out);
+        let mut c = case.command(Path::new(env!("CARGO_BIN_EXE_tresor")));
+        c.stdin(Stdio::null())
+            .arg("run")
+            .arg("--profile")
+            .arg(&p)
+            .arg("--data")
+            .arg(&b)
+            .arg("--out")
+            .arg(&out)
+            .arg("--")
+            .args(&v);
+        let r = c.output().unwrap();
+        assert!(r.status.success(), "{}", text(&r.stderr));
+        let free = case.out();
+        let v = argv(&b, &free);
+        util::ok(case.command(python).args(&v[1..]));
+        let got = std::fs::read_to_string(out.join("sq.txt")).unwrap();
+        assert_eq!(got, "16 25 36 49\n");
+        assert_eq!(got, std::fs::read_to_string(free.join("sq.txt")).unwrap());
+    }
+}

@@ -23,7 +23,7 @@
 use std::collections::BTreeSet;
 use std::ffi::{CString, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -951,9 +951,28 @@ impl Confine for Kernel<'_> {
     }
 }
 
-fn child(go: i32, err: i32, prep: &Prepared, ruleset: Option<RulesetCreated>) -> ! {
+fn child(
+    go: i32,
+    err: i32,
+    stdio: [i32; 3],
+    relay_ends: [i32; 3],
+    prep: &Prepared,
+    ruleset: Option<RulesetCreated>,
+) -> ! {
     if !sys::read_byte(go) {
         sys::exit_now(i32::from(EXIT_RUNNER));
+    }
+    // fds 0–2 are pipes to tresor's relays, never the caller's own
+    // files or terminal (close_fds closes the originals).
+    for (fd, target) in stdio.iter().zip(0..) {
+        if sys::dup2(*fd, target).is_err() {
+            sys::exit_now(i32::from(EXIT_RUNNER));
+        }
+    }
+    // No process of the run may hold the relays' ends (the analysis would
+    // never see the end of its stdin), nor the pipes twice.
+    for fd in stdio.into_iter().chain(relay_ends) {
+        sys::close(fd);
     }
     let mut k = Kernel {
         prep,
@@ -1251,6 +1270,75 @@ pub fn fmt_size(b: u64) -> String {
     format!("{b} B")
 }
 
+/// Copies `from` to `to` until end of file; once `to` fails (a closed
+/// reader) the rest is read and dropped, so the writer never blocks.
+fn relay(from: OwnedFd, to: std::os::fd::BorrowedFd<'_>) {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut open = true;
+    loop {
+        match nix::unistd::read(from.as_raw_fd(), &mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let mut rest = &buf[..n];
+                while open && !rest.is_empty() {
+                    match nix::unistd::write(to, rest) {
+                        Ok(w) => rest = &rest[w..],
+                        Err(nix::errno::Errno::EINTR) => {}
+                        Err(_) => open = false,
+                    }
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => break,
+        }
+    }
+}
+
+/// The analysis's stdin, stdout and stderr are pipes that tresor relays
+/// (docs/RUN.md "Ids"): it never holds the caller's own files or terminal,
+/// so it cannot fchmod/fchown them, nor push input into a terminal. A
+/// terminal stdin is not relayed (the analysis reads end of file). The
+/// relay threads block tresor's signals, which stay with the supervisor.
+fn start_relays(in_w: OwnedFd, out_r: OwnedFd, err_r: OwnedFd) -> Vec<std::thread::JoinHandle<()>> {
+    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
+    let mut block = SigSet::empty();
+    for s in [
+        Signal::SIGALRM,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGCHLD,
+    ] {
+        block.add(s);
+    }
+    let mut old = SigSet::empty();
+    let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&block), Some(&mut old));
+    let stdin_is_tty = nix::unistd::isatty(0).unwrap_or(false);
+    if let (false, Ok(fd)) = (stdin_is_tty, nix::unistd::dup(0)) {
+        // SAFETY: dup returned a new fd that nothing else owns.
+        let stdin = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Not joined: it may wait on the caller's stdin after the run.
+        let _ = std::thread::Builder::new()
+            .name("tresor-stdin".into())
+            .spawn(move || relay(stdin, in_w.as_fd()));
+    }
+    let mut handles = Vec::new();
+    for (from, to) in [(out_r, 1), (err_r, 2)] {
+        if let Ok(h) = std::thread::Builder::new()
+            .name("tresor-relay".into())
+            .spawn(move || {
+                // SAFETY: fds 1 and 2 stay open for the life of the process.
+                relay(from, unsafe { std::os::fd::BorrowedFd::borrow_raw(to) })
+            })
+        {
+            handles.push(h);
+        }
+    }
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    handles
+}
+
 /// Runs the analysis confined and supervises it to the end.
 pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     let (prep, ruleset) = prepare(opts)?;
@@ -1273,17 +1361,33 @@ pub fn supervise(
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys_err("pipe")(e.into()))?;
     let (err_r, err_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys_err("pipe")(e.into()))?;
+    let pipe =
+        || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys_err("pipe")(e.into()));
+    let (in_r, in_w) = pipe()?;
+    let (out_r, out_w) = pipe()?;
+    let (errout_r, errout_w) = pipe()?;
     let guard = sys::SignalGuard::install().map_err(sys_err("signal handlers"))?;
     // SAFETY (of the contract): tresor is single-threaded here; the child
     // runs `child`, which only makes raw syscalls on `prep` and the
     // ruleset, prepared above, then execs or exits.
     let pid = unsafe { sys::fork_raw() }.map_err(sys_err("fork"))?;
     if pid == 0 {
-        child(go_r.as_raw_fd(), err_w.as_raw_fd(), &prep, ruleset);
+        let stdio = [in_r.as_raw_fd(), out_w.as_raw_fd(), errout_w.as_raw_fd()];
+        let ends = [in_w.as_raw_fd(), out_r.as_raw_fd(), errout_r.as_raw_fd()];
+        child(
+            go_r.as_raw_fd(),
+            err_w.as_raw_fd(),
+            stdio,
+            ends,
+            &prep,
+            ruleset,
+        );
     }
     drop(ruleset);
     drop(go_r);
     drop(err_w);
+    drop((in_r, out_w, errout_w));
+    let relays = start_relays(in_w, out_r, errout_r);
     let mut options = libc::PTRACE_O_TRACEEXIT
         | libc::PTRACE_O_TRACEEXEC
         | libc::PTRACE_O_TRACEFORK
@@ -1366,6 +1470,10 @@ pub fn supervise(
     }
     drop(guard);
     sup.resolve_program_status();
+    // Every process of the run is gone: the relays see end of file.
+    for r in relays {
+        let _ = r.join();
+    }
     let mut buf = [0u8; 12];
     if nix::unistd::read(err_r.as_raw_fd(), &mut buf) == Ok(12) {
         let code = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);

@@ -388,10 +388,14 @@ impl RootPlan {
         for (p, (access, is_dir)) in &want {
             let keep = match covered_by(p) {
                 None => true,
-                // Executables inside --data (mounted noexec) and --out
-                // inside anything are bound again on top.
-                Some(Access::Data) => matches!(access, Access::ReadExec | Access::Write),
-                Some(_) => *access == Access::Write,
+                // What needs execute inside a directory bound without it
+                // (--data is noexec; Landlock grants the directory no
+                // Execute) and --out inside anything are bound again on
+                // top, with their own rights.
+                Some(cover) => {
+                    *access == Access::Write
+                        || (*access == Access::ReadExec && cover != Access::ReadExec)
+                }
             };
             if keep {
                 entries.push(Entry {
@@ -469,6 +473,14 @@ impl RootPlan {
                 fstype: None,
                 flags: libc::MS_BIND,
                 data: None,
+            });
+            // Read-only: the node stays usable (a device's reads and
+            // writes are not the filesystem's), but its mode and owner —
+            // the host's own /dev/null — cannot be changed (EROFS).
+            ops.push(RootOp::Attr {
+                target: new(&format!("/dev/{d}"))?,
+                set: sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NOEXEC,
+                recursive: false,
             });
         }
         for (name, target) in [

@@ -1027,3 +1027,18 @@ pub fn wait_any_child() -> io::Result<(i32, i32)> {
         Ok((pid, status))
     }
 }
+
+/// `dup2(old, new)` (clears close-on-exec on `new`).
+pub fn dup2(old: i32, new: i32) -> io::Result<()> {
+    // SAFETY: dup2 takes integers; replacing `new` is the intent.
+    if unsafe { libc::dup2(old, new) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `close(fd)`, errors ignored.
+pub fn close(fd: i32) {
+    // SAFETY: closing an fd this process owns and no longer uses.
+    unsafe { libc::close(fd) };
+}
