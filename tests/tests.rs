@@ -7,6 +7,7 @@ mod cli;
 mod demo;
 mod docs;
 mod durability;
+mod escape;
 mod login;
 mod mount;
 mod policy;
