@@ -434,7 +434,9 @@ fn running_past_the_timeout_kills_the_tree() {
         f,
         &f.forking_profile,
         &out,
-        &["--timeout", "2s"],
+        // A stopped run delivers its outputs only with --keep-partial: the
+        // child's marker file shows the tree had forked.
+        &["--timeout", "2s", "--keep-partial"],
         Some("spin-tree"),
     );
     let err = text(&r.stderr);
