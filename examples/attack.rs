@@ -1,4 +1,4 @@
-//! `attack --data DIR --out DIR [--fork] [--also-read FILE…] [--attack NAME [--target PATH]]`
+//! `attack --data DIR --out DIR [--fork] [--also-read FILE…] [--nss] [--chmod] [--fifo] [--attack NAME [--target PATH]]`
 //!
 //! A small benign analysis for the `tresor run` tests (tests/run.rs): it
 //! reads every file under `--data`, writes a per-file checksum table to
@@ -269,18 +269,243 @@ fn attack(name: &str, target: Option<&Path>, data: &Path, out: &Path) -> ExitCod
             pid if pid > 0 => Ok(spin()),
             _ => Err(std::io::Error::last_os_error()),
         },
-        _ => {
-            eprintln!("attack: unknown attack {name:?}");
-            return ExitCode::from(2);
-        }
+        _ => match escape_attack(name, target, out) {
+            Some(r) => r,
+            None => {
+                eprintln!("attack: unknown attack {name:?}");
+                return ExitCode::from(2);
+            }
+        },
     };
     outcome(r)
+}
+
+// --- escape classes (tests/escape.rs, issue 13) ----------------------------
+
+/// Benign extras, recorded by a profiling run so that the profile allows
+/// what a hostile run then abuses: `--nss` looks up its own user name
+/// (nss connects to nscd's unix socket), `--chmod` makes its result
+/// world-readable, `--fifo` makes (and removes) a fifo in `--out`.
+fn benign_extras(extras: &[String], out: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for e in extras {
+        match e.as_str() {
+            "--nss" => {
+                // SAFETY: getuid takes nothing; getpwuid returns a pointer
+                // into libc's static storage (or NULL), not kept.
+                let _ = unsafe { libc::getpwuid(libc::getuid()) };
+            }
+            "--chmod" => std::fs::set_permissions(
+                out.join("result.txt"),
+                std::fs::Permissions::from_mode(0o644),
+            )?,
+            "--fifo" => {
+                let fifo = std::ffi::CString::new(out.join("fifo").as_os_str().as_encoded_bytes())
+                    .map_err(std::io::Error::other)?;
+                // SAFETY: a NUL-terminated path.
+                check(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, "fifo")?;
+                std::fs::remove_file(out.join("fifo"))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn cpath(p: &Path) -> std::io::Result<std::ffi::CString> {
+    std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)
+}
+
+/// The escape attempts of issue 13's classes; `None` for an unknown name.
+fn escape_attack(name: &str, target: Option<&Path>, out: &Path) -> Option<std::io::Result<String>> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    Some(match name {
+        // Class 1: a mount's control socket — connect and lock it.
+        // Raw calls, as nss makes them: the profile of `--nss` allows
+        // socket(AF_UNIX, SOCK_STREAM) and connect, nothing more is needed
+        // to reach the socket.
+        "connect-unix" => (|| {
+            let t = target.ok_or_else(|| std::io::Error::other("--target SOCKET"))?;
+            let bytes = t.as_os_str().as_encoded_bytes();
+            // SAFETY: sockaddr_un is plain old data; all-zero is valid.
+            let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+            if bytes.len() >= addr.sun_path.len() {
+                return Err(std::io::Error::other("socket path too long"));
+            }
+            addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+            for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+                *d = *s as libc::c_char;
+            }
+            // SAFETY: plain socket(2) with integer arguments.
+            let fd =
+                unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+            check(fd, "")?;
+            let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+            // SAFETY: `addr` is a live sockaddr_un of `len` bytes.
+            let rc = unsafe { libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) };
+            check(rc, "")?;
+            // Connected: from here on the sandbox has already failed.
+            let req = b"{\"v\":1,\"op\":\"lock\"}\n";
+            // SAFETY: writes the literal's bytes to our socket.
+            unsafe { libc::write(fd, req.as_ptr().cast(), req.len()) };
+            // SAFETY: from_raw_fd takes ownership of the fd made above.
+            let mut s: std::os::unix::net::UnixStream =
+                unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut reply = String::new();
+            let _ = s.read_to_string(&mut reply);
+            Ok(format!(
+                "connected to {}, sent lock: {}",
+                t.display(),
+                reply.trim()
+            ))
+        })(),
+        // Class 2: privileges.
+        "cap-eff" => (|| {
+            let st = std::fs::read_to_string("/proc/self/status")?;
+            let caps: Vec<&str> = st
+                .lines()
+                .filter(|l| l.starts_with("Cap"))
+                .filter(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .is_some_and(|v| !v.trim_start_matches('0').is_empty())
+                })
+                .collect();
+            if caps.is_empty() {
+                Err(std::io::Error::other("no capabilities"))
+            } else {
+                Ok(caps.join("; "))
+            }
+        })(),
+        // SAFETY: chroot takes a NUL-terminated literal.
+        "chroot-root" => check(unsafe { libc::chroot(c"/".as_ptr()) }, "chrooted"),
+        // SAFETY: setuid takes an integer.
+        "setuid-root" => check(unsafe { libc::setuid(0) }, "setuid(0)"),
+        "mknod-dev" => (|| {
+            let p = cpath(&out.join("kmsg"))?;
+            // SAFETY: a NUL-terminated path; mode and device are integers.
+            let rc =
+                unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 11)) };
+            check(rc, "made a character device (1, 11: /dev/kmsg)")
+        })(),
+        "setuid-file" => (|| {
+            let p = cpath(&out.join("suid"))?;
+            // SAFETY: a NUL-terminated path; flags and mode are integers.
+            let fd = unsafe { libc::open(p.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o4755) };
+            check(fd, "")?;
+            // SAFETY: writes 4 bytes of a literal to the fd opened above.
+            let n = unsafe { libc::write(fd, b"\x7fELF".as_ptr().cast(), 4) };
+            // SAFETY: closes the fd opened above.
+            unsafe { libc::close(fd) };
+            check(n as libc::c_int, "")?;
+            let mode = std::fs::metadata(out.join("suid"))?.permissions().mode();
+            if mode & 0o6000 != 0 {
+                Ok(format!("setuid file, mode {mode:o}"))
+            } else {
+                Err(std::io::Error::other(format!(
+                    "no setuid bit (mode {mode:o})"
+                )))
+            }
+        })(),
+        "chmod-setuid" => (|| {
+            let p = out.join("suid2");
+            std::fs::write(&p, b"\x7fELF")?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o4755))?;
+            let mode = std::fs::metadata(&p)?.permissions().mode();
+            Ok(format!("setuid file, mode {mode:o}"))
+        })(),
+        // Class 3: chmod of a file (outside the view, or in --data).
+        "chmod-target" => (|| {
+            let t = target.ok_or_else(|| std::io::Error::other("--target PATH"))?;
+            std::fs::set_permissions(t, std::fs::Permissions::from_mode(0o644))?;
+            Ok(format!("{} is now 0644", t.display()))
+        })(),
+        // Class 3: chmod what the inherited descriptors 0–2 are (the
+        // caller's files or terminal, if they were handed over).
+        "fchmod-stdio" => {
+            let mut done = Vec::new();
+            for fd in 0..3 {
+                // SAFETY: fchmod takes integers.
+                if unsafe { libc::fchmod(fd, 0o600) } == 0 {
+                    done.push(fd.to_string());
+                }
+            }
+            if done.is_empty() {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(format!("fchmod 0600 of fds {}", done.join(", ")))
+            }
+        }
+        // Class 5: a run that waits (stdin to EOF) while someone stops
+        // the namespace's init from outside.
+        "wait-stdin" => (|| {
+            println!("ready");
+            std::io::stdout().flush()?;
+            let mut v = Vec::new();
+            std::io::stdin().read_to_end(&mut v)?;
+            Ok(format!("read {} bytes of stdin, then ended", v.len()))
+        })(),
+        // Class 9: push a character into an inherited terminal's input
+        // (TIOCSTI), on each of fds 0–2.
+        "tiocsti" => {
+            let mut last = Err(std::io::Error::other("no fd"));
+            for fd in 0..3 {
+                let c = b'x';
+                // SAFETY: TIOCSTI reads one byte from a live local.
+                let rc = unsafe { libc::ioctl(fd, libc::TIOCSTI, &c as *const u8) };
+                last = check(rc, &format!("TIOCSTI on fd {fd}"));
+                if last.is_ok() {
+                    break;
+                }
+            }
+            last
+        }
+        // Class 9: fill --out with many files, each under a per-file limit.
+        "fill-out" => (|| {
+            let block = vec![7u8; 1 << 20];
+            for i in 0..6 {
+                let mut f = std::fs::File::create(out.join(format!("part{i:02}.bin")))?;
+                for _ in 0..7 {
+                    f.write_all(&block)?;
+                }
+            }
+            Ok("wrote 6 files of 7 MiB (42 MiB)".to_string())
+        })(),
+        // Class 9: write a native program into --out and run it.
+        "exec-out" => (|| {
+            let prog = out.join("prog");
+            // read + write (copy_file_range would differ between the
+            // profiling run's filesystem and the staging tmpfs).
+            std::fs::write(&prog, std::fs::read("/proc/self/exe")?)?;
+            std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755))?;
+            let p = cpath(&prog)?;
+            let argv = [p.as_ptr(), std::ptr::null()];
+            // SAFETY: path and argv are NUL-terminated; argv ends in NULL.
+            unsafe { libc::execv(p.as_ptr(), argv.as_ptr()) };
+            Err(std::io::Error::last_os_error())
+        })(),
+        // Class 9: outputs that are no regular files.
+        "odd-outputs" => (|| {
+            std::fs::write(out.join("plain.txt"), "plain\n")?;
+            std::fs::create_dir(out.join("sub"))?;
+            std::fs::write(out.join("sub/inner.txt"), "inner\n")?;
+            std::os::unix::fs::symlink("/etc/passwd", out.join("link"))?;
+            let fifo = cpath(&out.join("fifo"))?;
+            // SAFETY: a NUL-terminated path.
+            check(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, "")?;
+            Ok("made a file, a directory, a symlink and a fifo".to_string())
+        })(),
+        _ => return None,
+    })
 }
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
     let (mut data, mut out, mut which, mut fork) = (None, None, None, false);
     let (mut target, mut also_read) = (None, Vec::new());
+    let mut extras = Vec::new();
     while let Some(a) = args.next() {
         match a.to_str() {
             Some("--data") => data = args.next().map(PathBuf::from),
@@ -292,6 +517,7 @@ fn main() -> ExitCode {
                 Some(p) => also_read.push(PathBuf::from(p)),
                 None => return usage(),
             },
+            Some(e @ ("--nss" | "--chmod" | "--fifo")) => extras.push(e.to_string()),
             _ => return usage(),
         }
     }
@@ -326,7 +552,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    match benign(&data, &out) {
+    match benign(&data, &out).and_then(|s| benign_extras(&extras, &out).map(|()| s)) {
         Ok(summary) => {
             print!("{summary}");
             ExitCode::SUCCESS

@@ -105,6 +105,12 @@ enum Cmd {
         /// Lock after this long without a filesystem request (90s, 15min, 1h; 0 = never).
         #[arg(long, value_name = "DURATION", default_value = session::DEFAULT_IDLE_LOCK, value_parser = session::parse_idle_lock)]
         idle_lock: session::IdleLock,
+        /// Test hook (docs/SESSIONS.md): serve `advance_clock` on the control socket, which moves the idle lock's clock forward — it can only bring the lock sooner.
+        #[arg(long, hide = true)]
+        test_clock: bool,
+        /// Mount even if the mount point holds files (they are hidden while mounted).
+        #[arg(long)]
+        nonempty: bool,
     },
     /// Re-encrypt a data group's files, symlinks and names still under an older key epoch (after a revocation); safe to interrupt and run again. Run it while the store is not mounted.
     Rekey {
@@ -113,6 +119,16 @@ enum Cmd {
         /// The data group to re-encrypt.
         datagroup: String,
         /// The administrator's PSE (it holds every epoch's key).
+        #[arg(long)]
+        pse: PathBuf,
+        #[command(flatten)]
+        pass: PassArgs,
+    },
+    /// Convert a store to content format 2 (crash-safe appends, holes; docs/DURABILITY.md): marks the store, then re-encrypts every format-1 file of every data group, with a progress bar. Safe to interrupt and run again. Run it while the store is not mounted.
+    Upgrade {
+        /// The store directory.
+        store: PathBuf,
+        /// The administrator's PSE (it holds every data group's keys).
         #[arg(long)]
         pse: PathBuf,
         #[command(flatten)]
@@ -490,6 +506,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             log,
             threads,
             idle_lock,
+            test_clock,
+            nonempty,
         } => {
             if threads == 0 {
                 bail!("--threads 0 would serve no request; give 1 or more (default 4)");
@@ -499,8 +517,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 threads,
                 fsname: String::new(),
                 read_only,
+                nonempty,
             };
-            let how = (foreground, log, idle_lock.0);
+            let how = (foreground, log, (idle_lock.0, test_clock));
             cmd_mount(&store, &mountpoint, &pse, &pass, how, opts)
         }
         Cmd::Rekey {
@@ -512,6 +531,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let admin = unlock_pse(&pse, &pass)?;
             let report = crate::rekey::run_cli(&store, &datagroup, &admin, true)?;
             Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Cmd::Upgrade { store, pse, pass } => {
+            let admin = unlock_pse(&pse, &pass)?;
+            let mut s = crate::store::Store::open(&store)?;
+            s.check_admin(&admin)?;
+            // Refused while mounted (as rekey): a mount would keep writing
+            // format 1 into a store that says format 2.
+            crate::rekey::refuse_if_mounted(&store)?;
+            s.enable_content_v2()?;
+            let mut ok = true;
+            for group in s.groups()? {
+                let report = crate::rekey::run_cli(&store, &group, &admin, true)?;
+                ok &= report.ok();
+            }
+            if ok {
+                println!("{}: every file is in content format 2", store.display());
+            }
+            Ok(if ok {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -617,11 +658,39 @@ fn cmd_init(
     pass: &PassArgs,
     mib: u32,
 ) -> Result<ExitCode> {
-    if pse_path.exists() {
+    // Everything is checked before anything is created.
+    if !crate::directory::valid_name(user) {
+        bail!(
+            "user name {user:?} is not valid: use 1–64 characters of A–Z a–z 0–9 _ . - not starting with . or -"
+        );
+    }
+    if pse_path.symlink_metadata().is_ok() {
         bail!(
             "{} exists; choose a new path for the PSE",
             pse_path.display()
         );
+    }
+    let pse_dir = pse_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !pse_dir.is_dir() {
+        bail!(
+            "the directory {} for the PSE does not exist; create it first",
+            pse_dir.display()
+        );
+    }
+    let store_existed = store.symlink_metadata().is_ok();
+    if store_existed {
+        let empty = std::fs::read_dir(store)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if !store.is_dir() || !empty {
+            bail!(
+                "{} exists and is not an empty directory; choose a new store directory",
+                store.display()
+            );
+        }
     }
     let kdf = KdfParams {
         m_kib: mib.saturating_mul(1024),
@@ -635,9 +704,33 @@ fn cmd_init(
     );
     let admin = Pse::generate(user, None)?;
     let bytes = admin.seal(passphrase.as_bytes(), kdf)?;
-    let s = Store::create(store, &admin, kdf)?;
+    // Nothing is left behind on failure: a store whose administrator PSE
+    // was never written could never be administered.
+    let undo = || {
+        if store_existed {
+            if let Ok(d) = std::fs::read_dir(store) {
+                for e in d.flatten() {
+                    let p = e.path();
+                    let _ = if p.is_dir() {
+                        std::fs::remove_dir_all(&p)
+                    } else {
+                        std::fs::remove_file(&p)
+                    };
+                }
+            }
+        } else {
+            let _ = std::fs::remove_dir_all(store);
+        }
+    };
+    let s = Store::create(store, &admin, kdf).inspect_err(|_| undo())?;
     write_atomic(pse_path, &bytes, 0o600)
-        .with_context(|| format!("cannot write PSE {}", pse_path.display()))?;
+        .inspect_err(|_| undo())
+        .with_context(|| {
+            format!(
+                "cannot write PSE {}; the store was not created",
+                pse_path.display()
+            )
+        })?;
     println!(
         "created store {} (id {}) and administrator PSE {}",
         store.display(),
@@ -714,12 +807,28 @@ fn check_mountpoint(mnt: &Path) -> Result<()> {
     Ok(())
 }
 
+/// As gocryptfs: files under the mount would be hidden while it is up.
+/// Checked after "already mounted", which has its own exit status.
+fn check_empty(mnt: &Path, nonempty: bool) -> Result<()> {
+    if !nonempty
+        && std::fs::read_dir(mnt)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+    {
+        bail!(
+            "mount point {} is not empty (its files would be hidden); use an empty directory or pass --nonempty",
+            mnt.display()
+        );
+    }
+    Ok(())
+}
+
 fn cmd_mount(
     store: &Path,
     mnt: &Path,
     pse_path: &Path,
     pass: &PassArgs,
-    (foreground, log, idle_lock): (bool, Option<PathBuf>, Option<std::time::Duration>),
+    (foreground, log, idle_lock): (bool, Option<PathBuf>, (Option<std::time::Duration>, bool)),
     opts: MountOptions,
 ) -> Result<ExitCode> {
     // Before the mount point's own checks: a dead mount fails them all
@@ -738,6 +847,7 @@ fn cmd_mount(
         ..opts
     };
     session::check_free(mnt)?;
+    check_empty(mnt, opts.nonempty)?;
     // Watched while mounted: removing it (pulling the medium) locks.
     let pse_abs = pse_path
         .canonicalize()

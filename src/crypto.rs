@@ -264,10 +264,26 @@ pub fn derive_passphrase_key(
     let p = argon2::Params::new(params.m_kib, params.t, params.p, Some(KEY_LEN))
         .map_err(|e| CryptoError::Kdf(e.to_string()))?;
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, p);
+    // Allocated here, fallibly: argon2's own `hash_password_into` aborts the
+    // process when the memory is not there (a PSE at the ceiling on a
+    // machine with a memory limit); this says so instead.
+    let mut blocks: Vec<argon2::Block> = Vec::new();
+    blocks
+        .try_reserve_exact(argon.params().block_count())
+        .map_err(|_| {
+            CryptoError::Kdf(format!(
+                "Argon2id needs {} MiB of memory (m={} KiB) and this process cannot allocate it; \
+                 free memory or raise the process's memory limit",
+                params.m_kib / 1024,
+                params.m_kib
+            ))
+        })?;
+    blocks.resize(argon.params().block_count(), argon2::Block::default());
     let mut out = Zeroizing::new([0u8; KEY_LEN]);
-    argon
-        .hash_password_into(passphrase, salt, out.as_mut())
-        .map_err(|e| CryptoError::Kdf(e.to_string()))?;
+    let res = argon.hash_password_into_with_memory(passphrase, salt, out.as_mut(), &mut blocks);
+    // The working memory holds values derived from the passphrase.
+    blocks.zeroize();
+    res.map_err(|e| CryptoError::Kdf(e.to_string()))?;
     Ok(SecretKey(*out))
 }
 
@@ -436,6 +452,165 @@ mod tests {
         };
         let err = derive_passphrase_key(b"pw", &[0u8; 16], huge).unwrap_err();
         assert!(err.to_string().contains("exceed the ceiling"), "{err}");
+    }
+
+    fn unhex(s: &str) -> Vec<u8> {
+        hex::decode(s).unwrap()
+    }
+
+    /// RFC 8452, Appendix C.2 (AEAD_AES_256_GCM_SIV): key 01 00…, nonce
+    /// 03 00…; `seal_with_nonce_into` gives `nonce || ciphertext || tag`.
+    #[test]
+    fn aes_256_gcm_siv_known_answers_rfc8452() {
+        let mut key = [0u8; KEY_LEN];
+        key[0] = 1;
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce[0] = 3;
+        let aead = Aead::new(&SecretKey::from_bytes(key));
+        // (aad, plaintext, ciphertext || tag)
+        let cases: [(&str, &str, &str); 4] = [
+            ("", "", "07f5f4169bbf55a8400cd47ea6fd400f"),
+            (
+                "",
+                "0100000000000000",
+                "c2ef328e5c71c83b843122130f7364b761e0b97427e3df28",
+            ),
+            (
+                "01",
+                "0200000000000000",
+                "1de22967237a813291213f267e3b452f02d01ae33e4ec854",
+            ),
+            (
+                "01",
+                "020000000000000000000000",
+                "163d6f9cc1b346cd453a2e4cc1a4a19ae800941ccdc57cc8413c277f",
+            ),
+        ];
+        for (aad, pt, want) in cases {
+            let mut out = Vec::new();
+            aead.seal_with_nonce_into(&nonce, &unhex(aad), &unhex(pt), &mut out);
+            assert_eq!(&out[..NONCE_LEN], &nonce);
+            assert_eq!(hex::encode(&out[NONCE_LEN..]), want, "pt {pt}");
+            assert_eq!(aead.open(&unhex(aad), &out).unwrap(), unhex(pt));
+        }
+    }
+
+    /// tresor's derivations and seals with fixed inputs, computed
+    /// independently (OpenSSL, through tests/testdata/crypto-kat.py): the
+    /// HKDF info strings of docs/FORMAT.md §2, a content block with its
+    /// §5.2 AAD, and an entry name with its §6.2 padding and AAD.
+    #[test]
+    fn hkdf_block_and_name_known_answers() {
+        let mut k = [0u8; KEY_LEN];
+        for (i, b) in k.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let key = SecretKey::from_bytes(k);
+        let file_id: [u8; 16] = std::array::from_fn(|i| 0xA0 + i as u8);
+        let name_key = key.derive(&[b"tresor/name/v1"]);
+        let file_key = key.derive(&[b"tresor/file/v1", &file_id]);
+        assert_eq!(
+            hex::encode(name_key.as_bytes()),
+            "ce8d2cf21c0e6385fbb1b73cd52616ffb6d00c39b8fb0fc6a5b0844cb8d328ae"
+        );
+        assert_eq!(
+            hex::encode(file_key.as_bytes()),
+            "78a7bca4b966be6c3a4c260af027944e5c83c573e664e8536736b3973bec24a8"
+        );
+        assert_eq!(
+            hex::encode(key.derive(&[b"tresor/key-id/v1"]).as_bytes()),
+            "781b1f0054ceded9011d6a8e47e2c833b0cca2006d380a97097c442faa305e87"
+        );
+        assert_eq!(
+            crate::directory::key_id(&key),
+            "781b1f0054ceded9011d6a8e47e2c833",
+            "key id: the first 16 bytes, hex"
+        );
+
+        let nonce: [u8; NONCE_LEN] = std::array::from_fn(|i| 0x10 + i as u8);
+        let aad = crate::format::content::block_aad(&file_id, 5, true);
+        let pt = b"Befund: unauffaellig, keine Malignitaet nachweisbar.\n";
+        let mut out = Vec::new();
+        Aead::new(&file_key).seal_with_nonce_into(&nonce, &aad, pt, &mut out);
+        assert_eq!(
+            hex::encode(&out[NONCE_LEN..]),
+            "05ce075d0ee3d9810b7f8bcf052cbc3c65d097aa80bcc54966a01ac284e5b402\
+             a0c629fa9a39b75e75ccd81b8cc685367d93c93e30df879ad211d3f3a613f7d1\
+             08d6acdefd"
+        );
+
+        let dir_id: [u8; 16] = std::array::from_fn(|i| 0x30 + i as u8);
+        let padded = crate::format::names::pad(b"patient-0042.txt");
+        assert_eq!(padded.len(), 32, "a full block of padding after 16 bytes");
+        Aead::new(&name_key).seal_with_nonce_into(
+            &[0; NONCE_LEN],
+            &crate::format::names::name_aad(&dir_id),
+            &padded,
+            &mut out,
+        );
+        assert_eq!(
+            hex::encode(&out[NONCE_LEN..]),
+            "9e73bbe5ea295b7137fe49988e5b0862d828f6002e91d4339b3da59aef28bd91\
+             015fc9fc6ebd0649e19aaea02572788e"
+        );
+    }
+
+    /// Argon2id v0x13 as the PSE uses it (32-byte output, no secret, no
+    /// associated data), against OpenSSL (tests/testdata/crypto-kat.py):
+    /// at the floor, and with m, t, p all different so none is swapped.
+    #[test]
+    fn argon2id_known_answers() {
+        let salt: [u8; 16] = std::array::from_fn(|i| i as u8);
+        let pw = b"correct horse battery staple";
+        let min = derive_passphrase_key(pw, &salt, KdfParams::MIN).unwrap();
+        assert_eq!(
+            hex::encode(min.as_bytes()),
+            "9aeef75313e585f492c33c5e12d82e9ad253b7dd78632d537e899cd4eddd789c"
+        );
+        let mixed = KdfParams {
+            m_kib: 8200,
+            t: 2,
+            p: 2,
+        };
+        assert_eq!(
+            hex::encode(derive_passphrase_key(pw, &salt, mixed).unwrap().as_bytes()),
+            "8086cd2a7e5bfdc51f2955fd00e9f50bdc1e4d70030f28fee7b7e89703bc996c"
+        );
+    }
+
+    /// docs/THREAT-MODEL.md "no more than 1 GiB or 16 passes": the ceiling
+    /// and the floor, one parameter at a time, each refused before any
+    /// derivation (an m of 4 TiB, if tried, would fail as "cannot allocate").
+    #[test]
+    fn argon2_ceiling_16_passes_1_gib_8_lanes_and_floor() {
+        let ok = |m_kib, t, p| KdfParams { m_kib, t, p }.check();
+        assert!(ok(1024 * 1024, 16, 8).is_ok(), "the ceiling itself");
+        assert!(ok(8 * 1024, 1, 1).is_ok(), "the floor itself");
+        for (m, t, p) in [
+            (1024 * 1024 + 1, 1, 1),
+            (8192, 17, 1),
+            (8192, 1, 9),
+            (u32::MAX, 1, 1),
+        ] {
+            let params = KdfParams { m_kib: m, t, p };
+            let e = derive_passphrase_key(b"pw", &[0u8; 16], params).unwrap_err();
+            assert!(
+                e.to_string().contains("exceed the ceiling") && e.to_string().contains("refusing"),
+                "{params:?}: {e}"
+            );
+        }
+        for (m, t, p) in [(8191, 1, 1), (8192, 0, 1), (8192, 1, 0), (0, 0, 0)] {
+            let params = KdfParams { m_kib: m, t, p };
+            let e = derive_passphrase_key(b"pw", &[0u8; 16], params).unwrap_err();
+            assert!(e.to_string().contains("below the floor"), "{params:?}: {e}");
+        }
+        // 16 passes run (at the floor's memory); the 17th is refused above.
+        let sixteen = KdfParams {
+            m_kib: 8192,
+            t: 16,
+            p: 1,
+        };
+        assert!(derive_passphrase_key(b"pw", &[0u8; 16], sixteen).is_ok());
     }
 
     #[test]

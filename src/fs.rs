@@ -8,8 +8,8 @@ use crate::vfs::{Attr, Caller, Kind, SetAttr, Vfs, VfsError};
 use fuser::{
     AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::io;
@@ -33,6 +33,8 @@ pub struct MountOptions {
     pub fsname: String,
     /// Mount read-only: the kernel refuses every write (EROFS).
     pub read_only: bool,
+    /// The mount point may hold files (`--nonempty`).
+    pub nonempty: bool,
 }
 
 /// The FUSE filesystem over a [`Vfs`].
@@ -59,6 +61,8 @@ fn kind(k: Kind) -> FileType {
         Kind::Symlink => FileType::Symlink,
         Kind::Fifo => FileType::NamedPipe,
         Kind::Socket => FileType::Socket,
+        Kind::CharDevice => FileType::CharDevice,
+        Kind::BlockDevice => FileType::BlockDevice,
     }
 }
 
@@ -127,9 +131,11 @@ impl Filesystem for TresorFs {
         // Optional speed-ups; the kernel may lack them, which is fine.
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
         let _ = config.add_capabilities(InitFlags::FUSE_ASYNC_DIO);
-        // The kernel gathers small writes into page-sized and larger ones
-        // before they reach us: each costs a block read-modify-write here.
-        let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
+        // No FUSE write-back cache (as gocryptfs): every write(2) reaches
+        // the backing store before it returns, so a full disk, a quota or an
+        // I/O error of the store is the writer's error at write(2) — with the
+        // cache the kernel would accept writes it can never store (issue 14)
+        // — and the kernel takes sizes from us, not from its own cache.
         // `ls -l` and friends: entries and attributes in one round trip.
         let _ = config
             .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
@@ -196,11 +202,17 @@ impl Filesystem for TresorFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
-        _rdev: u32,
+        umask: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        entry(reply, self.vfs.mknod(caller(req), parent.0, name, mode));
+        // The caller's umask: applied here too, in case the kernel left it
+        // to us (FUSE_DONT_MASK); applying it twice changes nothing.
+        let mode = mode & !(umask & 0o777);
+        entry(
+            reply,
+            self.vfs.mknod(caller(req), parent.0, name, mode, rdev),
+        );
     }
 
     fn mkdir(
@@ -209,9 +221,10 @@ impl Filesystem for TresorFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
+        let mode = mode & !(umask & 0o777);
         entry(reply, self.vfs.mkdir(caller(req), parent.0, name, mode));
     }
 
@@ -513,10 +526,11 @@ impl Filesystem for TresorFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let mode = mode & !(umask & 0o777);
         match self.vfs.create(caller(req), parent.0, name, mode, flags) {
             Ok((a, fh)) => reply.created(
                 &TTL,
@@ -540,11 +554,36 @@ impl Filesystem for TresorFs {
         reply: ReplyEmpty,
     ) {
         if mode != 0 {
-            // Punching holes or collapsing ranges would leave unauthenticated gaps.
+            // Keep-size, punching holes, collapsing or zeroing ranges: not
+            // supported (the caller sees EOPNOTSUPP and falls back).
             reply.error(Errno::EOPNOTSUPP);
             return;
         }
         empty(reply, self.vfs.allocate(fh.0, offset, length));
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        // The kernel answers SEEK_SET/CUR/END itself; only these reach us.
+        let data = match whence {
+            libc::SEEK_DATA => true,
+            libc::SEEK_HOLE => false,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let Ok(off) = u64::try_from(offset) else {
+            return reply.error(Errno::ENXIO);
+        };
+        match self.vfs.seek_data_hole(fh.0, off, data) {
+            Ok(o) => reply.offset(i64::try_from(o).unwrap_or(i64::MAX)),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 }
 

@@ -261,18 +261,46 @@ mod tests {
         ));
     }
 
+    /// A PSE whose Argon2id parameters an attacker chose (checksum
+    /// recomputed, as anyone can): above the ceiling (1 GiB, 16 passes, 8
+    /// lanes) or below the floor, it is refused by `open` before any key is
+    /// derived — the error names the bound, and it is not "wrong
+    /// passphrase" (which the changed AAD would give if the AEAD ran).
     #[test]
     fn crafted_work_factor_is_refused() {
         let pse = Pse::generate("mallory", None).unwrap();
         let bytes = pse.seal(b"pw", FAST).unwrap();
-        let mut f: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        f["kdf"]["m_kib"] = serde_json::json!(64 * 1024 * 1024);
-        // Recompute the checksum as an attacker would.
-        let body: Body = serde_json::from_value(f.clone()).unwrap();
-        let sealed = f["sealed"].as_str().unwrap().to_string();
-        f["check"] = serde_json::json!(File::checksum(&body, &sealed));
-        let crafted = serde_json::to_vec(&f).unwrap();
-        let err = open(&crafted, b"pw").unwrap_err().to_string();
-        assert!(err.contains("ceiling"), "{err}");
+        let craft = |m: u32, t: u32, p: u32| {
+            let mut f: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            f["kdf"] = serde_json::json!({"m_kib": m, "t": t, "p": p});
+            // Recompute the checksum as an attacker would.
+            let body: Body = serde_json::from_value(f.clone()).unwrap();
+            let sealed = f["sealed"].as_str().unwrap().to_string();
+            f["check"] = serde_json::json!(File::checksum(&body, &sealed));
+            serde_json::to_vec(&f).unwrap()
+        };
+        for (m, t, p, bound) in [
+            (64 * 1024 * 1024, 1, 1, "exceed the ceiling"),
+            (u32::MAX, 1, 1, "exceed the ceiling"),
+            (8192, 17, 1, "exceed the ceiling"),
+            (8192, 1000, 1, "exceed the ceiling"),
+            (8192, 1, 9, "exceed the ceiling"),
+            (8191, 1, 1, "below the floor"),
+            (8192, 0, 1, "below the floor"),
+            (8192, 1, 0, "below the floor"),
+        ] {
+            let e = open(&craft(m, t, p), b"pw").unwrap_err();
+            assert!(
+                matches!(e, PseError::Crypto(CryptoError::Kdf(_))),
+                "m={m} t={t} p={p}: {e}"
+            );
+            assert!(e.to_string().contains(bound), "m={m} t={t} p={p}: {e}");
+        }
+        // At the ceiling's 16 passes the derivation runs; the changed
+        // parameters are in the AAD, so it then fails as a wrong passphrase.
+        let e = open(&craft(8192, 16, 1), b"pw").unwrap_err();
+        assert!(matches!(e, PseError::WrongPassphrase), "{e}");
+        // The untouched file opens: the crafting itself is sound.
+        assert!(open(&craft(FAST.m_kib, FAST.t, FAST.p), b"pw").is_ok());
     }
 }

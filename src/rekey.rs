@@ -244,6 +244,7 @@ pub fn rekey(
         },
         dirty: BTreeSet::new(),
         root: root.clone(),
+        content_version: store.content_version(),
     };
     // An interrupted re-link first: its temporary is the new copy.
     match r.finish_relink() {
@@ -305,7 +306,7 @@ pub fn run_cli(store: &Path, group: &str, pse: &Pse, progress: bool) -> anyhow::
 }
 
 /// Refuses when this machine has a tresor mount of the store at `root`.
-fn refuse_if_mounted(root: &Path) -> Result<(), RekeyError> {
+pub(crate) fn refuse_if_mounted(root: &Path) -> Result<(), RekeyError> {
     let Ok(me) = fs::canonicalize(root) else {
         return Ok(());
     };
@@ -392,6 +393,8 @@ struct Rekey<'o, 'a> {
     dirty: BTreeSet<PathBuf>,
     /// The group's backing root.
     root: PathBuf,
+    /// Content format of re-encrypted files (the store's).
+    content_version: u16,
 }
 
 /// The names of one hard-linked file, re-linked to its new copy.
@@ -578,13 +581,12 @@ impl Rekey<'_, '_> {
                     stack.push(DirItem { path, plain });
                 } else if ft.is_file() || ft.is_symlink() {
                     let symlink = ft.is_symlink();
-                    let epoch = if symlink {
-                        symlink_header(&path).ok().map(|h| h.epoch)
+                    let header = if symlink {
+                        symlink_header(&path).ok()
                     } else {
                         File::open(&path)
                             .ok()
                             .and_then(|f| content::read_header(&f).ok())
-                            .map(|h| h.epoch)
                     };
                     let mut first_name = true;
                     if !symlink && md.nlink() > 1 {
@@ -593,7 +595,7 @@ impl Rekey<'_, '_> {
                         names.push(s.items.len());
                     }
                     // A hard-linked file is one unit of work, however many names.
-                    if first_name && epoch.is_none_or(|e| e < self.current) {
+                    if first_name && header.is_none_or(|h| self.outdated(&h, symlink)) {
                         s.todo += 1;
                     }
                     s.items.push(Item {
@@ -691,7 +693,7 @@ impl Rekey<'_, '_> {
         let src = File::open(&it.path).map_err(item_io)?;
         let md = src.metadata().map_err(item_io)?;
         let h = content::read_header(&src).map_err(|e| Failure::Item(e.to_string()))?;
-        if h.epoch >= self.current {
+        if !self.outdated(&h, false) {
             self.report.skipped += 1;
             self.xattrs_in_place(&it.path)?;
             return Ok(false);
@@ -699,15 +701,15 @@ impl Rekey<'_, '_> {
         let old = self
             .key(h.epoch)
             .ok_or_else(|| Failure::Item(format!("no key for epoch {} in this PSE", h.epoch)))?;
-        let oc = FileCipher {
-            header: h,
-            aead: old.file_cipher(&h.file_id),
+        let oc = FileCipher::new(h, old.file_cipher(&h.file_id));
+        let nh = FileHeader {
+            version: self.content_version,
+            ..new_header(self.current)
         };
-        let nh = new_header(self.current);
-        let nc = FileCipher {
-            header: nh,
-            aead: self.cur().map_err(Failure::Stop)?.file_cipher(&nh.file_id),
-        };
+        let nc = FileCipher::new(
+            nh,
+            self.cur().map_err(Failure::Stop)?.file_cipher(&nh.file_id),
+        );
         let dir = parent_of(&it.path);
         let tmp = random_temp(dir);
         let out = fs::OpenOptions::new()
@@ -719,7 +721,7 @@ impl Rekey<'_, '_> {
             .map_err(item_io)?;
         let built = (|| -> Result<u64, Failure> {
             content::init_empty(&out, &nc).map_err(|e| Failure::Item(e.to_string()))?;
-            let size = content::plain_size(&src).map_err(|e| Failure::Item(e.to_string()))?;
+            let size = content::plain_size(&src, &oc).map_err(|e| Failure::Item(e.to_string()))?;
             if size == 0 {
                 // Opens the sealed empty block: a forged empty file is not copied.
                 content::read_at(&src, &oc, 0, 1).map_err(|e| Failure::Item(e.to_string()))?;
@@ -1212,16 +1214,27 @@ struct Xattrs {
     resealed: u64,
 }
 
+impl Rekey<'_, '_> {
+    /// Whether a file (or symlink) must be re-encrypted: sealed under an
+    /// older epoch, or (a file) in another content format than the store's
+    /// (`tresor upgrade`).
+    fn outdated(&self, h: &FileHeader, symlink: bool) -> bool {
+        h.epoch < self.current || (!symlink && h.version != self.content_version)
+    }
+}
+
 fn random_id() -> [u8; 16] {
     let mut id = [0u8; 16];
     crate::crypto::random_bytes(&mut id);
     id
 }
 
+/// A fresh header in format 1: the layout of symlink targets (§6.5);
+/// content files take the store's version.
 fn new_header(epoch: u32) -> FileHeader {
     let mut file_id = [0u8; FILE_ID_LEN];
     crate::crypto::random_bytes(&mut file_id);
-    FileHeader { epoch, file_id }
+    FileHeader::new(crate::format::content::VERSION_1, epoch, file_id)
 }
 
 fn symlink_header(path: &Path) -> Result<FileHeader, String> {

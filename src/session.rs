@@ -117,7 +117,8 @@ impl<'de> Deserialize<'de> for Secret {
 pub struct Request {
     /// Protocol version.
     pub v: u32,
-    /// `status`, `lock`, `login` or `umount`.
+    /// `status`, `lock`, `login` or `umount` (and `advance_clock`, a test
+    /// hook of mounts started with `--test-clock`).
     pub op: String,
     /// login: absolute path of the PSE.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -125,6 +126,9 @@ pub struct Request {
     /// login: the passphrase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passphrase: Option<Secret>,
+    /// advance_clock: milliseconds to move the idle lock's clock forward.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ms: Option<u64>,
 }
 
 impl Request {
@@ -135,6 +139,17 @@ impl Request {
             op: op.to_string(),
             pse: None,
             passphrase: None,
+            ms: None,
+        }
+    }
+
+    /// Moves the idle lock's clock forward by `by` and has the driver check
+    /// the idle lock at once; the reply's status shows the outcome. Only a
+    /// mount started with `--test-clock` accepts it (docs/SESSIONS.md).
+    pub fn advance_clock(by: Duration) -> Request {
+        Request {
+            ms: Some(u64::try_from(by.as_millis()).unwrap_or(u64::MAX)),
+            ..Request::new("advance_clock")
         }
     }
 
@@ -499,6 +514,8 @@ pub struct Control {
     mountpoint: PathBuf,
     store: PathBuf,
     idle_lock: Option<Duration>,
+    /// Whether `advance_clock` is served (`tresor mount --test-clock`).
+    test_clock: bool,
     cache: Box<dyn KernelCache>,
     state: Mutex<State>,
     /// Held while a reply is being prepared and sent, so the process does
@@ -527,13 +544,16 @@ pub enum Ending {
 
 impl Control {
     /// The session of a mount just made by `user` with the PSE at `pse`
-    /// (absolute). `idle_lock` `None`: never lock when idle.
+    /// (absolute). `idle_lock` `None`: never lock when idle. `test_clock`:
+    /// serve `advance_clock`, which moves the idle clock forward — it can
+    /// only bring the idle lock sooner.
     pub fn new(
         vfs: Arc<Vfs>,
         mountpoint: &Path,
         store: &Path,
         pse: &Path,
         idle_lock: Option<Duration>,
+        test_clock: bool,
         cache: Box<dyn KernelCache>,
     ) -> Arc<Control> {
         let keys = vfs.keys();
@@ -541,6 +561,7 @@ impl Control {
             mountpoint: mountpoint.to_path_buf(),
             store: store.to_path_buf(),
             idle_lock,
+            test_clock,
             cache,
             state: Mutex::new(State {
                 user: Some(LoggedIn {
@@ -648,25 +669,61 @@ impl Control {
     fn watch(self: Arc<Self>) {
         loop {
             std::thread::sleep(WATCH_INTERVAL);
-            let mut st = guard(&self.state);
-            if st.locked.is_some() {
-                continue;
-            }
-            if let Some(u) = &st.user {
-                if !u.pse.exists() {
-                    let why = format!("PSE {} removed", u.pse.display());
-                    self.lock(&mut st, &why);
-                    continue;
-                }
-            }
-            if let Some(limit) = self.idle_lock {
-                let idle = self.vfs.idle_for();
-                if idle >= limit {
-                    let why = format!("idle for {}", humantime::format_duration(limit));
-                    self.lock(&mut st, &why);
-                }
+            self.check(&mut guard(&self.state));
+        }
+    }
+
+    /// One look of the watcher: locks if the PSE is gone or the mount has
+    /// been idle (on the engine's clock) for the idle limit or longer.
+    fn check(&self, st: &mut State) {
+        if let Some(why) = self.lock_due(st) {
+            self.lock(st, &why);
+        }
+    }
+
+    /// Why the mount must lock now, if it must.
+    fn lock_due(&self, st: &State) -> Option<String> {
+        if st.locked.is_some() {
+            return None;
+        }
+        if let Some(u) = &st.user {
+            if !u.pse.exists() {
+                return Some(format!("PSE {} removed", u.pse.display()));
             }
         }
+        let limit = self.idle_lock?;
+        (self.vfs.idle_for() >= limit)
+            .then(|| format!("idle for {}", humantime::format_duration(limit)))
+    }
+
+    /// The test hook `advance_clock`: moves the idle clock forward, then
+    /// checks at once (the reply is the readiness signal a test waits for).
+    fn advance_clock(&self, st: &mut State, ms: Option<u64>) -> Reply {
+        if !self.test_clock {
+            return Reply::err(
+                ErrorKind::BadRequest,
+                "advance_clock is a test hook: this mount was not started with --test-clock",
+            );
+        }
+        let Some(ms) = ms else {
+            return Reply::err(ErrorKind::BadRequest, "advance_clock needs ms");
+        };
+        let by = Duration::from_millis(ms);
+        let ahead = self.vfs.clock().advance(by);
+        tracing::warn!(
+            "session: test clock advanced by {} ({} ahead of real time)",
+            humantime::format_duration(by),
+            humantime::format_duration(ahead)
+        );
+        self.check(st);
+        Reply::ok(
+            self.status(st),
+            format!(
+                "clock advanced by {}; {} ahead of real time",
+                humantime::format_duration(by),
+                humantime::format_duration(ahead)
+            ),
+        )
     }
 
     fn serve(self: Arc<Self>, listener: UnixListener) {
@@ -747,6 +804,7 @@ impl Control {
                 (Reply::ok(self.status(&st), "locked"), None)
             }
             "login" => self.login(&mut st, req),
+            "advance_clock" => (self.advance_clock(&mut st, req.ms), None),
             "umount" => {
                 drop(st);
                 match unmount(&self.mountpoint, false) {
@@ -958,5 +1016,171 @@ mod tests {
     fn error_replies_carry_their_kind() {
         let line = serde_json::to_string(&Reply::err(ErrorKind::LockedOut, "x")).unwrap();
         assert!(line.contains("\"locked_out\""), "{line}");
+    }
+
+    // ---- the idle lock's decision, on a clock that moves only when told ----
+
+    use crate::vfs::clock::Clock;
+    use crate::vfs::Caller;
+
+    /// No kernel in a unit test: nothing cached to drop.
+    struct NoKernel;
+
+    impl KernelCache for NoKernel {
+        fn inval_inode(&self, _: u64) -> io::Result<()> {
+            Ok(())
+        }
+        fn inval_entry(&self, _: u64, _: &OsStr) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    struct Session {
+        control: Arc<Control>,
+        vfs: Arc<Vfs>,
+        pse: PathBuf,
+        _dir: tempfile::TempDir,
+    }
+
+    /// A session over a store with data group `g`, logged in with a PSE
+    /// file, its engine on a manual clock; no threads run: the tests call
+    /// the watcher's check themselves.
+    fn session(idle_lock: Option<Duration>, test_clock: bool) -> Session {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = crate::pse::Pse::generate("admin", None).unwrap();
+        let root = dir.path().join("store");
+        let s =
+            crate::store::Store::create(&root, &admin, crate::crypto::KdfParams::DEFAULT).unwrap();
+        crate::admin::Admin::open(&s, &admin)
+            .unwrap()
+            .add_group("g")
+            .unwrap();
+        let ring = s.unlock(&admin).unwrap();
+        let me = Caller { uid: 0, gid: 0 };
+        let vfs = Vfs::new(crate::store::Store::open(&root).unwrap(), ring, me).unwrap();
+        let vfs = Arc::new(vfs.with_clock(Clock::manual()));
+        let pse = dir.path().join("admin.pse");
+        std::fs::write(&pse, b"the medium is present").unwrap();
+        let control = Control::new(
+            Arc::clone(&vfs),
+            &dir.path().join("mnt"),
+            &root,
+            &pse,
+            idle_lock,
+            test_clock,
+            Box::new(NoKernel),
+        );
+        Session {
+            control,
+            vfs,
+            pse,
+            _dir: dir,
+        }
+    }
+
+    impl Session {
+        fn advance(&self, by: Duration) {
+            self.vfs.clock().advance(by);
+        }
+        /// One look of the watcher; the status afterwards.
+        fn check(&self) -> Status {
+            let mut st = guard(&self.control.state);
+            self.control.check(&mut st);
+            self.control.status(&st)
+        }
+        fn activity(&self) {
+            self.vfs.lookup(ROOT, OsStr::new("g")).unwrap();
+        }
+        /// Sends `req` through a socket pair to the request handler.
+        fn ask(&self, req: &Request) -> Reply {
+            let (mut client, server) = UnixStream::pair().unwrap();
+            let mut line = serde_json::to_vec(req).unwrap();
+            line.push(b'\n');
+            client.write_all(&line).unwrap();
+            assert!(self.control.handle(server).is_none());
+            let mut reply = String::new();
+            BufReader::new(client).read_line(&mut reply).unwrap();
+            serde_json::from_str(&reply).unwrap()
+        }
+    }
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn activity_keeps_the_mount_open_and_idleness_past_the_limit_locks_it() {
+        let s = session(Some(60 * MIN), false);
+        assert!(!s.check().locked);
+        // 40 min idle, activity, 40 min idle: 80 min since the mount, never
+        // an hour without a request.
+        s.advance(40 * MIN);
+        let st = s.check();
+        assert!(!st.locked);
+        assert_eq!(st.idle_left_ms, Some(20 * 60_000));
+        s.activity();
+        assert_eq!(s.check().idle_left_ms, Some(60 * 60_000), "activity resets");
+        s.advance(40 * MIN);
+        assert!(!s.check().locked, "locked despite activity 40 min ago");
+        // Just under the limit: open; at the limit: locked.
+        s.advance(20 * MIN - Duration::from_millis(1));
+        let st = s.check();
+        assert!(!st.locked);
+        assert_eq!(st.idle_left_ms, Some(1));
+        s.advance(Duration::from_millis(1));
+        let st = s.check();
+        assert!(st.locked, "not locked after an hour idle");
+        assert_eq!(st.lock_reason.as_deref(), Some("idle for 1h"));
+        assert_eq!(st.user, None);
+        assert!(s.vfs.is_locked());
+        assert!(s.vfs.groups().is_empty(), "keys wiped");
+        // Later looks leave the lock (and its reason) as it is.
+        s.advance(60 * MIN);
+        assert_eq!(s.check().lock_reason.as_deref(), Some("idle for 1h"));
+    }
+
+    #[test]
+    fn without_an_idle_limit_idleness_never_locks() {
+        let s = session(None, false);
+        s.advance(10 * 365 * 24 * 60 * MIN);
+        let st = s.check();
+        assert!(!st.locked);
+        assert_eq!(st.idle_left_ms, None);
+        assert!(!s.vfs.is_locked());
+    }
+
+    #[test]
+    fn a_removed_pse_locks_at_the_next_look_whatever_the_clock() {
+        let s = session(Some(60 * MIN), false);
+        assert!(!s.check().locked);
+        std::fs::remove_file(&s.pse).unwrap();
+        let st = s.check();
+        assert!(st.locked);
+        assert!(
+            st.lock_reason.as_deref().unwrap().contains("removed"),
+            "{st:?}"
+        );
+    }
+
+    #[test]
+    fn advance_clock_is_served_only_with_test_clock_and_checks_at_once() {
+        let s = session(Some(60 * MIN), false);
+        let r = s.ask(&Request::advance_clock(2 * 60 * MIN));
+        assert!(!r.ok);
+        assert_eq!(r.kind, Some(ErrorKind::BadRequest));
+        assert!(r.message.unwrap().contains("--test-clock"));
+        assert_eq!(s.vfs.clock().ahead(), Duration::ZERO, "clock untouched");
+        assert!(!s.check().locked);
+
+        let s = session(Some(60 * MIN), true);
+        let r = s.ask(&Request::advance_clock(30 * MIN));
+        assert!(r.ok, "{:?}", r.message);
+        assert!(!r.status.unwrap().locked);
+        // The reply comes after the check: it already shows the lock.
+        let r = s.ask(&Request::advance_clock(30 * MIN));
+        let st = r.status.unwrap();
+        assert!(st.locked);
+        assert_eq!(st.lock_reason.as_deref(), Some("idle for 1h"));
+        assert_eq!(s.vfs.clock().ahead(), 60 * MIN);
+        let r = s.ask(&Request::new("advance_clock"));
+        assert_eq!(r.kind, Some(ErrorKind::BadRequest));
     }
 }

@@ -454,6 +454,35 @@ impl Store {
         Ok(ring)
     }
 
+    /// Content format of the store's files: 2 with the `content-v2`
+    /// feature, else 1 (`tresor upgrade` converts).
+    pub fn content_version(&self) -> u16 {
+        if self
+            .manifest
+            .features
+            .iter()
+            .any(|f| f == manifest::FEATURE_CONTENT_V2)
+        {
+            crate::format::content::v2::VERSION
+        } else {
+            crate::format::content::VERSION_1
+        }
+    }
+
+    /// Adds the `content-v2` feature to the manifest (atomically), after
+    /// which new files are written in content format 2 — the first step of
+    /// `tresor upgrade`, which then re-encrypts every format-1 file.
+    pub fn enable_content_v2(&mut self) -> Result<(), StoreError> {
+        if self.content_version() == crate::format::content::v2::VERSION {
+            return Ok(());
+        }
+        self.manifest
+            .features
+            .push(manifest::FEATURE_CONTENT_V2.to_string());
+        let mp = self.root.join(MANIFEST_FILE);
+        write_atomic(&mp, &self.manifest.to_bytes(), 0o644).map_err(io_err(&mp))
+    }
+
     /// Whether this store keeps a signed directory.
     pub fn has_directory(&self) -> bool {
         self.manifest

@@ -143,6 +143,22 @@ fn matrix_end_to_end_with_grants_revocation_and_rotation() {
     );
     b.unmount();
 
+    // What bob holds before he loses the right: the epoch-1 key of
+    // prescriptions, as a key extracted from his running mount would be.
+    let bob_before = {
+        let pw = fs::read_to_string(&bob_pw).unwrap();
+        let pse = tresor::pse::open(&fs::read(&bob).unwrap(), pw.trim_end().as_bytes()).unwrap();
+        tresor::store::Store::open(&ts.store)
+            .unwrap()
+            .unlock(&pse)
+            .unwrap()
+    };
+    assert!(bob_before
+        .group("prescriptions")
+        .unwrap()
+        .epoch(1)
+        .is_some());
+
     // Revoke nurses on prescriptions: the key rotates.
     let out = grant("nurses", "prescriptions", "-");
     assert!(
@@ -182,6 +198,61 @@ fn matrix_end_to_end_with_grants_revocation_and_rotation() {
     assert!(
         !keys.contains("\"bob\""),
         "bob's envelopes withdrawn from every epoch"
+    );
+    // The file written after the revocation is sealed under epoch 2 (its
+    // header says so, FORMAT.md §5.1), and bob's old key does not open it;
+    // the file written before still opens with that key (the control, and
+    // the documented limit: rotation protects what is written after it).
+    let files = backing_files(&ts, "prescriptions");
+    let (new_epoch, new_id, new_block) = &files["epoch 2"];
+    assert_eq!(*new_epoch, 2, "written after the revocation");
+    let (old_epoch, old_id, old_block) = &files["prescriptions data"];
+    assert_eq!(*old_epoch, 1, "written before the revocation");
+    let old_key = bob_before.group("prescriptions").unwrap();
+    assert!(old_key.epoch(2).is_none());
+    let open_with = |epoch: u32, id: &[u8; 16], (aad, sealed): &(Vec<u8>, Vec<u8>)| {
+        old_key
+            .epoch(epoch)
+            .unwrap()
+            .file_cipher(id)
+            .open(aad, sealed)
+    };
+    assert!(
+        open_with(1, new_id, new_block).is_err(),
+        "the old epoch's key opened a file written after the revocation"
+    );
+    assert_eq!(
+        open_with(1, old_id, old_block).unwrap(),
+        b"prescriptions data"
+    );
+    // LIMIT (docs/THREAT-MODEL.md, known limits): the new file's *name* is
+    // sealed under the epoch of its directory (the group root, epoch 1,
+    // FORMAT.md §6.2), so the old key still reads it until `tresor rekey`.
+    let root = ts.store.join("groups/prescriptions");
+    let dirid =
+        tresor::format::content::DirId::decode(&fs::read(root.join("tresor.dirid")).unwrap())
+            .unwrap();
+    assert_eq!(dirid.epoch, 1);
+    let names: Vec<String> = fs::read_dir(&root)
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().into_string().unwrap();
+            let ct = tresor::format::names::decode(&n)?;
+            let mut sealed = vec![0u8; 12];
+            sealed.extend_from_slice(&ct);
+            let padded = old_key
+                .epoch(1)
+                .unwrap()
+                .names()
+                .open(&tresor::format::names::name_aad(&dirid.id), &sealed)
+                .ok()?;
+            let plain = tresor::format::names::unpad(&padded)?;
+            Some(String::from_utf8(plain.to_vec()).unwrap())
+        })
+        .collect();
+    assert!(
+        names.iter().any(|n| n == "after-rotation.txt"),
+        "the documented name limit changed: update THREAT-MODEL.md ({names:?})"
     );
 
     // Downgrade physicians on prescriptions to read-only: no rotation needed.
@@ -225,6 +296,60 @@ fn matrix_end_to_end_with_grants_revocation_and_rotation() {
         &[("prescriptions", ReadOnly), ("lab", ReadOnly)],
     );
     a.unmount();
+}
+
+/// The small files at the root of `group`'s ciphertext tree, by plaintext
+/// (decrypted with the admin's keys): header epoch, file id, and the AAD and
+/// sealed bytes that hold the data — block 0 in content format 1, the tail
+/// in record slot 0 in format 2 (docs/FORMAT.md §5b).
+type Sealed = (u32, [u8; 16], (Vec<u8>, Vec<u8>));
+
+fn backing_files(ts: &TestStore, group: &str) -> BTreeMap<String, Sealed> {
+    use tresor::format::content::v2::{slot_offset, RecordFields, RECORD_FIELDS_LEN};
+    use tresor::format::content::{block_aad, FileHeader, HEADER_LEN};
+    let pw = fs::read_to_string(&ts.pass).unwrap();
+    let admin = tresor::pse::open(&fs::read(&ts.pse).unwrap(), pw.trim_end().as_bytes()).unwrap();
+    let ring = tresor::store::Store::open(&ts.store)
+        .unwrap()
+        .unlock(&admin)
+        .unwrap();
+    let keys = ring.group(group).unwrap();
+    let mut out = BTreeMap::new();
+    for e in fs::read_dir(ts.store.join("groups").join(group)).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if !p.is_file() || name.starts_with("tresor.") {
+            continue;
+        }
+        let raw = fs::read(&p).unwrap();
+        let h = FileHeader::decode(&raw).unwrap();
+        let cipher = keys.epoch(h.epoch).unwrap().file_cipher(&h.file_id);
+        let (aad, sealed) = if h.version == 1 {
+            let block = raw[HEADER_LEN as usize..].to_vec();
+            (block_aad(&h.file_id, 0, true).to_vec(), block)
+        } else {
+            // The record in force: of the slots that open, the higher counter.
+            (0..2)
+                .filter_map(|i| {
+                    let slot = raw.get(slot_offset(i) as usize..)?;
+                    let fields =
+                        RecordFields::decode(slot.get(..RECORD_FIELDS_LEN)?.try_into().ok()?);
+                    let sealed = slot.get(RECORD_FIELDS_LEN..fields.slot_len())?.to_vec();
+                    let aad = fields.aad(&h.file_id).to_vec();
+                    cipher.open(&aad, &sealed).ok()?;
+                    Some((fields.counter, aad, sealed))
+                })
+                .max_by_key(|(counter, _, _)| *counter)
+                .map(|(_, aad, sealed)| (aad, sealed))
+                .unwrap()
+        };
+        let plain = cipher.open(&aad, &sealed).unwrap();
+        out.insert(
+            String::from_utf8(plain).unwrap(),
+            (h.epoch, h.file_id, (aad, sealed)),
+        );
+    }
+    out
 }
 
 #[test]
@@ -478,4 +603,220 @@ fn xattrs_survive_a_key_rotation_and_never_resurface() {
         "an old copy resurfaced"
     );
     m.unmount();
+}
+
+/// Names, modes, sizes, times and bytes of everything in the store: any
+/// change a mount makes to the backing files shows here.
+fn backing_state(store: &Path) -> (Vec<String>, Vec<u8>) {
+    use std::os::unix::fs::MetadataExt;
+    let mut meta = Vec::new();
+    let mut stack = vec![store.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let md = fs::symlink_metadata(&p).unwrap();
+            meta.push(format!(
+                "{} {:o} {} {} {}",
+                p.display(),
+                md.mode(),
+                md.len(),
+                md.mtime_nsec() + md.mtime() * 1_000_000_000,
+                md.nlink()
+            ));
+            if md.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    meta.sort();
+    (meta, crate::util::all_store_bytes(store))
+}
+
+/// Every change to an `r` data group, one per kind of call, each on its own
+/// target so that the `w` control can run the same list.
+type Change = fn(&Path) -> std::io::Result<()>;
+
+fn changes() -> Vec<(&'static str, Change)> {
+    use nix::sys::stat::{mknod, utimensat, Mode, SFlag, UtimensatFlags};
+    use nix::sys::time::TimeSpec;
+    vec![
+        ("write an existing file", |g| {
+            use std::io::Write;
+            fs::OpenOptions::new()
+                .write(true)
+                .open(g.join("write.txt"))?
+                .write_all(b"changed")
+        }),
+        ("create a file", |g| {
+            fs::write(g.join("created.txt"), b"new")
+        }),
+        ("truncate", |g| {
+            nix::unistd::truncate(&g.join("truncate.txt"), 1).map_err(std::io::Error::from)
+        }),
+        ("unlink", |g| fs::remove_file(g.join("unlink.txt"))),
+        ("rename", |g| {
+            fs::rename(g.join("rename.txt"), g.join("renamed.txt"))
+        }),
+        ("chmod", |g| {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(g.join("chmod.txt"), fs::Permissions::from_mode(0o600))
+        }),
+        ("utimens", |g| {
+            let t = TimeSpec::new(981_173_106, 0);
+            utimensat(
+                None,
+                &g.join("utimens.txt"),
+                &t,
+                &t,
+                UtimensatFlags::FollowSymlink,
+            )
+            .map_err(std::io::Error::from)
+        }),
+        ("setxattr", |g| {
+            xattr::set(g.join("setxattr.txt"), "user.note", b"added")
+        }),
+        ("removexattr", |g| {
+            xattr::remove(g.join("removexattr.txt"), "user.note")
+        }),
+        ("mkdir", |g| fs::create_dir(g.join("newdir"))),
+        ("rmdir", |g| fs::remove_dir(g.join("emptydir"))),
+        ("symlink", |g| {
+            std::os::unix::fs::symlink("write.txt", g.join("newlink"))
+        }),
+        ("link", |g| {
+            fs::hard_link(g.join("link.txt"), g.join("link2.txt"))
+        }),
+        ("mknod (a fifo)", |g| {
+            mknod(
+                &g.join("newfifo"),
+                SFlag::S_IFIFO,
+                Mode::from_bits_truncate(0o644),
+                0,
+            )
+            .map_err(std::io::Error::from)
+        }),
+    ]
+}
+
+/// docs/ACCESS.md: a role with `r` on a data group reads it and changes
+/// nothing — every kind of change is EROFS and leaves the store's bytes,
+/// names, modes and times as they were. The control: a role with `w` makes
+/// each of the same changes.
+#[test]
+fn read_only_right_refuses_every_change_and_write_allows_each() {
+    if !fuse_available() {
+        return;
+    }
+    let ts = TestStore::new(&["lab"]);
+    let st = ts.store.to_str().unwrap().to_string();
+    for (role, right) in [("readers", "r"), ("writers", "w")] {
+        assert!(ts.admin(&["role", "add", &st, role]).status.success());
+        let out = ts.admin(&["grant", &st, role, "lab", right]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let (ro, ro_pw) = ts.add_user("reta", "readers");
+    let (rw, rw_pw) = ts.add_user("willi", "writers");
+    let m = ts.mount();
+    let g = m.path("lab");
+    for f in [
+        "write.txt",
+        "truncate.txt",
+        "unlink.txt",
+        "rename.txt",
+        "chmod.txt",
+        "utimens.txt",
+        "setxattr.txt",
+        "removexattr.txt",
+        "link.txt",
+    ] {
+        fs::write(g.join(f), format!("content of {f}")).unwrap();
+    }
+    xattr::set(g.join("removexattr.txt"), "user.note", b"present").unwrap();
+    fs::create_dir(g.join("emptydir")).unwrap();
+    m.unmount();
+
+    let before = backing_state(&ts.store);
+    let r = ts.mount_as(&ro, &ro_pw, "reta", &[]);
+    let g = r.path("lab");
+    // Reading works: this is a read-only view, not a locked one.
+    assert_eq!(
+        fs::read_to_string(g.join("write.txt")).unwrap(),
+        "content of write.txt"
+    );
+    assert_eq!(
+        xattr::get(g.join("removexattr.txt"), "user.note")
+            .unwrap()
+            .as_deref(),
+        Some(&b"present"[..])
+    );
+    for (what, change) in changes() {
+        let err = change(&g).expect_err(what);
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{what}: {err}");
+    }
+    r.unmount();
+    let after = backing_state(&ts.store);
+    assert_eq!(before.0, after.0, "names, modes, sizes or times changed");
+    assert!(before.1 == after.1, "the store's bytes changed");
+
+    // The control: with `w`, each of the same calls succeeds.
+    let w = ts.mount_as(&rw, &rw_pw, "willi", &[]);
+    let g = w.path("lab");
+    for (what, change) in changes() {
+        change(&g).unwrap_or_else(|e| panic!("{what} with w: {e}"));
+    }
+    assert_eq!(
+        fs::read(g.join("write.txt")).unwrap(),
+        b"changed of write.txt"
+    );
+    assert_eq!(fs::metadata(g.join("truncate.txt")).unwrap().len(), 1);
+    assert!(g.join("renamed.txt").exists() && !g.join("unlink.txt").exists());
+    assert!(g.join("newdir").is_dir() && !g.join("emptydir").exists());
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(fs::metadata(g.join("link.txt")).unwrap().nlink(), 2);
+    w.unmount();
+}
+
+/// docs/THREAT-MODEL.md: `tresor init` creates the store directory 0700
+/// (and its `keys/` and `groups/`, and each data group's tree), the PSE
+/// 0600; the manifest and key files are 0644 (docs/FORMAT.md §3). An
+/// existing empty directory given to `tresor init` keeps its own mode: the
+/// administrator chose it (e.g. for a store several accounts mount).
+#[test]
+fn init_creates_the_store_0700_and_the_pse_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let ts = TestStore::new(&["g"]);
+    let s = &ts.store;
+    for d in [
+        s.clone(),
+        s.join("keys"),
+        s.join("groups"),
+        s.join("groups/g"),
+    ] {
+        assert_eq!(mode(&d), 0o700, "{}", d.display());
+    }
+    assert_eq!(mode(&ts.pse), 0o600);
+    for f in ["tresor.json", "keys/g.json"] {
+        assert_eq!(mode(&s.join(f)), 0o644, "{f}");
+    }
+    assert_eq!(mode(&s.join("groups/g/tresor.dirid")), 0o444);
+
+    // A directory the administrator made beforehand keeps its mode.
+    let pre = ts.dir.path().join("pre");
+    fs::create_dir(&pre).unwrap();
+    fs::set_permissions(&pre, fs::Permissions::from_mode(0o750)).unwrap();
+    let out = tresor()
+        .arg("init")
+        .arg(&pre)
+        .arg("--pse")
+        .arg(ts.dir.path().join("pre.pse"))
+        .arg("--passphrase-file")
+        .arg(&ts.pass)
+        .args(["--kdf-memory-mib", "8"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(mode(&pre), 0o750);
+    assert_eq!(mode(&pre.join("keys")), 0o700);
+    assert_eq!(mode(&ts.dir.path().join("pre.pse")), 0o600);
 }

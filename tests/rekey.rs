@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::time::Duration;
 use tresor::format::content::{DirId, FileHeader};
 
 const GROUP: &str = "lab";
@@ -363,7 +362,83 @@ fn rekey_resumes_after_a_crash_at_any_step() {
     verify(&ts, &alice, &want);
 }
 
-/// The real thing: `tresor rekey` killed with SIGKILL part-way, then run again.
+/// Renames inside a ciphertext tree, as inotify reports them: each is a
+/// step `tresor rekey` completed (a re-encrypted file renamed over its
+/// original, or an entry moved to its new-key name). The readiness signal
+/// the kill test waits for, instead of a guessed delay.
+struct Renames {
+    fd: std::os::fd::OwnedFd,
+    buf: Vec<u8>,
+}
+
+impl Renames {
+    /// Watches every directory below `root` for completed renames.
+    fn watch(root: &Path) -> Renames {
+        use std::ffi::CString;
+        use std::os::fd::FromRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        // SAFETY: inotify_init1 takes no pointers; a negative result is checked.
+        let raw = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+        assert!(
+            raw >= 0,
+            "inotify_init1: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            let c = CString::new(d.as_os_str().as_bytes()).unwrap();
+            // SAFETY: `c` is a NUL-terminated path that outlives the call;
+            // `raw` is open (owned by `fd`).
+            let wd = unsafe { libc::inotify_add_watch(raw, c.as_ptr(), libc::IN_MOVED_TO) };
+            assert!(
+                wd >= 0,
+                "inotify_add_watch {}: {}",
+                d.display(),
+                std::io::Error::last_os_error()
+            );
+            for e in fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                }
+            }
+        }
+        Renames {
+            fd,
+            buf: vec![0; 64 * 1024],
+        }
+    }
+
+    /// Blocks until renames are reported (or `wait` passes); returns how many.
+    fn next(&mut self, wait: u16) -> usize {
+        use nix::poll::{poll, PollFd, PollFlags};
+        use std::os::fd::AsFd;
+        let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+        if poll(&mut fds, wait).unwrap() == 0 {
+            return 0;
+        }
+        let n =
+            nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&self.fd), &mut self.buf).unwrap();
+        // struct inotify_event: wd (4), mask (4), cookie (4), len (4), name (len).
+        let (mut at, mut count) = (0, 0);
+        while at + 16 <= n {
+            let mask = u32::from_ne_bytes(self.buf[at + 4..at + 8].try_into().unwrap());
+            let len = u32::from_ne_bytes(self.buf[at + 12..at + 16].try_into().unwrap()) as usize;
+            assert!(mask & libc::IN_Q_OVERFLOW == 0, "inotify queue overflowed");
+            if mask & libc::IN_MOVED_TO != 0 {
+                count += 1;
+            }
+            at += 16 + len;
+        }
+        count
+    }
+}
+
+/// The real thing: `tresor rekey` killed with SIGKILL part-way — after the
+/// 1st, 60th, 200th … completed rename, as inotify reports them — then run
+/// again. No delay is guessed: each kill waits for its count of renames.
 #[test]
 fn rekey_survives_kill_9_midway() {
     if !fuse_available() {
@@ -373,37 +448,101 @@ fn rekey_survives_kill_9_midway() {
     let want = before_snapshot(&ts);
     let mut epoch = revoke(&ts);
     let gdir = ts.store.join("groups").join(GROUP);
-    let mut delay = Duration::from_millis(80);
+    // A run of 300 files makes about 600 renames (contents, then names).
     let mut midway = 0;
-    for _ in 0..40 {
+    for kill_after in [1, 60, 200, 350, 500] {
+        let (_, old, issues) = census(&gdir, epoch);
+        if old == 0 && issues.is_empty() {
+            // The last run finished: rotate again, so there is work to cut.
+            epoch = revoke(&ts);
+        }
+        let mut renames = Renames::watch(&gdir);
         let mut child = rekey_cmd(&ts)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(delay);
+        let (mut seen, mut idle) = (0, 0);
+        let finished = loop {
+            if seen >= kill_after {
+                break false;
+            }
+            if child.try_wait().unwrap().is_some() {
+                break true;
+            }
+            match renames.next(100) {
+                0 => idle += 1,
+                n => (seen, idle) = (seen + n, 0),
+            }
+            // A hang guard, not a timing assertion: 60 s without a rename.
+            assert!(idle < 600, "rekey made no progress for 60 s");
+        };
         let _ = child.kill();
         child.wait().unwrap();
         let (cur, old, issues) = census(&gdir, epoch);
-        if old == 0 && issues.is_empty() {
-            // It finished before the kill: rotate again, kill sooner.
-            epoch = revoke(&ts);
-            delay /= 2;
-        } else if cur == 0 {
-            delay = delay * 3 / 2 + Duration::from_millis(5);
-        } else {
+        eprintln!(
+            "kill after {kill_after} renames (saw {seen}): finished={finished}, {cur} at epoch {epoch}, {old} older, {} leftovers",
+            issues.len()
+        );
+        if !(old == 0 && issues.is_empty()) {
             midway += 1;
-            if midway >= 3 {
-                break;
-            }
-            // Kill the next run at another point.
-            delay = delay * 2 / 3 + Duration::from_millis(3);
         }
     }
-    eprintln!("killed rekey part-way {midway} time(s); last delay {delay:?}");
-    assert!(midway >= 1, "never managed to kill rekey part-way");
+    assert!(
+        midway >= 3,
+        "rekey was killed part-way only {midway} time(s)"
+    );
     let out = ok(&mut rekey_cmd(&ts));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("to epoch {epoch}")), "{text}");
+    verify(&ts, &alice, &want);
+}
+
+/// docs/ACCESS.md: rekey takes an exclusive lock on the data group. While
+/// one run holds it (stopped inside its first change by the library's
+/// hook), `tresor rekey` of the same group is refused with a message that
+/// says what to do; once the first run ends, the same command runs.
+#[test]
+fn a_second_rekey_of_the_group_is_refused_while_one_holds_the_lock() {
+    if !fuse_available() {
+        return;
+    }
+    let (ts, alice) = populated(10);
+    let want = before_snapshot(&ts);
+    revoke(&ts);
+    let store = tresor::store::Store::open(&ts.store).unwrap();
+    let admin = pse(&ts);
+    let second = std::cell::RefCell::new(None);
+    let hook = || {
+        if second.borrow().is_none() {
+            *second.borrow_mut() = Some(rekey_cmd(&ts).output().unwrap());
+        }
+        false
+    };
+    let opts = tresor::rekey::Options {
+        progress: false,
+        interrupt: Some(&hook),
+    };
+    let first = tresor::rekey::rekey(&store, GROUP, &admin, &opts).unwrap();
+    assert!(first.ok(), "{:?}", first.errors);
+    let out = second
+        .into_inner()
+        .expect("the hook ran during the first rekey");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second rekey ran beside the first");
+    assert!(
+        err.contains(&format!(
+            "another `tresor rekey` is running on data group {GROUP}; wait for it to finish"
+        )),
+        "{err}"
+    );
+    // The lock went with the first run: the same command now runs (and
+    // finds nothing left to do).
+    let out = ok(&mut rekey_cmd(&ts));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rekeyed lab: 0 files"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     verify(&ts, &alice, &want);
 }

@@ -367,7 +367,7 @@ fn a_removed_users_signature_before_and_after_the_removal() {
         .as_secs()
         <= signed
     {
-        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::thread::sleep(std::time::Duration::from_millis(10)); // a documented wait for the clock
     }
     let out = ts.admin(&["user", "remove", &st, "alice"]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -350,7 +350,7 @@ impl Mount {
                     std::fs::read_to_string(&self.log).unwrap_or_default()
                 );
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(20)); // poll: a wait for the kernel to list the mount, hang-guarded
         }
     }
 
@@ -373,7 +373,7 @@ impl Mount {
                 self.child = None;
                 return Some(st);
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(20)); // poll of a hang-guarded wait
         }
         None
     }
@@ -425,7 +425,7 @@ impl Mount {
                     .output();
                 break None;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(20)); // poll of a hang-guarded wait
         };
         if !strict {
             // Drop: lenient about how it ended, but a panic is never fine
@@ -478,9 +478,26 @@ pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Every regular file and symlink below `dir` (recursively), as bytes.
+/// Every name, regular file, symlink target and backing extended attribute
+/// (names and values, of files and of directories) below `dir`, recursively,
+/// as bytes: what someone holding the store can read.
 pub fn all_store_bytes(dir: &Path) -> Vec<u8> {
+    fn xattrs(p: &Path, out: &mut Vec<u8>) {
+        // Symlinks carry no user.* attributes on Linux; the others may.
+        let names = xattr::list(p).unwrap_or_else(|e| panic!("listxattr {}: {e}", p.display()));
+        for n in names {
+            out.extend_from_slice(n.as_encoded_bytes());
+            out.push(b'\n');
+            if let Some(v) =
+                xattr::get(p, &n).unwrap_or_else(|e| panic!("getxattr {}: {e}", p.display()))
+            {
+                out.extend(v);
+                out.push(b'\n');
+            }
+        }
+    }
     let mut out = Vec::new();
+    xattrs(dir, &mut out);
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap() {
@@ -490,6 +507,7 @@ pub fn all_store_bytes(dir: &Path) -> Vec<u8> {
             out.push(b'\n');
             let ft = e.file_type().unwrap();
             if ft.is_dir() {
+                xattrs(&p, &mut out);
                 stack.push(p);
             } else if ft.is_symlink() {
                 out.extend_from_slice(
@@ -500,14 +518,7 @@ pub fn all_store_bytes(dir: &Path) -> Vec<u8> {
                 );
             } else if ft.is_file() {
                 out.extend(std::fs::read(&p).unwrap());
-                if let Ok(names) = xattr::list(&p) {
-                    for n in names {
-                        out.extend_from_slice(n.as_encoded_bytes());
-                        if let Ok(Some(v)) = xattr::get(&p, &n) {
-                            out.extend(v);
-                        }
-                    }
-                }
+                xattrs(&p, &mut out);
             }
         }
     }

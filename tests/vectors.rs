@@ -14,13 +14,11 @@ use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use tresor::crypto::{self, KdfParams, NONCE_LEN};
+use tresor::crypto::{self, KdfParams};
 use tresor::format::content::{
     block_aad, block_offset, ciphertext_size, plaintext_size, FileHeader, BLOCK_SIZE,
     CT_BLOCK_SIZE, HEADER_LEN,
 };
-use tresor::format::names;
-use tresor::keyring::Keyring;
 use tresor::pse::{self, Pse, PseError};
 use tresor::store::Store;
 use tresor::vfs::{Attr, Caller, Kind, Vfs, VfsError, ROOT};
@@ -296,13 +294,6 @@ fn fixture_vfs(root: &Path) -> Vfs {
     Vfs::new(store, ring, caller()).unwrap()
 }
 
-/// The admin's keyring of the pristine fixture: used to compute backing
-/// paths (the attacker does not have it; the tests only use it to aim).
-fn fixture_ring() -> Keyring {
-    let (store, pse) = open_store(&testdata().join(STORE_DIR), PSE_FILE);
-    store.unlock(&pse).unwrap()
-}
-
 /// Copies a tree, keeping symlinks as symlinks and making everything writable.
 fn copy_tree(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();
@@ -325,75 +316,234 @@ fn copy_tree(from: &Path, to: &Path) {
 // An independent decoder, written from docs/FORMAT.md
 // ---------------------------------------------------------------------------
 
-/// Encrypted name of `name` in the directory whose `tresor.dirid` is in
-/// `dir`, computed by hand: AES-256-GCM-SIV with the group's name key, an
-/// all-zero nonce, AAD `"TRN1" || dir id`, PKCS#7 padding to 16 bytes,
-/// base64url without padding of `ciphertext || tag`; hashed if over 255.
-fn backing_name(ring: &Keyring, group: &str, dir: &Path, name: &str) -> String {
-    let raw = fs::read(dir.join("tresor.dirid")).unwrap();
-    assert_eq!(&raw[0..4], b"TRSD");
-    assert_eq!(raw.len(), 28);
-    let epoch = u32::from_be_bytes(raw[8..12].try_into().unwrap());
-    let id: [u8; 16] = raw[12..28].try_into().unwrap();
-    let aead = ring.group(group).unwrap().epoch(epoch).unwrap().names();
-    let mut aad = b"TRN1".to_vec();
-    aad.extend_from_slice(&id);
-    let mut padded = name.as_bytes().to_vec();
-    let n = 16 - padded.len() % 16;
-    padded.resize(padded.len() + n, n as u8);
-    let mut sealed = Vec::new();
-    aead.seal_with_nonce_into(&[0; NONCE_LEN], &aad, &padded, &mut sealed);
-    let enc = names::encode(&sealed[NONCE_LEN..]);
-    if enc.len() > 255 {
-        format!(
-            "tresor.long.{}",
-            names::encode(&crypto::sha256(enc.as_bytes()))
-        )
-    } else {
-        enc
+/// docs/FORMAT.md, implemented again from the document with the raw crates
+/// (base64, sha2, hkdf, aes-gcm-siv, argon2, rsa) and none of tresor's own
+/// code: the PSE opened by §7, envelopes unwrapped by §4, every key derived
+/// by §2 from its spelled-out HKDF info string, names by §6, contents by §5.
+/// If tresor and this module disagree, one of them departs from the spec.
+mod spec {
+    use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
+    use aes_gcm_siv::{Aes256GcmSiv, Nonce};
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use rsa::pkcs8::DecodePrivateKey;
+    use rsa::{Oaep, RsaPrivateKey};
+    use sha2::{Digest, Sha256};
+    use std::collections::BTreeMap;
+    use std::fs;
+    use std::path::{Path, PathBuf};
+
+    /// §1: base64url without padding.
+    pub fn b64d(s: &str) -> Vec<u8> {
+        URL_SAFE_NO_PAD.decode(s).expect("base64url")
+    }
+
+    pub fn b64e(b: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(b)
+    }
+
+    pub fn sha256(b: &[u8]) -> [u8; 32] {
+        Sha256::digest(b).into()
+    }
+
+    /// §2: HKDF-SHA256, no salt, 32-byte output, `info` as concatenated.
+    pub fn hkdf(key: &[u8; 32], info: &[u8]) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        hkdf::Hkdf::<Sha256>::new(None, key)
+            .expand(info, &mut out)
+            .unwrap();
+        out
+    }
+
+    pub fn name_key(k: &[u8; 32]) -> [u8; 32] {
+        hkdf(k, b"tresor/name/v1")
+    }
+
+    pub fn file_key(k: &[u8; 32], file_id: &[u8; 16]) -> [u8; 32] {
+        let mut info = b"tresor/file/v1".to_vec();
+        info.extend_from_slice(file_id);
+        hkdf(k, &info)
+    }
+
+    /// §2 / §4a: hex of the first 16 bytes of HKDF(K, "tresor/key-id/v1").
+    pub fn key_id(k: &[u8; 32]) -> String {
+        hex::encode(&hkdf(k, b"tresor/key-id/v1")[..16])
+    }
+
+    /// §2: opens `nonce (12) || ciphertext || tag (16)`.
+    pub fn open(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        if sealed.len() < 28 {
+            return None;
+        }
+        let (nonce, msg) = sealed.split_at(12);
+        Aes256GcmSiv::new(key.into())
+            .decrypt(Nonce::from_slice(nonce), Payload { msg, aad })
+            .ok()
+    }
+
+    /// §7: the transport private key of a PSE, from its passphrase.
+    pub fn pse_transport_key(bytes: &[u8], passphrase: &[u8]) -> RsaPrivateKey {
+        let f: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        let s = |k: &str| serde_json::to_string(&f[k]).unwrap();
+        // "the first seven fields serialised as compact JSON in exactly the order shown"
+        let body = format!(
+            "{{\"tresor_pse\":{},\"user\":{},\"kdf\":{{\"m_kib\":{},\"t\":{},\"p\":{}}},\"salt\":{},\"sign_public\":{},\"transport_public\":{},\"trust_anchor\":{}}}",
+            f["tresor_pse"], s("user"), f["kdf"]["m_kib"], f["kdf"]["t"], f["kdf"]["p"],
+            s("salt"), s("sign_public"), s("transport_public"), s("trust_anchor")
+        );
+        let sealed = f["sealed"].as_str().unwrap();
+        assert_eq!(
+            hex::encode(sha256(format!("{body}{sealed}").as_bytes())),
+            f["check"].as_str().unwrap(),
+            "check = hex(SHA-256(body || sealed))"
+        );
+        let n = |k: &str| u32::try_from(f["kdf"][k].as_u64().unwrap()).unwrap();
+        let params = argon2::Params::new(n("m_kib"), n("t"), n("p"), Some(32)).unwrap();
+        let mut kek = [0u8; 32];
+        argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+            .hash_password_into(passphrase, &b64d(f["salt"].as_str().unwrap()), &mut kek)
+            .unwrap();
+        let mut aad = b"tresor-pse/v1\0".to_vec();
+        aad.extend_from_slice(body.as_bytes());
+        let secrets = open(&kek, &aad, &b64d(sealed)).expect("the PSE opens by the spec");
+        // u32 len || signing key (PKCS#8) || u32 len || transport key (PKCS#8)
+        let l1 = u32::from_be_bytes(secrets[0..4].try_into().unwrap()) as usize;
+        let t = &secrets[4 + l1..];
+        let l2 = u32::from_be_bytes(t[0..4].try_into().unwrap()) as usize;
+        assert_eq!(t.len(), 4 + l2, "no trailing bytes");
+        RsaPrivateKey::from_pkcs8_der(&t[4..]).unwrap()
+    }
+
+    /// The group keys K of every epoch a holder can unwrap (§4).
+    #[derive(Default)]
+    pub struct Keys {
+        pub groups: BTreeMap<String, BTreeMap<u32, [u8; 32]>>,
+    }
+
+    impl Keys {
+        /// Unwraps, for each data group of the store at `root`, the
+        /// envelopes of the holder whose transport key is `key`.
+        pub fn unwrap(root: &Path, key: &RsaPrivateKey) -> Keys {
+            use rsa::pkcs8::EncodePublicKey;
+            let m: serde_json::Value =
+                serde_json::from_slice(&fs::read(root.join("tresor.json")).unwrap()).unwrap();
+            let store_id = m["store_id"].as_str().unwrap();
+            let spki = key.to_public_key().to_public_key_der().unwrap();
+            let fpr = hex::encode(sha256(spki.as_bytes()));
+            let mut keys = Keys::default();
+            for e in fs::read_dir(root.join("keys")).unwrap() {
+                let p = e.unwrap().path();
+                let group = p.file_stem().unwrap().to_str().unwrap().to_string();
+                let kf: serde_json::Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+                for ep in kf["epochs"].as_array().unwrap() {
+                    let epoch = ep["epoch"].as_u64().unwrap() as u32;
+                    for env in ep["envelopes"].as_array().unwrap() {
+                        if env["key_fpr"].as_str().unwrap() != fpr {
+                            continue;
+                        }
+                        let label = format!("tresor-group-key/v1/{store_id}/{group}/{epoch}");
+                        let k = key
+                            .decrypt(
+                                Oaep::new_with_label::<Sha256, _>(label),
+                                &b64d(env["wrapped"].as_str().unwrap()),
+                            )
+                            .expect("the envelope opens by the spec");
+                        keys.groups
+                            .entry(group.clone())
+                            .or_default()
+                            .insert(epoch, k.try_into().expect("K is 32 bytes"));
+                    }
+                }
+            }
+            keys
+        }
+
+        pub fn k(&self, group: &str, epoch: u32) -> &[u8; 32] {
+            &self.groups[group][&epoch]
+        }
+    }
+
+    /// §6.2 / §6.3: the backing name of plaintext `name` in the backing
+    /// directory `dir` (its `tresor.dirid` gives id and epoch).
+    pub fn backing_name(keys: &Keys, group: &str, dir: &Path, name: &str) -> String {
+        let raw = fs::read(dir.join("tresor.dirid")).unwrap();
+        assert_eq!(raw.len(), 28);
+        assert_eq!(
+            &raw[0..8],
+            b"TRSD\x00\x01\x00\x00",
+            "magic, version 1, flags 0"
+        );
+        let epoch = u32::from_be_bytes(raw[8..12].try_into().unwrap());
+        let mut aad = b"TRN1".to_vec();
+        aad.extend_from_slice(&raw[12..28]);
+        let mut padded = name.as_bytes().to_vec();
+        let n = 16 - padded.len() % 16;
+        padded.resize(padded.len() + n, n as u8);
+        let nk = name_key(keys.k(group, epoch));
+        let ct = Aes256GcmSiv::new((&nk).into())
+            .encrypt(
+                Nonce::from_slice(&[0; 12]),
+                Payload {
+                    msg: &padded,
+                    aad: &aad,
+                },
+            )
+            .unwrap();
+        let enc = b64e(&ct);
+        if enc.len() > 255 {
+            format!("tresor.long.{}", b64e(&sha256(enc.as_bytes())))
+        } else {
+            enc
+        }
+    }
+
+    /// Backing path of plaintext `path` ("group/a/b") under store `root`.
+    pub fn backing(root: &Path, keys: &Keys, path: &str) -> PathBuf {
+        let mut parts = path.split('/');
+        let group = parts.next().unwrap();
+        let mut p = root.join("groups").join(group);
+        for part in parts {
+            let b = backing_name(keys, group, &p, part);
+            p.push(b);
+        }
+        p
+    }
+
+    /// §5 (and §6.5 for symlink targets): header, then the blocks with the
+    /// file key of the header's epoch and file id, each under its AAD.
+    pub fn decode_file(keys: &Keys, group: &str, raw: &[u8]) -> Vec<u8> {
+        assert_eq!(&raw[0..4], b"TRSR", "magic");
+        assert_eq!(u16::from_be_bytes([raw[4], raw[5]]), 1, "version");
+        assert_eq!(u16::from_be_bytes([raw[6], raw[7]]), 0, "flags");
+        let epoch = u32::from_be_bytes(raw[8..12].try_into().unwrap());
+        let id: [u8; 16] = raw[12..28].try_into().unwrap();
+        let fk = file_key(keys.k(group, epoch), &id);
+        let chunks: Vec<&[u8]> = raw[28..].chunks(4096 + 28).collect();
+        let mut out = Vec::new();
+        for (i, c) in chunks.iter().enumerate() {
+            let mut aad = b"TRB1".to_vec();
+            aad.extend_from_slice(&id);
+            aad.extend_from_slice(&(i as u64).to_be_bytes());
+            aad.push(u8::from(i + 1 == chunks.len()));
+            out.extend(open(&fk, &aad, c).expect("block opens by the spec"));
+        }
+        out
     }
 }
 
-/// Backing path of plaintext `path` ("group/a/b") under store `root`.
-fn backing(root: &Path, ring: &Keyring, path: &str) -> PathBuf {
-    let mut parts = path.split('/');
-    let group = parts.next().unwrap();
-    let mut p = root.join("groups").join(group);
-    for part in parts {
-        let b = backing_name(ring, group, &p, part);
-        p.push(b);
-    }
-    p
+/// The fixture admin's group keys, unwrapped by the spec decoder. The
+/// tampering tests use them only to aim (an attacker has no keys).
+fn spec_keys() -> spec::Keys {
+    let key = spec::pse_transport_key(&fs::read(testdata().join(PSE_FILE)).unwrap(), &passphrase());
+    spec::Keys::unwrap(&testdata().join(STORE_DIR), &key)
 }
 
-/// Decrypts a content file by hand: header, then blocks with their AAD.
-fn decode_file_by_spec(ring: &Keyring, group: &str, raw: &[u8]) -> Vec<u8> {
-    assert_eq!(&raw[0..4], b"TRSR", "magic");
-    assert_eq!(u16::from_be_bytes([raw[4], raw[5]]), 1, "version");
-    assert_eq!(u16::from_be_bytes([raw[6], raw[7]]), 0, "flags");
-    let epoch = u32::from_be_bytes(raw[8..12].try_into().unwrap());
-    let id: [u8; 16] = raw[12..28].try_into().unwrap();
-    let aead = ring
-        .group(group)
-        .unwrap()
-        .epoch(epoch)
-        .unwrap()
-        .file_cipher(&id);
-    let body = &raw[28..];
-    let chunks: Vec<&[u8]> = body.chunks(4096 + 28).collect();
-    let mut out = Vec::new();
-    for (i, c) in chunks.iter().enumerate() {
-        let mut aad = b"TRB1".to_vec();
-        aad.extend_from_slice(&id);
-        aad.extend_from_slice(&(i as u64).to_be_bytes());
-        aad.push(u8::from(i + 1 == chunks.len()));
-        out.extend(aead.open(&aad, c).expect("block opens by the spec"));
-    }
-    out
+fn backing(root: &Path, keys: &spec::Keys, path: &str) -> PathBuf {
+    spec::backing(root, keys, path)
 }
 
 fn hex_sha(data: &[u8]) -> String {
-    hex::encode(crypto::sha256(data))
+    hex::encode(spec::sha256(data))
 }
 
 // ---------------------------------------------------------------------------
@@ -451,49 +601,102 @@ fn fixture_reads_exactly_through_vfs() {
 #[test]
 fn fixture_reads_by_the_spec() {
     let root = testdata().join(STORE_DIR);
-    let ring = fixture_ring();
+    let keys = spec_keys();
+    // The admin holds epoch 1 of both groups; the reader only slides.
+    let held: Vec<(&str, Vec<u32>)> = keys
+        .groups
+        .iter()
+        .map(|(g, e)| (g.as_str(), e.keys().copied().collect()))
+        .collect();
+    assert_eq!(held, [("records", vec![1]), ("slides", vec![1])]);
+    let reader = spec::Keys::unwrap(
+        &root,
+        &spec::pse_transport_key(
+            &fs::read(testdata().join(READER_PSE_FILE)).unwrap(),
+            &passphrase(),
+        ),
+    );
+    assert_eq!(reader.groups.keys().collect::<Vec<_>>(), ["slides"]);
+    assert_eq!(reader.k("slides", 1), keys.k("slides", 1));
     for (path, size) in all_files() {
         let group = path.split('/').next().unwrap();
-        let b = backing(&root, &ring, &path);
+        let b = backing(&root, &keys, &path);
         let raw = fs::read(&b).unwrap_or_else(|e| panic!("{path} at {}: {e}", b.display()));
-        assert_eq!(raw.len() as u64, ciphertext_size(size as u64), "{path}");
+        // §5.3: H + O·blocks(p) + p.
         assert_eq!(
             raw.len() as u64,
             28 + 28 * (size as u64).div_ceil(4096).max(1) + size as u64
         );
+        assert_eq!(raw.len() as u64, ciphertext_size(size as u64), "{path}");
         assert!(
-            decode_file_by_spec(&ring, group, &raw) == content(&path, size),
+            spec::decode_file(&keys, group, &raw) == content(&path, size),
             "{path}"
         );
     }
     // The long name: hashed backing name plus its side file.
-    let b = backing(&root, &ring, &long_path());
+    let b = backing(&root, &keys, &long_path());
     let bname = b.file_name().unwrap().to_str().unwrap();
     assert!(bname.starts_with("tresor.long."), "{bname}");
     assert_eq!(bname.len(), "tresor.long.".len() + 43);
     let side = fs::read_to_string(b.with_file_name(format!("{bname}.name"))).unwrap();
-    assert!(side.len() > 255);
+    assert_eq!(side.len(), 299, "200 bytes → 208 padded → 224 sealed → 299");
     assert_eq!(
-        names::encode(&crypto::sha256(side.as_bytes())),
+        spec::b64e(&spec::sha256(side.as_bytes())),
         bname["tresor.long.".len()..]
     );
     // Symlink targets: base64url(header || nonce || ct || tag), block 0, last.
     for (path, target) in LINKS {
-        let b = backing(&root, &ring, path);
+        let b = backing(&root, &keys, path);
         let enc = fs::read_link(&b).unwrap();
-        let raw = names::decode(enc.to_str().unwrap()).unwrap();
+        let raw = spec::b64d(enc.to_str().unwrap());
         assert_eq!(raw.len(), 28 + 12 + target.len() + 16);
-        assert_eq!(
-            decode_file_by_spec(&ring, "records", &raw),
-            target.as_bytes()
-        );
+        assert_eq!(spec::decode_file(&keys, "records", &raw), target.as_bytes());
     }
     // Directory id files.
     for d in ["records", "slides", "records/notes"] {
-        let raw = fs::read(backing(&root, &ring, d).join("tresor.dirid")).unwrap();
+        let raw = fs::read(backing(&root, &keys, d).join("tresor.dirid")).unwrap();
         assert_eq!(raw.len(), 28);
         assert_eq!(&raw[..12], b"TRSD\x00\x01\x00\x00\x00\x00\x00\x01", "{d}");
     }
+}
+
+/// §2, §4a: in a store with a signed directory, the key id the directory
+/// names for each epoch is hex(first 16 bytes of HKDF(K, "tresor/key-id/v1")),
+/// with K unwrapped by the spec decoder — for the first epoch and for the
+/// one a revocation rotates to.
+#[test]
+fn key_ids_in_the_directory_match_the_spec() {
+    let ts = crate::util::TestStore::new(&["g"]);
+    let st = ts.store.to_str().unwrap().to_string();
+    for args in [
+        &["role", "add", &st, "nurses"][..],
+        &["grant", &st, "nurses", "g", "r"],
+    ] {
+        let out = ts.admin(args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    ts.add_user("bob", "nurses");
+    let out = ts.admin(&["grant", &st, "nurses", "g", "-"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rotated the key of g to epoch 2"));
+    let key = spec::pse_transport_key(&fs::read(&ts.pse).unwrap(), b"test passphrase");
+    let keys = spec::Keys::unwrap(&ts.store, &key);
+    // directory.json is {"signed":<BODY>,"signature":"…"}\n (§4a).
+    let d: serde_json::Value =
+        serde_json::from_slice(&fs::read(ts.store.join("directory.json")).unwrap()).unwrap();
+    let g = &d["signed"]["datagroups"]["g"];
+    assert_eq!(g["epoch"], 2);
+    let ids = g["key_ids"].as_object().unwrap();
+    assert_eq!(ids.len(), 2, "{g}");
+    for epoch in [1u32, 2] {
+        let id = spec::key_id(keys.k("g", epoch));
+        assert_eq!(id.len(), 32);
+        assert_eq!(ids[&epoch.to_string()], id.as_str(), "epoch {epoch}");
+    }
+    assert_ne!(keys.k("g", 1), keys.k("g", 2));
 }
 
 #[test]
@@ -524,7 +727,9 @@ fn fixture_json_files_match_the_spec() {
     assert_eq!(store_id.len(), 32);
 
     // The key file: OAEP-SHA256 with the label of FORMAT.md.
-    let (store, pse) = open_store(&root, PSE_FILE);
+    let bytes = fs::read(testdata().join(PSE_FILE)).unwrap();
+    let f: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let transport = spec::pse_transport_key(&bytes, &passphrase());
     for group in ["records", "slides"] {
         let k: serde_json::Value =
             serde_json::from_slice(&fs::read(root.join(format!("keys/{group}.json"))).unwrap())
@@ -534,52 +739,53 @@ fn fixture_json_files_match_the_spec() {
         assert_eq!(k["current_epoch"], 1);
         let env = &k["epochs"][0]["envelopes"][0];
         assert_eq!(env["holder"], "admin");
+        // key_fpr: hex SHA-256 of the holder's transport public key (SPKI DER).
         assert_eq!(
             env["key_fpr"].as_str().unwrap(),
-            pse.public.transport_public.fingerprint().unwrap()
+            hex_sha(&spec::b64d(f["transport_public"].as_str().unwrap()))
         );
-        let wrapped = names::decode(env["wrapped"].as_str().unwrap()).unwrap();
+        let wrapped = spec::b64d(env["wrapped"].as_str().unwrap());
         assert_eq!(wrapped.len(), 384, "RSA-3072");
-        let label = format!("tresor-group-key/v1/{store_id}/{group}/1");
-        pse.transport.unwrap_key(&label, &wrapped).unwrap();
-        assert!(pse
-            .transport
-            .unwrap_key("tresor-group-key/v1/x/y/1", &wrapped)
-            .is_err());
+        let unwrap = |label: String| {
+            transport.decrypt(
+                rsa::Oaep::new_with_label::<sha2::Sha256, _>(label),
+                &wrapped,
+            )
+        };
+        let key = unwrap(format!("tresor-group-key/v1/{store_id}/{group}/1")).unwrap();
+        assert_eq!(key.len(), 32);
+        assert!(unwrap("tresor-group-key/v1/x/y/1".into()).is_err());
+        assert!(unwrap(format!("tresor-group-key/v1/{store_id}/{group}/2")).is_err());
     }
-    drop(store);
 
-    // The PSE: checksum rule and AAD, recomputed by hand.
-    let bytes = fs::read(testdata().join(PSE_FILE)).unwrap();
-    let f: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-    let s = |k: &str| serde_json::to_string(&f[k]).unwrap();
-    let body = format!(
-        "{{\"tresor_pse\":{},\"user\":{},\"kdf\":{{\"m_kib\":{},\"t\":{},\"p\":{}}},\"salt\":{},\"sign_public\":{},\"transport_public\":{},\"trust_anchor\":{}}}",
-        f["tresor_pse"], s("user"), f["kdf"]["m_kib"], f["kdf"]["t"], f["kdf"]["p"],
-        s("salt"), s("sign_public"), s("transport_public"), s("trust_anchor")
-    );
-    let sealed = f["sealed"].as_str().unwrap();
-    assert_eq!(
-        hex_sha(format!("{body}{sealed}").as_bytes()),
-        f["check"].as_str().unwrap(),
-        "check = hex(sha256(compact body JSON || sealed))"
-    );
-    let salt = names::decode(f["salt"].as_str().unwrap()).unwrap();
-    assert_eq!(salt.len(), 16);
+    // The PSE: fields in order, the floor KDF, 16 bytes of salt; the
+    // checksum rule, AEAD and secrets layout are checked by
+    // spec::pse_transport_key above.
+    let fields: Vec<&str> = f.as_object().unwrap().keys().map(String::as_str).collect();
+    let text = String::from_utf8(bytes.clone()).unwrap();
+    let mut at = 0;
+    for k in [
+        "tresor_pse",
+        "user",
+        "kdf",
+        "salt",
+        "sign_public",
+        "transport_public",
+        "trust_anchor",
+        "sealed",
+        "check",
+    ] {
+        assert!(fields.contains(&k), "{k}");
+        let i = text.find(&format!("\"{k}\":")).unwrap();
+        assert!(i > at, "{k} out of order");
+        at = i;
+    }
+    assert_eq!(spec::b64d(f["salt"].as_str().unwrap()).len(), 16);
     let kdf = KdfParams::MIN;
     assert_eq!(
         f["kdf"],
         serde_json::json!({"m_kib": kdf.m_kib, "t": kdf.t, "p": kdf.p})
     );
-    let kek = crypto::derive_passphrase_key(&passphrase(), &salt, kdf).unwrap();
-    let mut aad = b"tresor-pse/v1\0".to_vec();
-    aad.extend_from_slice(body.as_bytes());
-    let secrets = crypto::Aead::new(&kek)
-        .open(&aad, &names::decode(sealed).unwrap())
-        .unwrap();
-    let l1 = u32::from_be_bytes(secrets[0..4].try_into().unwrap()) as usize;
-    let l2 = u32::from_be_bytes(secrets[4 + l1..8 + l1].try_into().unwrap()) as usize;
-    assert_eq!(secrets.len(), 8 + l1 + l2);
     assert_eq!(
         f["trust_anchor"], f["sign_public"],
         "the admin is its own anchor"
@@ -607,6 +813,7 @@ fn size_formula_worked_examples() {
     assert_eq!(CT_BLOCK_SIZE, BLOCK_SIZE + 28);
     assert_eq!(block_offset(2), 28 + 2 * 4124);
     let h = FileHeader {
+        version: 1,
         epoch: 0x0102_0304,
         file_id: [0xAA; 16],
     };
@@ -663,6 +870,92 @@ fn pse_wrong_passphrase_and_corruption_differ() {
     assert!(e.to_string().contains("upgrade tresor"), "{e}");
 }
 
+/// The fixture admin's PSE with other Argon2id parameters and its checksum
+/// recomputed by the spec (§7) — what an attacker can write.
+fn crafted_pse(m_kib: u32, t: u32, p: u32) -> Vec<u8> {
+    let mut f: serde_json::Value =
+        serde_json::from_slice(&fs::read(testdata().join(PSE_FILE)).unwrap()).unwrap();
+    f["kdf"] = serde_json::json!({"m_kib": m_kib, "t": t, "p": p});
+    let s = |k: &str| serde_json::to_string(&f[k]).unwrap();
+    let body = format!(
+        "{{\"tresor_pse\":{},\"user\":{},\"kdf\":{{\"m_kib\":{m_kib},\"t\":{t},\"p\":{p}}},\"salt\":{},\"sign_public\":{},\"transport_public\":{},\"trust_anchor\":{}}}",
+        f["tresor_pse"], s("user"), s("salt"), s("sign_public"), s("transport_public"), s("trust_anchor")
+    );
+    f["check"] = hex_sha(format!("{body}{}", f["sealed"].as_str().unwrap()).as_bytes()).into();
+    serde_json::to_vec_pretty(&f).unwrap()
+}
+
+/// docs/THREAT-MODEL.md: a crafted PSE cannot make tresor allocate more
+/// than 1 GiB or run more than 16 passes. `tresor passwd` on a PSE one KiB
+/// over the memory ceiling, run with a 512 MiB address-space limit, ends
+/// with the ceiling error (exit 4) — it never tried to allocate. The
+/// control: the same PSE exactly at the ceiling, under the same limit,
+/// does try, and fails for lack of memory (a clear error, not an abort).
+/// Passes and lanes over the ceiling, and each floor, are refused too.
+#[test]
+fn crafted_pse_work_factors_are_refused_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pass = tmp.path().join("pass");
+    fs::write(&pass, passphrase()).unwrap();
+    let new = tmp.path().join("new");
+    fs::write(&new, "another passphrase\n").unwrap();
+    let passwd = |m: u32, t: u32, p: u32| {
+        let pse = tmp.path().join(format!("m{m}-t{t}-p{p}.pse"));
+        fs::write(&pse, crafted_pse(m, t, p)).unwrap();
+        let out = crate::util::isolate(&mut std::process::Command::new("sh"))
+            .arg("-c")
+            // 512 MiB of address space: far below the 1 GiB at the ceiling.
+            .arg("ulimit -v 524288 && exec \"$@\"")
+            .arg("sh")
+            .arg(env!("CARGO_BIN_EXE_tresor"))
+            .args(["passwd", "--pse"])
+            .arg(&pse)
+            .arg("--passphrase-file")
+            .arg(&pass)
+            .arg("--new-passphrase-file")
+            .arg(&new)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), err)
+    };
+    let (code, err) = passwd(1024 * 1024 + 1, 1, 1);
+    assert_eq!(code, Some(4), "{err}");
+    assert!(
+        err.contains(
+            "m=1048577 KiB, t=1, p=1 exceed the ceiling m=1048576 KiB, t=16, p=8; refusing"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("memory allocation"), "{err}");
+    // The control: at the ceiling the work is attempted, and the limit stops it.
+    let (code, err) = passwd(1024 * 1024, 1, 1);
+    assert!(
+        err.contains("Argon2id needs 1024 MiB of memory") && !err.contains("ceiling"),
+        "{code:?}: {err}"
+    );
+    assert!(
+        !err.contains("panicked") && code.is_some(),
+        "{code:?}: {err}"
+    );
+    for (m, t, p, bound) in [
+        (8192, 17, 1, "exceed the ceiling"),
+        (8192, 1, 9, "exceed the ceiling"),
+        (8191, 1, 1, "below the floor"),
+        (8192, 0, 1, "below the floor"),
+        (8192, 1, 0, "below the floor"),
+    ] {
+        let (code, err) = passwd(m, t, p);
+        assert_eq!(code, Some(4), "m={m} t={t} p={p}: {err}");
+        assert!(err.contains(bound), "m={m} t={t} p={p}: {err}");
+    }
+    // The fixture's own parameters, through the same crafting: it opens,
+    // so the refusals above are the parameters' doing.
+    let (code, err) = passwd(8192, 1, 1);
+    assert_eq!(code, Some(0), "{err}");
+}
+
 // ---------------------------------------------------------------------------
 // Tampering
 // ---------------------------------------------------------------------------
@@ -693,12 +986,12 @@ enum Expect {
 /// Where a tampering is applied: a copy of the fixture.
 struct Ctx<'a> {
     root: &'a Path,
-    ring: &'a Keyring,
+    keys: &'a spec::Keys,
 }
 
 impl Ctx<'_> {
     fn path(&self, plain: &str) -> PathBuf {
-        backing(self.root, self.ring, plain)
+        backing(self.root, self.keys, plain)
     }
     fn read(&self, plain: &str) -> Vec<u8> {
         fs::read(self.path(plain)).unwrap()
@@ -896,11 +1189,11 @@ fn all_plaintexts() -> Vec<Vec<u8>> {
 }
 
 /// Runs one case; returns a description of the failure, if any.
-fn run_case(case: &Case, pristine: &Path, ring: &Keyring) -> Result<(), String> {
+fn run_case(case: &Case, pristine: &Path, keys: &spec::Keys) -> Result<(), String> {
     let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
     let root = tmp.path().join("store");
     copy_tree(pristine, &root);
-    (case.tamper)(&Ctx { root: &root, ring });
+    (case.tamper)(&Ctx { root: &root, keys });
 
     let probe = if case.probe == "records/LONG" {
         long_path()
@@ -993,11 +1286,11 @@ fn run_case(case: &Case, pristine: &Path, ring: &Keyring) -> Result<(), String> 
 #[test]
 fn tampering_is_detected() {
     let pristine = testdata().join(STORE_DIR);
-    let ring = fixture_ring();
+    let keys = spec_keys();
     let mut failures = Vec::new();
     let cases = tamper_cases();
     for case in &cases {
-        if let Err(e) = run_case(case, &pristine, &ring) {
+        if let Err(e) = run_case(case, &pristine, &keys) {
             failures.push(format!("{}: {e}", case.name));
         }
     }
@@ -1030,8 +1323,7 @@ fn rollback_is_a_documented_limit() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
     copy_tree(&testdata().join(STORE_DIR), &root);
-    let ring = fixture_ring();
-    let b = backing(&root, &ring, "records/one.txt");
+    let b = backing(&root, &spec_keys(), "records/one.txt");
     let old = fs::read(&b).unwrap();
     {
         let vfs = fixture_vfs(&root);

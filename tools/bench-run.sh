@@ -11,8 +11,9 @@
 #   (d) start-up alone: one ioctl (what a run costs before the program works)
 #
 # "Confined" is the whole `tresor run`: profile load and compile,
-# namespaces, Landlock, rlimits, pid-namespace init, seccomp, and the
-# ptrace supervisor (which sees only forks and exits).
+# namespaces, its own root, Landlock, capability drop, rlimits,
+# pid-namespace init, seccomp, the ptrace supervisor (which sees only
+# forks, execs and exits) and the delivery of the staged outputs.
 #
 # Usage: tools/bench-run.sh [RUNS]    (median of RUNS rounds, default 5)
 #   WORKLOADS="b" to run only some of a b c d; PIN=CPU to pin every run to
@@ -119,6 +120,21 @@ for W in $WORKLOADS; do
     workload $W
     echo "policy $W: $("$TRESOR" policy show "$BENCH_DIR/$W.json" | grep -E '^[0-9]+ (syscalls|filters)' | tr '\n' ' ')"
     echo "policy $W padded: $("$TRESOR" policy show --pad-rules "$PAD" "$BENCH_DIR/$W.json" | grep -E '^[0-9]+ (syscalls|filters)' | tr '\n' ' ')"
+done
+echo
+# Start-up inside `tresor run` (its hidden --timing): from tresor's fork to
+# the program's exec, and of that the program's own process — building its
+# root (tmpfs, bind mounts, pivot_root), Landlock, the capability drop,
+# rlimits, seccomp.
+echo "Start-up inside tresor run (--timing), median of $RUNS runs:"
+for W in $WORKLOADS; do
+    workload $W
+    t=$(for _ in $(seq "$RUNS"); do
+        "$TRESOR" run --timing --profile "$BENCH_DIR/$W.json" --data "$DATA" --out "$BENCH_DIR/out" -- "${CMD[@]}" 2>&1 >/dev/null |
+            sed -n 's/.*started \([0-9.]*\) ms after.* of \([0-9]*\) steps.* in \([0-9.]*\) ms$/\1 \3 \2/p'
+    done)
+    med() { echo "$t" | awk -v c="$1" '{print $c}' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+    echo "$NAME: fork to exec $(med 1) ms; the program's process (a root of $(med 3) steps, Landlock, capabilities, seccomp) $(med 2) ms"
 done
 echo
 echo "load average before: $LOAD0; after: $(cut -d" " -f1-3 /proc/loadavg); $(nproc) cores; runs per cell: $RUNS"

@@ -143,17 +143,18 @@ pub(super) fn bind(mnt: &Path) -> Result<UnixListener> {
     Ok(session::bind(mnt)?)
 }
 
-/// After detaching: the control server and the idle/medium watcher.
+/// After detaching: the control server and the idle/medium watcher
+/// (`test_clock`: `--test-clock`, see docs/SESSIONS.md).
 pub(super) fn start(
     cache: crate::fs::KernelNotifier,
     vfs: Arc<Vfs>,
     mnt: &Path,
     store: &Path,
     pse: &Path,
-    idle_lock: Option<Duration>,
+    (idle_lock, test_clock): (Option<Duration>, bool),
     listener: UnixListener,
 ) -> Result<Arc<Control>> {
-    let c = Control::new(vfs, mnt, store, pse, idle_lock, Box::new(cache));
+    let c = Control::new(vfs, mnt, store, pse, idle_lock, test_clock, Box::new(cache));
     c.start(listener)
         .context("cannot start the session threads")?;
     Ok(c)

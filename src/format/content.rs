@@ -1,17 +1,27 @@
 //! File contents: a 28-byte header, then blocks of up to 4 KiB plaintext,
 //! each stored as `nonce (12) || ciphertext || tag (16)`.
 //!
-//! Every file has at least one block: an empty file is the header plus one
-//! sealed empty block. The last block carries a "last" flag in its associated
-//! data, so cutting a file at a block boundary is detected. The plaintext size
-//! follows from the ciphertext size alone ([`plaintext_size`]).
+//! Two layouts share the header. Format 1 (this module's free functions):
+//! every file has at least one block, an empty file is the header plus one
+//! sealed empty block, and the last block carries a "last" flag in its
+//! associated data, so cutting a file at a block boundary is detected; an
+//! append must re-seal the old last block in place. Format 2 ([`v2`]) moves
+//! the end-of-file evidence into a two-slot authenticated size record, so no
+//! update rewrites a byte that holds durable data outside the record slot
+//! not in force. In both, the plaintext size follows from the ciphertext
+//! size alone ([`plaintext_size`], [`v2::plaintext_size`]).
+
+pub mod v2;
 
 use super::FormatError;
 
 /// Magic bytes at the start of every encrypted file.
 pub const MAGIC: [u8; 4] = *b"TRSR";
-/// Content format version written by this tresor.
-pub const VERSION: u16 = 1;
+/// Content format 1 (the last-block flag layout).
+pub const VERSION_1: u16 = 1;
+/// Highest content format this tresor reads; new files of stores with the
+/// `content-v2` feature are written in it.
+pub const VERSION: u16 = v2::VERSION;
 /// Header length in bytes.
 pub const HEADER_LEN: u64 = 28;
 /// Plaintext bytes per block.
@@ -28,6 +38,8 @@ pub const AAD_LEN: usize = 4 + FILE_ID_LEN + 8 + 1;
 /// The parsed file header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FileHeader {
+    /// Content format: [`VERSION_1`] or [`v2::VERSION`].
+    pub version: u16,
     /// Which key epoch of the data group sealed this file.
     pub epoch: u32,
     /// Random per-file id: input to the per-file key and every block's AAD.
@@ -35,11 +47,20 @@ pub struct FileHeader {
 }
 
 impl FileHeader {
+    /// A header of content format `version` (1 or 2).
+    pub fn new(version: u16, epoch: u32, file_id: [u8; FILE_ID_LEN]) -> Self {
+        FileHeader {
+            version,
+            epoch,
+            file_id,
+        }
+    }
+
     /// Serialises: magic, version (u16 BE), flags (u16 BE, 0), epoch (u32 BE), file id.
     pub fn encode(&self) -> [u8; HEADER_LEN as usize] {
         let mut b = [0u8; HEADER_LEN as usize];
         b[0..4].copy_from_slice(&MAGIC);
-        b[4..6].copy_from_slice(&VERSION.to_be_bytes());
+        b[4..6].copy_from_slice(&self.version.to_be_bytes());
         b[6..8].copy_from_slice(&0u16.to_be_bytes());
         b[8..12].copy_from_slice(&self.epoch.to_be_bytes());
         b[12..28].copy_from_slice(&self.file_id);
@@ -77,7 +98,11 @@ impl FileHeader {
         let epoch = u32::from_be_bytes([b[8], b[9], b[10], b[11]]);
         let mut file_id = [0u8; FILE_ID_LEN];
         file_id.copy_from_slice(&b[12..28]);
-        Ok(FileHeader { epoch, file_id })
+        Ok(FileHeader {
+            version,
+            epoch,
+            file_id,
+        })
     }
 }
 
@@ -210,7 +235,7 @@ mod tests {
 
         #[test]
         fn header_roundtrips(epoch: u32, id: [u8; 16]) {
-            let h = FileHeader { epoch, file_id: id };
+            let h = FileHeader { version: 1 + u16::from(epoch % 2 == 0), epoch, file_id: id };
             prop_assert_eq!(FileHeader::decode(&h.encode()).unwrap(), h);
         }
     }
@@ -218,6 +243,7 @@ mod tests {
     #[test]
     fn header_refuses_newer_version_and_flags() {
         let mut b = FileHeader {
+            version: 2,
             epoch: 1,
             file_id: [7; 16],
         }
@@ -228,6 +254,7 @@ mod tests {
             Err(FormatError::TooNew { found: 9, .. })
         ));
         let mut b = FileHeader {
+            version: 2,
             epoch: 1,
             file_id: [7; 16],
         }

@@ -21,9 +21,13 @@ pub const KNOWN_FEATURES: &[&str] = &[
     "longnames",
     // Users, roles and the access matrix in the admin-signed directory.json.
     "directory-v1",
+    // Every content file is in format 2 (two-slot size record, FORMAT.md §5b).
+    "content-v2",
 ];
 /// The feature that makes `directory.json` mandatory.
 pub const FEATURE_DIRECTORY: &str = "directory-v1";
+/// The feature that says every content file is in format 2.
+pub const FEATURE_CONTENT_V2: &str = "content-v2";
 /// Key file format written by this tresor.
 pub const KEYS_FORMAT: u32 = 1;
 

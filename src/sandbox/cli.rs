@@ -288,7 +288,7 @@ pub fn run_policy(args: PolicyArgs) -> anyhow::Result<ExitCode> {
 /// `tresor run`: run an analysis confined to its profile (docs/RUN.md).
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Exit status: the program's own, or 121 policy violation, 122 limit hit, 124 timeout, 125 tresor could not set the run up.\n\nExample:\n  tresor run --profile ki67.json --data MNT/slides --out MNT/results -- ./ki67 MNT/slides/s1.svs"
+    after_help = "Exit status: the program's own, or 121 policy violation, 122 limit hit, 123 not the profile's program, 124 timeout, 125 tresor could not set the run up.\n\nExample:\n  tresor run --profile ki67.json --data MNT/slides --out MNT/results -- ./ki67 MNT/slides/s1.svs"
 )]
 pub struct RunArgs {
     /// The profile (from `tresor profile`) whose policy confines the run.
@@ -312,12 +312,26 @@ pub struct RunArgs {
     /// Largest file the analysis may write (e.g. 100M, 1G).
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1G")]
     pub max_file_size: u64,
+    /// Size of the private /tmp and of /dev/shm the analysis gets, each (e.g. 64M, 1G).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256M")]
+    pub tmp_size: u64,
+    /// Most the analysis may write into --out in all (it writes into a
+    /// private staging directory of this size; e.g. 100M, 4G).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1G")]
+    pub out_quota: u64,
+    /// Deliver the outputs of a run that failed or was stopped too.
+    #[arg(long)]
+    pub keep_partial: bool,
     /// Run even where the kernel lacks Landlock or namespaces (less confined).
     #[arg(long)]
     pub allow_weaker: bool,
     /// Accept a profile marked incomplete.
     #[arg(long)]
     pub allow_incomplete: bool,
+    /// Run a program (or, for an interpreter, a script) other than the one
+    /// the profile was made of.
+    #[arg(long)]
+    pub allow_other_program: bool,
     /// Let the analysis run on past calls outside the profile; record them
     /// as a profile delta (for `tresor profile merge`). The filesystem view
     /// and the limits still hold.
@@ -331,6 +345,9 @@ pub struct RunArgs {
     /// the cost of a 2,000-rule policy; see `tresor policy show --pad-rules`).
     #[arg(long, value_name = "N", default_value_t = 0, hide = true)]
     pub pad_rules: usize,
+    /// Print how long the start-up took (benchmarks only).
+    #[arg(long, hide = true)]
+    pub timing: bool,
     /// The program and its arguments.
     #[arg(last = true, required = true, value_name = "PROGRAM")]
     pub command: Vec<OsString>,
@@ -366,6 +383,7 @@ pub fn run_run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let Some(program) = command.next() else {
         bail!("no program given after --");
     };
+    let args_timing = args.timing;
     let audit = args.audit.then(|| {
         args.delta
             .clone()
@@ -380,8 +398,12 @@ pub fn run_run(args: RunArgs) -> anyhow::Result<ExitCode> {
         memory: args.memory,
         max_procs: args.max_procs,
         max_file_size: args.max_file_size,
+        tmp_size: args.tmp_size,
+        out_quota: args.out_quota,
+        keep_partial: args.keep_partial,
         allow_weaker: args.allow_weaker,
         allow_incomplete: args.allow_incomplete,
+        allow_other_program: args.allow_other_program,
         pad_rules: args.pad_rules,
         program,
         args: command.collect(),
@@ -400,7 +422,21 @@ pub fn run_run(args: RunArgs) -> anyhow::Result<ExitCode> {
             if let Some(m) = &report.message {
                 eprintln!("tresor: {m}");
             }
+            for line in &report.delivery {
+                eprintln!("tresor: {line}");
+            }
+            if let (true, Some((total, child, ops))) = (args_timing, report.setup) {
+                eprintln!(
+                    "tresor: timing: the program started {:.2} ms after tresor forked; its own process set up (a root of {ops} steps, Landlock, capabilities, rlimits, seccomp) in {:.2} ms",
+                    total.as_secs_f64() * 1e3,
+                    child.as_secs_f64() * 1e3
+                );
+            }
             Ok(ExitCode::from(report.exit_code()))
+        }
+        Err(e @ launch::RunError::OtherProgram(_)) => {
+            eprintln!("tresor run: {e}");
+            Ok(ExitCode::from(launch::EXIT_OTHER_PROGRAM))
         }
         Err(e) => {
             eprintln!("tresor run: {e}");

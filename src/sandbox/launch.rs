@@ -6,8 +6,9 @@
 //! child then only makes raw syscalls, in the order of [`confine`] — the
 //! one function that holds the whole confinement order:
 //!
-//! namespaces → Landlock → `no_new_privs` → rlimits → close fds → pid
-//! namespace init → seccomp → execve.
+//! namespaces (always with a user namespace) → pid namespace init → own
+//! root (tmpfs + pivot_root, [`super::root`]) → Landlock → drop every
+//! capability → `no_new_privs` → rlimits → close fds → seccomp → execve.
 //!
 //! The parent supervises with ptrace, seized with `PTRACE_O_TRACEEXIT` and
 //! the fork options only: allowed syscalls never stop. A task the kernel
@@ -22,7 +23,7 @@
 use std::collections::BTreeSet;
 use std::ffi::{CString, OsString};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -32,8 +33,10 @@ use landlock::{
     RulesetCreated, RulesetCreatedAttr, Scope, ABI,
 };
 
+use super::deliver;
 use super::policy::{CompiledPolicy, Policy, PolicyError, PolicyOptions, AUDIT_TRACE_DATA};
 use super::profile::{Mode, Profile, ProfileError};
+use super::root::{self, RootPlan};
 use super::sys;
 use super::syscalls::Arch;
 use super::tracer;
@@ -42,6 +45,9 @@ use super::tracer;
 pub const EXIT_VIOLATION: u8 = 121;
 /// Exit status: a resource limit was hit (memory, processes, CPU, file size).
 pub const EXIT_LIMIT: u8 = 122;
+/// Exit status: the program (or its script) is not the one the profile
+/// was made of (unless `--allow-other-program`).
+pub const EXIT_OTHER_PROGRAM: u8 = 123;
 /// Exit status: `--timeout` passed; the tree was killed.
 pub const EXIT_TIMEOUT: u8 = 124;
 /// Exit status: tresor could not set the run up (bad profile, missing
@@ -56,6 +62,14 @@ pub const DEFAULT_MAX_PROCS: u64 = 256;
 pub const DEFAULT_MAX_FILE_SIZE: u64 = 1 << 30;
 /// `RLIMIT_NOFILE`.
 pub const MAX_OPEN_FILES: u64 = 1024;
+/// Default `--tmp-size`: the private `/tmp` and `/dev/shm`, each.
+pub const DEFAULT_TMP_SIZE: u64 = 256 << 20;
+/// Default `--out-quota`: everything the analysis writes to `--out`.
+pub const DEFAULT_OUT_QUOTA: u64 = 1 << 30;
+/// The uid and gid the analysis has inside its user namespace when tresor
+/// was started by root (mapped to root outside, so that it can read root's
+/// data and root's FUSE mounts; it holds no capability anywhere).
+pub const ROOT_MAPPED_ID: u32 = 65534;
 
 /// Share of `--memory` a failing process must have reached (peak address
 /// space) for its death to be reported as the memory limit.
@@ -83,10 +97,18 @@ pub struct RunOptions {
     pub max_procs: u64,
     /// Bytes per file written (`RLIMIT_FSIZE`).
     pub max_file_size: u64,
+    /// Bytes of the private `/tmp` and of `/dev/shm`, each.
+    pub tmp_size: u64,
+    /// Bytes the analysis may write into its (staged) `--out` in all.
+    pub out_quota: u64,
+    /// Deliver the outputs of a run that failed or was stopped too.
+    pub keep_partial: bool,
     /// Run even where the kernel lacks Landlock or namespaces.
     pub allow_weaker: bool,
     /// Accept a profile marked incomplete.
     pub allow_incomplete: bool,
+    /// Run a program (or script) other than the one the profile was made of.
+    pub allow_other_program: bool,
     /// Audit instead of enforcing the syscall policy: record every call
     /// outside the profile and write them to this profile delta.
     pub audit: Option<PathBuf>,
@@ -105,6 +127,8 @@ pub enum RunError {
     Policy(#[from] PolicyError),
     #[error("{0}")]
     Program(String),
+    #[error("{0}; profile this program, or pass --allow-other-program to run it under this profile anyway")]
+    OtherProgram(String),
     #[error("{what} {path}: {source}")]
     Path {
         what: &'static str,
@@ -121,21 +145,20 @@ pub enum RunError {
         source: io::Error,
     },
     #[error("the confined child failed at {step}: {source}")]
-    Child {
-        step: &'static str,
-        source: io::Error,
-    },
+    Child { step: String, source: io::Error },
 }
 
 /// The confinement steps, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     Namespaces,
+    PidNamespace,
+    Root,
     Landlock,
+    Capabilities,
     NoNewPrivs,
     Rlimits,
     CloseFds,
-    PidNamespace,
     Seccomp,
     Exec,
 }
@@ -147,22 +170,26 @@ impl Step {
             Step::Namespaces => {
                 "unshare (user/mount/pid/ipc/net namespaces; user namespaces may be disabled)"
             }
+            Step::PidNamespace => "starting the pid namespace's init",
+            Step::Root => "building the analysis's own root",
             Step::Landlock => "landlock_restrict_self",
+            Step::Capabilities => "dropping every capability",
             Step::NoNewPrivs => "prctl(PR_SET_NO_NEW_PRIVS)",
             Step::Rlimits => "setrlimit",
             Step::CloseFds => "close_range",
-            Step::PidNamespace => "starting the pid namespace's init",
             Step::Seccomp => "installing the seccomp policy",
             Step::Exec => "execve of the program",
         }
     }
-    const ALL: [Step; 8] = [
+    const ALL: [Step; 10] = [
         Step::Namespaces,
+        Step::PidNamespace,
+        Step::Root,
         Step::Landlock,
+        Step::Capabilities,
         Step::NoNewPrivs,
         Step::Rlimits,
         Step::CloseFds,
-        Step::PidNamespace,
         Step::Seccomp,
         Step::Exec,
     ];
@@ -177,17 +204,23 @@ impl Step {
 /// The raw operations of the confinement, one per step (youki's `Syscall`
 /// trait): the kernel in a forked child, a recording double in tests.
 pub trait Confine {
-    /// New user (when not root), mount, pid, ipc and network namespaces.
+    /// New user, mount, pid, ipc and network namespaces — a user
+    /// namespace also when started by root — and the uid/gid maps.
     fn namespaces(&mut self) -> io::Result<()>;
+    /// Forks the pid namespace's init, which forks the program's process;
+    /// returns only in the latter (the others wait and exit).
+    fn pid_namespace(&mut self) -> io::Result<()>;
+    /// Builds the analysis's own root and pivots into it.
+    fn root(&mut self) -> io::Result<()>;
     /// Restricts the filesystem view to the prepared Landlock ruleset.
     fn landlock(&mut self) -> io::Result<()>;
+    /// Empties the bounding set, locks the securebits, clears every
+    /// capability set.
+    fn capabilities(&mut self) -> io::Result<()>;
     fn no_new_privs(&mut self) -> io::Result<()>;
     fn rlimits(&mut self) -> io::Result<()>;
     /// Every fd but 0–2 (and the close-on-exec error pipe) closed.
     fn close_fds(&mut self) -> io::Result<()>;
-    /// Forks the pid namespace's init, which forks the program's process;
-    /// returns only in the latter (the others wait and exit).
-    fn pid_namespace(&mut self) -> io::Result<()>;
     /// Loads the seccomp policy; after it only execve is sure to pass.
     fn seccomp(&mut self) -> io::Result<()>;
     /// execve with the prepared clean environment; returns only on failure.
@@ -205,11 +238,13 @@ pub fn confine(c: &mut impl Confine) -> (Step, io::Error) {
         };
     }
     step!(Step::Namespaces, c.namespaces());
+    step!(Step::PidNamespace, c.pid_namespace());
+    step!(Step::Root, c.root());
     step!(Step::Landlock, c.landlock());
+    step!(Step::Capabilities, c.capabilities());
     step!(Step::NoNewPrivs, c.no_new_privs());
     step!(Step::Rlimits, c.rlimits());
     step!(Step::CloseFds, c.close_fds());
-    step!(Step::PidNamespace, c.pid_namespace());
     step!(Step::Seccomp, c.seccomp());
     (Step::Exec, c.exec())
 }
@@ -219,7 +254,21 @@ pub struct Prepared {
     compiled: CompiledPolicy,
     arch: Arch,
     ns_flags: libc::c_int,
+    /// Started by root: drop the supplementary groups before unsharing.
+    clear_groups: bool,
     id_maps: Vec<(CString, Vec<u8>)>,
+    /// The analysis's own root (absent only in an `--allow-weaker` run
+    /// without mount or user namespaces).
+    root: Option<RootPlan>,
+    /// Landlock rules for what exists only inside the run's root (its
+    /// `/`, `/tmp`, `/dev/shm`, `/proc`), added in the child.
+    inner_rules: Vec<(CString, u64)>,
+    /// `/dev/null`, stdin's replacement when it is a terminal.
+    dev_null: CString,
+    /// `--out` (canonical) when it is staged inside the run (own root):
+    /// tresor delivers from the staging tmpfs into it at the end.
+    staged_out: Option<PathBuf>,
+    keep_partial: bool,
     rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
     exec: sys::Execve,
     allow_weaker: bool,
@@ -267,6 +316,13 @@ pub struct RunReport {
     pub message: Option<String>,
     /// `--audit`: one line per distinct call outside the profile, in order.
     pub audited: Vec<String>,
+    /// What the delivery of the staged outputs refused or withheld.
+    pub delivery: Vec<String>,
+    /// Start-up (benchmarks): from tresor's fork to the program's exec,
+    /// and from the program's process being forked (by the namespace's
+    /// init) to its exec — its own root, Landlock, the capability drop,
+    /// rlimits, seccomp; and how many steps built the root.
+    pub setup: Option<(Duration, Duration, usize)>,
 }
 
 impl RunReport {
@@ -317,21 +373,17 @@ fn landlock_abi(v: i32) -> ABI {
     }
 }
 
-/// Read (and execute) access a profile path needs, or `None`.
-fn read_access(a: super::profile::Access) -> Option<bool> {
-    (a.read || a.exec).then_some(a.exec)
-}
-
-/// The Landlock ruleset: read on each `--data`, read+write on `--out`,
-/// read(+execute) on the program, its loader and the paths the profile
-/// read; nothing else.
+/// The Landlock ruleset, the second layer under the run's own root: read
+/// on each `--data`, read+write (no execute, no device nodes) on `--out`,
+/// read(+execute) on the program, its loader and what the profile read —
+/// exactly the view's bind mounts ([`RootPlan::entries`]) — and the
+/// view's device nodes. Without an own root (`--allow-weaker`) the
+/// directories the profile listed may be listed too.
 fn build_ruleset(
     abi: ABI,
     level: CompatLevel,
-    data: &[PathBuf],
-    out: &Path,
-    program: &Path,
-    profile: &Profile,
+    plan: &RootPlan,
+    own_root: bool,
 ) -> Result<RulesetCreated, RunError> {
     let ll = |e: landlock::RulesetError| RunError::Landlock(e.to_string());
     let mut rs = Ruleset::default()
@@ -343,83 +395,75 @@ fn build_ruleset(
         .create()
         .map_err(ll)?
         .no_new_privs(false);
-    let read_dir = AccessFs::ReadFile | AccessFs::ReadDir;
+    let read = AccessFs::ReadFile | AccessFs::ReadDir;
     let add = |rs: RulesetCreated,
                path: &Path,
-               exec: bool,
-               write: bool|
+               mut access: landlock::BitFlags<AccessFs>|
      -> Result<RulesetCreated, RunError> {
         let Ok(meta) = std::fs::metadata(path) else {
-            return Ok(rs); // gone since profiling: nothing to grant
+            return Ok(rs); // gone since planning: nothing to grant
         };
         let Ok(fd) = PathFd::new(path) else {
             return Ok(rs);
         };
-        let mut access = if write {
-            AccessFs::from_all(abi)
-        } else {
-            read_dir
-        };
-        if exec {
-            access |= AccessFs::Execute;
-        }
         if !meta.is_dir() {
             access &= AccessFs::from_file(abi);
         }
+        access &= AccessFs::from_all(abi);
         rs.add_rule(PathBeneath::new(fd, access)).map_err(ll)
     };
-    for d in data {
-        rs = add(rs, d, false, false)?;
-    }
-    rs = add(rs, out, false, true)?;
-    rs = add(rs, program, true, false)?;
-    for l in LOADERS {
-        rs = add(rs, Path::new(l), true, false)?;
-    }
-    for (dir, da) in &profile.paths {
-        let dirp = Path::new(dir);
-        // Never another process's /proc (the profile saw the profiler's pids).
-        if dirp.starts_with("/proc") {
-            continue;
-        }
-        let Some(exec) = read_access(da.access) else {
-            continue;
+    for e in &plan.entries {
+        let access = match e.access {
+            root::Access::List if own_root => continue,
+            root::Access::List => AccessFs::ReadDir.into(),
+            root::Access::Data | root::Access::Read => read,
+            root::Access::ReadExec => read | AccessFs::Execute,
+            root::Access::Write => writable(abi),
         };
-        if da.more_files && !never_whole(dirp) {
-            rs = add(rs, dirp, exec, false)?;
-            continue;
-        }
-        // Listing a directory the program used: its names (beneath, as
-        // Landlock rules are), never the contents of files not listed.
-        if let Ok(fd) = PathFd::new(dirp) {
-            if dirp.is_dir() {
-                rs = rs
-                    .add_rule(PathBeneath::new(fd, AccessFs::ReadDir))
-                    .map_err(ll)?;
-            }
-        }
-        for (name, a) in &da.files {
-            if let Some(exec) = read_access(*a) {
-                rs = add(rs, &dirp.join(name), exec, false)?;
-            }
-        }
+        rs = add(rs, &e.path, access)?;
+    }
+    for d in root::DEVICES {
+        rs = add(rs, &Path::new("/dev").join(d), device_access(abi))?;
     }
     Ok(rs)
 }
 
-/// Directories a profile that saw many files in them still never gets
-/// whole: system configuration, homes, runtime and variable state, temp
-/// (where stores, PSEs and control sockets live). Only the files the
-/// profile lists are granted there; elsewhere (`/usr`, `/lib`, `/opt`, …)
-/// a directory with more files than a profile lists is granted whole.
-fn never_whole(dir: &Path) -> bool {
-    dir == Path::new("/")
-        || [
-            "/etc", "/home", "/root", "/run", "/tmp", "/var", "/dev", "/sys", "/boot", "/media",
-            "/mnt", "/srv",
-        ]
-        .iter()
-        .any(|p| dir.starts_with(p))
+/// Everything but execute and making device nodes: `--out`, `/tmp`,
+/// `/dev/shm`.
+fn writable(abi: ABI) -> landlock::BitFlags<AccessFs> {
+    AccessFs::from_all(abi) & !(AccessFs::Execute | AccessFs::MakeChar | AccessFs::MakeBlock)
+}
+
+/// `/dev/null` and friends: read, write, truncate, ioctl.
+fn device_access(abi: ABI) -> landlock::BitFlags<AccessFs> {
+    let all = AccessFs::ReadFile
+        | AccessFs::WriteFile
+        | AccessFs::from_all(ABI::V3) & AccessFs::Truncate
+        | AccessFs::from_all(ABI::V5) & AccessFs::IoctlDev;
+    all & AccessFs::from_file(abi)
+}
+
+/// The Landlock rules for what exists only inside the run's root: its
+/// skeleton may be listed (names of what is in the view), its `/tmp` and
+/// `/dev/shm` written, its `/proc` (its own pid namespace) read.
+fn inner_rules(abi: ABI, out: &Path) -> Result<Vec<(CString, u64)>, RunError> {
+    let read = AccessFs::ReadFile | AccessFs::ReadDir;
+    [
+        (Path::new("/"), landlock::BitFlags::from(AccessFs::ReadDir)),
+        (Path::new("/tmp"), writable(abi)),
+        (Path::new("/dev/shm"), writable(abi)),
+        (Path::new("/proc"), read),
+        // The staging tmpfs mounted at --out.
+        (out, writable(abi)),
+    ]
+    .into_iter()
+    .map(|(p, a)| {
+        Ok((
+            cstring(p.as_os_str().as_bytes(), "path")?,
+            (a & AccessFs::from_all(abi)).bits(),
+        ))
+    })
+    .collect()
 }
 
 /// What the kernel offers `tresor run`.
@@ -457,10 +501,10 @@ impl KernelSupport {
 
 /// Decides the namespaces to unshare and what a run would go without:
 /// anything missing is refused by name, unless `allow_weaker` (then it is
-/// listed, and the run warns). Root needs no user namespace.
+/// listed, and the run warns). Root gets a user namespace too: that is
+/// how it runs without any privilege.
 fn plan(
     kernel: &KernelSupport,
-    root: bool,
     allow_weaker: bool,
 ) -> Result<(libc::c_int, Vec<String>), RunError> {
     let mut weaker = Vec::new();
@@ -474,14 +518,14 @@ fn plan(
     };
     let mut ns_flags = 0;
     for (flag, _, name) in NAMESPACES {
-        if flag == libc::CLONE_NEWUSER && root {
-            continue;
-        }
         if kernel.namespaces & flag != 0 {
             ns_flags |= flag;
         } else {
             missing(name.to_string())?;
         }
+    }
+    if !has_own_root(ns_flags) {
+        missing("its own root (it needs user and mount namespaces)".into())?;
     }
     match kernel.landlock_abi {
         None => missing("Landlock (enable CONFIG_SECURITY_LANDLOCK and add landlock to the lsm= boot parameter)".into())?,
@@ -491,6 +535,80 @@ fn plan(
         Some(_) => {}
     }
     Ok((ns_flags, weaker))
+}
+
+/// The profile binds its program: the same file (path, after symlinks)
+/// with the same SHA-256 — and for an interpreter the same script.
+fn check_program(
+    profile: &Profile,
+    profile_path: &Path,
+    program: &Path,
+    args: &[OsString],
+) -> Result<(), RunError> {
+    let p = &profile.program;
+    let short = |h: &str| h.get(..16).unwrap_or(h).to_string();
+    let pname = profile_path.display();
+    let theirs = Path::new(&p.path)
+        .canonicalize()
+        .unwrap_or_else(|_| PathBuf::from(&p.path));
+    if theirs != program {
+        return Err(RunError::OtherProgram(format!(
+            "{} is not the program of profile {pname}, which was made of {}",
+            program.display(),
+            p.path
+        )));
+    }
+    let Some(want) = &p.sha256 else {
+        return Err(RunError::OtherProgram(format!(
+            "profile {pname} records no SHA-256 of {}, so it cannot be checked",
+            p.path
+        )));
+    };
+    let have = tracer::sha256_file(program).unwrap_or_default();
+    if &have != want {
+        return Err(RunError::OtherProgram(format!(
+            "{} has changed since profile {pname} was made (sha256 {} there, {} now)",
+            program.display(),
+            short(want),
+            short(&have)
+        )));
+    }
+    if !super::profile::is_interpreter(program) {
+        return Ok(());
+    }
+    let now = super::profile::Script::of_args(args);
+    match (&profile.script, &now) {
+        (Some(a), Some(b)) if a == b => Ok(()),
+        (None, None) => Ok(()),
+        (Some(a), Some(b)) if a.path == b.path => Err(RunError::OtherProgram(format!(
+            "the script {} has changed since profile {pname} was made (sha256 {} there, {} now)",
+            b.path,
+            short(&a.sha256),
+            short(&b.sha256)
+        ))),
+        (Some(a), Some(b)) => Err(RunError::OtherProgram(format!(
+            "{} runs {}, not the script of profile {pname} ({})",
+            program.display(),
+            b.path,
+            a.path
+        ))),
+        (Some(a), None) => Err(RunError::OtherProgram(format!(
+            "{} is given no script, but profile {pname} is of its script {}",
+            program.display(),
+            a.path
+        ))),
+        (None, Some(b)) => Err(RunError::OtherProgram(format!(
+            "profile {pname} records no script for the interpreter {}, which now runs {}",
+            program.display(),
+            b.path
+        ))),
+    }
+}
+
+/// Whether the run can build its own root: it needs a user namespace (to
+/// mount without privilege) and a mount namespace.
+fn has_own_root(ns_flags: libc::c_int) -> bool {
+    ns_flags & (libc::CLONE_NEWUSER | libc::CLONE_NEWNS) == libc::CLONE_NEWUSER | libc::CLONE_NEWNS
 }
 
 /// Loads and compiles the profile, checks the kernel and lays out
@@ -532,47 +650,94 @@ pub fn prepare(opts: &RunOptions) -> Result<(Prepared, Option<RulesetCreated>), 
         path: program.clone(),
         source,
     })?;
+    if !opts.allow_other_program {
+        check_program(&profile, &opts.profile, &program, &opts.args)?;
+    }
+    // Each directory as given (made absolute: its symlinks are recreated
+    // in the view) and canonical.
+    let cwd = std::env::current_dir().ok();
+    let given = |p: &Path| match &cwd {
+        Some(c) if p.is_relative() => c.join(p),
+        _ => p.to_path_buf(),
+    };
     let data = opts
         .data
         .iter()
-        .map(|d| existing_dir(d, "--data"))
-        .collect::<Result<Vec<_>, _>>()?;
-    let out = existing_dir(&opts.out, "--out")?;
+        .map(|d| Ok((given(d), existing_dir(d, "--data")?)))
+        .collect::<Result<Vec<_>, RunError>>()?;
+    let out = (given(&opts.out), existing_dir(&opts.out, "--out")?);
 
-    let root = nix::unistd::geteuid().is_root();
+    let root_caller = nix::unistd::geteuid().is_root();
     let kernel = KernelSupport::probe();
-    let (ns_flags, weaker) = plan(&kernel, root, opts.allow_weaker)?;
+    let (ns_flags, weaker) = plan(&kernel, opts.allow_weaker)?;
     let mut id_maps = Vec::new();
     if ns_flags & libc::CLONE_NEWUSER != 0 {
+        // The caller's own uid and gid outside (so it reads what the
+        // caller may read, also in the caller's FUSE mounts); inside the
+        // same ids — or, for root, an unprivileged id.
         let uid = nix::unistd::getuid().as_raw();
         let gid = nix::unistd::getgid().as_raw();
+        let (in_uid, in_gid) = if root_caller {
+            (ROOT_MAPPED_ID, ROOT_MAPPED_ID)
+        } else {
+            (uid, gid)
+        };
         for (path, text) in [
             ("/proc/self/setgroups", "deny".to_string()),
-            ("/proc/self/uid_map", format!("{uid} {uid} 1\n")),
-            ("/proc/self/gid_map", format!("{gid} {gid} 1\n")),
+            ("/proc/self/uid_map", format!("{in_uid} {uid} 1\n")),
+            ("/proc/self/gid_map", format!("{in_gid} {gid} 1\n")),
         ] {
             id_maps.push((cstring(path.as_bytes(), "id map")?, text.into_bytes()));
         }
     }
 
-    let ruleset = match kernel.landlock_abi {
-        None => None,
+    let loaders: Vec<&str> = LOADERS
+        .iter()
+        .copied()
+        .filter(|l| Path::new(l).exists())
+        .collect();
+    let cwd = cwd.and_then(|c| c.canonicalize().ok());
+    let script = super::profile::is_interpreter(&program)
+        .then(|| super::profile::Script::of_args(&opts.args))
+        .flatten()
+        .map(|s| PathBuf::from(s.path))
+        .filter(|p| p.is_absolute());
+    let plan = RootPlan::new(&root::Inputs {
+        profile: &profile,
+        program: &program,
+        script: script.as_deref(),
+        loaders: &loaders,
+        data: &data,
+        out: &out,
+        cwd: cwd.as_deref(),
+        tmp_size: opts.tmp_size,
+        out_quota: has_own_root(ns_flags).then_some(opts.out_quota),
+    })
+    .map_err(|source| RunError::Sys {
+        what: "planning the analysis's root",
+        source,
+    })?;
+    let own_root = has_own_root(ns_flags);
+
+    let (ruleset, inner) = match kernel.landlock_abi {
+        None => (None, Vec::new()),
         Some(v) => {
             let level = if opts.allow_weaker {
                 CompatLevel::BestEffort
             } else {
                 CompatLevel::HardRequirement
             };
-            Some(build_ruleset(
-                landlock_abi(v),
-                level,
-                &data,
-                &out,
-                &program,
-                &profile,
-            )?)
+            let abi = landlock_abi(v);
+            let inner = if own_root {
+                inner_rules(abi, &out.1)?
+            } else {
+                Vec::new()
+            };
+            (Some(build_ruleset(abi, level, &plan, own_root)?), inner)
         }
     };
+    let out = out.1;
+    let prep_root = own_root.then_some(plan);
 
     let cpu = opts.timeout.map(|t| t.as_secs() + 2);
     let inf = libc::RLIM_INFINITY;
@@ -596,17 +761,29 @@ pub fn prepare(opts: &RunOptions) -> Result<(Prepared, Option<RulesetCreated>), 
     }
     let mut home = b"HOME=".to_vec();
     home.extend_from_slice(out.as_os_str().as_bytes());
-    let env = vec![
+    let mut env = vec![
         cstring(b"PATH=/usr/bin:/bin", "env")?,
         cstring(b"LANG=C.UTF-8", "env")?,
         cstring(&home, "--out")?,
     ];
+    // Where it starts (shells call getcwd only when PWD is missing).
+    if let Some(plan) = &prep_root {
+        let mut pwd = b"PWD=".to_vec();
+        pwd.extend_from_slice(plan.cwd.as_os_str().as_bytes());
+        env.push(cstring(&pwd, "working directory")?);
+    }
     Ok((
         Prepared {
             compiled,
             arch,
             ns_flags,
+            clear_groups: root_caller,
             id_maps,
+            root: prep_root,
+            inner_rules: inner,
+            dev_null: cstring(b"/dev/null", "path")?,
+            staged_out: own_root.then(|| out.clone()),
+            keep_partial: opts.keep_partial,
             rlimits,
             exec: sys::Execve::new(prog_c, argv, env),
             allow_weaker: opts.allow_weaker,
@@ -628,6 +805,34 @@ struct Kernel<'a> {
     prep: &'a Prepared,
     ruleset: Option<RulesetCreated>,
     err_fd: i32,
+    /// The step of the root's construction that failed, for the report.
+    failed_op: Option<usize>,
+}
+
+/// The pid namespace's init: reaps every process of the namespace (orphans
+/// included); when the program's process ends, kills whatever is left and
+/// exits with its status. Termination signals it gets are forwarded to the
+/// namespace (`sys::init_signals`); it cannot be stopped (the supervisor
+/// discards stop signals, terminal ones are ignored).
+fn init_main(program: i32) -> ! {
+    loop {
+        match sys::wait_any_child() {
+            Ok((pid, st)) if pid == program => {
+                sys::kill_namespace();
+                let code = if libc::WIFEXITED(st) {
+                    libc::WEXITSTATUS(st)
+                } else if libc::WIFSIGNALED(st) {
+                    128 + libc::WTERMSIG(st)
+                } else {
+                    i32::from(EXIT_RUNNER)
+                };
+                sys::exit_now(code)
+            }
+            Ok(_) => {} // an orphan, reaped
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => sys::exit_now(i32::from(EXIT_RUNNER)),
+        }
+    }
 }
 
 /// `waitpid` for `pid`, then exit with its status (128+signal if killed).
@@ -642,6 +847,11 @@ fn wait_and_exit(pid: i32) -> ! {
 
 impl Confine for Kernel<'_> {
     fn namespaces(&mut self) -> io::Result<()> {
+        if self.prep.clear_groups {
+            // Root's supplementary groups stay behind (inside the user
+            // namespace they could no longer be dropped).
+            sys::clear_groups()?;
+        }
         match sys::unshare(self.prep.ns_flags) {
             Ok(()) => {}
             Err(_) if self.prep.allow_weaker => {
@@ -666,19 +876,34 @@ impl Confine for Kernel<'_> {
         Ok(())
     }
 
+    fn root(&mut self) -> io::Result<()> {
+        let Some(plan) = &self.prep.root else {
+            return Ok(());
+        };
+        plan.build().map_err(|(i, e)| {
+            self.failed_op = Some(i);
+            e
+        })
+    }
+
     fn landlock(&mut self) -> io::Result<()> {
         let Some(rs) = self.ruleset.take() else {
             return Ok(());
         };
-        match rs.restrict_self() {
-            Ok(st) => {
-                if st.ruleset != landlock::RulesetStatus::FullyEnforced && !self.prep.allow_weaker {
-                    return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
-                }
-                Ok(())
-            }
-            Err(_) => Err(io::Error::last_os_error()),
+        // The ruleset was built before the fork (HardRequirement unless
+        // --allow-weaker: a right the kernel lacks failed there); what
+        // exists only in the run's root is added here, by path.
+        let Some(fd) = Option::<OwnedFd>::from(rs) else {
+            return Ok(()); // best effort on a kernel without Landlock
+        };
+        for (path, access) in &self.prep.inner_rules {
+            sys::landlock_add_path(fd.as_raw_fd(), path, *access)?;
         }
+        sys::landlock_restrict(fd.as_raw_fd())
+    }
+
+    fn capabilities(&mut self) -> io::Result<()> {
+        sys::drop_capabilities()
     }
 
     fn no_new_privs(&mut self) -> io::Result<()> {
@@ -703,10 +928,16 @@ impl Confine for Kernel<'_> {
         if init > 0 {
             wait_and_exit(init);
         }
+        // The namespace's init: a session of its own (no controlling
+        // terminal for anything below: no TIOCSTI, no job control), stdin
+        // never a terminal.
+        sys::new_session()?;
+        sys::stdin_not_a_terminal(&self.prep.dev_null)?;
+        sys::init_signals()?;
         // SAFETY: as above.
         let program = unsafe { sys::fork_raw() }?;
         if program > 0 {
-            wait_and_exit(program);
+            init_main(program);
         }
         Ok(())
     }
@@ -720,19 +951,41 @@ impl Confine for Kernel<'_> {
     }
 }
 
-fn child(go: i32, err: i32, prep: &Prepared, ruleset: Option<RulesetCreated>) -> ! {
+fn child(
+    go: i32,
+    err: i32,
+    stdio: [i32; 3],
+    relay_ends: [i32; 3],
+    prep: &Prepared,
+    ruleset: Option<RulesetCreated>,
+) -> ! {
     if !sys::read_byte(go) {
         sys::exit_now(i32::from(EXIT_RUNNER));
+    }
+    // fds 0–2 are pipes to tresor's relays, never the caller's own
+    // files or terminal (close_fds closes the originals).
+    for (fd, target) in stdio.iter().zip(0..) {
+        if sys::dup2(*fd, target).is_err() {
+            sys::exit_now(i32::from(EXIT_RUNNER));
+        }
+    }
+    // No process of the run may hold the relays' ends (the analysis would
+    // never see the end of its stdin), nor the pipes twice.
+    for fd in stdio.into_iter().chain(relay_ends) {
+        sys::close(fd);
     }
     let mut k = Kernel {
         prep,
         ruleset,
         err_fd: err,
+        failed_op: None,
     };
     let (step, e) = confine(&mut k);
-    let mut buf = [0u8; 8];
+    let mut buf = [0u8; 12];
     buf[..4].copy_from_slice(&step.code().to_ne_bytes());
-    buf[4..].copy_from_slice(&e.raw_os_error().unwrap_or(0).to_ne_bytes());
+    buf[4..8].copy_from_slice(&e.raw_os_error().unwrap_or(0).to_ne_bytes());
+    let op = k.failed_op.map_or(u32::MAX, |i| i as u32);
+    buf[8..].copy_from_slice(&op.to_ne_bytes());
     sys::write_bytes(err, &buf);
     sys::exit_now(i32::from(EXIT_RUNNER))
 }
@@ -752,10 +1005,20 @@ struct Supervisor<'a> {
     init: Option<i32>,
     program: Option<i32>,
     program_status: Option<i32>,
+    /// Exit statuses seen before the program was known: `wait` finds the
+    /// newest tracee first, so under load the program can exit before its
+    /// parent's fork event names it.
+    early_exits: Vec<(i32, i32)>,
     stop: Option<Stop>,
     /// `--audit`: the delta, how to record into it, and the report lines.
     delta: Option<(Profile, tracer::CallRecorder)>,
     audited: Vec<String>,
+    /// The staging tmpfs at `--out`, opened through the program's root at
+    /// its first exec (it outlives the run's mount namespace).
+    staged: Option<OwnedFd>,
+    /// When the program's process was forked, and when it first exec'd.
+    program_forked: Option<Instant>,
+    program_execed: Option<Instant>,
 }
 
 impl Supervisor<'_> {
@@ -779,6 +1042,33 @@ impl Supervisor<'_> {
         }
     }
 
+    /// The program's exit status, also when it comes before the fork
+    /// event that names the program.
+    fn note_exit(&mut self, pid: i32, status: i32) {
+        match self.program {
+            Some(p) if p == pid && self.program_status.is_none() => {
+                self.program_status = Some(status)
+            }
+            None if pid != self.first && Some(pid) != self.init => {
+                self.early_exits.push((pid, status))
+            }
+            _ => {}
+        }
+    }
+
+    /// After the last task is gone every fork event has been seen.
+    fn resolve_program_status(&mut self) {
+        if self.program_status.is_none() {
+            if let Some(p) = self.program {
+                self.program_status = self
+                    .early_exits
+                    .iter()
+                    .find(|(pid, _)| *pid == p)
+                    .map(|&(_, st)| st);
+            }
+        }
+    }
+
     fn in_tree(&self, pid: i32) -> bool {
         pid != self.first && Some(pid) != self.init
     }
@@ -786,9 +1076,7 @@ impl Supervisor<'_> {
     fn on_exit_event(&mut self, pid: i32) {
         let Ok(msg) = sys::event_msg(pid) else { return };
         let st = msg as i32;
-        if Some(pid) == self.program {
-            self.program_status = Some(st);
-        }
+        self.note_exit(pid, st);
         if !self.in_tree(pid) {
             return;
         }
@@ -886,6 +1174,7 @@ impl Supervisor<'_> {
                         self.init = Some(new);
                     } else if Some(pid) == self.init && self.program.is_none() {
                         self.program = Some(new);
+                        self.program_forked = Some(Instant::now());
                     }
                     let tasks = self.live.len().saturating_sub(2) as u64;
                     if self.program.is_some() && tasks > self.prep.max_procs {
@@ -905,6 +1194,32 @@ impl Supervisor<'_> {
                 self.on_audit(pid);
                 let _ = sys::cont(pid, 0);
             }
+            libc::PTRACE_EVENT_EXEC => {
+                if Some(pid) == self.program && self.program_execed.is_none() {
+                    self.program_execed = Some(Instant::now());
+                }
+                // The first exec happens after the root is built: hold on
+                // to the staging directory from here.
+                if let (None, Some(out), true) =
+                    (&self.staged, &self.prep.staged_out, self.in_tree(pid))
+                {
+                    let p = Path::new("/proc")
+                        .join(pid.to_string())
+                        .join("root")
+                        .join(out.strip_prefix("/").unwrap_or(out));
+                    self.staged = nix::fcntl::open(
+                        &p,
+                        nix::fcntl::OFlag::O_PATH
+                            | nix::fcntl::OFlag::O_DIRECTORY
+                            | nix::fcntl::OFlag::O_CLOEXEC,
+                        nix::sys::stat::Mode::empty(),
+                    )
+                    .ok()
+                    // SAFETY: open returned a new fd that nothing else owns.
+                    .map(|fd| unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) });
+                }
+                let _ = sys::cont(pid, 0);
+            }
             libc::PTRACE_EVENT_STOP => {
                 if matches!(
                     sig,
@@ -914,6 +1229,16 @@ impl Supervisor<'_> {
                 } else {
                     let _ = sys::cont(pid, 0);
                 }
+            }
+            // No job control: stop signals are discarded for every task,
+            // so neither the namespace's init nor the analysis can be
+            // stopped (a stopped init would hang the run).
+            0 if matches!(
+                sig,
+                libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+            ) =>
+            {
+                let _ = sys::cont(pid, 0);
             }
             0 => {
                 let _ = sys::cont(pid, sig);
@@ -945,6 +1270,75 @@ pub fn fmt_size(b: u64) -> String {
     format!("{b} B")
 }
 
+/// Copies `from` to `to` until end of file; once `to` fails (a closed
+/// reader) the rest is read and dropped, so the writer never blocks.
+fn relay(from: OwnedFd, to: std::os::fd::BorrowedFd<'_>) {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut open = true;
+    loop {
+        match nix::unistd::read(from.as_raw_fd(), &mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let mut rest = &buf[..n];
+                while open && !rest.is_empty() {
+                    match nix::unistd::write(to, rest) {
+                        Ok(w) => rest = &rest[w..],
+                        Err(nix::errno::Errno::EINTR) => {}
+                        Err(_) => open = false,
+                    }
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => break,
+        }
+    }
+}
+
+/// The analysis's stdin, stdout and stderr are pipes that tresor relays
+/// (docs/RUN.md "Ids"): it never holds the caller's own files or terminal,
+/// so it cannot fchmod/fchown them, nor push input into a terminal. A
+/// terminal stdin is not relayed (the analysis reads end of file). The
+/// relay threads block tresor's signals, which stay with the supervisor.
+fn start_relays(in_w: OwnedFd, out_r: OwnedFd, err_r: OwnedFd) -> Vec<std::thread::JoinHandle<()>> {
+    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
+    let mut block = SigSet::empty();
+    for s in [
+        Signal::SIGALRM,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGCHLD,
+    ] {
+        block.add(s);
+    }
+    let mut old = SigSet::empty();
+    let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&block), Some(&mut old));
+    let stdin_is_tty = nix::unistd::isatty(0).unwrap_or(false);
+    if let (false, Ok(fd)) = (stdin_is_tty, nix::unistd::dup(0)) {
+        // SAFETY: dup returned a new fd that nothing else owns.
+        let stdin = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Not joined: it may wait on the caller's stdin after the run.
+        let _ = std::thread::Builder::new()
+            .name("tresor-stdin".into())
+            .spawn(move || relay(stdin, in_w.as_fd()));
+    }
+    let mut handles = Vec::new();
+    for (from, to) in [(out_r, 1), (err_r, 2)] {
+        if let Ok(h) = std::thread::Builder::new()
+            .name("tresor-relay".into())
+            .spawn(move || {
+                // SAFETY: fds 1 and 2 stay open for the life of the process.
+                relay(from, unsafe { std::os::fd::BorrowedFd::borrow_raw(to) })
+            })
+        {
+            handles.push(h);
+        }
+    }
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    handles
+}
+
 /// Runs the analysis confined and supervises it to the end.
 pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     let (prep, ruleset) = prepare(opts)?;
@@ -967,18 +1361,35 @@ pub fn supervise(
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys_err("pipe")(e.into()))?;
     let (err_r, err_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys_err("pipe")(e.into()))?;
+    let pipe =
+        || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys_err("pipe")(e.into()));
+    let (in_r, in_w) = pipe()?;
+    let (out_r, out_w) = pipe()?;
+    let (errout_r, errout_w) = pipe()?;
     let guard = sys::SignalGuard::install().map_err(sys_err("signal handlers"))?;
     // SAFETY (of the contract): tresor is single-threaded here; the child
     // runs `child`, which only makes raw syscalls on `prep` and the
     // ruleset, prepared above, then execs or exits.
     let pid = unsafe { sys::fork_raw() }.map_err(sys_err("fork"))?;
     if pid == 0 {
-        child(go_r.as_raw_fd(), err_w.as_raw_fd(), &prep, ruleset);
+        let stdio = [in_r.as_raw_fd(), out_w.as_raw_fd(), errout_w.as_raw_fd()];
+        let ends = [in_w.as_raw_fd(), out_r.as_raw_fd(), errout_r.as_raw_fd()];
+        child(
+            go_r.as_raw_fd(),
+            err_w.as_raw_fd(),
+            stdio,
+            ends,
+            &prep,
+            ruleset,
+        );
     }
     drop(ruleset);
     drop(go_r);
     drop(err_w);
+    drop((in_r, out_w, errout_w));
+    let relays = start_relays(in_w, out_r, errout_r);
     let mut options = libc::PTRACE_O_TRACEEXIT
+        | libc::PTRACE_O_TRACEEXEC
         | libc::PTRACE_O_TRACEFORK
         | libc::PTRACE_O_TRACEVFORK
         | libc::PTRACE_O_TRACECLONE
@@ -1009,9 +1420,13 @@ pub fn supervise(
         init: None,
         program: None,
         program_status: None,
+        early_exits: Vec::new(),
         stop: None,
         delta,
         audited: Vec::new(),
+        staged: None,
+        program_forked: None,
+        program_execed: None,
     };
     loop {
         match sys::wait_any() {
@@ -1020,9 +1435,7 @@ pub fn supervise(
                     sup.on_stop(p, status);
                 } else {
                     sup.live.remove(&p);
-                    if Some(p) == sup.program && sup.program_status.is_none() {
-                        sup.program_status = Some(status);
-                    }
+                    sup.note_exit(p, status);
                     if Some(p) == sup.init {
                         // The namespace is gone with its init.
                         sup.init = None;
@@ -1056,11 +1469,22 @@ pub fn supervise(
         }
     }
     drop(guard);
-    let mut buf = [0u8; 8];
-    if nix::unistd::read(err_r.as_raw_fd(), &mut buf) == Ok(8) {
+    sup.resolve_program_status();
+    // Every process of the run is gone: the relays see end of file.
+    for r in relays {
+        let _ = r.join();
+    }
+    let mut buf = [0u8; 12];
+    if nix::unistd::read(err_r.as_raw_fd(), &mut buf) == Ok(12) {
         let code = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
         let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
-        let step = Step::from_code(code).map_or("an unknown step", Step::describe);
+        let op = u32::from_ne_bytes([buf[8], buf[9], buf[10], buf[11]]);
+        let mut step = Step::from_code(code)
+            .map_or("an unknown step", Step::describe)
+            .to_string();
+        if let Some(o) = prep.root.as_ref().and_then(|r| r.ops.get(op as usize)) {
+            step = format!("{step} ({})", o.describe());
+        }
         return Err(RunError::Child {
             step,
             source: io::Error::from_raw_os_error(errno),
@@ -1090,11 +1514,15 @@ pub fn supervise(
             end: End::Violation,
             message: Some(m),
             audited: Vec::new(),
+            delivery: Vec::new(),
+            setup: None,
         },
         Some(Stop::Limit(l, m)) => RunReport {
             end: End::Limit(l),
             message: Some(m),
             audited: Vec::new(),
+            delivery: Vec::new(),
+            setup: None,
         },
         Some(Stop::Timeout) => RunReport {
             end: End::Timeout,
@@ -1102,6 +1530,8 @@ pub fn supervise(
                 "timeout: the analysis ran past --timeout ({elapsed}); its processes were killed"
             )),
             audited: Vec::new(),
+            delivery: Vec::new(),
+            setup: None,
         },
         Some(Stop::Terminated(sig)) => RunReport {
             end: End::Signaled(sig),
@@ -1110,12 +1540,16 @@ pub fn supervise(
                 tracer::signal_name(sig)
             )),
             audited: Vec::new(),
+            delivery: Vec::new(),
+            setup: None,
         },
         None => match sup.program_status {
             Some(st) if libc::WIFEXITED(st) => RunReport {
                 end: End::Exited(libc::WEXITSTATUS(st)),
                 message: None,
                 audited: Vec::new(),
+                delivery: Vec::new(),
+                setup: None,
             },
             Some(st) if libc::WIFSIGNALED(st) => RunReport {
                 end: End::Signaled(libc::WTERMSIG(st)),
@@ -1124,6 +1558,8 @@ pub fn supervise(
                     tracer::signal_name(libc::WTERMSIG(st))
                 )),
                 audited: Vec::new(),
+                delivery: Vec::new(),
+                setup: None,
             },
             _ => {
                 return Err(RunError::Sys {
@@ -1134,6 +1570,33 @@ pub fn supervise(
         },
     };
     report.audited = audited;
+    if let (Some(forked), Some(execed)) = (sup.program_forked, sup.program_execed) {
+        report.setup = Some((
+            execed.duration_since(started),
+            execed.duration_since(forked),
+            prep.root.as_ref().map_or(0, |r| r.ops.len()),
+        ));
+    }
+    if let (Some(fd), Some(out)) = (sup.staged.take(), &prep.staged_out) {
+        let done = report.end == End::Exited(0);
+        if done || prep.keep_partial {
+            let from = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+            let d = deliver::deliver(&from, out).map_err(|source| RunError::Sys {
+                what: "delivering the outputs into --out",
+                source,
+            })?;
+            for (p, why) in &d.refused {
+                report.delivery.push(format!(
+                    "output {} not delivered: {why} (only regular files and directories are)",
+                    p.display()
+                ));
+            }
+        } else {
+            report.delivery.push(
+                "the run did not end with status 0: its outputs were not delivered to --out (--keep-partial delivers them)".into(),
+            );
+        }
+    }
     Ok(report)
 }
 
@@ -1241,11 +1704,62 @@ pub fn describe_call(arch: Arch, pid: i32, nr: u64, a: [u64; 6]) -> String {
         "socket" | "socketpair" => format!("{}, {}, {}", af_name(a[0]), sock_type(a[1]), a[2]),
         "connect" | "bind" => format!("fd={}, {}", a[0] as i32, sockaddr(pid, a[1], a[2])),
         "sendto" => format!("fd={}, {}", a[0] as i32, sockaddr(pid, a[4], a[5])),
-        "open" | "creat" | "chroot" | "chdir" | "mkdir" | "rmdir" | "unlink" | "truncate"
-        | "execve" | "stat" | "lstat" | "access" | "readlink" | "statfs" | "acct" | "swapon"
-        | "umount2" | "pivot_root" => read_string(pid, a[0]),
-        "openat" | "openat2" | "mkdirat" | "unlinkat" | "execveat" | "newfstatat" | "faccessat"
-        | "faccessat2" | "fchmodat" | "fchownat" | "readlinkat" | "mknodat" => {
+        "chmod" | "creat" => format!("{}, {:#o}", read_string(pid, a[0]), a[1] as u32),
+        "fchmod" => format!("fd={}, {:#o}", a[0] as i32, a[1] as u32),
+        "fchmodat" | "fchmodat2" | "mknodat" => format!(
+            "{}, {}, {:#o}",
+            dirfd(a[0]),
+            read_string(pid, a[1]),
+            a[2] as u32
+        ),
+        "mknod" => format!("{}, {:#o}", read_string(pid, a[0]), a[1] as u32),
+        "symlink" | "link" | "rename" => {
+            format!("{}, {}", read_string(pid, a[0]), read_string(pid, a[1]))
+        }
+        "symlinkat" => format!(
+            "{}, {}, {}",
+            read_string(pid, a[0]),
+            dirfd(a[1]),
+            read_string(pid, a[2])
+        ),
+        "linkat" | "renameat" | "renameat2" => format!(
+            "{}, {}, {}, {}",
+            dirfd(a[0]),
+            read_string(pid, a[1]),
+            dirfd(a[2]),
+            read_string(pid, a[3])
+        ),
+        "chown" | "lchown" => format!(
+            "{}, {}, {}",
+            read_string(pid, a[0]),
+            a[1] as u32 as i32,
+            a[2] as u32 as i32
+        ),
+        "fchownat" => format!(
+            "{}, {}, {}, {}",
+            dirfd(a[0]),
+            read_string(pid, a[1]),
+            a[2] as u32 as i32,
+            a[3] as u32 as i32
+        ),
+        "open" => format!(
+            "{}, {:#x}, {:#o}",
+            read_string(pid, a[0]),
+            a[1] as u32,
+            a[2] as u32
+        ),
+        "openat" => format!(
+            "{}, {}, {:#x}, {:#o}",
+            dirfd(a[0]),
+            read_string(pid, a[1]),
+            a[2] as u32,
+            a[3] as u32
+        ),
+        "chroot" | "chdir" | "mkdir" | "rmdir" | "unlink" | "truncate" | "execve" | "stat"
+        | "lstat" | "access" | "readlink" | "statfs" | "acct" | "swapon" | "umount2"
+        | "pivot_root" => read_string(pid, a[0]),
+        "openat2" | "mkdirat" | "unlinkat" | "execveat" | "newfstatat" | "faccessat"
+        | "faccessat2" | "readlinkat" => {
             format!("{}, {}", dirfd(a[0]), read_string(pid, a[1]))
         }
         "mount" => format!(
@@ -1321,8 +1835,14 @@ mod tests {
         fn namespaces(&mut self) -> io::Result<()> {
             self.step(Step::Namespaces)
         }
+        fn root(&mut self) -> io::Result<()> {
+            self.step(Step::Root)
+        }
         fn landlock(&mut self) -> io::Result<()> {
             self.step(Step::Landlock)
+        }
+        fn capabilities(&mut self) -> io::Result<()> {
+            self.step(Step::Capabilities)
         }
         fn no_new_privs(&mut self) -> io::Result<()> {
             self.step(Step::NoNewPrivs)
@@ -1395,18 +1915,17 @@ mod tests {
             namespaces: ALL_NS,
             landlock_abi: Some(7),
         };
-        let (flags, weaker) = plan(&k, false, false).unwrap();
+        let (flags, weaker) = plan(&k, false).unwrap();
         assert_eq!(flags, ALL_NS);
         assert!(weaker.is_empty());
-        // Root unshares no user namespace.
-        let (flags, _) = plan(&k, true, false).unwrap();
-        assert_eq!(flags, ALL_NS & !libc::CLONE_NEWUSER);
+        assert!(has_own_root(flags));
     }
 
     #[test]
     fn a_missing_feature_is_refused_by_name_unless_allow_weaker() {
         let cases = [
             (ALL_NS & !libc::CLONE_NEWPID, Some(7), "pid namespaces"),
+            (ALL_NS & !libc::CLONE_NEWUSER, Some(7), "user namespaces"),
             (ALL_NS & !libc::CLONE_NEWNET, Some(7), "network namespaces"),
             (ALL_NS, None, "Landlock (enable CONFIG_SECURITY_LANDLOCK"),
             (
@@ -1420,14 +1939,16 @@ mod tests {
                 namespaces,
                 landlock_abi,
             };
-            match plan(&k, true, false) {
+            match plan(&k, false) {
                 Err(RunError::Missing(m)) => assert!(m.starts_with(what), "{m}"),
                 other => panic!("{what}: {other:?}"),
             }
-            let (flags, weaker) = plan(&k, true, true).unwrap();
-            assert_eq!(weaker.len(), 1, "{weaker:?}");
+            let (flags, weaker) = plan(&k, true).unwrap();
+            // Without a user namespace there is no own root either.
+            let expected = if has_own_root(namespaces) { 1 } else { 2 };
+            assert_eq!(weaker.len(), expected, "{weaker:?}");
             assert!(weaker[0].starts_with(what));
-            assert_eq!(flags, namespaces & !libc::CLONE_NEWUSER);
+            assert_eq!(flags, namespaces);
         }
     }
 
@@ -1438,10 +1959,13 @@ mod tests {
                 end,
                 message: None,
                 audited: Vec::new(),
+                delivery: Vec::new(),
+                setup: None,
             }
             .exit_code()
         };
         let codes = [
+            EXIT_OTHER_PROGRAM,
             r(End::Violation),
             r(End::Limit(Limit::Memory)),
             r(End::Timeout),

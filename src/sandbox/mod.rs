@@ -5,13 +5,17 @@
 //! - [`tracer`]: `tresor profile`, the ptrace + seccomp-trace profiler;
 //! - [`syscalls`]: syscall name ↔ number tables (x86_64, aarch64);
 //! - [`launch`]: `tresor run`, the confinement order and the supervisor;
+//! - [`root`]: the analysis's own minimal root (what its view holds);
+//! - [`deliver`]: staged outputs copied into `--out` (files and directories only);
 //! - [`sys`]: the raw syscalls, the only `unsafe` here;
 //! - [`cli`]: clap arguments and the `profile` and `policy` commands.
 
 pub mod cli;
+pub mod deliver;
 pub mod launch;
 pub mod policy;
 pub mod profile;
+pub mod root;
 pub mod sys;
 pub mod syscalls;
 pub mod tracer;

@@ -116,14 +116,58 @@ fn value_args(syscall: &str) -> Option<&'static [ArgSpec]> {
     })
 }
 
+/// Calls that error paths make, allowed in every policy: each is harmless
+/// (it reads the caller's own state or changes only its own process) and
+/// without them a handled refusal (EACCES, ENOENT, ENOMEM, EFBIG) kills
+/// the analysis at the printing of the error instead — and the report
+/// then names the wrong call (issue 13, class 7).
+pub const BENIGN: &[(&str, &str)] = &[
+    ("fcntl", "F_DUPFD_CLOEXEC, F_GETFD, F_SETFD, F_GETFL only: duplicate or inspect the caller's own descriptors (Python's traceback printer)"),
+    ("rt_sigaction", "the caller's own signal handlers (error and exit paths)"),
+    ("rt_sigprocmask", "the caller's own signal mask"),
+    ("sigaltstack", "the caller's own signal stack (Rust, Go runtimes)"),
+    ("getcwd", "the caller's own working directory (shells, error messages)"),
+    ("mincore", "which of the caller's own pages are resident (GNU grep, allocators)"),
+    ("sched_getaffinity", "which CPUs the caller may run on (thread pools size themselves)"),
+    ("sched_yield", "give up the CPU"),
+    ("getpid", "the caller's own pid"),
+    ("gettid", "the caller's own thread id"),
+    ("madvise", "advice about the caller's own memory (allocators returning memory)"),
+];
+
+/// The fcntl commands of [`BENIGN`].
+const BENIGN_FCNTL: &[u32] = &[
+    libc::F_DUPFD_CLOEXEC as u32,
+    libc::F_GETFD as u32,
+    libc::F_SETFD as u32,
+    libc::F_GETFL as u32,
+];
+
 /// Syscalls with flag bits refused unless seen: the argument's name and index.
 fn flag_arg(syscall: &str) -> Option<(&'static str, u8)> {
     match syscall {
         "mmap" | "mprotect" | "pkey_mprotect" => Some(("prot", 2)),
         "clone" => Some(("flags", 0)),
+        // File modes: no setuid/setgid files, no device nodes (below).
+        "chmod" | "fchmod" | "creat" | "mknod" => Some(("mode", 1)),
+        "fchmodat" | "fchmodat2" | "open" | "mknodat" => Some(("mode", 2)),
+        "openat" => Some(("mode", 3)),
         _ => None,
     }
 }
+
+/// Mode bits no analysis may set, whatever its profile: a setuid or
+/// setgid file in `--out` would run with the analysis's (the caller's)
+/// ids for anyone; a device node would reach the host's hardware. (With
+/// no capability left the kernel refuses device nodes and strips
+/// setuid bits on write anyway; the policy names the attempt.)
+const MODE_SETID: &[(u64, &str)] = &[
+    (libc::S_ISUID as u64, "S_ISUID"),
+    (libc::S_ISGID as u64, "S_ISGID"),
+];
+/// The bit that character and block device types share (`S_IFCHR`;
+/// `S_IFBLK` is `S_IFCHR|S_IFDIR`); fifos and sockets lack it.
+const MODE_DEVICE: u64 = libc::S_IFCHR as u64;
 
 /// Errors building, reading or compiling a policy.
 #[derive(Debug, thiserror::Error)]
@@ -315,6 +359,32 @@ impl Policy {
                 rule.deny_flags = default_deny_flags(name, arg, profile, &e.args);
             }
             syscalls.insert(name.clone(), rule);
+        }
+        // What error paths do (docs/POLICY.md "Benign calls"): allowed so
+        // that a refusal the analysis handles (EACCES, ENOENT, ENOMEM,
+        // EFBIG) is reported by the analysis as what it was, not as a kill
+        // of the benign call that prints the error.
+        for (name, why) in BENIGN {
+            let Some(nr) = arch.number(name) else {
+                continue;
+            };
+            if let Some(r) = syscalls.get_mut(*name) {
+                if *name == "fcntl" && !r.allow_args.is_empty() {
+                    for cmd in BENIGN_FCNTL {
+                        r.allow_args
+                            .insert(BTreeMap::from([("cmd".to_string(), u64::from(*cmd))]));
+                    }
+                }
+                continue;
+            }
+            let mut rule = Rule::allow(nr, format!("(benign) {why}"));
+            if *name == "fcntl" {
+                rule.allow_args = BENIGN_FCNTL
+                    .iter()
+                    .map(|c| BTreeMap::from([("cmd".to_string(), u64::from(*c))]))
+                    .collect();
+            }
+            syscalls.insert(name.to_string(), rule);
         }
         // The profiler adds these; a hand-made or old profile may lack them.
         for (name, why) in profile::ALWAYS_ADDED {
@@ -659,6 +729,23 @@ fn default_deny_flags(
                 comment: format!("{flag} creates a namespace; the profile never did"),
             })
             .collect()
+    } else if arg == "mode" {
+        let mut v: Vec<DenyFlags> = MODE_SETID
+            .iter()
+            .map(|(bit, flag)| DenyFlags {
+                arg: arg.into(),
+                mask: *bit,
+                comment: format!("{flag}: no analysis makes setuid or setgid files"),
+            })
+            .collect();
+        if name.starts_with("mknod") {
+            v.push(DenyFlags {
+                arg: arg.into(),
+                mask: MODE_DEVICE,
+                comment: "a character or block device node; no analysis makes one".into(),
+            });
+        }
+        v
     } else if profile.write_exec_memory {
         Vec::new()
     } else {
@@ -722,6 +809,10 @@ fn flag_names(syscall: &str, mask: u64) -> String {
         }
     } else if mask == PROT_WX {
         return "PROT_WRITE|PROT_EXEC".into();
+    } else if let Some((_, n)) = MODE_SETID.iter().find(|(b, _)| *b == mask) {
+        return (*n).to_string();
+    } else if mask == MODE_DEVICE {
+        return "S_IFCHR (a device)".into();
     }
     format!("{mask:#x}")
 }

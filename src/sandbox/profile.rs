@@ -161,6 +161,67 @@ pub struct Program {
     pub sha256: Option<String>,
 }
 
+/// The script an interpreter ran (`python3 ki67.py`, `sh -c '…'`): what
+/// `tresor run` checks besides the interpreter itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Script {
+    /// Its canonical path, or `"-c"` / `"-e"` for code given inline.
+    pub path: String,
+    /// SHA-256 of the file's contents (or of the inline code), hex.
+    pub sha256: String,
+}
+
+/// Interpreters whose first argument is the program that really runs.
+pub const INTERPRETERS: &[&str] = &[
+    "python", "python2", "python3", "sh", "bash", "dash", "zsh", "ksh", "Rscript", "R", "perl",
+    "ruby", "node", "julia", "octave", "php", "lua", "tclsh", "awk", "gawk",
+];
+
+/// Whether `program` (a path) names an interpreter (`python3.11` too).
+pub fn is_interpreter(program: &Path) -> bool {
+    let Some(name) = program.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let base = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+    INTERPRETERS.contains(&name) || INTERPRETERS.contains(&base)
+}
+
+impl Script {
+    /// The script of an interpreter's argument list: the first argument
+    /// that is not an option — a file (hashed), or the code after `-c` /
+    /// `-e` (hashed as given). `None` when there is none (`python3 -m x`,
+    /// an interactive shell) or the file cannot be read.
+    pub fn of_args(args: &[std::ffi::OsString]) -> Option<Script> {
+        use sha2::Digest;
+        use std::os::unix::ffi::OsStrExt;
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let b = a.as_bytes();
+            if b == b"-c" || b == b"-e" {
+                let code = it.next()?;
+                return Some(Script {
+                    path: a.to_string_lossy().into_owned(),
+                    sha256: hex::encode(sha2::Sha256::digest(code.as_bytes())),
+                });
+            }
+            if b == b"-m" {
+                return None;
+            }
+            if b.starts_with(b"-") {
+                continue;
+            }
+            let p = Path::new(a).canonicalize().ok()?;
+            let bytes = std::fs::read(&p).ok()?;
+            return Some(Script {
+                path: p.to_string_lossy().into_owned(),
+                sha256: hex::encode(sha2::Sha256::digest(&bytes)),
+            });
+        }
+        None
+    }
+}
+
 /// How the profiled program ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
@@ -224,6 +285,9 @@ pub struct Profile {
     /// `x86_64` or `aarch64`.
     pub arch: String,
     pub program: Program,
+    /// For an interpreter: the script it ran (checked by `tresor run`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<Script>,
     pub mode: Mode,
     /// False when the run ended abnormally (signal, timeout, tracer error):
     /// the program may need syscalls it never reached.
@@ -283,6 +347,7 @@ impl Profile {
             version: VERSION,
             arch: arch.name().to_string(),
             program,
+            script: None,
             mode,
             complete: true,
             incomplete_reason: None,
@@ -505,7 +570,10 @@ impl Profile {
                 b: other.arch.clone(),
             });
         }
-        if self.program.sha256 != other.program.sha256 || self.program.path != other.program.path {
+        if self.program.sha256 != other.program.sha256
+            || self.program.path != other.program.path
+            || self.script.as_ref().map(|s| &s.sha256) != other.script.as_ref().map(|s| &s.sha256)
+        {
             let show = |p: &Program| {
                 format!(
                     "{} (sha256 {})",
@@ -604,6 +672,9 @@ impl Profile {
             "sha256   {}",
             self.program.sha256.as_deref().unwrap_or("unknown")
         );
+        if let Some(sc) = &self.script {
+            let _ = writeln!(o, "script   {} (sha256 {})", sc.path, sc.sha256);
+        }
         let _ = writeln!(
             o,
             "arch     {}   mode {}   runs {}   {status}",

@@ -3,7 +3,7 @@
 //! Everything here is a thin, checked wrapper; the logic lives in the
 //! callers, which are plain Rust.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -694,4 +694,351 @@ pub fn read_memory(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
     } else {
         Ok(n as usize)
     }
+}
+
+// ---------------------------------------------------------------------------
+// The analysis's own root (src/sandbox/launch.rs, step `Root`) and the drop
+// of every privilege. Called in the forked child: nothing here allocates.
+
+fn check(rc: libc::c_long) -> io::Result<()> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn opt_ptr(s: Option<&CStr>) -> *const libc::c_char {
+    s.map_or(std::ptr::null(), CStr::as_ptr)
+}
+
+/// `mount(2)`; absent arguments are passed as NULL.
+pub fn mount(
+    src: Option<&CStr>,
+    target: &CStr,
+    fstype: Option<&CStr>,
+    flags: libc::c_ulong,
+    data: Option<&CStr>,
+) -> io::Result<()> {
+    // SAFETY: every pointer is NULL or a NUL-terminated C string alive for
+    // the call; the kernel copies them.
+    let rc = unsafe {
+        libc::mount(
+            opt_ptr(src),
+            target.as_ptr(),
+            opt_ptr(fstype),
+            flags,
+            opt_ptr(data).cast(),
+        )
+    };
+    check(rc.into())
+}
+
+/// `MOUNT_ATTR_*` of mount_setattr(2).
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Adds `set` (`MOUNT_ATTR_*`) to the mount at `path`, and with `recursive`
+/// to every mount below it (`mount_setattr(2)`, Linux 5.12+). Only adds:
+/// flags the kernel locked on a mount from a more privileged namespace stay.
+pub fn mount_setattr(path: &CStr, set: u64, recursive: bool) -> io::Result<()> {
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let flags = if recursive { AT_RECURSIVE } else { 0 };
+    // SAFETY: `path` is a NUL-terminated C string and `attr` a live struct
+    // whose size is passed; the kernel only reads both.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    check(rc)
+}
+
+/// `mkdir(path, mode)`; an existing entry is not an error.
+pub fn mkdir(path: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: `path` is a NUL-terminated C string.
+    if unsafe { libc::mkdir(path.as_ptr(), mode) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// `symlink(target, link)`.
+pub fn symlink(target: &CStr, link: &CStr) -> io::Result<()> {
+    // SAFETY: both are NUL-terminated C strings.
+    check(unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) }.into())
+}
+
+/// Creates an empty file (a bind-mount target); an existing one is fine.
+pub fn touch(path: &CStr) -> io::Result<()> {
+    // SAFETY: `path` is a NUL-terminated C string.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            0o444,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: closes the fd opened above.
+    unsafe { libc::close(fd) };
+    Ok(())
+}
+
+/// `chdir(path)`.
+pub fn chdir(path: &CStr) -> io::Result<()> {
+    // SAFETY: `path` is a NUL-terminated C string.
+    check(unsafe { libc::chdir(path.as_ptr()) }.into())
+}
+
+/// `pivot_root(new_root, put_old)`.
+pub fn pivot_root(new_root: &CStr, put_old: &CStr) -> io::Result<()> {
+    // SAFETY: both are NUL-terminated C strings.
+    let rc = unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) };
+    check(rc)
+}
+
+/// `umount2(path, MNT_DETACH)`.
+pub fn detach(path: &CStr) -> io::Result<()> {
+    // SAFETY: `path` is a NUL-terminated C string.
+    check(unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) }.into())
+}
+
+/// `setgroups(0, NULL)`: no supplementary groups (needs CAP_SETGID).
+pub fn clear_groups() -> io::Result<()> {
+    // SAFETY: an empty list; the pointer is not read.
+    check(unsafe { libc::setgroups(0, std::ptr::null()) }.into())
+}
+
+/// Drops every capability for good: the bounding set emptied, ambient
+/// capabilities cleared, securebits set and locked so that uid 0 and
+/// setuid programs never regain any, then effective, permitted and
+/// inheritable sets cleared.
+pub fn drop_capabilities() -> io::Result<()> {
+    const PR_CAP_AMBIENT: libc::c_int = 47;
+    const PR_CAP_AMBIENT_CLEAR_ALL: libc::c_ulong = 4;
+    // SECBIT_NOROOT, NO_SETUID_FIXUP, NO_CAP_AMBIENT_RAISE and the locks
+    // of all four (KEEP_CAPS itself stays off).
+    const SECUREBITS: libc::c_ulong = 0b1110_1111;
+    for cap in 0..64 {
+        // SAFETY: plain prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
+            let e = io::Error::last_os_error();
+            // Numbers past the kernel's last capability.
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                break;
+            }
+            return Err(e);
+        }
+    }
+    // SAFETY: plain prctl with integer arguments.
+    check(unsafe { libc::prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) }.into())?;
+    // SAFETY: plain prctl with integer arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_SECUREBITS, SECUREBITS, 0, 0, 0) }.into())?;
+    #[repr(C)]
+    struct CapHeader {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    struct CapData {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [
+        CapData {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        },
+        CapData {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        },
+    ];
+    // SAFETY: a version-3 header and the two data structs it expects, both
+    // alive for the call; the kernel only reads them.
+    check(unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) })
+}
+
+/// Adds a Landlock rule `access` beneath `path` to the ruleset `ruleset`
+/// (raw `landlock_add_rule`, for paths that exist only inside the run's
+/// own root).
+pub fn landlock_add_path(ruleset: i32, path: &CStr, access: u64) -> io::Result<()> {
+    const LANDLOCK_RULE_PATH_BENEATH: libc::c_int = 1;
+    #[repr(C, packed)]
+    struct PathBeneath {
+        allowed_access: u64,
+        parent_fd: i32,
+    }
+    // SAFETY: `path` is a NUL-terminated C string.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let attr = PathBeneath {
+        allowed_access: access,
+        parent_fd: fd,
+    };
+    // SAFETY: `attr` is a live, packed landlock_path_beneath_attr; the
+    // kernel only reads it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_add_rule,
+            ruleset,
+            LANDLOCK_RULE_PATH_BENEATH,
+            &attr as *const PathBeneath,
+            0,
+        )
+    };
+    let e = io::Error::last_os_error();
+    // SAFETY: closes the fd opened above.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// `landlock_restrict_self(ruleset, 0)`.
+pub fn landlock_restrict(ruleset: i32) -> io::Result<()> {
+    // SAFETY: integer arguments only.
+    check(unsafe { libc::syscall(libc::SYS_landlock_restrict_self, ruleset, 0) })
+}
+
+// ---------------------------------------------------------------------------
+// The pid namespace's init (src/sandbox/launch.rs, step `PidNamespace`).
+
+extern "C" fn forward_to_namespace(sig: libc::c_int) {
+    // SAFETY: kill is async-signal-safe; -1 from the namespace's init
+    // reaches every other process of the namespace.
+    unsafe { libc::kill(-1, sig) };
+}
+
+/// The init's signals: termination signals (TERM, INT, HUP, QUIT) are
+/// forwarded to every process of the namespace; terminal stop signals
+/// (TSTP, TTIN, TTOU) are ignored. (SIGSTOP cannot be caught: the
+/// supervisor discards it, see `launch`.)
+pub fn init_signals() -> io::Result<()> {
+    let fwd = forward_to_namespace as extern "C" fn(libc::c_int) as *const () as usize;
+    // SAFETY: sigaction with a handler that only calls kill(2), or with
+    // SIG_IGN; the structs are initialised and alive for each call.
+    unsafe {
+        for (sig, handler) in [
+            (libc::SIGTERM, fwd),
+            (libc::SIGINT, fwd),
+            (libc::SIGHUP, fwd),
+            (libc::SIGQUIT, fwd),
+            (libc::SIGTSTP, libc::SIG_IGN),
+            (libc::SIGTTIN, libc::SIG_IGN),
+            (libc::SIGTTOU, libc::SIG_IGN),
+        ] {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = handler;
+            act.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut act.sa_mask);
+            if libc::sigaction(sig, &act, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `setsid()`: a new session without a controlling terminal.
+pub fn new_session() -> io::Result<()> {
+    // SAFETY: setsid takes no arguments.
+    if unsafe { libc::setsid() } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// If fd 0 is a terminal, replaces it with `/dev/null` (`path`).
+pub fn stdin_not_a_terminal(dev_null: &CStr) -> io::Result<()> {
+    // SAFETY: isatty takes an integer.
+    if unsafe { libc::isatty(0) } != 1 {
+        return Ok(());
+    }
+    // SAFETY: a NUL-terminated path; the fd is closed below or becomes fd 0.
+    let fd = unsafe { libc::open(dev_null.as_ptr(), libc::O_RDONLY) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: dup2 onto fd 0, then close the spare fd.
+    let rc = unsafe { libc::dup2(fd, 0) };
+    let e = io::Error::last_os_error();
+    // SAFETY: closes the fd opened above.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Sends SIGKILL to every other process of the caller's pid namespace
+/// (from its init: `kill(-1)`).
+pub fn kill_namespace() {
+    // SAFETY: kill takes integer arguments.
+    unsafe { libc::kill(-1, libc::SIGKILL) };
+}
+
+/// `waitpid(-1, 0)`: any child; `(pid, status)`. Allocates nothing.
+pub fn wait_any_child() -> io::Result<(i32, i32)> {
+    let mut status = 0;
+    // SAFETY: `status` is a live out-parameter.
+    let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+    if pid < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok((pid, status))
+    }
+}
+
+/// `dup2(old, new)` (clears close-on-exec on `new`).
+pub fn dup2(old: i32, new: i32) -> io::Result<()> {
+    // SAFETY: dup2 takes integers; replacing `new` is the intent.
+    if unsafe { libc::dup2(old, new) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `close(fd)`, errors ignored.
+pub fn close(fd: i32) {
+    // SAFETY: closing an fd this process owns and no longer uses.
+    unsafe { libc::close(fd) };
 }

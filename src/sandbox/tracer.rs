@@ -177,7 +177,8 @@ fn is_executable(p: &Path) -> bool {
     nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_ok()
 }
 
-fn sha256_file(p: &Path) -> Option<String> {
+/// SHA-256 of a file's contents, hex; `None` if it cannot be read.
+pub fn sha256_file(p: &Path) -> Option<String> {
     let mut f = File::open(p).ok()?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
@@ -247,6 +248,9 @@ pub fn profile(
         },
         opts.mode,
     );
+    if super::profile::is_interpreter(&path) {
+        profile.script = super::profile::Script::of_args(args);
+    }
     // The first execve happens before tracing starts: record it here.
     if opts.mode != Mode::Syscalls {
         profile.add_path(&shown, Access::R.union(Access::X), false);

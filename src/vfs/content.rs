@@ -1,21 +1,20 @@
 //! Reading and writing the blocks of one encrypted file at any offset.
 //!
 //! All functions take the backing file and the file's cipher; the caller
-//! holds the file's lock (readers shared, writers exclusive). Sizes always
-//! come from the backing file's length, so there is no second copy to
-//! drift out of step.
+//! holds the file's lock (readers shared, writers exclusive). The header's
+//! version picks the layout: [`v1`] (last-block flag) or [`v2`] (two-slot
+//! size record, docs/FORMAT.md §5b). Every backing write goes through
+//! [`pwrite`] / [`set_len`], where the durability tests inject faults.
 
-use crate::crypto::{Aead, NONCE_LEN};
-use crate::format::content::{
-    block_aad, block_count, block_offset, block_plain_len, ciphertext_size, plaintext_size,
-    FileHeader, BLOCK_OVERHEAD, BLOCK_SIZE, CT_BLOCK_SIZE, FILE_ID_LEN, HEADER_LEN,
-};
+mod v1;
+mod v2;
+
+use crate::crypto::Aead;
+use crate::format::content::{v2 as layout2, FileHeader, FILE_ID_LEN, HEADER_LEN, VERSION_1};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-
-/// Blocks processed per I/O call when writing long ranges (1 MiB).
-const CHUNK_BLOCKS: u64 = 256;
+use std::sync::{Mutex, MutexGuard};
 
 /// What went wrong with a file's contents.
 #[derive(Debug, thiserror::Error)]
@@ -28,18 +27,38 @@ pub enum ContentError {
     Corrupt(String),
 }
 
-/// The per-file state needed to seal and open its blocks.
+/// The per-file state needed to seal and open its blocks, and (format 2)
+/// the size record in force, read once and then kept in step by every
+/// update made through this cipher.
 #[derive(Debug)]
 pub struct FileCipher {
-    /// The file's header (epoch and id).
+    /// The file's header (version, epoch and id).
     pub header: FileHeader,
     /// The per-file key.
     pub aead: Aead,
+    record: Mutex<Option<v2::Record>>,
 }
 
 impl FileCipher {
+    /// The cipher of a file with this header and per-file key.
+    pub fn new(header: FileHeader, aead: Aead) -> Self {
+        FileCipher {
+            header,
+            aead,
+            record: Mutex::new(None),
+        }
+    }
+
     fn id(&self) -> &[u8; FILE_ID_LEN] {
         &self.header.file_id
+    }
+
+    fn is_v1(&self) -> bool {
+        self.header.version == VERSION_1
+    }
+
+    fn record_slot(&self) -> MutexGuard<'_, Option<v2::Record>> {
+        self.record.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -55,31 +74,126 @@ pub fn read_header(file: &File) -> Result<FileHeader, ContentError> {
     FileHeader::decode(&b[..n]).map_err(|e| ContentError::Corrupt(e.to_string()))
 }
 
-/// Writes the header and one sealed empty last block: a new, empty file.
+/// Makes a just-created, empty backing file an empty encrypted file in the
+/// layout of `c.header.version`.
 pub fn init_empty(file: &File, c: &FileCipher) -> Result<(), ContentError> {
-    let mut buf = vec![0u8; (HEADER_LEN + BLOCK_OVERHEAD) as usize];
-    buf[..HEADER_LEN as usize].copy_from_slice(&c.header.encode());
-    c.aead.seal_to_slice(
-        &block_aad(c.id(), 0, true),
-        &[],
-        &mut buf[HEADER_LEN as usize..],
-    );
-    // Only called on a file just created empty: no truncation needed.
-    file.write_all_at(&buf, 0)?;
+    if c.is_v1() {
+        v1::init_empty(file, c)
+    } else {
+        v2::init_empty(file, c)
+    }
+}
+
+/// Plaintext size of the file.
+pub fn plain_size(file: &File, c: &FileCipher) -> Result<u64, ContentError> {
+    if c.is_v1() {
+        v1::plain_size(file)
+    } else {
+        v2::plain_size(file, c)
+    }
+}
+
+/// Plaintext size from the record, after setting a backing length left
+/// non-steady by a crash to the steady one (format 2, writable `file`), so
+/// the next `stat` needs no key. Format 1: the size from the length.
+pub fn settle(file: &File, c: &FileCipher) -> Result<u64, ContentError> {
+    if c.is_v1() {
+        v1::plain_size(file)
+    } else {
+        v2::settle(file, c)
+    }
+}
+
+/// Plaintext size that `stat` shows for a backing length, without a key,
+/// by the layout the store writes; `None` if the length is not one a file
+/// at rest has (a crash in an update, a file of the other layout in a store
+/// being upgraded, or tampering): then ask [`settle`].
+pub fn size_from_len(len: u64, v2_store: bool) -> Option<u64> {
+    if v2_store {
+        layout2::plaintext_size(len)
+    } else {
+        crate::format::content::plaintext_size(len)
+    }
+}
+
+/// Reads up to `len` bytes at `off`. Short at end of file; empty past it.
+pub fn read_at(file: &File, c: &FileCipher, off: u64, len: usize) -> Result<Vec<u8>, ContentError> {
+    if c.is_v1() {
+        v1::read_at(file, c, off, len)
+    } else {
+        v2::read_at(file, c, off, len)
+    }
+}
+
+/// Writes `data` at `off`, zero-filling any gap after the current end.
+pub fn write_at(file: &File, c: &FileCipher, off: u64, data: &[u8]) -> Result<(), ContentError> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    off.checked_add(data.len() as u64)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EFBIG))?;
+    if c.is_v1() {
+        v1::write_at(file, c, off, data)
+    } else {
+        v2::write_at(file, c, off, data)
+    }
+}
+
+/// Sets the plaintext size.
+pub fn truncate(file: &File, c: &FileCipher, new: u64) -> Result<(), ContentError> {
+    if c.is_v1() {
+        v1::truncate(file, c, new)
+    } else {
+        v2::truncate(file, c, new)
+    }
+}
+
+/// `SEEK_DATA` (`data`) or `SEEK_HOLE` from plaintext offset `off`
+/// (ENXIO at or past the end). Format 1 has no holes.
+pub fn seek(file: &File, c: &FileCipher, off: u64, data: bool) -> Result<u64, ContentError> {
+    if c.is_v1() {
+        let size = v1::plain_size(file)?;
+        if off >= size {
+            return Err(io::Error::from_raw_os_error(libc::ENXIO).into());
+        }
+        return Ok(if data { off } else { size });
+    }
+    v2::seek(file, c, off, data)
+}
+
+/// `fallocate` mode 0: the file covers `[off, off + len)` afterwards and
+/// (format 2) the backing space for it is reserved, so writes there do not
+/// meet a full disk. Format 1 writes sealed zero blocks.
+pub fn allocate(file: &File, c: &FileCipher, off: u64, len: u64) -> Result<(), ContentError> {
+    let end = off
+        .checked_add(len)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EFBIG))?;
+    if end > plain_size(file, c)? {
+        truncate(file, c, end)?;
+    }
+    if c.is_v1() {
+        Ok(())
+    } else {
+        v2::reserve(file, c, off, end)
+    }
+}
+
+/// Makes everything written so far durable (`fsync`/`fdatasync` of the
+/// backing file); format 2 first copies the record in force into the other
+/// slot, so after the sync both slots hold the synced state.
+pub fn sync(file: &File, c: &FileCipher, datasync: bool) -> Result<(), ContentError> {
+    if !c.is_v1() {
+        v2::mirror(file, c)?;
+    }
+    if datasync {
+        file.sync_data()?;
+    } else {
+        file.sync_all()?;
+    }
     Ok(())
 }
 
-/// Plaintext size of the backing file, from its length alone.
-pub fn plain_size(file: &File) -> Result<u64, ContentError> {
-    let len = file.metadata()?.len();
-    plaintext_size(len).ok_or_else(|| {
-        ContentError::Corrupt(format!(
-            "ciphertext length {len} matches no plaintext length (file cut or padded)"
-        ))
-    })
-}
-
-fn read_full(file: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
+pub(crate) fn read_full(file: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match file.read_at(&mut buf[done..], off + done as u64) {
@@ -92,175 +206,156 @@ fn read_full(file: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
     Ok(done)
 }
 
-/// Reads and opens blocks `first..=last` of a file of `psize` bytes,
-/// returning their plaintext back to back.
-fn read_blocks(
-    file: &File,
-    c: &FileCipher,
-    psize: u64,
-    first: u64,
-    last: u64,
-) -> Result<Vec<u8>, ContentError> {
-    let nblocks = block_count(psize);
-    let ct_end = block_offset(last) + block_plain_len(psize, last) + BLOCK_OVERHEAD;
-    let ct_start = block_offset(first);
-    let mut buf = vec![0u8; (ct_end - ct_start) as usize];
-    let n = read_full(file, &mut buf, ct_start)?;
-    if n != buf.len() {
-        return Err(ContentError::Corrupt(format!(
-            "file shrank while reading (block {first}..{last})"
-        )));
+/// Every write to a content file's backing file.
+fn pwrite(file: &File, buf: &[u8], off: u64) -> io::Result<()> {
+    #[cfg(test)]
+    recorder::write(buf, off);
+    #[cfg(debug_assertions)]
+    if let Some(torn) = fault::hit() {
+        let n = if torn {
+            fault::torn_len(off, buf.len())
+        } else {
+            buf.len()
+        };
+        let _ = file.write_all_at(&buf[..n], off);
+        fault::crash();
     }
-    let mut out_len = 0usize;
-    for idx in first..=last {
-        let plen = block_plain_len(psize, idx) as usize;
-        let at = ((idx - first) * CT_BLOCK_SIZE) as usize;
-        let sealed = &mut buf[at..at + plen + BLOCK_OVERHEAD as usize];
-        let aad = block_aad(c.id(), idx, idx + 1 == nblocks);
-        c.aead
-            .open_in_place(&aad, sealed)
-            .map_err(|_| ContentError::Corrupt(format!("block {idx} failed authentication")))?;
-        // Compact plaintext towards the front; regions never overlap wrongly
-        // because out_len <= at.
-        buf.copy_within(at + NONCE_LEN..at + NONCE_LEN + plen, out_len);
-        out_len += plen;
-    }
-    buf.truncate(out_len);
-    Ok(buf)
+    file.write_all_at(buf, off)
 }
 
-/// Reads up to `len` bytes at `off`. Short at end of file; empty past it.
-pub fn read_at(file: &File, c: &FileCipher, off: u64, len: usize) -> Result<Vec<u8>, ContentError> {
-    let psize = plain_size(file)?;
-    if off >= psize || len == 0 {
-        // An empty file still has its sealed empty block: check it, so a
-        // forged empty file is not served as valid.
-        if psize == 0 {
-            read_blocks(file, c, 0, 0, 0)?;
+/// Every change of a content file's backing length.
+fn set_len(file: &File, len: u64) -> io::Result<()> {
+    #[cfg(test)]
+    recorder::set_len(len);
+    #[cfg(debug_assertions)]
+    if fault::hit().is_some() {
+        let _ = file.set_len(len);
+        fault::crash();
+    }
+    file.set_len(len)
+}
+
+/// Fault injection for the durability tests (tests/durability.rs), compiled
+/// into debug builds only — a release build has no trace of it, so it cannot
+/// weaken a production mount. `TRESOR_FAULT_ABORT_AFTER_WRITE=N` makes the
+/// process abort (SIGABRT, no clean-up, like a crash) right after its N-th
+/// backing write to a content file (`pwrite` or length change), counted from
+/// 1 over the whole process; `N:torn` writes only part of the N-th write
+/// before aborting (a torn write): the bytes up to the last 512-byte
+/// boundary of the file inside it — the granularity at which the kernel
+/// (pages, for a killed process) and disks (sectors, at a power loss) cut a
+/// write; a write that crosses no such boundary is not torn.
+#[cfg(debug_assertions)]
+mod fault {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+
+    /// Name of the environment variable.
+    pub(super) const VAR: &str = "TRESOR_FAULT_ABORT_AFTER_WRITE";
+
+    fn plan() -> Option<(u64, bool)> {
+        static PLAN: OnceLock<Option<(u64, bool)>> = OnceLock::new();
+        *PLAN.get_or_init(|| {
+            let v = std::env::var(VAR).ok()?;
+            let (n, torn) = match v.split_once(':') {
+                Some((n, "torn")) => (n, true),
+                Some(_) => return None,
+                None => (v.as_str(), false),
+            };
+            let n: u64 = n.trim().parse().ok().filter(|n| *n > 0)?;
+            eprintln!(
+                "tresor: fault injection armed: abort after backing write {n}{}",
+                if torn { " (torn)" } else { "" }
+            );
+            Some((n, torn))
+        })
+    }
+
+    /// Counts one backing write; `Some(torn)` if the process must crash at it.
+    pub(super) fn hit() -> Option<bool> {
+        static COUNT: AtomicU64 = AtomicU64::new(0);
+        let (n, torn) = plan()?;
+        let this = COUNT.fetch_add(1, Ordering::SeqCst) + 1;
+        eprintln!("tresor: fault injection: backing write {this}");
+        (this == n).then_some(torn)
+    }
+
+    /// Bytes of a write of `len` at `off` that a tear at the last 512-byte
+    /// file boundary inside it leaves.
+    pub(super) fn torn_len(off: u64, len: usize) -> usize {
+        let end = off + len as u64;
+        let cut = (end - 1) / 512 * 512;
+        if cut > off {
+            (cut - off) as usize
+        } else {
+            len
         }
-        return Ok(Vec::new());
     }
-    let end = psize.min(off.saturating_add(len as u64));
-    let first = off / BLOCK_SIZE;
-    let last = (end - 1) / BLOCK_SIZE;
-    let mut plain = read_blocks(file, c, psize, first, last)?;
-    let skip = (off - first * BLOCK_SIZE) as usize;
-    let take = (end - off) as usize;
-    if skip > 0 {
-        plain.copy_within(skip..skip + take, 0);
+
+    pub(super) fn crash() -> ! {
+        eprintln!("tresor: fault injection: aborting after the planned backing write");
+        std::process::abort()
     }
-    plain.truncate(take);
-    Ok(plain)
 }
 
-/// Writes `data` at `off`, zero-filling any gap after the current end.
-pub fn write_at(file: &File, c: &FileCipher, off: u64, data: &[u8]) -> Result<(), ContentError> {
-    if data.is_empty() {
-        return Ok(());
-    }
-    let psize = plain_size(file)?;
-    let end = off
-        .checked_add(data.len() as u64)
-        .ok_or_else(|| io::Error::from_raw_os_error(libc::EFBIG))?;
-    rewrite(file, c, psize, psize.max(end), off, data)
-}
+/// Unit tests record every backing write of their own thread, to replay
+/// any prefix of a sequence of writes as the state a crash would leave.
+#[cfg(test)]
+pub(crate) mod recorder {
+    use std::cell::RefCell;
 
-/// Sets the plaintext size: cuts and re-seals the new last block, or
-/// extends with zeros (sealed like any data — a hole is never stored as
-/// an unauthenticated gap).
-pub fn truncate(file: &File, c: &FileCipher, new: u64) -> Result<(), ContentError> {
-    let psize = plain_size(file)?;
-    if new == psize {
-        return Ok(());
+    /// One backing change.
+    #[derive(Clone, Debug)]
+    pub(crate) enum Op {
+        Write(u64, Vec<u8>),
+        SetLen(u64),
     }
-    if new > psize {
-        return rewrite(file, c, psize, new, new, &[]);
-    }
-    let idx = if new == 0 { 0 } else { (new - 1) / BLOCK_SIZE };
-    let keep = (new - idx * BLOCK_SIZE) as usize;
-    let plain = if keep == 0 {
-        Vec::new()
-    } else {
-        let mut p = read_blocks(file, c, psize, idx, idx)?;
-        p.truncate(keep);
-        p
-    };
-    let mut sealed = vec![0u8; keep + BLOCK_OVERHEAD as usize];
-    c.aead
-        .seal_to_slice(&block_aad(c.id(), idx, true), &plain, &mut sealed);
-    // Write the new last block before cutting: a crash in between leaves
-    // a file whose tail fails authentication (EIO), never wrong plaintext.
-    file.write_all_at(&sealed, block_offset(idx))?;
-    file.set_len(ciphertext_size(new))?;
-    Ok(())
-}
 
-/// Makes the plaintext `[off, off + data.len())` equal `data`, zeros in
-/// `[psize, off)`, and the file `new_psize` long (`new_psize >= psize`).
-fn rewrite(
-    file: &File,
-    c: &FileCipher,
-    psize: u64,
-    new_psize: u64,
-    off: u64,
-    data: &[u8],
-) -> Result<(), ContentError> {
-    let old_n = block_count(psize);
-    let new_n = block_count(new_psize);
-    let data_end = off + data.len() as u64;
-    let mut first = off.min(psize) / BLOCK_SIZE;
-    if new_n > old_n {
-        // The old last block loses its "last" flag.
-        first = first.min(old_n - 1);
+    thread_local! {
+        static LOG: RefCell<Option<Vec<Op>>> = const { RefCell::new(None) };
     }
-    let last = if new_psize > psize {
-        new_n - 1
-    } else {
-        (data_end - 1) / BLOCK_SIZE
-    };
-    // Buffers sized to the request: a 1 KiB write must not zero megabytes.
-    let blocks = (last - first + 1).min(CHUNK_BLOCKS);
-    let mut plain = vec![0u8; BLOCK_SIZE as usize];
-    let mut sealed = vec![0u8; (blocks * CT_BLOCK_SIZE) as usize];
-    let mut chunk = first;
-    while chunk <= last {
-        let chunk_last = last.min(chunk + CHUNK_BLOCKS - 1);
-        let mut sealed_len = 0usize;
-        for idx in chunk..=chunk_last {
-            let bstart = idx * BLOCK_SIZE;
-            let new_len = block_plain_len(new_psize, idx) as usize;
-            let aad = block_aad(c.id(), idx, idx + 1 == new_n);
-            let covered = off <= bstart && data_end >= bstart + new_len as u64;
-            if covered {
-                // Sealed straight from the caller's data: no copy.
-                let from = (bstart - off) as usize;
-                sealed_len += c.aead.seal_to_slice(
-                    &aad,
-                    &data[from..from + new_len],
-                    &mut sealed[sealed_len..],
-                );
-                continue;
+
+    /// Starts recording this thread's backing writes.
+    pub(crate) fn start() {
+        LOG.with(|l| *l.borrow_mut() = Some(Vec::new()));
+    }
+
+    /// Stops recording; returns what was recorded.
+    pub(crate) fn take() -> Vec<Op> {
+        LOG.with(|l| l.borrow_mut().take().unwrap_or_default())
+    }
+
+    pub(super) fn write(buf: &[u8], off: u64) {
+        LOG.with(|l| {
+            if let Some(v) = l.borrow_mut().as_mut() {
+                v.push(Op::Write(off, buf.to_vec()));
             }
-            // A partly written block: old content (or zeros past the old end), then the data.
-            let p = &mut plain[..new_len];
-            p.fill(0);
-            if block_plain_len(psize, idx) > 0 {
-                let old = read_blocks(file, c, psize, idx, idx)?;
-                p[..old.len()].copy_from_slice(&old);
+        });
+    }
+
+    pub(super) fn set_len(len: u64) {
+        LOG.with(|l| {
+            if let Some(v) = l.borrow_mut().as_mut() {
+                v.push(Op::SetLen(len));
             }
-            // Overlay the part of `data` that falls into this block.
-            let lo = off.max(bstart);
-            let hi = data_end.min(bstart + new_len as u64);
-            if lo < hi {
-                p[(lo - bstart) as usize..(hi - bstart) as usize]
-                    .copy_from_slice(&data[(lo - off) as usize..(hi - off) as usize]);
+        });
+    }
+
+    /// Applies `ops` to `bytes` (a backing file held in memory).
+    pub(crate) fn replay(bytes: &mut Vec<u8>, ops: &[Op]) {
+        for op in ops {
+            match op {
+                Op::Write(off, b) => {
+                    let end = *off as usize + b.len();
+                    if bytes.len() < end {
+                        bytes.resize(end, 0);
+                    }
+                    bytes[*off as usize..end].copy_from_slice(b);
+                }
+                Op::SetLen(n) => bytes.resize(*n as usize, 0),
             }
-            sealed_len += c.aead.seal_to_slice(&aad, p, &mut sealed[sealed_len..]);
         }
-        file.write_all_at(&sealed[..sealed_len], block_offset(chunk))?;
-        chunk = chunk_last + 1;
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -269,22 +364,19 @@ mod tests {
     use crate::crypto::SecretKey;
     use rand::{Rng, SeedableRng};
 
-    fn setup() -> (tempfile::NamedTempFile, FileCipher) {
+    fn setup(version: u16) -> (tempfile::NamedTempFile, FileCipher) {
         let f = tempfile::NamedTempFile::new().unwrap();
-        let c = FileCipher {
-            header: FileHeader {
-                epoch: 1,
-                file_id: [5; 16],
-            },
-            aead: Aead::new(&SecretKey::random()),
-        };
+        let c = cipher(version, SecretKey::random());
         init_empty(f.as_file(), &c).unwrap();
         (f, c)
     }
 
-    #[test]
-    fn random_writes_and_truncates_match_a_shadow() {
-        let (f, c) = setup();
+    fn cipher(version: u16, key: SecretKey) -> FileCipher {
+        FileCipher::new(FileHeader::new(version, 1, [5; 16]), Aead::new(&key))
+    }
+
+    fn shadow_test(version: u16) {
+        let (f, c) = setup(version);
         let file = f.as_file();
         let mut shadow: Vec<u8> = Vec::new();
         let mut rng = rand::rngs::StdRng::seed_from_u64(42);
@@ -304,31 +396,266 @@ mod tests {
                 shadow[off..off + len].copy_from_slice(&data);
             }
             assert_eq!(
-                plain_size(file).unwrap(),
+                plain_size(file, &c).unwrap(),
                 shadow.len() as u64,
                 "round {round}"
             );
+            let len = file.metadata().unwrap().len();
+            assert_eq!(
+                size_from_len(len, version == 2),
+                Some(shadow.len() as u64),
+                "round {round}: stat size from the backing length"
+            );
             let got = read_at(file, &c, 0, shadow.len() + 10).unwrap();
             assert!(got == shadow, "round {round}: content differs");
+            if round % 50 == 0 {
+                // A fresh cipher reads the same from disk (nothing only in memory).
+                let fresh = FileCipher::new(c.header, c.aead.clone());
+                let got = read_at(file, &fresh, 0, shadow.len() + 10).unwrap();
+                assert!(got == shadow, "round {round}: re-read differs");
+            }
         }
     }
 
     #[test]
+    fn random_writes_and_truncates_match_a_shadow_v1() {
+        shadow_test(1);
+    }
+
+    #[test]
+    fn random_writes_and_truncates_match_a_shadow_v2() {
+        shadow_test(2);
+    }
+
+    #[test]
     fn reads_at_odd_offsets() {
-        let (f, c) = setup();
-        let data: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
+        for v in [1, 2] {
+            let (f, c) = setup(v);
+            let data: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
+            write_at(f.as_file(), &c, 0, &data).unwrap();
+            for (off, len) in [
+                (0, 1),
+                (4095, 2),
+                (4096, 4096),
+                (19_999, 5),
+                (20_000, 5),
+                (1, 19_999),
+            ] {
+                let got = read_at(f.as_file(), &c, off, len).unwrap();
+                let end = (off as usize + len).min(data.len());
+                assert_eq!(got, data[(off as usize).min(end)..end]);
+            }
+        }
+    }
+
+    #[test]
+    fn v2_holes_cost_nothing_and_read_as_zeros() {
+        let (f, c) = setup(2);
+        let file = f.as_file();
+        write_at(file, &c, 0, b"head").unwrap();
+        truncate(file, &c, 1 << 30).unwrap();
+        write_at(file, &c, (1 << 29) + 3, b"middle").unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert!(
+            file.metadata().unwrap().blocks() * 512 < 1 << 20,
+            "a 1 GiB sparse file takes {} bytes",
+            file.metadata().unwrap().blocks() * 512
+        );
+        assert_eq!(read_at(file, &c, 0, 6).unwrap(), b"head\0\0");
+        assert_eq!(read_at(file, &c, 1 << 20, 5).unwrap(), vec![0; 5]);
+        assert_eq!(
+            read_at(file, &c, (1 << 29) + 1, 9).unwrap(),
+            b"\0\0middle\0"
+        );
+        assert_eq!(plain_size(file, &c).unwrap(), 1 << 30);
+    }
+
+    type Op<'a> = &'a dyn Fn(&File, &FileCipher);
+
+    /// Runs `ops` on a synced file of `synced_len` bytes, recording every
+    /// backing write; then replays every prefix of those writes — and every
+    /// write torn in half — onto the synced file and checks that the result
+    /// reads (no EIO) as exactly the state before or after one of the ops.
+    fn crash_everywhere(synced_len: usize, ops: &[Op<'_>]) {
+        let key = SecretKey::from_bytes([7; 32]);
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let c = cipher(2, key.clone());
+        init_empty(f.as_file(), &c).unwrap();
+        let synced: Vec<u8> = (0..synced_len).map(|i| (i * 7 + 1) as u8).collect();
+        write_at(f.as_file(), &c, 0, &synced).unwrap();
+        sync(f.as_file(), &c, false).unwrap();
+        let before = std::fs::read(f.path()).unwrap();
+        let mut states = vec![synced];
+        recorder::start();
+        for op in ops {
+            op(f.as_file(), &c);
+            states.push(read_at(f.as_file(), &c, 0, usize::MAX >> 1).unwrap());
+        }
+        let log = recorder::take();
+        for n in 0..=log.len() {
+            for torn in [false, true] {
+                let mut bytes = before.clone();
+                recorder::replay(&mut bytes, &log[..n]);
+                if torn {
+                    match log.get(n) {
+                        Some(recorder::Op::Write(off, b)) => recorder::replay(
+                            &mut bytes,
+                            &[recorder::Op::Write(*off, b[..b.len() / 2].to_vec())],
+                        ),
+                        _ => continue,
+                    }
+                }
+                let g = tempfile::NamedTempFile::new().unwrap();
+                std::fs::write(g.path(), &bytes).unwrap();
+                let fresh = cipher(2, key.clone());
+                let got = read_at(g.as_file(), &fresh, 0, usize::MAX >> 1).unwrap_or_else(|e| {
+                    panic!(
+                        "synced {synced_len}: crash after write {n} of {} (torn: {torn}): {e}",
+                        log.len()
+                    )
+                });
+                if let Some(stat) = size_from_len(bytes.len() as u64, true) {
+                    assert_eq!(
+                        stat,
+                        got.len() as u64,
+                        "synced {synced_len}: crash after write {n} (torn: {torn}): stat and the record disagree"
+                    );
+                }
+                assert!(
+                    states.contains(&got),
+                    "synced {synced_len}: crash after write {n} of {} (torn: {torn}): {} bytes that are no state the ops went through",
+                    log.len(),
+                    got.len()
+                );
+            }
+        }
+    }
+
+    /// A shrink cut off before its commit point leaves a valid record with a
+    /// higher counter in the other slot; a later growth must not let it come
+    /// into force when the length turns dirty.
+    #[test]
+    fn v2_an_unfinished_shrink_never_comes_back() {
+        let key = SecretKey::from_bytes([9; 32]);
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let c = cipher(2, key.clone());
+        init_empty(f.as_file(), &c).unwrap();
+        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8 | 1).collect();
         write_at(f.as_file(), &c, 0, &data).unwrap();
-        for (off, len) in [
-            (0, 1),
-            (4095, 2),
-            (4096, 4096),
-            (19_999, 5),
-            (20_000, 5),
-            (1, 19_999),
-        ] {
-            let got = read_at(f.as_file(), &c, off, len).unwrap();
-            let end = (off as usize + len).min(data.len());
-            assert_eq!(got, data[(off as usize).min(end)..end]);
+        sync(f.as_file(), &c, false).unwrap();
+        let synced = std::fs::read(f.path()).unwrap();
+        // The shrink's record reaches the disk, its set_len does not.
+        recorder::start();
+        truncate(f.as_file(), &c, 0).unwrap();
+        let log = recorder::take();
+        let mut bytes = synced.clone();
+        recorder::replay(&mut bytes, &log[..1]);
+        std::fs::write(f.path(), &bytes).unwrap();
+        // Remount: the synced state; then an append that crashes after its
+        // first write (the dirty length).
+        let c2 = cipher(2, key.clone());
+        assert_eq!(read_at(f.as_file(), &c2, 0, 1 << 20).unwrap(), data);
+        recorder::start();
+        write_at(f.as_file(), &c2, 10_000, &[7; 9000]).unwrap();
+        let log = recorder::take();
+        for n in 0..=log.len() {
+            let mut b = bytes.clone();
+            recorder::replay(&mut b, &log[..n]);
+            let g = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(g.path(), &b).unwrap();
+            let got = read_at(g.as_file(), &cipher(2, key.clone()), 0, 1 << 20).unwrap();
+            assert!(
+                got.len() >= 10_000,
+                "crash after write {n}: {} bytes",
+                got.len()
+            );
+            assert!(
+                got[..10_000] == data[..],
+                "crash after write {n}: synced bytes lost"
+            );
+        }
+    }
+
+    /// Overwrites inside the full blocks are staged (FORMAT.md §5b.5): a
+    /// crash in them, even in the middle of a block's in-place write,
+    /// leaves the file as before or after, never a block failing.
+    #[test]
+    fn v2_no_crash_point_of_an_overwrite_tears_a_block() {
+        for synced in [8192usize, 20_000] {
+            crash_everywhere(
+                synced,
+                &[
+                    &|f, c| write_at(f, c, 10, &[0xA1; 100]).unwrap(),
+                    &|f, c| write_at(f, c, 4096, &[0xB2; 4096]).unwrap(),
+                    &|f, c| write_at(f, c, 100, &[0xC3; 9000]).unwrap(),
+                    &|f, c| write_at(f, c, (synced - 100) as u64, &[0xD4; 6000]).unwrap(),
+                    &|f, c| sync(f, c, true).unwrap(),
+                    &|f, c| write_at(f, c, 0, &vec![0xE5; 300_000]).unwrap(),
+                    &|f, c| truncate(f, c, 5000).unwrap(),
+                    &|f, c| write_at(f, c, 0, &[0xF6; 4096]).unwrap(),
+                ],
+            );
+        }
+    }
+
+    /// The "truncate up and down" scenario of tests/durability.rs.
+    #[test]
+    fn v2_no_crash_point_of_truncates_up_and_down_tears_synced_data() {
+        crash_everywhere(
+            6000,
+            &[
+                &|f, c| truncate(f, c, 100_000).unwrap(),
+                &|f, c| sync(f, c, false).unwrap(),
+                &|f, c| write_at(f, c, 99_990, b"end of hole").unwrap(),
+                &|f, c| truncate(f, c, 5000).unwrap(),
+                &|f, c| sync(f, c, false).unwrap(),
+                &|f, c| truncate(f, c, 4096).unwrap(),
+                &|f, c| truncate(f, c, 9000).unwrap(),
+                &|f, c| sync(f, c, false).unwrap(),
+                &|f, c| truncate(f, c, 0).unwrap(),
+                &|f, c| sync(f, c, false).unwrap(),
+            ],
+        );
+    }
+
+    #[test]
+    fn v2_no_crash_point_of_an_append_tears_synced_data() {
+        for synced in [0usize, 1, 4095, 4096, 6000, 8192, 10_000] {
+            for add in [1usize, 100, 2200, 4096, 5000, 300_000] {
+                let data: Vec<u8> = (0..add).map(|i| (i % 251) as u8 ^ 0x5a).collect();
+                crash_everywhere(
+                    synced,
+                    &[
+                        &|f, c| write_at(f, c, synced as u64, &data).unwrap(),
+                        &|f, c| write_at(f, c, (synced + add) as u64, b"and more").unwrap(),
+                        &|f, c| sync(f, c, true).unwrap(),
+                        &|f, c| write_at(f, c, (synced + add + 20) as u64, b"gap").unwrap(),
+                    ],
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn v2_no_crash_point_of_a_truncate_or_tail_overwrite_tears_synced_data() {
+        for synced in [1usize, 4096, 6000, 10_000, 20_000] {
+            for new in [0u64, 1, 4095, 4096, 5000, 9000, 50_000, 3 << 20] {
+                crash_everywhere(synced, &[&|f, c| truncate(f, c, new).unwrap()]);
+            }
+            // Overwrite inside the tail (the last, partial block) or of the
+            // last full block's end and the tail.
+            let at = synced - synced % 4096;
+            let over = vec![0xEE; synced - at];
+            crash_everywhere(synced, &[&|f, c| write_at(f, c, at as u64, &over).unwrap()]);
+            // Shrink, then grow over the same range: no stale block comes back.
+            crash_everywhere(
+                synced,
+                &[
+                    &|f, c| truncate(f, c, 10).unwrap(),
+                    &|f, c| truncate(f, c, synced as u64 + 8192).unwrap(),
+                    &|f, c| write_at(f, c, synced as u64 + 9000, b"x").unwrap(),
+                ],
+            );
         }
     }
 }

@@ -6,6 +6,7 @@
 //! it, each inode is a backing file or directory whose inode number it
 //! reuses (so `stat` and `readdir` agree).
 
+pub mod clock;
 pub mod content;
 pub(crate) mod names;
 
@@ -13,6 +14,7 @@ use crate::format::content::{DirId, FileHeader, FILE_ID_LEN};
 use crate::format::names::{Entry, DIRID_FILE};
 use crate::keyring::{EpochKey, Keyring};
 use crate::store::{write_dirid, Store};
+use clock::Clock;
 use content::{ContentError, FileCipher};
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -24,7 +26,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 /// Inode number.
 pub type Ino = u64;
@@ -121,6 +123,10 @@ pub enum Kind {
     Fifo,
     /// Unix socket.
     Socket,
+    /// Character device (inert: the mount is `nodev`).
+    CharDevice,
+    /// Block device (inert: the mount is `nodev`).
+    BlockDevice,
 }
 
 impl Kind {
@@ -136,6 +142,10 @@ impl Kind {
             Some(Kind::Fifo)
         } else if ft.is_socket() {
             Some(Kind::Socket)
+        } else if ft.is_char_device() {
+            Some(Kind::CharDevice)
+        } else if ft.is_block_device() {
+            Some(Kind::BlockDevice)
         } else {
             None
         }
@@ -169,7 +179,7 @@ pub struct Attr {
     pub uid: u32,
     /// Group.
     pub gid: u32,
-    /// Device (always 0: device nodes are not stored).
+    /// Device number of a device node.
     pub rdev: u32,
 }
 
@@ -310,6 +320,11 @@ enum Handle {
 /// The filesystem engine.
 pub struct Vfs {
     store: Store,
+    /// The store writes content format 2 (`stat` sizes by its layout).
+    v2_store: bool,
+    /// The driver process's umask: bits it would take from new files'
+    /// modes, which the kernel has already masked with the caller's.
+    proc_umask: u32,
     groups_dir: PathBuf,
     store_dev: u64,
     keys: RwLock<Arc<Keyring>>,
@@ -323,9 +338,10 @@ pub struct Vfs {
     as_root: bool,
     /// OPEN, LOCKING or LOCKED.
     state: AtomicU8,
-    /// Milliseconds after `clock` of the last filesystem request.
+    /// `clock` reading (ms) of the last filesystem request.
     last_request: AtomicU64,
-    clock: Instant,
+    /// The idle lock's clock.
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Vfs {
@@ -375,6 +391,8 @@ impl Vfs {
             },
         );
         Ok(Vfs {
+            v2_store: store.content_version() != crate::format::content::VERSION_1,
+            proc_umask: process_umask(),
             store,
             groups_dir,
             store_dev,
@@ -389,7 +407,7 @@ impl Vfs {
             as_root: nix::unistd::geteuid().is_root(),
             state: AtomicU8::new(OPEN),
             last_request: AtomicU64::new(0),
-            clock: Instant::now(),
+            clock: Clock::system(),
         })
     }
 
@@ -454,15 +472,34 @@ impl Vfs {
         self.state.load(Ordering::SeqCst) != OPEN
     }
 
-    /// Time since the last filesystem request.
+    /// The same engine with `clock` for its idle time (unit tests: a
+    /// clock that moves only when told).
+    #[cfg(test)]
+    pub(crate) fn with_clock(mut self, clock: Clock) -> Vfs {
+        self.clock = clock;
+        self.last_request = AtomicU64::new(self.clock_ms());
+        self
+    }
+
+    /// The clock the idle time is measured on (a test may move it forward:
+    /// see [`Clock::advance`]).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Time since the last filesystem request, on [`Vfs::clock`].
     pub fn idle_for(&self) -> Duration {
-        let now = self.clock.elapsed().as_millis() as u64;
+        let now = self.clock_ms();
         Duration::from_millis(now.saturating_sub(self.last_request.load(Ordering::Relaxed)))
     }
 
+    fn clock_ms(&self) -> u64 {
+        u64::try_from(self.clock.now().as_millis()).unwrap_or(u64::MAX)
+    }
+
     fn touch(&self) {
-        let now = self.clock.elapsed().as_millis() as u64;
-        self.last_request.store(now, Ordering::Relaxed);
+        self.last_request
+            .fetch_max(self.clock_ms(), Ordering::Relaxed);
     }
 
     /// Every request passes here: it counts as activity and is refused
@@ -625,10 +662,15 @@ impl Vfs {
     fn attr_of(&self, md: &fs::Metadata, path: &Path, group: &str, plain: &str) -> Result<Attr> {
         let kind = Kind::of(md.file_type()).ok_or(VfsError::NotSupported)?;
         let size = match kind {
-            Kind::File => crate::format::content::plaintext_size(md.len()).unwrap_or_else(|| {
-                tracing::warn!(file = %plain, "ciphertext length matches no plaintext length");
-                0
-            }),
+            Kind::File => match content::size_from_len(md.len(), self.v2_store) {
+                Some(size) => size,
+                // Not a length at rest: a crash during an update (or
+                // tampering). The record tells, and the length is repaired.
+                None if !path.as_os_str().is_empty() => self
+                    .settled_size(self.ino_for(md), path, group, plain)
+                    .unwrap_or(0),
+                None => 0,
+            },
             Kind::Symlink => self
                 .read_symlink(path, group, plain)
                 .map(|t| t.len() as u64)
@@ -658,8 +700,34 @@ impl Vfs {
             nlink: u32::try_from(md.nlink()).unwrap_or(u32::MAX),
             uid: md.uid(),
             gid: md.gid(),
-            rdev: 0,
+            rdev: u32::try_from(md.rdev()).unwrap_or(0),
         })
+    }
+
+    /// Size of a file whose backing length is not at rest, from its
+    /// record; sets the length right when the backing file is writable.
+    fn settled_size(&self, ino: Ino, path: &Path, group: &str, plain: &str) -> Option<u64> {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .or_else(|_| File::open(path))
+            .ok()?;
+        let state = self.open_state(ino, &file, group, plain).ok()?;
+        match state.with(true, |c| content::settle(&file, c)) {
+            Ok(size) => Some(size),
+            Err(e) => {
+                tracing::warn!(file = %plain, "size unknown: {e}");
+                None
+            }
+        }
+    }
+
+    /// Size of an open file whose backing length is not at rest.
+    fn handle_size(file: &File, state: &OpenFile, attr: &mut Attr) {
+        if let Ok(size) = state.with(true, |c| content::settle(file, c)) {
+            attr.size = size;
+        }
     }
 
     /// Permission bits as this user sees them: a denied data group's root
@@ -795,10 +863,14 @@ impl Vfs {
         self.gate(false)?;
         if let Some(fh) = fh {
             if let Ok(h) = self.handle(fh) {
-                if let Handle::File { file, path, .. } = &*h {
+                if let Handle::File { file, path, state } = &*h {
                     // Regular files need no path: works after unlink too.
                     let md = file.metadata()?;
-                    return self.attr_of(&md, Path::new(""), "", path);
+                    let mut attr = self.attr_of(&md, Path::new(""), "", path)?;
+                    if content::size_from_len(md.len(), self.v2_store).is_none() {
+                        Self::handle_size(file, state, &mut attr);
+                    }
+                    return Ok(attr);
                 }
             }
         }
@@ -832,7 +904,11 @@ impl Vfs {
                 }
                 Self::set_meta(Target::Fd(file), &s)?;
                 let md = file.metadata()?;
-                return self.attr_of(&md, Path::new(""), "", path);
+                let mut attr = self.attr_of(&md, Path::new(""), "", path)?;
+                if content::size_from_len(md.len(), self.v2_store).is_none() {
+                    Self::handle_size(file, state, &mut attr);
+                }
+                return Ok(attr);
             }
         }
         let (path, group, plain) = self.locate(ino)?;
@@ -938,7 +1014,8 @@ impl Vfs {
             .ok_or_else(|| VfsError::Access(format!("no current key for {group}")))?;
         let mut file_id = [0u8; FILE_ID_LEN];
         crate::crypto::random_bytes(&mut file_id);
-        Ok((FileHeader { epoch, file_id }, key.file_cipher(&file_id)))
+        let header = FileHeader::new(self.store.content_version(), epoch, file_id);
+        Ok((header, key.file_cipher(&file_id)))
     }
 
     /// Creates a symlink `name` → `target` in `parent`.
@@ -951,7 +1028,9 @@ impl Vfs {
     ) -> Result<Attr> {
         self.gate(false)?;
         let c = self.child_in_group(parent, name)?;
-        let (h, aead) = self.new_header(&c.group)?;
+        let (mut h, aead) = self.new_header(&c.group)?;
+        // Symlink targets keep the format-1 header (FORMAT.md §6.5).
+        h.version = crate::format::content::VERSION_1;
         let mut raw = h.encode().to_vec();
         raw.extend(aead.seal(
             &crate::format::content::block_aad(&h.file_id, 0, true),
@@ -1048,7 +1127,14 @@ impl Vfs {
     }
 
     /// Creates a fifo, socket or (empty) regular file with `mknod`.
-    pub fn mknod(&self, caller: Caller, parent: Ino, name: &OsStr, mode: u32) -> Result<Attr> {
+    pub fn mknod(
+        &self,
+        caller: Caller,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+    ) -> Result<Attr> {
         self.gate(false)?;
         match mode & libc::S_IFMT {
             libc::S_IFREG => {
@@ -1056,17 +1142,32 @@ impl Vfs {
                 self.release(fh);
                 Ok(attr)
             }
-            libc::S_IFIFO | libc::S_IFSOCK => {
+            // Device nodes are stored as backing device nodes, inert: the
+            // mount is `nodev`, and the store's directories are 0700. Making
+            // one needs CAP_MKNOD in the driver (EPERM otherwise, as on a
+            // local filesystem for an unprivileged user).
+            libc::S_IFIFO | libc::S_IFSOCK | libc::S_IFCHR | libc::S_IFBLK => {
                 let c = self.child_in_group(parent, name)?;
                 self.before_create(&c)?;
                 let kind = nix::sys::stat::SFlag::from_bits_truncate(mode & libc::S_IFMT);
+                let perm = mode & 0o7777;
                 nix::sys::stat::mknod(
                     &c.path,
                     kind,
-                    nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777),
-                    0,
+                    nix::sys::stat::Mode::from_bits_truncate(perm),
+                    libc::dev_t::from(rdev),
                 )
                 .map_err(|e| self.undo_create(&c, nix_err(e).into_io()))?;
+                if perm & self.proc_umask != 0 {
+                    // The driver's own umask must not take bits the caller asked for.
+                    nix::sys::stat::fchmodat(
+                        None,
+                        &c.path,
+                        nix::sys::stat::Mode::from_bits_truncate(perm),
+                        nix::sys::stat::FchmodatFlags::FollowSymlink,
+                    )
+                    .map_err(nix_err)?;
+                }
                 self.chown_new(caller, &c.path)?;
                 let md = fs::symlink_metadata(&c.path)?;
                 self.remember(parent, &c, &md)
@@ -1088,15 +1189,20 @@ impl Vfs {
         let c = self.child_in_group(parent, name)?;
         let (header, aead) = self.new_header(&c.group)?;
         self.before_create(&c)?;
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(mode & 0o7777)
-            .open(&c.path)
-            .map_err(|e| self.undo_create(&c, e))?;
-        let cipher = FileCipher { header, aead };
-        content::init_empty(&file, &cipher).map_err(|e| content_err(&c.plain, e))?;
+        let cipher = FileCipher::new(header, aead);
+        let perm = mode & 0o7777;
+        let file = create_whole(&c.path, perm, |f| {
+            if perm & self.proc_umask != 0 {
+                // The driver's own umask must not take bits the caller asked for.
+                nix::sys::stat::fchmod(
+                    f.as_raw_fd(),
+                    nix::sys::stat::Mode::from_bits_truncate(perm),
+                )
+                .map_err(|e| nix_err(e).into_io())?;
+            }
+            content::init_empty(f, &cipher).map_err(|e| content_err(&c.plain, e).into_io())
+        })
+        .map_err(|e| self.undo_create(&c, e))?;
         self.chown_new(caller, &c.path)?;
         let md = file.metadata()?;
         let attr = self.remember(parent, &c, &md)?;
@@ -1297,10 +1403,7 @@ impl Vfs {
         let header = content::read_header(file).map_err(|e| content_err(plain, e))?;
         let ring = self.keyring();
         let key = Self::group_keys_epoch(&ring, group, header.epoch)?;
-        let state = OpenFile::new(FileCipher {
-            header,
-            aead: key.file_cipher(&header.file_id),
-        });
+        let state = OpenFile::new(FileCipher::new(header, key.file_cipher(&header.file_id)));
         map.insert(ino, Arc::downgrade(&state));
         map.retain(|_, w| w.strong_count() > 0);
         Ok(state)
@@ -1384,18 +1487,17 @@ impl Vfs {
         Ok(u32::try_from(data.len()).unwrap_or(u32::MAX))
     }
 
-    /// Extends the file to cover `[offset, offset + len)` (fallocate mode 0).
+    /// Extends the file to cover `[offset, offset + len)` and reserves the
+    /// store's space for it (fallocate mode 0).
     pub fn allocate(&self, fh: u64, offset: u64, len: u64) -> Result<()> {
         self.gate(true)?;
-        let end = offset
-            .checked_add(len)
-            .ok_or(VfsError::Invalid("range overflows"))?;
-        self.with_file(fh, true, |file, c| {
-            if end > content::plain_size(file)? {
-                content::truncate(file, c, end)?;
-            }
-            Ok(())
-        })
+        self.with_file(fh, true, |file, c| content::allocate(file, c, offset, len))
+    }
+
+    /// `SEEK_DATA` (`data`) or `SEEK_HOLE` from `offset`.
+    pub fn seek_data_hole(&self, fh: u64, offset: u64, data: bool) -> Result<u64> {
+        self.gate(false)?;
+        self.with_file(fh, false, |file, c| content::seek(file, c, offset, data))
     }
 
     /// Flushes file data (and metadata unless `datasync`) to stable storage.
@@ -1403,16 +1505,11 @@ impl Vfs {
         self.gate(true)?;
         let h = self.handle(fh)?;
         match &*h {
-            Handle::File { file, .. } => {
-                if datasync {
-                    file.sync_data()?
-                } else {
-                    file.sync_all()?
-                }
-            }
-            Handle::Dir { .. } | Handle::Revoked => {}
+            Handle::File { file, state, path } => state
+                .with(false, |c| content::sync(file, c, datasync))
+                .map_err(|e| content_err(path, e)),
+            Handle::Dir { .. } | Handle::Revoked => Ok(()),
         }
-        Ok(())
     }
 
     /// Closes a handle.
@@ -1715,6 +1812,68 @@ struct Child {
     dir_epoch: u32,
 }
 
+/// The process's umask, from /proc (reading it with umask(2) would change
+/// it for a moment under other threads); 022 if unknown.
+fn process_umask() -> u32 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
+}
+
+/// Creates the regular file `path` (failing if it exists) with its first
+/// bytes written by `init` before the name appears: a crash never leaves a
+/// named file without a header and a size record. An unnamed `O_TMPFILE`
+/// linked into place; where the backing filesystem has none, a hidden
+/// temporary name, hard-linked (which, like `O_EXCL`, never replaces).
+fn create_whole(
+    path: &Path,
+    mode: u32,
+    init: impl Fn(&File) -> io::Result<()>,
+) -> io::Result<File> {
+    use nix::fcntl::AtFlags;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(mode)
+        .open(dir);
+    match tmp {
+        Ok(file) => {
+            init(&file)?;
+            let fd = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+            match nix::unistd::linkat(None, fd.as_path(), None, path, AtFlags::AT_SYMLINK_FOLLOW) {
+                Ok(()) => return Ok(file),
+                Err(nix::Error::ENOENT) if !Path::new("/proc/self/fd").exists() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+            ) => {}
+        Err(e) => return Err(e),
+    }
+    let mut rnd = [0u8; 8];
+    crate::crypto::random_bytes(&mut rnd);
+    let tmp_path = dir.join(format!(".tresor-tmp-{}", hex::encode(rnd)));
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp_path)?;
+    let linked = init(&file).and_then(|()| fs::hard_link(&tmp_path, path));
+    let _ = fs::remove_file(&tmp_path);
+    linked.map(|()| file)
+}
+
 fn side_file(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_os_string();
     s.push(crate::format::names::LONG_SUFFIX);
@@ -1852,14 +2011,25 @@ mod tests {
     fn requests_count_as_activity_a_stat_of_the_root_does_not() {
         let dir = tempfile::tempdir().unwrap();
         let (vfs, _, _) = engine(dir.path());
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(vfs.idle_for() >= Duration::from_millis(50));
+        // A clock that moves only when told: idle times are exact.
+        let vfs = vfs.with_clock(Clock::manual());
+        let minute = Duration::from_secs(60);
+        assert_eq!(vfs.idle_for(), Duration::ZERO);
+        vfs.clock().advance(minute);
+        assert_eq!(vfs.idle_for(), minute);
         vfs.getattr(ROOT, None).unwrap();
-        assert!(
-            vfs.idle_for() >= Duration::from_millis(50),
-            "stat of the root is no activity"
-        );
+        assert_eq!(vfs.idle_for(), minute, "stat of the root is no activity");
         vfs.lookup(ROOT, OsStr::new("g")).unwrap();
-        assert!(vfs.idle_for() < Duration::from_millis(50));
+        assert_eq!(vfs.idle_for(), Duration::ZERO, "a lookup is activity");
+        vfs.clock().advance(minute);
+        let g = vfs.lookup(ROOT, OsStr::new("g")).unwrap();
+        vfs.clock().advance(minute);
+        vfs.forget(g.ino, 1);
+        assert_eq!(vfs.idle_for(), minute, "forget is no activity");
+        // Locked: requests are refused and do not count either.
+        vfs.begin_lock();
+        vfs.finish_lock();
+        assert!(vfs.lookup(ROOT, OsStr::new("g")).is_err());
+        assert_eq!(vfs.idle_for(), minute, "a refused request is no activity");
     }
 }
