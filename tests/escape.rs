@@ -1220,7 +1220,8 @@ fn real_ki67_vips_and_openslide_profiled_on_one_slide_run_on_another() {
             case.own(&dir.join(name));
         }
         let (sa, sb) = (a.join("s1.tiff"), b.join("other-7.tiff"));
-        let ki67 = util::example("ki67");
+        // The Ki-67 analysis is a package binary (tools/ki67).
+        let ki67 = std::path::PathBuf::from(env!("CARGO_BIN_EXE_tresor-ki67"));
         let cases: [(&str, Argv, &str); 3] = [
             (
                 "ki67",
