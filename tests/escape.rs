@@ -93,6 +93,10 @@ impl Case {
             .arg("profile")
             .arg("--out")
             .arg(&p)
+            .arg("--data")
+            .arg(data)
+            .arg("--writable")
+            .arg(&out)
             .arg("--")
             .arg(util::example("attack"))
             .arg("--data")
@@ -666,12 +670,19 @@ fn class9_no_input_into_an_inherited_terminal() {
     }
 }
 
-/// `tresor profile --out P -- ARGS…` by the caller, unconfined.
-fn profile_command(p: &Path, argv: &[&OsStr]) {
+/// `tresor profile --out P --data DATA [--writable OUT] -- ARGS…` by the
+/// caller.
+fn profile_command(p: &Path, data: &Path, out: Option<&Path>, argv: &[&OsStr]) {
     let r = util::tresor()
         .arg("profile")
         .arg("--out")
         .arg(p)
+        .arg("--data")
+        .arg(data)
+        .args(
+            out.iter()
+                .flat_map(|o| [OsStr::new("--writable"), o.as_os_str()]),
+        )
         .arg("--")
         .args(argv)
         .output()
@@ -735,7 +746,7 @@ fn class6_the_profile_binds_its_program_and_script() {
 
         // Another program.
         let lsp = case.path("ls.json");
-        profile_command(&lsp, &[OsStr::new(&ls), data.as_os_str()]);
+        profile_command(&lsp, &data, None, &[OsStr::new(&ls), data.as_os_str()]);
         let r = run_command(
             &case,
             &lsp,
@@ -763,6 +774,8 @@ fn class6_the_profile_binds_its_program_and_script() {
         let out = case.mkdir("copy-out");
         profile_command(
             &progp,
+            &data,
+            Some(&out),
             &[
                 prog.as_os_str(),
                 OsStr::new("--data"),
@@ -801,7 +814,7 @@ fn class6_the_profile_binds_its_program_and_script() {
         };
         let a: Vec<_> = sh_argv(&script);
         let a: Vec<&OsStr> = a.iter().map(|x| x.as_os_str()).collect();
-        profile_command(&shp, &a);
+        profile_command(&shp, &data, None, &a);
         let r = run_command(&case, &shp, &data, &[], &a);
         assert!(r.status.success(), "{}", text(&r.stderr));
         assert_eq!(text(&r.stdout), "first: line one\n");
@@ -977,7 +990,12 @@ fn class7_a_refusal_is_reported_as_itself() {
         };
         let p = case.path("py.json");
         let v = argv(&a.join("a.txt"), &scratch);
-        profile_command(&p, &v.iter().map(|x| x.as_os_str()).collect::<Vec<_>>());
+        profile_command(
+            &p,
+            &a,
+            Some(&scratch),
+            &v.iter().map(|x| x.as_os_str()).collect::<Vec<_>>(),
+        );
         let run = |input: &Path| {
             let out = case.out();
             let v = argv(input, &out);
@@ -1043,7 +1061,12 @@ fn real_shell_pipeline_profiled_on_one_input_runs_on_another() {
         let p = case.path("sh.json");
         let scratch = case.mkdir("profile-out");
         let v = argv(&a, &scratch);
-        profile_command(&p, &v.iter().map(|x| x.as_os_str()).collect::<Vec<_>>());
+        profile_command(
+            &p,
+            &a,
+            Some(&scratch),
+            &v.iter().map(|x| x.as_os_str()).collect::<Vec<_>>(),
+        );
         let out = case.out();
         let v = argv(&b, &out);
         let mut c = case.command(Path::new(env!("CARGO_BIN_EXE_tresor")));
@@ -1112,6 +1135,10 @@ fn class3_inherited_descriptors_and_devices_keep_their_modes() {
         c.arg("profile")
             .arg("--out")
             .arg(&profile)
+            .arg("--data")
+            .arg(&data)
+            .arg("--writable")
+            .arg(&pout)
             .arg("--")
             .arg(util::example("attack"))
             .arg("--data")
@@ -1263,7 +1290,12 @@ fn real_ki67_vips_and_openslide_profiled_on_one_slide_run_on_another() {
             let p = case.path(&format!("{name}.json"));
             let scratch = case.mkdir(&format!("{name}-profile-out"));
             let v = argv(&sa, &scratch);
-            profile_command(&p, &v.iter().map(|x| x.as_os_str()).collect::<Vec<_>>());
+            profile_command(
+                &p,
+                &a,
+                Some(&scratch),
+                &v.iter().map(|x| x.as_os_str()).collect::<Vec<_>>(),
+            );
             let out = case.out();
             let v = argv(&sb, &out);
             let mut c = case.command(Path::new(env!("CARGO_BIN_EXE_tresor")));
@@ -1328,7 +1360,12 @@ fn real_python_multiprocessing_pool_profiled_on_one_input_runs_on_another() {
         let p = case.path("pool.json");
         let scratch = case.mkdir("profile-out");
         let v = argv(&a, &scratch);
-        profile_command(&p, &v.iter().map(|x| x.as_os_str()).collect::<Vec<_>>());
+        profile_command(
+            &p,
+            &a,
+            Some(&scratch),
+            &v.iter().map(|x| x.as_os_str()).collect::<Vec<_>>(),
+        );
         let out = case.out();
         let v = argv(&b, &out);
         let mut c = case.command(Path::new(env!("CARGO_BIN_EXE_tresor")));

@@ -41,6 +41,9 @@ fn try_record(program: &Path, args: &[&str]) -> (Output, Recorded) {
     let out = tresor()
         .args(["profile", "--out"])
         .arg(&path)
+        // The test's temporary files are the caller's.
+        .arg("--writable")
+        .arg(std::env::temp_dir())
         .arg("--")
         .arg(program)
         .args(args)

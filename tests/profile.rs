@@ -123,6 +123,10 @@ fn profile_run(extra: &[&str], program: &Path, args: &[&str]) -> Run {
     let out = tresor()
         .args(["profile", "--out"])
         .arg(&path)
+        // These tests are of the profiler, not of its view: the test's
+        // temporary files are the caller's.
+        .arg("--writable")
+        .arg(std::env::temp_dir())
         .args(extra)
         .arg("--")
         .arg(program)
@@ -626,6 +630,8 @@ fn merge_is_a_union_and_refuses_another_binary() {
         let st = tresor()
             .args(["profile", "--out"])
             .arg(d(out))
+            .arg("--writable")
+            .arg(dir.path())
             .arg("--")
             .arg(prog)
             .args(args)

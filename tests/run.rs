@@ -85,6 +85,10 @@ fn fixture() -> Option<&'static Fixture> {
                 .arg("profile")
                 .arg("--out")
                 .arg(p)
+                .arg("--data")
+                .arg(&data)
+                .arg("--writable")
+                .arg(&out)
                 .arg("--")
                 .arg(example("attack"))
                 .arg("--data")
@@ -656,15 +660,20 @@ fn many_etc_files_in_a_profile_never_open_etc_shadow() {
             .collect()
     };
     let profile = f.fresh("etc-profile").join("etc.json");
+    let pout = f.new_out();
     ok(tresor()
         .args(["profile", "--out"])
         .arg(&profile)
+        .arg("--data")
+        .arg(f.data())
+        .arg("--writable")
+        .arg(&pout)
         .arg("--")
         .arg(example("attack"))
         .arg("--data")
         .arg(f.data())
         .arg("--out")
-        .arg(f.new_out())
+        .arg(&pout)
         .args(also_read(&etc.iter().collect::<Vec<_>>())));
     let p = tresor::sandbox::Profile::load(&profile).unwrap();
     let listed = &p.paths["/etc"];

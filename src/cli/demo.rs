@@ -379,6 +379,10 @@ impl Demo {
             ok(self
                 .tresor(["profile", "--out"])
                 .arg(&profile)
+                .arg("--data")
+                .arg(slide.parent().unwrap_or(&mnt))
+                .arg("--writable")
+                .arg(&scratch)
                 .arg("--")
                 .arg(ki67)
                 .arg(&slide)

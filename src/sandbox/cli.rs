@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 
+use super::conditions::ProfileView;
 use super::launch::{self, RunOptions};
 use super::policy::{Policy, PolicyOptions};
 use super::profile::{Mode, Profile};
@@ -52,6 +53,16 @@ pub struct RecordArgs {
     /// Most processes and threads alive at once before the tree is killed.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_TASKS, value_parser = at_least_one)]
     pub max_tasks: usize,
+    /// An input directory, read-only (as `tresor run --data`); repeatable.
+    #[arg(long, value_name = "DIR")]
+    pub data: Vec<PathBuf>,
+    /// A directory the analysis writes (as `tresor run --out`); repeatable.
+    /// Everything else is read-only while profiling.
+    #[arg(long, value_name = "DIR")]
+    pub writable: Vec<PathBuf>,
+    /// Size of the private /tmp and /dev/shm, each (as `tresor run --tmp-size`).
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    pub tmp_size: u64,
     /// The program and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "PROGRAM [ARGS]...")]
     pub command: Vec<OsString>,
@@ -194,6 +205,11 @@ fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         trace: args.trace,
         timeout: args.timeout,
         max_tasks: args.max_tasks.max(1),
+        view: Some(ProfileView {
+            data: args.data,
+            writable: args.writable,
+            tmp_size: args.tmp_size,
+        }),
     };
     let outcome = tracer::profile(program, rest, &opts)?;
     outcome

@@ -33,6 +33,7 @@ use landlock::{
     RulesetCreated, RulesetCreatedAttr, Scope, ABI,
 };
 
+use super::conditions;
 use super::deliver;
 use super::policy::{CompiledPolicy, Policy, PolicyError, PolicyOptions, AUDIT_TRACE_DATA};
 use super::profile::{Mode, Profile, ProfileError};
@@ -66,10 +67,7 @@ pub const MAX_OPEN_FILES: u64 = 1024;
 pub const DEFAULT_TMP_SIZE: u64 = 256 << 20;
 /// Default `--out-quota`: everything the analysis writes to `--out`.
 pub const DEFAULT_OUT_QUOTA: u64 = 1 << 30;
-/// The uid and gid the analysis has inside its user namespace when tresor
-/// was started by root (mapped to root outside, so that it can read root's
-/// data and root's FUSE mounts; it holds no capability anywhere).
-pub const ROOT_MAPPED_ID: u32 = 65534;
+pub use super::conditions::ROOT_MAPPED_ID;
 
 /// Share of `--memory` a failing process must have reached (peak address
 /// space) for its death to be reported as the memory limit.
@@ -670,26 +668,14 @@ pub fn prepare(opts: &RunOptions) -> Result<(Prepared, Option<RulesetCreated>), 
     let root_caller = nix::unistd::geteuid().is_root();
     let kernel = KernelSupport::probe();
     let (ns_flags, weaker) = plan(&kernel, opts.allow_weaker)?;
-    let mut id_maps = Vec::new();
-    if ns_flags & libc::CLONE_NEWUSER != 0 {
-        // The caller's own uid and gid outside (so it reads what the
-        // caller may read, also in the caller's FUSE mounts); inside the
-        // same ids — or, for root, an unprivileged id.
-        let uid = nix::unistd::getuid().as_raw();
-        let gid = nix::unistd::getgid().as_raw();
-        let (in_uid, in_gid) = if root_caller {
-            (ROOT_MAPPED_ID, ROOT_MAPPED_ID)
-        } else {
-            (uid, gid)
-        };
-        for (path, text) in [
-            ("/proc/self/setgroups", "deny".to_string()),
-            ("/proc/self/uid_map", format!("{in_uid} {uid} 1\n")),
-            ("/proc/self/gid_map", format!("{in_gid} {gid} 1\n")),
-        ] {
-            id_maps.push((cstring(path.as_bytes(), "id map")?, text.into_bytes()));
-        }
-    }
+    let id_maps = if ns_flags & libc::CLONE_NEWUSER != 0 {
+        conditions::id_maps().map_err(|source| RunError::Sys {
+            what: "mapping the caller's ids",
+            source,
+        })?
+    } else {
+        Vec::new()
+    };
 
     let loaders: Vec<&str> = LOADERS
         .iter()
@@ -759,19 +745,12 @@ pub fn prepare(opts: &RunOptions) -> Result<(Prepared, Option<RulesetCreated>), 
     for a in &opts.args {
         argv.push(cstring(a.as_bytes(), "argument")?);
     }
-    let mut home = b"HOME=".to_vec();
-    home.extend_from_slice(out.as_os_str().as_bytes());
-    let mut env = vec![
-        cstring(b"PATH=/usr/bin:/bin", "env")?,
-        cstring(b"LANG=C.UTF-8", "env")?,
-        cstring(&home, "--out")?,
-    ];
     // Where it starts (shells call getcwd only when PWD is missing).
-    if let Some(plan) = &prep_root {
-        let mut pwd = b"PWD=".to_vec();
-        pwd.extend_from_slice(plan.cwd.as_os_str().as_bytes());
-        env.push(cstring(&pwd, "working directory")?);
-    }
+    let pwd = prep_root.as_ref().map(|plan| plan.cwd.as_path());
+    let env = conditions::clean_env(&out, pwd).map_err(|source| RunError::Sys {
+        what: "laying out the environment",
+        source,
+    })?;
     Ok((
         Prepared {
             compiled,

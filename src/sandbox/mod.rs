@@ -11,6 +11,7 @@
 //! - [`cli`]: clap arguments and the `profile` and `policy` commands.
 
 pub mod cli;
+pub mod conditions;
 pub mod deliver;
 pub mod launch;
 pub mod policy;

@@ -410,38 +410,7 @@ impl RootPlan {
             .filter(|(l, _)| covered_by(l).is_none() && !special(l))
             .collect();
 
-        let mut ops = vec![
-            // Nothing done here propagates back to the host.
-            RootOp::Mount {
-                src: None,
-                target: c("/")?,
-                fstype: None,
-                flags: libc::MS_REC | libc::MS_PRIVATE,
-                data: None,
-            },
-            RootOp::Mount {
-                src: Some(c("tmpfs")?),
-                target: c("/tmp")?,
-                fstype: Some(c("tmpfs")?),
-                flags: libc::MS_NOSUID | libc::MS_NODEV,
-                data: Some(c(BASE_TMPFS)?),
-            },
-            RootOp::Chdir(c("/tmp")?),
-            RootOp::Mkdir(c("newroot")?, 0o755),
-            RootOp::Mount {
-                src: Some(c("newroot")?),
-                target: c("newroot")?,
-                fstype: None,
-                flags: libc::MS_BIND | libc::MS_REC,
-                data: None,
-            },
-            RootOp::Mkdir(c("oldroot")?, 0o755),
-            RootOp::PivotRoot {
-                new_root: c("/tmp")?,
-                put_old: c("oldroot")?,
-            },
-            RootOp::Chdir(c("/")?),
-        ];
+        let mut ops = base()?;
         // The private mounts first: a --data under /tmp is then bound
         // inside the private /tmp.
         let tmp = format!(
@@ -623,14 +592,8 @@ impl RootPlan {
                 recursive: false,
             });
         }
+        ops.extend(into_newroot()?);
         ops.extend([
-            RootOp::Chdir(c("/newroot")?),
-            RootOp::PivotRoot {
-                new_root: c(".")?,
-                put_old: c(".")?,
-            },
-            RootOp::Detach(c(".")?),
-            RootOp::Chdir(c("/")?),
             // The skeleton itself: nothing new in / or its directories.
             RootOp::Attr {
                 target: c("/")?,
@@ -662,6 +625,124 @@ impl RootPlan {
         Ok(plan)
     }
 
+    /// Whether `p` lies in what every view makes private (`/tmp`,
+    /// `/dev/shm`): the host's is not there.
+    pub fn private(p: &Path) -> bool {
+        under(p, "/tmp") || under(p, "/dev/shm")
+    }
+
+    /// The view of a profiling run (docs/PROFILE.md): the host's whole
+    /// tree, read-only and nosuid; private, size-limited `/tmp` and
+    /// `/dev/shm` as in the run; `data` bound read-only and `writable`
+    /// read-write at their (canonical) paths, also below `/tmp`.
+    /// `files` (the program, its script) are bound read-only where they
+    /// lie below the private trees.
+    pub fn wide(
+        data: &[PathBuf],
+        writable: &[PathBuf],
+        files: &[PathBuf],
+        cwd: &Path,
+        tmp_size: u64,
+    ) -> io::Result<RootPlan> {
+        let mut ops = base()?;
+        ops.push(RootOp::Mount {
+            src: Some(c("/oldroot")?),
+            target: c("/newroot")?,
+            fstype: None,
+            flags: libc::MS_BIND | libc::MS_REC,
+            data: None,
+        });
+        ops.push(RootOp::Attr {
+            target: c("/newroot")?,
+            set: sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID,
+            recursive: true,
+        });
+        let tmp = format!("mode=1777,size={},nr_inodes=1048576", tmp_size.max(4096));
+        for dir in ["/tmp", "/dev/shm"] {
+            if Path::new(dir).is_dir() {
+                ops.push(RootOp::Mount {
+                    src: Some(c("tmpfs")?),
+                    target: prefixed("/newroot", Path::new(dir))?,
+                    fstype: Some(c("tmpfs")?),
+                    flags: libc::MS_NOSUID | libc::MS_NODEV,
+                    data: Some(c(&tmp)?),
+                });
+            }
+        }
+        let mut entries = Vec::new();
+        let mut made: BTreeSet<PathBuf> = BTreeSet::new();
+        let private_files = files
+            .iter()
+            .filter(|f| RootPlan::private(f) && f.is_file())
+            .map(|f| (f, Access::Read));
+        let bound = data
+            .iter()
+            .map(|d| (d, Access::Data))
+            .chain(writable.iter().map(|d| (d, Access::Write)))
+            .chain(private_files);
+        for (path, access) in bound {
+            let is_dir = access != Access::Read;
+            // Below the private trees the way to it is made (and stays
+            // writable: it is the run's private /tmp too).
+            if RootPlan::private(path) {
+                let way = if is_dir {
+                    Some(path.as_path())
+                } else {
+                    path.parent()
+                };
+                for a in way
+                    .into_iter()
+                    .flat_map(Path::ancestors)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                {
+                    if RootPlan::private(a)
+                        && a != Path::new("/tmp")
+                        && a != Path::new("/dev/shm")
+                        && made.insert(a.into())
+                    {
+                        ops.push(RootOp::Mkdir(prefixed("/newroot", a)?, 0o755));
+                    }
+                }
+                if !is_dir {
+                    ops.push(RootOp::Touch(prefixed("/newroot", path)?));
+                }
+            }
+            let dir = path;
+            let target = prefixed("/newroot", dir)?;
+            ops.push(RootOp::Mount {
+                src: Some(prefixed("/oldroot", dir)?),
+                target: target.clone(),
+                fstype: None,
+                flags: libc::MS_BIND | libc::MS_REC,
+                data: None,
+            });
+            let set = match access {
+                Access::Write => sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+                _ => sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+            };
+            ops.push(RootOp::Attr {
+                target,
+                set,
+                recursive: true,
+            });
+            entries.push(Entry {
+                path: dir.clone(),
+                access,
+                is_dir,
+            });
+        }
+        ops.extend(into_newroot()?);
+        ops.push(RootOp::Chdir(c(cwd.as_os_str().as_bytes())?));
+        Ok(RootPlan {
+            entries,
+            symlinks: Vec::new(),
+            ops,
+            cwd: cwd.to_path_buf(),
+        })
+    }
+
     /// Replays the steps (in the forked child, allocating nothing);
     /// on failure, the index of the step that failed.
     pub fn build(&self) -> Result<(), (usize, io::Error)> {
@@ -678,6 +759,56 @@ impl RootPlan {
             e.access != Access::List && (e.path == p || (e.is_dir && p.starts_with(&e.path)))
         })
     }
+}
+
+/// The first steps of every view (after bubblewrap): mounts made private
+/// (nothing propagates back to the host), a small tmpfs on `/tmp` becomes
+/// the root with the host's at `/oldroot`, the view is built in `/newroot`.
+fn base() -> io::Result<Vec<RootOp>> {
+    Ok(vec![
+        RootOp::Mount {
+            src: None,
+            target: c("/")?,
+            fstype: None,
+            flags: libc::MS_REC | libc::MS_PRIVATE,
+            data: None,
+        },
+        RootOp::Mount {
+            src: Some(c("tmpfs")?),
+            target: c("/tmp")?,
+            fstype: Some(c("tmpfs")?),
+            flags: libc::MS_NOSUID | libc::MS_NODEV,
+            data: Some(c(BASE_TMPFS)?),
+        },
+        RootOp::Chdir(c("/tmp")?),
+        RootOp::Mkdir(c("newroot")?, 0o755),
+        RootOp::Mount {
+            src: Some(c("newroot")?),
+            target: c("newroot")?,
+            fstype: None,
+            flags: libc::MS_BIND | libc::MS_REC,
+            data: None,
+        },
+        RootOp::Mkdir(c("oldroot")?, 0o755),
+        RootOp::PivotRoot {
+            new_root: c("/tmp")?,
+            put_old: c("oldroot")?,
+        },
+        RootOp::Chdir(c("/")?),
+    ])
+}
+
+/// The last steps: `/newroot` becomes the root, the host's is dropped.
+fn into_newroot() -> io::Result<Vec<RootOp>> {
+    Ok(vec![
+        RootOp::Chdir(c("/newroot")?),
+        RootOp::PivotRoot {
+            new_root: c(".")?,
+            put_old: c(".")?,
+        },
+        RootOp::Detach(c(".")?),
+        RootOp::Chdir(c("/")?),
+    ])
 }
 
 /// `DIR/X.py` for `DIR/__pycache__/X.TAG.pyc`.

@@ -20,6 +20,8 @@ pub enum ChildStage {
     NoNewPrivs,
     /// Installing the seccomp filter.
     Seccomp,
+    /// Entering the run's conditions (namespaces, the view).
+    Prelude,
     /// `execv` of the program.
     Exec,
 }
@@ -32,6 +34,7 @@ impl ChildStage {
             ChildStage::NoNewPrivs => "prctl(PR_SET_NO_NEW_PRIVS)",
             ChildStage::Seccomp => "installing the seccomp filter",
             ChildStage::Exec => "exec",
+            ChildStage::Prelude => "entering the run's namespaces and view",
         }
     }
 
@@ -41,6 +44,7 @@ impl ChildStage {
             ChildStage::NoNewPrivs => 2,
             ChildStage::Seccomp => 3,
             ChildStage::Exec => 4,
+            ChildStage::Prelude => 5,
         }
     }
     fn from_code(c: u32) -> Option<ChildStage> {
@@ -49,6 +53,7 @@ impl ChildStage {
             2 => ChildStage::NoNewPrivs,
             3 => ChildStage::Seccomp,
             4 => ChildStage::Exec,
+            5 => ChildStage::Prelude,
             _ => return None,
         })
     }
@@ -57,23 +62,33 @@ impl ChildStage {
 /// What the child needs, prepared before `fork` so that the child only makes
 /// async-signal-safe calls (no allocation after fork).
 pub struct ChildSpec {
-    program: CString,
-    _argv: Vec<CString>,
-    argv_ptrs: Vec<*const libc::c_char>,
+    exec: Execve,
     filter: Vec<libc::sock_filter>,
+    /// Run in the child before the filter (namespaces, its view): no
+    /// allocation, raw syscalls only.
+    prelude: Option<Box<dyn Fn() -> io::Result<()>>>,
 }
 
 impl ChildSpec {
-    /// `program` is the path to exec; `argv[0]` is what the program sees.
-    pub fn new(program: CString, argv: Vec<CString>, filter: Vec<libc::sock_filter>) -> Self {
-        let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-        argv_ptrs.push(std::ptr::null());
+    /// `program` is the path to exec; `argv[0]` is what the program sees;
+    /// `env` its whole environment.
+    pub fn new(
+        program: CString,
+        argv: Vec<CString>,
+        env: Vec<CString>,
+        filter: Vec<libc::sock_filter>,
+    ) -> Self {
         ChildSpec {
-            program,
-            _argv: argv,
-            argv_ptrs,
+            exec: Execve::new(program, argv, env),
             filter,
+            prelude: None,
         }
+    }
+
+    /// Steps the child takes after the handshake, before `no_new_privs`.
+    pub fn with_prelude(mut self, prelude: Box<dyn Fn() -> io::Result<()>>) -> Self {
+        self.prelude = Some(prelude);
+        self
     }
 }
 
@@ -166,6 +181,12 @@ fn child_after_fork(go: i32, err: i32, spec: &ChildSpec, prog: &libc::sock_fprog
     if n != 1 {
         fail(ChildStage::Handshake);
     }
+    if let Some(prelude) = &spec.prelude {
+        if let Err(e) = prelude() {
+            nix::errno::Errno::set_raw(e.raw_os_error().unwrap_or(libc::EIO));
+            fail(ChildStage::Prelude);
+        }
+    }
     // SAFETY: plain prctl with integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         fail(ChildStage::NoNewPrivs);
@@ -183,10 +204,8 @@ fn child_after_fork(go: i32, err: i32, spec: &ChildSpec, prog: &libc::sock_fprog
     if rc != 0 {
         fail(ChildStage::Seccomp);
     }
-    // SAFETY: program and argv are NUL-terminated C strings and argv is a
-    // NULL-terminated pointer array, all owned by `spec`; execv only
-    // returns on failure.
-    unsafe { libc::execv(spec.program.as_ptr(), spec.argv_ptrs.as_ptr()) };
+    let e = spec.exec.exec();
+    nix::errno::Errno::set_raw(e.raw_os_error().unwrap_or(libc::EIO));
     fail(ChildStage::Exec)
 }
 

@@ -18,6 +18,7 @@ use nix::sys::uio::{process_vm_readv, RemoteIoVec};
 use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
 
+use super::conditions::ProfileView;
 use super::profile::{describe_args, Access, Exit, Mode, Profile, Program};
 use super::sys::{self, ChildStage, SignalGuard, SyscallInfo};
 use super::syscalls::Arch;
@@ -38,6 +39,10 @@ pub struct TraceOptions {
     pub timeout: Option<Duration>,
     /// Processes and threads alive at once before the tree is killed.
     pub max_tasks: usize,
+    /// Record under the run's conditions with this view (docs/PROFILE.md);
+    /// `None`: with the caller's environment, working directory and
+    /// filesystem.
+    pub view: Option<ProfileView>,
 }
 
 impl Default for TraceOptions {
@@ -47,6 +52,7 @@ impl Default for TraceOptions {
             trace: None,
             timeout: None,
             max_tasks: DEFAULT_MAX_TASKS,
+            view: None,
         }
     }
 }
@@ -70,6 +76,8 @@ pub enum TraceError {
     Spawn { path: String, error: io::Error },
     #[error("cannot write the trace file {path}: {error}")]
     TraceFile { path: String, error: io::Error },
+    #[error("cannot record under the run's conditions: {0}")]
+    View(String),
     #[error("tracing failed: {0}")]
     Io(io::Error),
 }
@@ -281,7 +289,28 @@ pub fn profile(
     for a in args {
         argv.push(cstr(a)?);
     }
-    let spec = sys::ChildSpec::new(cstr(path.as_os_str())?, argv, tracing_filter(arch));
+    let (env, prelude) = match &opts.view {
+        Some(view) => {
+            let files = super::conditions::program_files(&path, args);
+            let p = view.prepare(&files).map_err(TraceError::View)?;
+            (p.env, Some(p.prelude))
+        }
+        None => {
+            let env = std::env::vars_os()
+                .map(|(k, v)| {
+                    let mut kv = k.into_vec();
+                    kv.push(b'=');
+                    kv.extend_from_slice(v.as_bytes());
+                    cstr(OsStr::from_bytes(&kv))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            (env, None)
+        }
+    };
+    let mut spec = sys::ChildSpec::new(cstr(path.as_os_str())?, argv, env, tracing_filter(arch));
+    if let Some(p) = prelude {
+        spec = spec.with_prelude(Box::new(move || p.enter()));
+    }
 
     let signals = SignalGuard::install()?;
     let mut child = sys::spawn_waiting_child(&spec).map_err(|error| TraceError::Spawn {
@@ -337,6 +366,11 @@ pub fn profile(
             Some((ChildStage::Seccomp, errno)) => {
                 TraceError::Seccomp(io::Error::from_raw_os_error(errno))
             }
+            Some((ChildStage::Prelude, errno)) => TraceError::View(format!(
+                "{} failed: {}; tresor profile needs user and mount namespaces, as tresor run does",
+                ChildStage::Prelude.describe(),
+                io::Error::from_raw_os_error(errno)
+            )),
             Some((ChildStage::Exec, libc::ENOENT)) if interpreter(&path).is_some() => {
                 TraceError::NotExecutable {
                     path: shown,
