@@ -57,7 +57,11 @@ impl Case {
             .tempdir_in(parent)
             .unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        Case { dir, who }
+        let case = Case { dir, who };
+        // Profiles are made by the user who runs them (as the run, the
+        // profiling run writes only what that user may write).
+        case.own(case.dir.path());
+        case
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -83,13 +87,13 @@ impl Case {
         self.own(path);
     }
 
-    /// A profile of `attack --data DATA --out (scratch) ARGS`, run
-    /// unconfined by the caller; whatever it did is in the profile.
+    /// A profile of `attack --data DATA --out (scratch) ARGS`, made by
+    /// this case's user; whatever it did is in the profile.
     fn profile(&self, name: &str, data: &Path, args: &[&OsStr]) -> PathBuf {
-        let out = self.path(&format!("{name}-profile-out"));
-        std::fs::create_dir(&out).unwrap();
+        let out = self.mkdir(&format!("{name}-profile-out"));
         let p = self.path(&format!("{name}.json"));
-        let r = util::tresor()
+        let r = self
+            .command(Path::new(env!("CARGO_BIN_EXE_tresor")))
             .arg("profile")
             .arg("--out")
             .arg(&p)
@@ -425,7 +429,11 @@ fn class3_chmod_reaches_nothing_outside_the_view() {
         case.file(&in_data, "sample\n", 0o600);
         let scratch = case.path("scratch");
         case.file(&scratch, "x", 0o600);
-        let profile = case.profile("chmod", &data, &attack("chmod-target", Some(&scratch)));
+        let profile = case.profile(
+            "chmod",
+            &data,
+            &attack("chmod-target", Some(scratch.as_path())),
+        );
         // A PSE outside the view: the store's real one (root), or one of
         // nobody's own.
         let store = (who == Who::Caller).then(|| util::TestStore::new(&[]));
@@ -670,10 +678,11 @@ fn class9_no_input_into_an_inherited_terminal() {
     }
 }
 
-/// `tresor profile --out P --data DATA [--writable OUT] -- ARGS…` by the
-/// caller.
-fn profile_command(p: &Path, data: &Path, out: Option<&Path>, argv: &[&OsStr]) {
-    let r = util::tresor()
+/// `tresor profile --out P --data DATA [--writable OUT] -- ARGS…`, as the
+/// case's user.
+fn profile_command(case: &Case, p: &Path, data: &Path, out: Option<&Path>, argv: &[&OsStr]) {
+    let r = case
+        .command(Path::new(env!("CARGO_BIN_EXE_tresor")))
         .arg("profile")
         .arg("--out")
         .arg(p)
@@ -746,7 +755,13 @@ fn class6_the_profile_binds_its_program_and_script() {
 
         // Another program.
         let lsp = case.path("ls.json");
-        profile_command(&lsp, &data, None, &[OsStr::new(&ls), data.as_os_str()]);
+        profile_command(
+            &case,
+            &lsp,
+            &data,
+            None,
+            &[OsStr::new(&ls), data.as_os_str()],
+        );
         let r = run_command(
             &case,
             &lsp,
@@ -773,9 +788,10 @@ fn class6_the_profile_binds_its_program_and_script() {
         let progp = case.path("copy.json");
         let out = case.mkdir("copy-out");
         profile_command(
+            &case,
             &progp,
             &data,
-            Some(&out),
+            Some(out.as_path()),
             &[
                 prog.as_os_str(),
                 OsStr::new("--data"),
@@ -814,7 +830,7 @@ fn class6_the_profile_binds_its_program_and_script() {
         };
         let a: Vec<_> = sh_argv(&script);
         let a: Vec<&OsStr> = a.iter().map(|x| x.as_os_str()).collect();
-        profile_command(&shp, &data, None, &a);
+        profile_command(&case, &shp, &data, None, &a);
         let r = run_command(&case, &shp, &data, &[], &a);
         assert!(r.status.success(), "{}", text(&r.stderr));
         assert_eq!(text(&r.stdout), "first: line one\n");
@@ -991,9 +1007,10 @@ fn class7_a_refusal_is_reported_as_itself() {
         let p = case.path("py.json");
         let v = argv(&a.join("a.txt"), &scratch);
         profile_command(
+            &case,
             &p,
             &a,
-            Some(&scratch),
+            Some(scratch.as_path()),
             &v.iter().map(|x| x.as_os_str()).collect::<Vec<_>>(),
         );
         let run = |input: &Path| {
@@ -1062,9 +1079,10 @@ fn real_shell_pipeline_profiled_on_one_input_runs_on_another() {
         let scratch = case.mkdir("profile-out");
         let v = argv(&a, &scratch);
         profile_command(
+            &case,
             &p,
             &a,
-            Some(&scratch),
+            Some(scratch.as_path()),
             &v.iter().map(|x| x.as_os_str()).collect::<Vec<_>>(),
         );
         let out = case.out();
@@ -1131,7 +1149,7 @@ fn class3_inherited_descriptors_and_devices_keep_their_modes() {
         let scratch = stdio("profile");
         let pout = case.mkdir("profile-out");
         let profile = case.path("fchmod.json");
-        let mut c = util::tresor();
+        let mut c = case.command(Path::new(env!("CARGO_BIN_EXE_tresor")));
         c.arg("profile")
             .arg("--out")
             .arg(&profile)
@@ -1291,9 +1309,10 @@ fn real_ki67_vips_and_openslide_profiled_on_one_slide_run_on_another() {
             let scratch = case.mkdir(&format!("{name}-profile-out"));
             let v = argv(&sa, &scratch);
             profile_command(
+                &case,
                 &p,
                 &a,
-                Some(&scratch),
+                Some(scratch.as_path()),
                 &v.iter().map(|x| x.as_os_str()).collect::<Vec<_>>(),
             );
             let out = case.out();
@@ -1361,9 +1380,10 @@ fn real_python_multiprocessing_pool_profiled_on_one_input_runs_on_another() {
         let scratch = case.mkdir("profile-out");
         let v = argv(&a, &scratch);
         profile_command(
+            &case,
             &p,
             &a,
-            Some(&scratch),
+            Some(scratch.as_path()),
             &v.iter().map(|x| x.as_os_str()).collect::<Vec<_>>(),
         );
         let out = case.out();
