@@ -1376,36 +1376,258 @@ fn real_python_multiprocessing_pool_profiled_on_one_input_runs_on_another() {
         let argv = |d: &Path, out: &Path| -> Vec<std::ffi::OsString> {
             vec![python.into(), script.clone().into(), d.into(), out.into()]
         };
-        let p = case.path("pool.json");
-        let scratch = case.mkdir("profile-out");
-        let v = argv(&a, &scratch);
-        profile_command(
-            &case,
-            &p,
-            &a,
-            Some(scratch.as_path()),
-            &v.iter().map(|x| x.as_os_str()).collect::<Vec<_>>(),
+        let got = profiled_on_a_run_on_b(&case, "pool", &a, &b, &argv, "sq.txt");
+        assert_eq!(got, "16 25 36 49\n");
+    }
+}
+
+/// The analysis `argv(DATA, OUT)` profiled by the case's user on `a`, run
+/// confined on `b`, and run unconfined on `b`: its result file `result`
+/// must be the same both times; returns it.
+fn profiled_on_a_run_on_b(
+    case: &Case,
+    name: &str,
+    a: &Path,
+    b: &Path,
+    argv: &dyn Fn(&Path, &Path) -> Vec<std::ffi::OsString>,
+    result: &str,
+) -> String {
+    let p = case.path(&format!("{name}.json"));
+    let scratch = case.mkdir(&format!("{name}-profile-out"));
+    let v = argv(a, &scratch);
+    profile_command(
+        case,
+        &p,
+        a,
+        Some(scratch.as_path()),
+        &v.iter().map(|x| x.as_os_str()).collect::<Vec<_>>(),
+    );
+    let out = case.out();
+    let v = argv(b, &out);
+    let mut c = case.command(Path::new(env!("CARGO_BIN_EXE_tresor")));
+    c.stdin(Stdio::null())
+        .arg("run")
+        .arg("--profile")
+        .arg(&p)
+        .arg("--data")
+        .arg(b)
+        .arg("--out")
+        .arg(&out)
+        .arg("--")
+        .args(&v);
+    let r = c.output().unwrap();
+    assert!(r.status.success(), "{name}: {}", text(&r.stderr));
+    let free = case.out();
+    let v = argv(b, &free);
+    util::ok(case.command(Path::new(&v[0])).args(&v[1..]));
+    let got = std::fs::read_to_string(out.join(result)).unwrap();
+    assert_eq!(
+        got,
+        std::fs::read_to_string(free.join(result)).unwrap(),
+        "{name}: confined and unconfined results differ"
+    );
+    got
+}
+
+/// Class 8, numpy: BLAS worker threads and a thread pool of the analysis's
+/// own, profiled on one input, run on another.
+#[test]
+fn real_numpy_with_threads_profiled_on_one_input_runs_on_another() {
+    let python = Path::new("/usr/bin/python3");
+    let numpy = Command::new(python)
+        .args(["-c", "import numpy"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !util::require(numpy, "numpy for /usr/bin/python3 (python3-numpy)") {
+        return;
+    }
+    for who in everyone() {
+        let case = Case::new(who);
+        let a = case.mkdir("A");
+        let b = case.mkdir("B");
+        case.file(&a.join("m.txt"), "1 2\n3 4\n", 0o644);
+        case.file(&b.join("other.txt"), "2 0 1\n1 3 0\n0 1 4\n", 0o644);
+        let script = case.path("mat.py");
+        case.file(
+            &script,
+            "import os, sys\n\
+             from concurrent.futures import ThreadPoolExecutor\n\
+             import numpy as np\n\
+             d, out = sys.argv[1], sys.argv[2]\n\
+             ms = [np.loadtxt(os.path.join(d, f), ndmin=2) for f in sorted(os.listdir(d))]\n\
+             big = np.arange(400 * 400, dtype=float).reshape(400, 400) / 1e5\n\
+             with ThreadPoolExecutor(4) as ex:\n\
+             \x20   dets = list(ex.map(lambda m: round(float(np.linalg.det(m)), 6), ms))\n\
+             \x20   traces = list(ex.map(lambda k: float(np.trace(big @ big)) + k, range(4)))\n\
+             with open(os.path.join(out, 'det.txt'), 'w') as f:\n\
+             \x20   f.write(f'{dets} {traces[0]:.3f}\\n')\n",
+            0o644,
         );
-        let out = case.out();
-        let v = argv(&b, &out);
-        let mut c = case.command(Path::new(env!("CARGO_BIN_EXE_tresor")));
-        c.stdin(Stdio::null())
-            .arg("run")
-            .arg("--profile")
+        let argv = |d: &Path, out: &Path| -> Vec<std::ffi::OsString> {
+            vec![python.into(), script.clone().into(), d.into(), out.into()]
+        };
+        let got = profiled_on_a_run_on_b(&case, "numpy", &a, &b, &argv, "det.txt");
+        assert!(got.starts_with("[25.0] "), "{got}");
+    }
+}
+
+/// Class 8, a script started through a shell-script wrapper (a pyenv-style
+/// shim named `python3` that execs the real interpreter): the wrapper and
+/// its script are bound, the shell finds its working directory.
+#[test]
+fn real_script_through_a_shell_wrapper_profiled_on_one_input_runs_on_another() {
+    let python = Path::new("/usr/bin/python3");
+    if !util::require(python.exists(), "python3 (/usr/bin/python3)") {
+        return;
+    }
+    for who in everyone() {
+        let case = Case::new(who);
+        let a = case.mkdir("A");
+        let b = case.mkdir("B");
+        case.file(&a.join("w.txt"), "tumour cell cell\n", 0o644);
+        case.file(&b.join("x.txt"), "cell stroma\ncell\n", 0o644);
+        let shims = case.mkdir("shims");
+        let shim = shims.join("python3");
+        case.file(
+            &shim,
+            "#!/bin/sh\n# a pyenv-style shim: pick an interpreter, exec it\ncd \"$PWD\" || exit 97\nexec /usr/bin/python3 \"$@\"\n",
+            0o755,
+        );
+        let script = case.path("count.py");
+        case.file(
+            &script,
+            "import os, sys, collections\n\
+             d, out = sys.argv[1], sys.argv[2]\n\
+             c = collections.Counter(w for f in sorted(os.listdir(d)) for w in open(os.path.join(d, f)).read().split())\n\
+             open(os.path.join(out, 'words.txt'), 'w').write(' '.join(f'{k}={v}' for k, v in sorted(c.items())) + '\\n')\n",
+            0o644,
+        );
+        let argv = |d: &Path, out: &Path| -> Vec<std::ffi::OsString> {
+            vec![
+                shim.clone().into(),
+                script.clone().into(),
+                d.into(),
+                out.into(),
+            ]
+        };
+        let got = profiled_on_a_run_on_b(&case, "shim", &a, &b, &argv, "words.txt");
+        assert_eq!(got, "cell=2 stroma=1\n");
+    }
+}
+
+/// Class 8: `tresor profile` runs the analysis under the run's conditions
+/// — the same uid, environment, working directory and namespaces; nothing
+/// writable but `--writable`, `/tmp` and `/dev/shm` private.
+#[test]
+fn class8_the_profile_is_recorded_under_the_run_conditions() {
+    for who in everyone() {
+        let case = Case::new(who);
+        let data = case.mkdir("data");
+        case.file(&data.join("in.txt"), "x\n", 0o644);
+        let outside = case.path("outside.txt");
+        case.file(&outside, "untouched\n", 0o644);
+        // What the analysis sees, each on a line; $2 is its output.
+        let code = format!(
+            "echo uid=$(id -u) gid=$(id -g) > \"$2/seen.txt\"; \
+             echo env=$(env | cut -d= -f1 | sort | tr '\\n' ,) >> \"$2/seen.txt\"; \
+             echo path=$PATH lang=$LANG >> \"$2/seen.txt\"; \
+             echo pwd=$(pwd) >> \"$2/seen.txt\"; \
+             echo home_is_out=$([ \"$HOME\" = \"$2\" ] && echo yes) >> \"$2/seen.txt\"; \
+             echo caps=$(grep CapEff /proc/self/status | tr -d '\\t') >> \"$2/seen.txt\"; \
+             echo tmp=$(ls -A /tmp | tr '\\n' ,) shm=$(ls -A /dev/shm | wc -l) >> \"$2/seen.txt\"; \
+             (echo changed > {outside}) 2>/dev/null && echo outside=written >> \"$2/seen.txt\"; \
+             cat \"$1/in.txt\" >/dev/null",
+            outside = outside.display()
+        );
+        let sh = "/bin/sh";
+        let argv = |d: &Path, out: &Path| -> Vec<std::ffi::OsString> {
+            vec![
+                sh.into(),
+                "-c".into(),
+                code.clone().into(),
+                "sh".into(),
+                d.into(),
+                out.into(),
+            ]
+        };
+        let p = case.path("seen.json");
+        let scratch = case.mkdir("profile-out");
+        let v = argv(&data, &scratch);
+        // Started from the case directory: the way to --data and --out.
+        let r = case
+            .command(Path::new(env!("CARGO_BIN_EXE_tresor")))
+            .current_dir(case.dir.path())
+            .env("SECRET_TOKEN", "must-not-reach-the-analysis")
+            .arg("profile")
+            .arg("--out")
             .arg(&p)
             .arg("--data")
-            .arg(&b)
+            .arg(&data)
+            .arg("--writable")
+            .arg(&scratch)
+            .arg("--")
+            .args(&v)
+            .output()
+            .unwrap();
+        assert!(r.status.success(), "{}", text(&r.stderr));
+        let profiled = std::fs::read_to_string(scratch.join("seen.txt")).unwrap();
+        let out = case.out();
+        let v = argv(&data, &out);
+        let r = case
+            .command(Path::new(env!("CARGO_BIN_EXE_tresor")))
+            .current_dir(case.dir.path())
+            .env("SECRET_TOKEN", "must-not-reach-the-analysis")
+            .stdin(Stdio::null())
+            .args(["run", "--allow-incomplete", "--profile"])
+            .arg(&p)
+            .arg("--data")
+            .arg(&data)
             .arg("--out")
             .arg(&out)
             .arg("--")
-            .args(&v);
-        let r = c.output().unwrap();
+            .args(&v)
+            .output()
+            .unwrap();
         assert!(r.status.success(), "{}", text(&r.stderr));
-        let free = case.out();
-        let v = argv(&b, &free);
-        util::ok(case.command(python).args(&v[1..]));
-        let got = std::fs::read_to_string(out.join("sq.txt")).unwrap();
-        assert_eq!(got, "16 25 36 49\n");
-        assert_eq!(got, std::fs::read_to_string(free.join("sq.txt")).unwrap());
+        let confined = std::fs::read_to_string(out.join("seen.txt")).unwrap();
+        assert_eq!(
+            profiled, confined,
+            "{who:?}: the profile saw other conditions than the run"
+        );
+        // Root and nobody both run as nobody; anyone else as themselves.
+        let me = nix::unistd::geteuid();
+        let uid = if who == Who::Nobody || me.is_root() {
+            NOBODY
+        } else {
+            me.as_raw()
+        };
+        // The private /tmp holds only the way to --data and --out.
+        let tmp = match case.dir.path().strip_prefix("/tmp") {
+            Ok(rest) => format!(
+                "tmp={},",
+                rest.components()
+                    .next()
+                    .unwrap()
+                    .as_os_str()
+                    .to_string_lossy()
+            ),
+            Err(_) => "tmp=".to_string(),
+        };
+        for want in [
+            format!("uid={uid} "),
+            "env=HOME,LANG,PATH,PWD,\n".to_string(),
+            "path=/usr/bin:/bin lang=C.UTF-8\n".to_string(),
+            format!("pwd={}\n", case.dir.path().display()),
+            "home_is_out=yes\n".to_string(),
+            "caps=CapEff:0000000000000000\n".to_string(),
+            format!("{tmp} shm=0\n"),
+        ] {
+            assert!(
+                profiled.contains(&want),
+                "{who:?}: want {want:?} in {profiled}"
+            );
+        }
+        assert!(!profiled.contains("outside=written"), "{profiled}");
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "untouched\n");
     }
 }

@@ -677,9 +677,13 @@ pub fn prepare(opts: &RunOptions) -> Result<(Prepared, Option<RulesetCreated>), 
         Vec::new()
     };
 
+    // What the kernel opens at execve, so no profile records it: the ELF
+    // loader, and a `#!` script's interpreter (a shell wrapper's /bin/sh).
+    let shebang = tracer::interpreter(&program);
     let loaders: Vec<&str> = LOADERS
         .iter()
         .copied()
+        .chain(shebang.as_deref())
         .filter(|l| Path::new(l).exists())
         .collect();
     let cwd = cwd.and_then(|c| c.canonicalize().ok());

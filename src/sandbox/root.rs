@@ -634,7 +634,8 @@ impl RootPlan {
     /// The view of a profiling run (docs/PROFILE.md): the host's whole
     /// tree, read-only and nosuid; private, size-limited `/tmp` and
     /// `/dev/shm` as in the run; `data` bound read-only and `writable`
-    /// read-write at their (canonical) paths, also below `/tmp`.
+    /// read-write at their (canonical) paths, also below `/tmp` (the way
+    /// there read-only, as in the run).
     /// `files` (the program, its script) are bound read-only where they
     /// lie below the private trees.
     pub fn wide(
@@ -671,6 +672,7 @@ impl RootPlan {
         }
         let mut entries = Vec::new();
         let mut made: BTreeSet<PathBuf> = BTreeSet::new();
+        let mut sealed = Vec::new();
         let private_files = files
             .iter()
             .filter(|f| RootPlan::private(f) && f.is_file())
@@ -702,7 +704,22 @@ impl RootPlan {
                         && a != Path::new("/dev/shm")
                         && made.insert(a.into())
                     {
-                        ops.push(RootOp::Mkdir(prefixed("/newroot", a)?, 0o755));
+                        let target = prefixed("/newroot", a)?;
+                        ops.push(RootOp::Mkdir(target.clone(), 0o755));
+                        // As in the run: the way to what is bound is not
+                        // the analysis's to write (sealed at the end).
+                        if a.parent()
+                            .is_some_and(|p| p == Path::new("/tmp") || p == Path::new("/dev/shm"))
+                        {
+                            ops.push(RootOp::Mount {
+                                src: Some(c("tmpfs")?),
+                                target: target.clone(),
+                                fstype: Some(c("tmpfs")?),
+                                flags: libc::MS_NOSUID | libc::MS_NODEV,
+                                data: Some(c(BASE_TMPFS)?),
+                            });
+                            sealed.push(target);
+                        }
                     }
                 }
                 if !is_dir {
@@ -731,6 +748,13 @@ impl RootPlan {
                 path: dir.clone(),
                 access,
                 is_dir,
+            });
+        }
+        for target in sealed {
+            ops.push(RootOp::Attr {
+                target,
+                set: sys::MOUNT_ATTR_RDONLY,
+                recursive: false,
             });
         }
         ops.extend(into_newroot()?);

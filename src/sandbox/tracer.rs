@@ -172,7 +172,8 @@ pub fn resolve_program(program: &OsStr) -> Result<PathBuf, TraceError> {
 }
 
 /// The interpreter named on a script's `#!` line.
-fn interpreter(p: &Path) -> Option<String> {
+/// The interpreter of a `#!` script (the kernel opens it at execve).
+pub fn interpreter(p: &Path) -> Option<String> {
     let mut head = [0u8; 256];
     let n = File::open(p).ok()?.read(&mut head).ok()?;
     let line = head[..n].strip_prefix(b"#!")?;
