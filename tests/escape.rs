@@ -1631,3 +1631,78 @@ fn class8_the_profile_is_recorded_under_the_run_conditions() {
         assert_eq!(std::fs::read_to_string(&outside).unwrap(), "untouched\n");
     }
 }
+
+/// Class 7, limits: one allocation larger than `--memory` leaves (the
+/// process never comes near the limit, its allocator just gets ENOMEM and
+/// it fails on its own) is reported as the memory limit, 122 — not as the
+/// program's own failure.
+#[test]
+fn class7_one_huge_allocation_is_reported_as_the_memory_limit() {
+    let python = Path::new("/usr/bin/python3");
+    if !util::require(python.exists(), "python3 (/usr/bin/python3)") {
+        return;
+    }
+    for who in everyone() {
+        let case = Case::new(who);
+        let a = case.mkdir("A");
+        let b = case.mkdir("B");
+        case.file(&a.join("size.txt"), "1000\n", 0o644);
+        case.file(&b.join("size.txt"), "1073741824\n", 0o644);
+        let script = case.path("alloc.py");
+        case.file(
+            &script,
+            "import os, sys\n\
+             d, out = sys.argv[1], sys.argv[2]\n\
+             n = int(open(os.path.join(d, 'size.txt')).read())\n\
+             buf = bytearray(n)\n\
+             open(os.path.join(out, 'n.txt'), 'w').write(f'{len(buf)}\\n')\n",
+            0o644,
+        );
+        let p = case.path("alloc.json");
+        let scratch = case.mkdir("profile-out");
+        let argv = |d: &Path, out: &Path| -> Vec<std::ffi::OsString> {
+            vec![python.into(), script.clone().into(), d.into(), out.into()]
+        };
+        let v = argv(&a, &scratch);
+        profile_command(
+            &case,
+            &p,
+            &a,
+            Some(scratch.as_path()),
+            &v.iter().map(|x| x.as_os_str()).collect::<Vec<_>>(),
+        );
+        assert_eq!(
+            std::fs::read_to_string(scratch.join("n.txt")).unwrap(),
+            "1000\n"
+        );
+        for (data, want) in [(&a, 0), (&b, 122)] {
+            let out = case.out();
+            let r = case
+                .command(Path::new(env!("CARGO_BIN_EXE_tresor")))
+                .stdin(Stdio::null())
+                .args(["run", "--memory", "256M", "--profile"])
+                .arg(&p)
+                .arg("--data")
+                .arg(data)
+                .arg("--out")
+                .arg(&out)
+                .arg("--")
+                .args(argv(data, &out))
+                .output()
+                .unwrap();
+            let err = text(&r.stderr);
+            assert_eq!(r.status.code(), Some(want), "{who:?}: {err}");
+            if want == 122 {
+                assert!(
+                    err.contains("MemoryError"),
+                    "the program's own error passes: {err}"
+                );
+                assert!(
+                    err.contains("limit hit: memory (--memory 256 MiB; a process asked for 10")
+                        && err.contains("MiB at once"),
+                    "{who:?}: {err}"
+                );
+            }
+        }
+    }
+}

@@ -35,7 +35,9 @@ use landlock::{
 
 use super::conditions;
 use super::deliver;
-use super::policy::{CompiledPolicy, Policy, PolicyError, PolicyOptions, AUDIT_TRACE_DATA};
+use super::policy::{
+    CompiledPolicy, Policy, PolicyError, PolicyOptions, ALLOCATION_TRACE_DATA, AUDIT_TRACE_DATA,
+};
 use super::profile::{Mode, Profile, ProfileError};
 use super::root::{self, RootPlan};
 use super::sys;
@@ -620,11 +622,15 @@ pub fn prepare(opts: &RunOptions) -> Result<(Prepared, Option<RulesetCreated>), 
             pad_rules: opts.pad_rules,
         },
     )?;
-    let compiled = if opts.audit.is_some() {
+    let mut compiled = if opts.audit.is_some() {
         policy.compile_audit()?
     } else {
         policy.compile()?
     };
+    // A failing request of this size or more is reported as the memory
+    // limit; anything smaller fails only past MEMORY_HIT_PERCENT, which
+    // the peak check reports.
+    compiled.watch_allocations(opts.memory / 100 * (100 - MEMORY_HIT_PERCENT))?;
     let arch = policy.arch()?;
     let audit = opts.audit.as_ref().map(|_| {
         let mut delta = Profile::new(arch, profile.program.clone(), Mode::Args);
@@ -1002,6 +1008,9 @@ struct Supervisor<'a> {
     /// When the program's process was forked, and when it first exec'd.
     program_forked: Option<Instant>,
     program_execed: Option<Instant>,
+    /// Processes (by tgid) that asked for more address space at once than
+    /// `--memory` leaves them: the size asked for.
+    refused_allocations: std::collections::HashMap<i32, u64>,
 }
 
 impl Supervisor<'_> {
@@ -1102,6 +1111,17 @@ impl Supervisor<'_> {
             libc::WEXITSTATUS(st) != 0
         };
         if failed {
+            if let Some(&asked) = self.refused_allocations.get(&pid) {
+                self.stop(Stop::Limit(
+                    Limit::Memory,
+                    format!(
+                        "limit hit: memory (--memory {}; a process asked for {} at once, which did not fit, and then failed)",
+                        fmt_size(self.prep.memory),
+                        fmt_size(asked)
+                    ),
+                ));
+                return;
+            }
             if let Some(peak) = vm_peak(pid) {
                 if peak.saturating_mul(100) >= self.prep.memory.saturating_mul(MEMORY_HIT_PERCENT) {
                     self.stop(Stop::Limit(
@@ -1117,12 +1137,29 @@ impl Supervisor<'_> {
         }
     }
 
+    /// A large `mmap`/`mremap` stopped here (the allocation watch): note
+    /// whether `RLIMIT_AS` will refuse it, and let it run.
+    fn on_allocation(&mut self, pid: i32) {
+        let Ok(info) = sys::syscall_info(pid) else {
+            return;
+        };
+        let name = self.prep.arch.display_name(info.nr as u32);
+        let asked = if name == "mremap" {
+            info.args[2].saturating_sub(info.args[1])
+        } else {
+            info.args[1]
+        };
+        let Some((tgid, size)) = vm_size(pid) else {
+            return;
+        };
+        if size.saturating_add(asked) > self.prep.memory {
+            self.refused_allocations.insert(tgid, asked);
+        }
+    }
+
     /// `--audit`: a call the policy refused stopped here; record it (a
     /// line for each new syscall or argument value) and let it run.
     fn on_audit(&mut self, pid: i32) {
-        if sys::event_msg(pid).ok() != Some(u64::from(AUDIT_TRACE_DATA)) {
-            return;
-        }
         let Some((delta, recorder)) = self.delta.as_mut() else {
             return;
         };
@@ -1174,7 +1211,11 @@ impl Supervisor<'_> {
                 let _ = sys::cont(pid, 0);
             }
             libc::PTRACE_EVENT_SECCOMP => {
-                self.on_audit(pid);
+                match sys::event_msg(pid).ok().map(|d| d as u32) {
+                    Some(AUDIT_TRACE_DATA) => self.on_audit(pid),
+                    Some(ALLOCATION_TRACE_DATA) => self.on_allocation(pid),
+                    _ => {}
+                }
                 let _ = sys::cont(pid, 0);
             }
             libc::PTRACE_EVENT_EXEC => {
@@ -1231,6 +1272,22 @@ impl Supervisor<'_> {
             }
         }
     }
+}
+
+/// A task's thread group and its address space now (`VmSize`), bytes.
+fn vm_size(pid: i32) -> Option<(i32, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some((
+        i32::try_from(field("Tgid:")?).ok()?,
+        field("VmSize:")? * 1024,
+    ))
 }
 
 fn vm_peak(pid: i32) -> Option<u64> {
@@ -1371,15 +1428,14 @@ pub fn supervise(
     drop(err_w);
     drop((in_r, out_w, errout_w));
     let relays = start_relays(in_w, out_r, errout_r);
-    let mut options = libc::PTRACE_O_TRACEEXIT
+    // TRACESECCOMP for --audit and for the allocation watch.
+    let options = libc::PTRACE_O_TRACEEXIT
         | libc::PTRACE_O_TRACEEXEC
         | libc::PTRACE_O_TRACEFORK
         | libc::PTRACE_O_TRACEVFORK
         | libc::PTRACE_O_TRACECLONE
-        | libc::PTRACE_O_EXITKILL;
-    if delta.is_some() {
-        options |= libc::PTRACE_O_TRACESECCOMP;
-    }
+        | libc::PTRACE_O_EXITKILL
+        | libc::PTRACE_O_TRACESECCOMP;
     if let Err(e) = sys::seize(pid, options) {
         sys::kill_task(pid);
         let _ = sys::wait_pid(pid);
@@ -1410,6 +1466,7 @@ pub fn supervise(
         staged: None,
         program_forked: None,
         program_execed: None,
+        refused_allocations: std::collections::HashMap::new(),
     };
     loop {
         match sys::wait_any() {

@@ -1128,6 +1128,10 @@ fn build(
 /// can tell them from anything else.
 pub const AUDIT_TRACE_DATA: u32 = 0x7e5;
 
+/// The `SECCOMP_RET_DATA` of a large allocation reported to the
+/// supervisor (see [`CompiledPolicy::watch_allocations`]).
+pub const ALLOCATION_TRACE_DATA: u32 = 0x7e6;
+
 /// Compiles `policy`; `deny` is what a refused call gets.
 fn compile(policy: &Policy, deny: SeccompAction) -> Result<CompiledPolicy, PolicyError> {
     let arch = policy.arch()?;
@@ -1275,6 +1279,40 @@ impl CompiledPolicy {
             instructions,
             stack_instructions: stack_len(&self.programs),
         }
+    }
+
+    /// Adds a filter that stops `mmap` and `mremap` asking for at least
+    /// `bytes` at once at the supervisor (`SECCOMP_RET_TRACE` with
+    /// [`ALLOCATION_TRACE_DATA`]; it resumes them unchanged), so that one
+    /// allocation refused by the memory limit is reported as the limit
+    /// (docs/RUN.md). Calls outside the policy are still killed: the kill
+    /// of another filter wins over a trace.
+    pub fn watch_allocations(&mut self, bytes: u64) -> Result<(), PolicyError> {
+        let arch = self.arch;
+        let mut rules = BTreeMap::new();
+        for (name, arg) in [("mmap", 1), ("mmap2", 1), ("mremap", 2)] {
+            if let Some(nr) = arch.number(name) {
+                let c = cond(arg, SeccompCmpOp::Ge, bytes)?;
+                let rule = SeccompRule::new(vec![c]).map_err(|error| PolicyError::Compile {
+                    index: 0,
+                    what: "allocation watch".into(),
+                    error,
+                })?;
+                rules.insert(i64::from(nr), vec![rule]);
+            }
+        }
+        let prog = build(
+            self.programs.len() + 1,
+            "allocation watch",
+            arch,
+            rules,
+            SeccompAction::Allow,
+            SeccompAction::Trace(ALLOCATION_TRACE_DATA),
+        )?;
+        // Before the allowlist, which stays the last filter loaded.
+        let at = self.programs.len().saturating_sub(1);
+        self.programs.insert(at, prog);
+        Ok(())
     }
 
     /// Sets `no_new_privs` and loads the filters into the calling thread.
