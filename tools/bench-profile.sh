@@ -72,7 +72,7 @@ for w in a b; do
         rm -f "$trace"
         extra=()
         [ $mode = full ] && extra=(--trace "$trace")
-        t=$(time_runs "$TRESOR" profile --out "$out" --mode $mode "${extra[@]}" -- "${cmd[@]}")
+        t=$(time_runs "$TRESOR" profile --out "$out" --writable "$BENCH_DIR" --mode $mode "${extra[@]}" -- "${cmd[@]}")
         ratio=$(awk -v a="$t" -v b="$base" 'BEGIN {printf "%.2f", a/b}')
         tr="–"
         [ $mode = full ] && tr=$(human "$(size_of "$trace")")

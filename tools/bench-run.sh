@@ -98,7 +98,7 @@ echo "| workload | unconfined wall | own policy wall | ratio | $PAD+ rules wall 
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for W in $WORKLOADS; do
     workload $W
-    "$TRESOR" profile --out "$BENCH_DIR/$W.json" -- "${CMD[@]}" >/dev/null 2>&1
+    "$TRESOR" profile --out "$BENCH_DIR/$W.json" --data "$DATA" --writable "$BENCH_DIR/out" -- "${CMD[@]}" >/dev/null 2>&1
     # warm-up: page cache, binaries
     for cfg in free own pad; do one $cfg >/dev/null; done
     free=(); own=(); pad=()
