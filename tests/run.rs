@@ -8,7 +8,8 @@
 //! with EACCES and nothing is read or written), or by a limit (122, 124).
 //! Every Landlock denial has its control: the same attack, unconfined, on
 //! the same paths, succeeds — so a refusal by file permissions alone cannot
-//! pass for the sandbox's. Under `CI=true` a kernel without Landlock or
+//! pass for the sandbox's. The attacks run as the caller and, as root, as
+//! nobody too (`fixtures`). Under `CI=true` a kernel without Landlock or
 //! namespaces is a failure, never a skip (`util::require`).
 
 use std::ffi::{OsStr, OsString};
@@ -19,14 +20,52 @@ use std::sync::OnceLock;
 
 use crate::util::{example, ok, require, require_root, tresor};
 
+const NOBODY: u32 = 65534;
+
+/// Who runs the analysis (and made its profile).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    /// The test's own user (root in CI).
+    Caller,
+    /// nobody, through setpriv.
+    Nobody,
+}
+
 struct Fixture {
     dir: tempfile::TempDir,
     profile: PathBuf,
     /// The benign run with `--fork`: its profile allows `clone`.
     forking_profile: PathBuf,
+    who: Who,
 }
 
 impl Fixture {
+    /// `program` as this fixture's user, in the test's own environment.
+    fn command(&self, program: &Path) -> Command {
+        match self.who {
+            Who::Caller => {
+                let mut c = Command::new(program);
+                crate::util::isolate(&mut c);
+                c
+            }
+            Who::Nobody => {
+                let mut c = Command::new("setpriv");
+                c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                    .arg(program);
+                crate::util::isolate_as(&mut c, NOBODY);
+                c
+            }
+        }
+    }
+    fn tresor(&self) -> Command {
+        self.command(Path::new(env!("CARGO_BIN_EXE_tresor")))
+    }
+    /// Makes `p` the fixture user's.
+    fn own(&self, p: &Path) {
+        if self.who == Who::Nobody {
+            std::os::unix::fs::chown(p, Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+    }
     fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -38,6 +77,7 @@ impl Fixture {
             .path()
             .join(format!("{name}{}", N.fetch_add(1, Ordering::SeqCst)));
         std::fs::create_dir(&p).unwrap();
+        self.own(&p);
         p
     }
     /// A fresh, empty output directory.
@@ -50,6 +90,7 @@ impl Fixture {
         for e in std::fs::read_dir(self.data()).unwrap() {
             let e = e.unwrap();
             std::fs::copy(e.path(), d.join(e.file_name())).unwrap();
+            self.own(&d.join(e.file_name()));
         }
         d
     }
@@ -59,60 +100,78 @@ impl Fixture {
         let p = self.fresh("secret").join("secret.txt");
         std::fs::write(&p, "not for the analysis\n").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        self.own(&p);
         p
     }
 }
 
-/// The data, and the profile of one benign run; `None` (skip) when the
-/// kernel lacks what `tresor run` needs and CI is not set.
+/// The data, and the profile of one benign run, the caller's; `None`
+/// (skip) when the kernel lacks what `tresor run` needs and CI is not set.
 fn fixture() -> Option<&'static Fixture> {
     static F: OnceLock<Option<Fixture>> = OnceLock::new();
-    F.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("tresor-run-")
-            .tempdir()
-            .unwrap();
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data).unwrap();
-        std::fs::write(data.join("sample1.txt"), "Ki-67 positive nuclei: 412\n").unwrap();
-        std::fs::write(data.join("sample2.txt"), vec![7u8; 100_000]).unwrap();
-        let out = dir.path().join("profile-out");
-        std::fs::create_dir(&out).unwrap();
-        let profile = dir.path().join("attack.json");
-        let forking_profile = dir.path().join("attack-fork.json");
-        for (p, extra) in [(&profile, None), (&forking_profile, Some("--fork"))] {
-            ok(tresor()
-                .arg("profile")
-                .arg("--out")
-                .arg(p)
-                .arg("--data")
-                .arg(&data)
-                .arg("--writable")
-                .arg(&out)
-                .arg("--")
-                .arg(example("attack"))
-                .arg("--data")
-                .arg(&data)
-                .arg("--out")
-                .arg(&out)
-                .args(extra));
-        }
-        let f = Fixture {
-            dir,
-            profile,
-            forking_profile,
-        };
-        let probe = run(&f, &[], None);
-        let err = text(&probe.stderr);
-        // Only a kernel that lacks a feature skips (and fails under CI);
-        // any other set-up failure fails the tests that use the fixture.
-        let lacks = probe.status.code() == Some(125) && err.contains("this kernel lacks");
-        if !require(!lacks, &format!("what tresor run needs ({})", err.trim())) {
-            return None;
-        }
-        Some(f)
-    })
-    .as_ref()
+    F.get_or_init(|| build(Who::Caller)).as_ref()
+}
+
+/// The caller's fixture and, when the tests run as root, nobody's: the
+/// attacks run as both.
+fn fixtures() -> Vec<&'static Fixture> {
+    static F: OnceLock<Option<Fixture>> = OnceLock::new();
+    let mut all: Vec<&'static Fixture> = fixture().into_iter().collect();
+    if !all.is_empty() && require_root("run the attacks as nobody too (setpriv)") {
+        all.extend(F.get_or_init(|| build(Who::Nobody)).as_ref());
+    }
+    all
+}
+
+fn build(who: Who) -> Option<Fixture> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("tresor-run-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let f = Fixture {
+        profile: dir.path().join("attack.json"),
+        forking_profile: dir.path().join("attack-fork.json"),
+        dir,
+        who,
+    };
+    f.own(f.dir.path());
+    let data = f.data();
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("sample1.txt"), "Ki-67 positive nuclei: 412\n").unwrap();
+    std::fs::write(data.join("sample2.txt"), vec![7u8; 100_000]).unwrap();
+    for p in [&data, &data.join("sample1.txt"), &data.join("sample2.txt")] {
+        f.own(p);
+    }
+    let out = f.fresh("profile-out");
+    // Made by the user who runs it, as a profile should be.
+    for (p, extra) in [(&f.profile, None), (&f.forking_profile, Some("--fork"))] {
+        ok(f.tresor()
+            .arg("profile")
+            .arg("--out")
+            .arg(p)
+            .arg("--data")
+            .arg(&data)
+            .arg("--writable")
+            .arg(&out)
+            .arg("--")
+            .arg(example("attack"))
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&out)
+            .args(extra));
+    }
+    let probe = run(&f, &[], None);
+    let err = text(&probe.stderr);
+    // Only a kernel that lacks a feature skips (and fails under CI);
+    // any other set-up failure fails the tests that use the fixture.
+    let lacks = probe.status.code() == Some(125) && err.contains("this kernel lacks");
+    if !require(!lacks, &format!("what tresor run needs ({})", err.trim())) {
+        return None;
+    }
+    Some(f)
 }
 
 /// `tresor run [extra] -- attack [--attack NAME]` with a fresh `--out`.
@@ -136,13 +195,22 @@ fn run_with(
         Some(a) => vec!["--attack".as_ref(), a.as_ref()],
         None => vec![],
     };
-    confined(profile, &f.data(), out, extra, &args)
+    confined(f, profile, &f.data(), out, extra, &args)
 }
 
 /// `tresor run --profile P --data DATA --out OUT [extra] -- attack --data
 /// DATA --out OUT ARGS…`
-fn confined(profile: &Path, data: &Path, out: &Path, extra: &[&str], args: &[&OsStr]) -> Output {
-    tresor()
+fn confined(
+    f: &Fixture,
+    profile: &Path,
+    data: &Path,
+    out: &Path,
+    extra: &[&str],
+    args: &[&OsStr],
+) -> Output {
+    // Shown with a failing test's output: which user ran it.
+    eprintln!("tresor run as {:?} under {}", f.who, profile.display());
+    f.tresor()
         .arg("run")
         .arg("--profile")
         .arg(profile)
@@ -163,8 +231,8 @@ fn confined(profile: &Path, data: &Path, out: &Path, extra: &[&str], args: &[&Os
 }
 
 /// The same `attack --data DATA --out OUT ARGS…`, unconfined: the control.
-fn unconfined(data: &Path, out: &Path, args: &[&OsStr]) -> Output {
-    Command::new(example("attack"))
+fn unconfined(f: &Fixture, data: &Path, out: &Path, args: &[&OsStr]) -> Output {
+    f.command(&example("attack"))
         .arg("--data")
         .arg(data)
         .arg("--out")
@@ -237,31 +305,33 @@ macro_rules! attack_stopped_by_policy {
     ($name:ident, $attack:literal, $call:literal) => {
         #[test]
         fn $name() {
-            let Some(f) = fixture() else { return };
-            assert_violation(&run(f, &[], Some($attack)), $call);
+            for f in fixtures() {
+                assert_violation(&run(f, &[], Some($attack)), $call);
+            }
         }
     };
 }
 
 #[test]
 fn benign_run_is_byte_identical_confined_and_unconfined() {
-    let Some(f) = fixture() else { return };
-    let free = f.new_out();
-    let plain = unconfined(&f.data(), &free, &[]);
-    assert!(plain.status.success(), "{}", text(&plain.stderr));
-    let jailed = f.new_out();
-    let confined = run_in(f, &jailed, &[], None);
-    assert!(
-        confined.status.success(),
-        "confined benign run failed: {}",
-        text(&confined.stderr)
-    );
-    assert_eq!(plain.stdout, confined.stdout);
-    assert!(confined.stderr.is_empty(), "{}", text(&confined.stderr));
-    assert_eq!(
-        std::fs::read(free.join("result.txt")).unwrap(),
-        std::fs::read(jailed.join("result.txt")).unwrap()
-    );
+    for f in fixtures() {
+        let free = f.new_out();
+        let plain = unconfined(f, &f.data(), &free, &[]);
+        assert!(plain.status.success(), "{}", text(&plain.stderr));
+        let jailed = f.new_out();
+        let confined = run_in(f, &jailed, &[], None);
+        assert!(
+            confined.status.success(),
+            "confined benign run failed: {}",
+            text(&confined.stderr)
+        );
+        assert_eq!(plain.stdout, confined.stdout);
+        assert!(confined.stderr.is_empty(), "{}", text(&confined.stderr));
+        assert_eq!(
+            std::fs::read(free.join("result.txt")).unwrap(),
+            std::fs::read(jailed.join("result.txt")).unwrap()
+        );
+    }
 }
 
 /// Root reads /etc/shadow unconfined (the control: as another user the file
@@ -275,7 +345,7 @@ fn read_etc_shadow_is_denied() {
     }
     assert_read_denied(f, &[], Path::new("/etc/shadow"));
     let shadow = attack("read-shadow", None);
-    assert_succeeded(&unconfined(&f.data(), &f.new_out(), &shadow));
+    assert_succeeded(&unconfined(f, &f.data(), &f.new_out(), &shadow));
     assert_denied(&run_attack(f, &[], &shadow));
 }
 
@@ -283,48 +353,52 @@ fn read_etc_shadow_is_denied() {
 /// file permissions let it through, the run does not.
 #[test]
 fn reading_a_file_outside_the_view_is_denied() {
-    let Some(f) = fixture() else { return };
-    assert_read_denied(f, &[], &f.secret());
+    for f in fixtures() {
+        assert_read_denied(f, &[], &f.secret());
+    }
 }
 
 #[test]
 fn write_into_data_is_denied() {
-    let Some(f) = fixture() else { return };
-    let data = f.new_data();
-    let args = attack("write-data", None);
-    assert_denied(&confined(&f.profile, &data, &f.new_out(), &[], &args));
-    assert!(!data.join("evil.txt").exists());
-    // The control: unconfined, the same write into the same --data lands.
-    assert_succeeded(&unconfined(&data, &f.new_out(), &args));
-    assert!(data.join("evil.txt").exists());
+    for f in fixtures() {
+        let data = f.new_data();
+        let args = attack("write-data", None);
+        assert_denied(&confined(f, &f.profile, &data, &f.new_out(), &[], &args));
+        assert!(!data.join("evil.txt").exists());
+        // The control: unconfined, the same write into the same --data lands.
+        assert_succeeded(&unconfined(f, &data, &f.new_out(), &args));
+        assert!(data.join("evil.txt").exists());
+    }
 }
 
 #[test]
 fn write_outside_out_is_denied() {
-    let Some(f) = fixture() else { return };
-    // --out's parent is the attack's target: one of its own.
-    let parent = f.fresh("parent");
-    let out = parent.join("out");
-    std::fs::create_dir(&out).unwrap();
-    let args = attack("write-outside", None);
-    assert_denied(&confined(&f.profile, &f.data(), &out, &[], &args));
-    assert!(!parent.join("evil.txt").exists());
-    // The control: unconfined, the same write lands beside --out.
-    assert_succeeded(&unconfined(&f.data(), &out, &args));
-    assert!(parent.join("evil.txt").exists());
+    for f in fixtures() {
+        // --out's parent is the attack's target: one of its own.
+        let parent = f.fresh("parent");
+        let out = parent.join("out");
+        std::fs::create_dir(&out).unwrap();
+        let args = attack("write-outside", None);
+        assert_denied(&confined(f, &f.profile, &f.data(), &out, &[], &args));
+        assert!(!parent.join("evil.txt").exists());
+        // The control: unconfined, the same write lands beside --out.
+        assert_succeeded(&unconfined(f, &f.data(), &out, &args));
+        assert!(parent.join("evil.txt").exists());
+    }
 }
 
 #[test]
 fn execve_bin_sh_is_denied() {
-    let Some(f) = fixture() else { return };
-    let args = attack("exec-sh", None);
-    let out = run_attack(f, &[], &args);
-    assert_denied(&out);
-    assert!(!text(&out.stdout).contains("shell"));
-    // The control: unconfined, /bin/sh runs (and replaces the attack).
-    let free = unconfined(&f.data(), &f.new_out(), &args);
-    assert!(free.status.success(), "{}", text(&free.stderr));
-    assert_eq!(text(&free.stdout), "shell\n");
+    for f in fixtures() {
+        let args = attack("exec-sh", None);
+        let out = run_attack(f, &[], &args);
+        assert_denied(&out);
+        assert!(!text(&out.stdout).contains("shell"));
+        // The control: unconfined, /bin/sh runs (and replaces the attack).
+        let free = unconfined(f, &f.data(), &f.new_out(), &args);
+        assert!(free.status.success(), "{}", text(&free.stderr));
+        assert_eq!(text(&free.stdout), "shell\n");
+    }
 }
 
 attack_stopped_by_policy!(
@@ -358,51 +432,54 @@ attack_stopped_by_policy!(fork_bomb_is_stopped, "fork-bomb", "clone(");
 
 #[test]
 fn fork_bomb_under_a_forking_profile_hits_the_process_limit() {
-    let Some(f) = fixture() else { return };
-    let out = f.new_out();
-    let r = run_with(
-        f,
-        &f.forking_profile,
-        &out,
-        &["--max-procs", "32", "--timeout", "60s"],
-        Some("fork-bomb"),
-    );
-    let err = text(&r.stderr);
-    assert_eq!(r.status.code(), Some(122), "stderr: {err}");
-    assert!(
-        err.contains("limit hit: processes (--max-procs 32)"),
-        "{err}"
-    );
+    for f in fixtures() {
+        let out = f.new_out();
+        let r = run_with(
+            f,
+            &f.forking_profile,
+            &out,
+            &["--max-procs", "32", "--timeout", "60s"],
+            Some("fork-bomb"),
+        );
+        let err = text(&r.stderr);
+        assert_eq!(r.status.code(), Some(122), "stderr: {err}");
+        assert!(
+            err.contains("limit hit: processes (--max-procs 32)"),
+            "{err}"
+        );
+    }
 }
 
 #[test]
 fn memory_bomb_hits_the_memory_limit() {
-    let Some(f) = fixture() else { return };
-    let out = run(f, &["--memory", "256M"], Some("memory-bomb"));
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(122), "stderr: {err}");
-    assert!(err.contains("limit hit: memory (--memory 256 MiB"), "{err}");
+    for f in fixtures() {
+        let out = run(f, &["--memory", "256M"], Some("memory-bomb"));
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(122), "stderr: {err}");
+        assert!(err.contains("limit hit: memory (--memory 256 MiB"), "{err}");
+    }
 }
 
 #[test]
 fn writing_past_the_file_size_limit_is_stopped() {
-    let Some(f) = fixture() else { return };
-    let dir = f.new_out();
-    // --keep-partial: a stopped run's outputs are otherwise not delivered.
-    let out = run_in(
-        f,
-        &dir,
-        &["--max-file-size", "8M", "--keep-partial"],
-        Some("big-file"),
-    );
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(122), "stderr: {err}");
-    assert!(
-        err.contains("limit hit: file size (--max-file-size 8 MiB)"),
-        "{err}"
-    );
-    let len = std::fs::metadata(dir.join("big.bin")).unwrap().len();
-    assert!(len <= 8 << 20, "{len} bytes written");
+    for f in fixtures() {
+        let dir = f.new_out();
+        // --keep-partial: a stopped run's outputs are otherwise not delivered.
+        let out = run_in(
+            f,
+            &dir,
+            &["--max-file-size", "8M", "--keep-partial"],
+            Some("big-file"),
+        );
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(122), "stderr: {err}");
+        assert!(
+            err.contains("limit hit: file size (--max-file-size 8 MiB)"),
+            "{err}"
+        );
+        let len = std::fs::metadata(dir.join("big.bin")).unwrap().len();
+        assert!(len <= 8 << 20, "{len} bytes written");
+    }
 }
 
 /// Processes whose command line names `path` (an `--out` of this test's).
@@ -432,26 +509,27 @@ fn processes_naming(path: &Path) -> Vec<String> {
 /// is left (the tree was killed, not just the program).
 #[test]
 fn running_past_the_timeout_kills_the_tree() {
-    let Some(f) = fixture() else { return };
-    let out = f.new_out();
-    let r = run_with(
-        f,
-        &f.forking_profile,
-        &out,
-        // A stopped run delivers its outputs only with --keep-partial: the
-        // child's marker file shows the tree had forked.
-        &["--timeout", "2s", "--keep-partial"],
-        Some("spin-tree"),
-    );
-    let err = text(&r.stderr);
-    assert_eq!(r.status.code(), Some(124), "stderr: {err}");
-    assert!(
-        err.contains("timeout: the analysis ran past --timeout"),
-        "{err}"
-    );
-    assert!(!text(&r.stdout).contains("ATTACK SUCCEEDED"));
-    assert!(out.join("child-started").exists(), "the tree never forked");
-    assert_eq!(processes_naming(&out), Vec::<String>::new());
+    for f in fixtures() {
+        let out = f.new_out();
+        let r = run_with(
+            f,
+            &f.forking_profile,
+            &out,
+            // A stopped run delivers its outputs only with --keep-partial: the
+            // child's marker file shows the tree had forked.
+            &["--timeout", "2s", "--keep-partial"],
+            Some("spin-tree"),
+        );
+        let err = text(&r.stderr);
+        assert_eq!(r.status.code(), Some(124), "stderr: {err}");
+        assert!(
+            err.contains("timeout: the analysis ran past --timeout"),
+            "{err}"
+        );
+        assert!(!text(&r.stdout).contains("ATTACK SUCCEEDED"));
+        assert!(out.join("child-started").exists(), "the tree never forked");
+        assert_eq!(processes_naming(&out), Vec::<String>::new());
+    }
 }
 
 #[test]
@@ -478,7 +556,7 @@ fn a_missing_program_is_a_runner_error() {
 fn data_must_be_a_directory() {
     let Some(f) = fixture() else { return };
     let file = f.data().join("sample1.txt");
-    let out = confined(&f.profile, &file, &f.new_out(), &[], &[]);
+    let out = confined(f, &f.profile, &file, &f.new_out(), &[], &[]);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{err}");
     assert!(
@@ -492,7 +570,7 @@ fn data_must_be_a_directory() {
 fn out_must_exist() {
     let Some(f) = fixture() else { return };
     let missing = f.dir.path().join("no-such-dir");
-    let out = confined(&f.profile, &f.data(), &missing, &[], &[]);
+    let out = confined(f, &f.profile, &f.data(), &missing, &[], &[]);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{err}");
     assert!(
@@ -592,13 +670,13 @@ fn unprivileged_run_uses_a_user_namespace() {
 /// `tresor run` under the benign profile, on the fixture's data and a
 /// fresh `--out`; the attack gets `args`.
 fn run_attack(f: &Fixture, extra: &[&str], args: &[&OsStr]) -> Output {
-    confined(&f.profile, &f.data(), &f.new_out(), extra, args)
+    confined(f, &f.profile, &f.data(), &f.new_out(), extra, args)
 }
 
 /// The same attack unconfined must succeed: otherwise a denial proves nothing.
 #[track_caller]
 fn assert_unconfined_succeeds(f: &Fixture, args: &[&OsStr]) {
-    assert_succeeded(&unconfined(&f.data(), &f.new_out(), args));
+    assert_succeeded(&unconfined(f, &f.data(), &f.new_out(), args));
 }
 
 /// `attack --attack read-target --target PATH`: succeeds unconfined (the
@@ -692,7 +770,7 @@ fn many_etc_files_in_a_profile_never_open_etc_shadow() {
     // The listed /etc files: read confined as they were profiled.
     let args = also_read(&granted);
     let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
-    let benign = confined(&profile, &f.data(), &f.new_out(), &[], &args);
+    let benign = confined(f, &profile, &f.data(), &f.new_out(), &[], &args);
     assert!(benign.status.success(), "{}", text(&benign.stderr));
     assert_eq!(
         text(&benign.stdout).matches("also read ").count(),
@@ -704,8 +782,8 @@ fn many_etc_files_in_a_profile_never_open_etc_shadow() {
     // unconfined (the control), refused confined.
     for target in [Path::new("/etc/shadow"), past[0].as_path()] {
         let read = attack("read-target", Some(target));
-        assert_succeeded(&unconfined(&f.data(), &f.new_out(), &read));
-        assert_denied(&confined(&profile, &f.data(), &f.new_out(), &[], &read));
+        assert_succeeded(&unconfined(f, &f.data(), &f.new_out(), &read));
+        assert_denied(&confined(f, &profile, &f.data(), &f.new_out(), &[], &read));
     }
 }
 
@@ -800,7 +878,7 @@ fn data_and_out_inside_a_tresor_mount() {
         std::fs::copy(e.path(), slides.join(e.file_name())).unwrap();
     }
     // `tresor run … -- attack` with --data and --out inside the mount.
-    let jailed = |args: &[&OsStr]| confined(&f.profile, &slides, &results, &[], args);
+    let jailed = |args: &[&OsStr]| confined(f, &f.profile, &slides, &results, &[], args);
     let benign = jailed(&[]);
     assert!(
         benign.status.success(),
@@ -809,7 +887,7 @@ fn data_and_out_inside_a_tresor_mount() {
     );
     // Byte-identical to the unconfined run on the plaintext.
     let free = f.new_out();
-    let plain = unconfined(&f.data(), &free, &[]);
+    let plain = unconfined(f, &f.data(), &free, &[]);
     assert!(plain.status.success(), "{}", text(&plain.stderr));
     assert_eq!(plain.stdout, benign.stdout);
     let result = std::fs::read(results.join("result.txt")).unwrap();
@@ -826,11 +904,11 @@ fn data_and_out_inside_a_tresor_mount() {
     let write = attack("write-data", None);
     assert_denied(&jailed(&write));
     assert!(!slides.join("evil.txt").exists());
-    assert_succeeded(&unconfined(&slides, &results, &write));
+    assert_succeeded(&unconfined(f, &slides, &results, &write));
     assert!(slides.join("evil.txt").exists());
     let read = attack("read-target", Some(&s.store));
     assert_denied(&jailed(&read));
-    assert_succeeded(&unconfined(&slides, &results, &read));
+    assert_succeeded(&unconfined(f, &slides, &results, &read));
     m.unmount();
 }
 

@@ -71,6 +71,9 @@ pub const DEFAULT_TMP_SIZE: u64 = 256 << 20;
 pub const DEFAULT_OUT_QUOTA: u64 = 1 << 30;
 pub use super::conditions::ROOT_MAPPED_ID;
 
+/// `RLIMIT_NPROC` is `--max-procs` plus this (see `prepare`).
+const NPROC_MARGIN: u64 = 16;
+
 /// Share of `--memory` a failing process must have reached (peak address
 /// space) for its death to be reported as the memory limit.
 const MEMORY_HIT_PERCENT: u64 = 85;
@@ -739,7 +742,16 @@ pub fn prepare(opts: &RunOptions) -> Result<(Prepared, Option<RulesetCreated>), 
     let inf = libc::RLIM_INFINITY;
     let rlimits = vec![
         (libc::RLIMIT_AS, opts.memory, opts.memory),
-        (libc::RLIMIT_NPROC, opts.max_procs, opts.max_procs),
+        // The backstop behind the supervisor's count, which stops the
+        // tree past --max-procs and says so: the kernel refuses forks
+        // only NPROC_MARGIN later (it also counts the namespace's first
+        // process, its init and zombies). Root's runs are not held by it
+        // (the kernel exempts uid 0 outside): the count holds them.
+        (
+            libc::RLIMIT_NPROC,
+            opts.max_procs.saturating_add(NPROC_MARGIN),
+            opts.max_procs.saturating_add(NPROC_MARGIN),
+        ),
         (libc::RLIMIT_NOFILE, MAX_OPEN_FILES, MAX_OPEN_FILES),
         (
             libc::RLIMIT_CPU,
@@ -1110,7 +1122,20 @@ impl Supervisor<'_> {
         } else {
             libc::WEXITSTATUS(st) != 0
         };
-        if failed {
+        if failed && self.stop.is_none() {
+            // A fork refused at RLIMIT_NPROC before the count saw the
+            // tasks: they are all still there (init has not been told).
+            let tasks = tasks_in_pid_namespace_of(pid);
+            if tasks > self.prep.max_procs {
+                self.stop(Stop::Limit(
+                    Limit::Processes,
+                    format!(
+                        "limit hit: processes (--max-procs {}): {tasks} tasks when a process failed",
+                        self.prep.max_procs
+                    ),
+                ));
+                return;
+            }
             if let Some(&asked) = self.refused_allocations.get(&pid) {
                 self.stop(Stop::Limit(
                     Limit::Memory,
@@ -1272,6 +1297,32 @@ impl Supervisor<'_> {
             }
         }
     }
+}
+
+/// Tasks (threads included) in the pid namespace of `pid`, but its init.
+fn tasks_in_pid_namespace_of(pid: i32) -> u64 {
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+    let Some(want) = ns(&pid.to_string()) else {
+        return 0;
+    };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|p| ns(p).as_ref() == Some(&want))
+        .filter(|p| {
+            // Not the namespace's init (its innermost pid is 1).
+            std::fs::read_to_string(format!("/proc/{p}/status")).is_ok_and(|st| {
+                st.lines()
+                    .find_map(|l| l.strip_prefix("NSpid:"))
+                    .and_then(|v| v.split_whitespace().last())
+                    != Some("1")
+            })
+        })
+        .map(|p| std::fs::read_dir(format!("/proc/{p}/task")).map_or(1, |t| t.count() as u64))
+        .sum()
 }
 
 /// A task's thread group and its address space now (`VmSize`), bytes.
