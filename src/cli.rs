@@ -388,6 +388,8 @@ fn cause_code(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
 fn pse_code(p: &PseError) -> u8 {
     match p {
         PseError::WrongPassphrase => status::WRONG_PASSPHRASE,
+        // The PSE is fine: the machine is short of memory.
+        PseError::Crypto(crate::crypto::CryptoError::KdfMemory(_)) => status::FAILURE,
         _ => status::CORRUPT_PSE,
     }
 }

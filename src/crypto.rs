@@ -34,6 +34,10 @@ pub enum CryptoError {
     /// Key-derivation parameters were refused.
     #[error("key derivation: {0}")]
     Kdf(String),
+    /// The memory key derivation needs could not be allocated (the PSE
+    /// is fine; this machine or process is short of memory).
+    #[error("key derivation: {0}")]
+    KdfMemory(String),
     /// An RSA operation failed.
     #[error("RSA: {0}")]
     Rsa(String),
@@ -271,7 +275,7 @@ pub fn derive_passphrase_key(
     blocks
         .try_reserve_exact(argon.params().block_count())
         .map_err(|_| {
-            CryptoError::Kdf(format!(
+            CryptoError::KdfMemory(format!(
                 "Argon2id needs {} MiB of memory (m={} KiB) and this process cannot allocate it; \
                  free memory or raise the process's memory limit",
                 params.m_kib / 1024,

@@ -939,6 +939,8 @@ fn crafted_pse_work_factors_are_refused_before_any_work() {
         !err.contains("panicked") && code.is_some(),
         "{code:?}: {err}"
     );
+    // The PSE is fine, the process is short of memory: not "corrupted" (4).
+    assert_eq!(code, Some(1), "{err}");
     for (m, t, p, bound) in [
         (8192, 17, 1, "exceed the ceiling"),
         (8192, 1, 9, "exceed the ceiling"),
