@@ -1,9 +1,10 @@
 //! The README's walkthrough, run as written (issue 15): every `sh` and
-//! `console` block from "User guide" to the end of "Running an analysis
-//! confined", in order, in one fresh environment. The only changes: paths
-//! outside the test's own home (`/srv/`, `/media/stick/`, `/home/ward`)
-//! point into a temp dir, `target/debug/examples/` to the examples this
-//! test run built, and every tresor command that would prompt gets the
+//! `console` block from "User guide" to the end of "Virtual slides and the
+//! Ki-67 analysis", in order, in one fresh environment. The only changes:
+//! paths outside the test's own home (`/srv/`, `/media/stick/`,
+//! `/home/ward`) point into a temp dir, `target/debug/examples/` to the
+//! examples and `target/release/tresor-*` to the binaries this test run
+//! built, and every tresor command that would prompt gets the
 //! passphrase from a file instead (the prompt itself is tested elsewhere).
 //! A console block's output lines must appear in what the command printed
 //! (digits compared as digits, lines with "…" or a passphrase prompt not
@@ -26,11 +27,11 @@ struct Step {
 
 /// The sections run, in the README's order.
 const FIRST: &str = "## User guide";
-const LAST: &str = "## Virtual slides and the Ki-67 analysis";
+const LAST: &str = "## What the demo shows";
 
 fn steps(readme: &str) -> Vec<Step> {
     let start = readme.find(FIRST).expect("README has a User guide");
-    let end = readme.find(LAST).expect("README has the slides section");
+    let end = readme.find(LAST).expect("README has the demo section");
     let mut out: Vec<Step> = Vec::new();
     let mut section = String::new();
     let mut block: Option<&str> = None;
@@ -115,6 +116,12 @@ fn the_readme_walkthrough_runs_as_written() {
         fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     let steps = steps(&readme);
     assert!(steps.len() > 40, "only {} commands found", steps.len());
+    assert!(
+        steps
+            .iter()
+            .any(|s| s.cmd.contains("tresor-ki67 slide.tiff")),
+        "the slides section is part of the walkthrough"
+    );
     let examples = examples_dir().to_path_buf();
     let root = tempfile::Builder::new()
         .prefix("tresor-readme-")
@@ -150,6 +157,14 @@ fn the_readme_walkthrough_runs_as_written() {
             .replace(
                 "target/debug/examples/",
                 &format!("{}/", examples.display()),
+            )
+            .replace(
+                "target/release/tresor-slide",
+                env!("CARGO_BIN_EXE_tresor-slide"),
+            )
+            .replace(
+                "target/release/tresor-ki67",
+                env!("CARGO_BIN_EXE_tresor-ki67"),
             )
     };
     for step in &steps {
