@@ -357,15 +357,111 @@ fn a_missing_key_file_is_a_sentence_not_a_log_line() {
 
 /// One row of the exit-status table: the same failure in every command
 /// that can meet it gives the same status (docs/CLI.md).
+/// Each run failed with `want`, and says so in one sentence on stderr:
+/// `tresor: …`, one line, no log line (level, timestamp, colour), no
+/// panic, no Rust debug output.
 fn expect_status(want: i32, what: &str, runs: Vec<(String, Output)>) {
     for (cmd, o) in runs {
         assert_eq!(code(&o), want, "{what}: `tresor {cmd}` → {}", text(&o));
         let e = String::from_utf8_lossy(&o.stderr);
         assert!(
-            e.starts_with("tresor: "),
+            e.starts_with("tresor: ") && e.trim_end().lines().count() == 1,
             "{what}: `tresor {cmd}` says {e:?}, not a sentence"
         );
+        for bad in [
+            "\x1b[",
+            "panicked",
+            " ERROR ",
+            " WARN ",
+            "Error {",
+            "Os {",
+            "RUST_BACKTRACE",
+        ] {
+            assert!(!e.contains(bad), "{what}: `tresor {cmd}` says {e:?}");
+        }
     }
+}
+
+/// Status 1, "any other failure", for the mistakes a new user makes first:
+/// each a sentence naming the file or directory and what to do.
+#[test]
+fn a_new_users_mistakes_are_sentences() {
+    let ts = TestStore::new(&["g"]);
+    let dir = ts.dir.path();
+    let s = ts.store.to_str().unwrap();
+    let run = |args: &[&str]| -> (String, Output) {
+        (
+            args.join(" "),
+            tresor().args(args).current_dir(dir).output().unwrap(),
+        )
+    };
+    let pse = ts.pse.to_str().unwrap();
+    let pass = ts.pass.to_str().unwrap();
+    fs::create_dir(dir.join("full")).unwrap();
+    fs::write(dir.join("full/x"), "x").unwrap();
+    let runs = vec![
+        run(&[
+            "mount",
+            s,
+            "no-such-dir",
+            "--pse",
+            pse,
+            "--passphrase-file",
+            pass,
+        ]),
+        run(&["mount", s, "full", "--pse", pse, "--passphrase-file", pass]),
+        run(&[
+            "mount",
+            s,
+            "full",
+            "--pse",
+            "no.pse",
+            "--passphrase-file",
+            pass,
+        ]),
+        run(&[
+            "mount",
+            s,
+            "full",
+            "--pse",
+            pse,
+            "--passphrase-file",
+            "no-such-file",
+        ]),
+        run(&["init", "new-store", "--pse", pse, "--passphrase-file", pass]),
+        run(&["verify", "no-such-document"]),
+        run(&[
+            "profile",
+            "--out",
+            "p.json",
+            "--data",
+            "no-such-dir",
+            "--",
+            "true",
+        ]),
+        run(&["profile", "show", "no-such-profile.json"]),
+    ];
+    for (cmd, o) in &runs {
+        let e = String::from_utf8_lossy(&o.stderr);
+        let names = [
+            "no-such-dir",
+            "full",
+            "no.pse",
+            "no-such-file",
+            "admin.pse",
+            "no-such-document",
+            "no-such-profile.json",
+        ];
+        assert!(
+            names.iter().any(|n| e.contains(n)),
+            "`tresor {cmd}` does not name what is wrong: {e:?}"
+        );
+    }
+    expect_status(1, "a new user's mistake", runs);
+    assert!(
+        !dir.join("new-store").exists(),
+        "a refused init left a store behind"
+    );
 }
 
 #[test]
