@@ -677,11 +677,16 @@ impl RootPlan {
             .iter()
             .filter(|f| RootPlan::private(f) && f.is_file())
             .map(|f| (f, Access::Read));
-        let bound = data
+        let mut bound: Vec<(&PathBuf, Access)> = data
             .iter()
             .map(|d| (d, Access::Data))
             .chain(writable.iter().map(|d| (d, Access::Write)))
-            .chain(private_files);
+            .chain(private_files)
+            .collect();
+        // Outer first, so that nothing bound hides what is bound inside it
+        // (a --data inside a --writable stays read-only); at one path the
+        // read-only binding goes last and wins.
+        bound.sort_by_key(|(p, a)| (p.components().count(), *a != Access::Write));
         for (path, access) in bound {
             let is_dir = access != Access::Read;
             // Below the private trees the way to it is made (and stays
@@ -855,6 +860,46 @@ mod tests {
     use super::*;
     use crate::sandbox::profile::{Access as PA, Mode, Program};
     use crate::sandbox::syscalls::Arch;
+
+    /// A --data inside a --writable is bound after it (so it stays
+    /// read-only), and at one path the read-only binding comes last.
+    #[test]
+    fn wide_view_binds_outer_first_and_read_only_last() {
+        let w = PathBuf::from("/tmp/x/w");
+        let d = w.join("d");
+        let plan = RootPlan::wide(
+            &[d.clone(), w.clone()],
+            std::slice::from_ref(&w),
+            &[],
+            Path::new("/"),
+            1 << 20,
+        )
+        .unwrap();
+        let binds: Vec<(String, u64)> = plan
+            .ops
+            .windows(2)
+            .filter_map(|o| match o {
+                [RootOp::Mount { target, flags, .. }, RootOp::Attr { set, .. }]
+                    if flags & libc::MS_BIND != 0 =>
+                {
+                    Some((target.to_string_lossy().into_owned(), *set))
+                }
+                _ => None,
+            })
+            .collect();
+        let ro = |s: u64| s & sys::MOUNT_ATTR_RDONLY != 0;
+        let at: Vec<_> = binds
+            .iter()
+            .filter(|(t, _)| t.starts_with("/newroot/tmp"))
+            .collect();
+        assert_eq!(at.len(), 3, "{binds:?}");
+        assert_eq!(at[0].0, "/newroot/tmp/x/w");
+        assert!(!ro(at[0].1));
+        assert_eq!(at[1].0, "/newroot/tmp/x/w");
+        assert!(ro(at[1].1), "the read-only binding of the same path wins");
+        assert_eq!(at[2].0, "/newroot/tmp/x/w/d");
+        assert!(ro(at[2].1));
+    }
 
     fn profile() -> Profile {
         Profile::new(
