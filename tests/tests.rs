@@ -4,6 +4,7 @@ mod util;
 
 mod access;
 mod cli;
+mod coherence;
 mod demo;
 mod docs;
 mod durability;
