@@ -9,6 +9,7 @@ mod demo;
 mod docs;
 mod durability;
 mod escape;
+mod fsx;
 mod login;
 mod mount;
 mod policy;
