@@ -284,7 +284,8 @@ fn run(m: &Mount, seed: u64, ops: usize) -> Vec<u8> {
         }
         match op {
             Op::Write { off, len } => {
-                let data: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+                let mut data = vec![0u8; len];
+                rng.fill(&mut data[..]);
                 if let Err(e) = f.write_all_at(&data, off) {
                     fail(i, &recent, format!("pwrite: {e}"));
                 }
@@ -332,7 +333,8 @@ fn run(m: &Mount, seed: u64, ops: usize) -> Vec<u8> {
                     .unwrap_or_else(|e| fail(i, &recent, format!("mmap: {e}")));
                 let view = &mut map.bytes()[skip..];
                 if write {
-                    let data: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+                    let mut data = vec![0u8; len];
+                    rng.fill(&mut data[..]);
                     view.copy_from_slice(&data);
                     if let Err(e) = map.sync() {
                         fail(i, &recent, format!("msync: {e}"));
