@@ -221,10 +221,23 @@ pub fn allocate(file: &File, c: &FileCipher, off: u64, len: u64) -> Result<(), C
 /// backing file); format 2 first copies the record in force into the other
 /// slot, so after the sync both slots hold the synced state.
 pub fn sync(file: &File, c: &FileCipher, datasync: bool) -> Result<(), ContentError> {
+    prepare_sync(file, c)?;
+    sync_backing(file, datasync)
+}
+
+/// The first half of [`sync`], an update (the caller's per-file lock
+/// exclusive): format 2 copies the record in force into the other slot.
+pub fn prepare_sync(file: &File, c: &FileCipher) -> Result<(), ContentError> {
     if !c.is_v1() {
         let _lock = BackingLock::exclusive(file)?;
         v2::mirror(file, c)?;
     }
+    Ok(())
+}
+
+/// The second half of [`sync`]: `fsync`/`fdatasync` of the backing file,
+/// which readers need not wait for (the caller's per-file lock shared).
+pub fn sync_backing(file: &File, datasync: bool) -> Result<(), ContentError> {
     if datasync {
         file.sync_data()?;
     } else {

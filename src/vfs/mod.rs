@@ -1515,9 +1515,11 @@ impl Vfs {
         self.gate(true)?;
         let h = self.handle(fh)?;
         match &*h {
-            // Exclusive: the sync updates the size record's other slot.
+            // The record's other slot is an update (exclusive); the backing
+            // fsync after it need not hold readers up.
             Handle::File { file, state, path } => state
-                .with(true, |c| content::sync(file, c, datasync))
+                .with(true, |c| content::prepare_sync(file, c))
+                .and_then(|()| state.with(false, |_| content::sync_backing(file, datasync)))
                 .map_err(|e| content_err(path, e)),
             Handle::Dir { .. } | Handle::Revoked => Ok(()),
         }
