@@ -123,6 +123,21 @@ fn xattr_reply(reply: ReplyXattr, size: u32, data: Result<Vec<u8>, VfsError>) {
     }
 }
 
+/// How the kernel is to treat a regular file opened with `flags`: an
+/// `O_APPEND` descriptor bypasses the page cache, so each `write(2)` (up to
+/// the maximum request size) reaches the driver as one request, which
+/// appends it whole at the end as it is in the store — through the page
+/// cache the kernel splits a write at a partly written page, and another
+/// mount's append could land between the parts (docs/DURABILITY.md, "Many
+/// mounts").
+fn file_open_flags(flags: i32) -> FopenFlags {
+    if flags & libc::O_APPEND != 0 {
+        FopenFlags::FOPEN_DIRECT_IO
+    } else {
+        FopenFlags::empty()
+    }
+}
+
 impl Filesystem for TresorFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let _ = config.set_max_write(MAX_IO);
@@ -136,6 +151,15 @@ impl Filesystem for TresorFs {
         // I/O error of the store is the writer's error at write(2) — with the
         // cache the kernel would accept writes it can never store (issue 14)
         // — and the kernel takes sizes from us, not from its own cache.
+        // Another mount may change a file (docs/DURABILITY.md, "Many
+        // mounts"): an open drops the file's cached pages (no keep_cache),
+        // and a size seen to change (attributes live TTL) drops them too.
+        // Not FUSE_AUTO_INVAL_DATA: it would drop them on every change of
+        // the modification time, also after each write of this mount —
+        // measured, a read after a write went from 2.5 to 10 ms.
+        // O_APPEND descriptors are direct (`file_open_flags`); they may
+        // still be mapped.
+        let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
         // `ls -l` and friends: entries and attributes in one round trip.
         let _ = config
             .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
@@ -286,7 +310,7 @@ impl Filesystem for TresorFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.vfs.open(ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), file_open_flags(flags.0)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -316,11 +340,18 @@ impl Filesystem for TresorFs {
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.vfs.write(fh.0, offset, data) {
+        // O_APPEND: at the end as it is in the store, which another mount
+        // may have moved past the kernel's cached size.
+        let r = if flags.0 & libc::O_APPEND != 0 {
+            self.vfs.append(fh.0, data)
+        } else {
+            self.vfs.write(fh.0, offset, data)
+        };
+        match r {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
         }
@@ -537,7 +568,7 @@ impl Filesystem for TresorFs {
                 &file_attr(&a),
                 Generation(a.generation),
                 FileHandle(fh),
-                FopenFlags::empty(),
+                file_open_flags(flags),
             ),
             Err(e) => reply.error(errno(&e)),
         }

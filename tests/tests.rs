@@ -4,10 +4,12 @@ mod util;
 
 mod access;
 mod cli;
+mod coherence;
 mod demo;
 mod docs;
 mod durability;
 mod escape;
+mod fsx;
 mod login;
 mod mount;
 mod policy;

@@ -1,7 +1,13 @@
 //! Reading and writing the blocks of one encrypted file at any offset.
 //!
 //! All functions take the backing file and the file's cipher; the caller
-//! holds the file's lock (readers shared, writers exclusive). The header's
+//! holds the file's lock in this process (readers shared, writers
+//! exclusive). Against other mounts of the store — other processes, other
+//! hosts sharing the store directory — each function holds an open file
+//! description lock on the backing file for its whole read-modify-write
+//! ([`BackingLock`]: `F_OFD_SETLKW`, shared for reads, exclusive for
+//! updates), and format 2 checks under it that the size record it keeps is
+//! still the one on disk (docs/DURABILITY.md, "Many mounts"). The header's
 //! version picks the layout: [`v1`] (last-block flag) or [`v2`] (two-slot
 //! size record, docs/FORMAT.md §5b). Every backing write goes through
 //! [`pwrite`] / [`set_len`], where the durability tests inject faults.
@@ -86,6 +92,11 @@ pub fn init_empty(file: &File, c: &FileCipher) -> Result<(), ContentError> {
 
 /// Plaintext size of the file.
 pub fn plain_size(file: &File, c: &FileCipher) -> Result<u64, ContentError> {
+    let _lock = BackingLock::shared(file)?;
+    size_unlocked(file, c)
+}
+
+fn size_unlocked(file: &File, c: &FileCipher) -> Result<u64, ContentError> {
     if c.is_v1() {
         v1::plain_size(file)
     } else {
@@ -97,6 +108,7 @@ pub fn plain_size(file: &File, c: &FileCipher) -> Result<u64, ContentError> {
 /// non-steady by a crash to the steady one (format 2, writable `file`), so
 /// the next `stat` needs no key. Format 1: the size from the length.
 pub fn settle(file: &File, c: &FileCipher) -> Result<u64, ContentError> {
+    let _lock = BackingLock::exclusive(file)?;
     if c.is_v1() {
         v1::plain_size(file)
     } else {
@@ -118,6 +130,7 @@ pub fn size_from_len(len: u64, v2_store: bool) -> Option<u64> {
 
 /// Reads up to `len` bytes at `off`. Short at end of file; empty past it.
 pub fn read_at(file: &File, c: &FileCipher, off: u64, len: usize) -> Result<Vec<u8>, ContentError> {
+    let _lock = BackingLock::shared(file)?;
     if c.is_v1() {
         v1::read_at(file, c, off, len)
     } else {
@@ -132,6 +145,11 @@ pub fn write_at(file: &File, c: &FileCipher, off: u64, data: &[u8]) -> Result<()
     }
     off.checked_add(data.len() as u64)
         .ok_or_else(|| io::Error::from_raw_os_error(libc::EFBIG))?;
+    let _lock = BackingLock::exclusive(file)?;
+    write_unlocked(file, c, off, data)
+}
+
+fn write_unlocked(file: &File, c: &FileCipher, off: u64, data: &[u8]) -> Result<(), ContentError> {
     if c.is_v1() {
         v1::write_at(file, c, off, data)
     } else {
@@ -139,8 +157,27 @@ pub fn write_at(file: &File, c: &FileCipher, off: u64, data: &[u8]) -> Result<()
     }
 }
 
+/// Appends `data` at the end of the file as it is on disk now — not where
+/// this mount last saw the end, which another mount may have moved (an
+/// `O_APPEND` write). Returns the offset written at.
+pub fn append(file: &File, c: &FileCipher, data: &[u8]) -> Result<u64, ContentError> {
+    let _lock = BackingLock::exclusive(file)?;
+    let off = size_unlocked(file, c)?;
+    if !data.is_empty() {
+        off.checked_add(data.len() as u64)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EFBIG))?;
+        write_unlocked(file, c, off, data)?;
+    }
+    Ok(off)
+}
+
 /// Sets the plaintext size.
 pub fn truncate(file: &File, c: &FileCipher, new: u64) -> Result<(), ContentError> {
+    let _lock = BackingLock::exclusive(file)?;
+    truncate_unlocked(file, c, new)
+}
+
+fn truncate_unlocked(file: &File, c: &FileCipher, new: u64) -> Result<(), ContentError> {
     if c.is_v1() {
         v1::truncate(file, c, new)
     } else {
@@ -151,6 +188,7 @@ pub fn truncate(file: &File, c: &FileCipher, new: u64) -> Result<(), ContentErro
 /// `SEEK_DATA` (`data`) or `SEEK_HOLE` from plaintext offset `off`
 /// (ENXIO at or past the end). Format 1 has no holes.
 pub fn seek(file: &File, c: &FileCipher, off: u64, data: bool) -> Result<u64, ContentError> {
+    let _lock = BackingLock::shared(file)?;
     if c.is_v1() {
         let size = v1::plain_size(file)?;
         if off >= size {
@@ -168,8 +206,9 @@ pub fn allocate(file: &File, c: &FileCipher, off: u64, len: u64) -> Result<(), C
     let end = off
         .checked_add(len)
         .ok_or_else(|| io::Error::from_raw_os_error(libc::EFBIG))?;
-    if end > plain_size(file, c)? {
-        truncate(file, c, end)?;
+    let _lock = BackingLock::exclusive(file)?;
+    if end > size_unlocked(file, c)? {
+        truncate_unlocked(file, c, end)?;
     }
     if c.is_v1() {
         Ok(())
@@ -182,9 +221,23 @@ pub fn allocate(file: &File, c: &FileCipher, off: u64, len: u64) -> Result<(), C
 /// backing file); format 2 first copies the record in force into the other
 /// slot, so after the sync both slots hold the synced state.
 pub fn sync(file: &File, c: &FileCipher, datasync: bool) -> Result<(), ContentError> {
+    prepare_sync(file, c)?;
+    sync_backing(file, datasync)
+}
+
+/// The first half of [`sync`], an update (the caller's per-file lock
+/// exclusive): format 2 copies the record in force into the other slot.
+pub fn prepare_sync(file: &File, c: &FileCipher) -> Result<(), ContentError> {
     if !c.is_v1() {
+        let _lock = BackingLock::exclusive(file)?;
         v2::mirror(file, c)?;
     }
+    Ok(())
+}
+
+/// The second half of [`sync`]: `fsync`/`fdatasync` of the backing file,
+/// which readers need not wait for (the caller's per-file lock shared).
+pub fn sync_backing(file: &File, datasync: bool) -> Result<(), ContentError> {
     if datasync {
         file.sync_data()?;
     } else {
@@ -206,8 +259,146 @@ pub(crate) fn read_full(file: &File, buf: &mut [u8], off: u64) -> io::Result<usi
     Ok(done)
 }
 
+/// An open file description (OFD) lock on a whole backing file, held for
+/// one read-modify-write and released on drop (and by the kernel if the
+/// process dies). It orders this mount against every other driver on the
+/// store — another process, or another host when the store directory is on
+/// NFS, which carries OFD locks to the server. Shared for reads, exclusive
+/// for updates; a descriptor opened read-only takes a shared lock (it
+/// cannot update). Within one process the caller's per-file lock comes
+/// first, so two descriptors of one mount never wait on each other here.
+pub(crate) struct BackingLock<'a> {
+    file: &'a File,
+    /// The holders count of a shared lock (`None`: exclusive).
+    shared: Option<Holders>,
+}
+
+/// Shared locks on one descriptor held in this process: OFD locks belong
+/// to the open file description, not to a thread, so the first reader
+/// takes the lock and the last one releases it — else one reader's unlock
+/// would leave another reading unprotected.
+type Holders = std::sync::Arc<Mutex<usize>>;
+
+fn holders(fd: std::os::fd::RawFd) -> Holders {
+    use std::collections::HashMap;
+    use std::sync::OnceLock;
+    static MAP: OnceLock<Mutex<HashMap<std::os::fd::RawFd, Holders>>> = OnceLock::new();
+    // Entries are kept (one per descriptor number): removing one while
+    // another thread waits on it would split a descriptor's count in two.
+    let mut m = MAP
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    m.entry(fd).or_default().clone()
+}
+
+fn setlkw(fd: std::os::fd::RawFd, kind: libc::c_int) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg};
+    let fl = whole_file(kind);
+    loop {
+        match fcntl(fd, FcntlArg::F_OFD_SETLKW(&fl)) {
+            Ok(_) => return Ok(()),
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => {
+                return Err(io::Error::new(
+                    io::Error::from(e).kind(),
+                    format!(
+                        "cannot lock the backing file against other mounts ({e}); \
+                         the store's filesystem must support fcntl (OFD) locks"
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+impl<'a> BackingLock<'a> {
+    /// Shared: other readers may hold it too, no writer.
+    pub(crate) fn shared(file: &'a File) -> io::Result<BackingLock<'a>> {
+        Self::take(file, false)
+    }
+
+    /// Exclusive (if `file` is writable): no other lock at the same time.
+    /// The caller's per-file lock keeps every other operation of this
+    /// process on the file out meanwhile.
+    pub(crate) fn exclusive(file: &'a File) -> io::Result<BackingLock<'a>> {
+        Self::take(file, true)
+    }
+
+    fn take(file: &'a File, exclusive: bool) -> io::Result<BackingLock<'a>> {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        use std::os::fd::AsRawFd;
+        let fd = file.as_raw_fd();
+        let writable = fcntl(fd, FcntlArg::F_GETFL)
+            .map(|fl| OFlag::from_bits_truncate(fl) & OFlag::O_ACCMODE != OFlag::O_RDONLY)
+            .map_err(io::Error::from)?;
+        if exclusive && writable {
+            setlkw(fd, libc::F_WRLCK)?;
+            return Ok(BackingLock { file, shared: None });
+        }
+        let h = holders(fd);
+        {
+            let mut n = h.lock().unwrap_or_else(|e| e.into_inner());
+            if *n == 0 {
+                setlkw(fd, libc::F_RDLCK)?;
+            }
+            *n += 1;
+        }
+        Ok(BackingLock {
+            file,
+            shared: Some(h),
+        })
+    }
+}
+
+impl Drop for BackingLock<'_> {
+    fn drop(&mut self) {
+        use nix::fcntl::{fcntl, FcntlArg};
+        use std::os::fd::AsRawFd;
+        let unlock = || {
+            let _ = fcntl(
+                self.file.as_raw_fd(),
+                FcntlArg::F_OFD_SETLK(&whole_file(libc::F_UNLCK)),
+            );
+        };
+        match &self.shared {
+            None => unlock(),
+            Some(h) => {
+                let mut n = h.lock().unwrap_or_else(|e| e.into_inner());
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    unlock();
+                }
+            }
+        }
+    }
+}
+
+fn whole_file(kind: libc::c_int) -> libc::flock {
+    libc::flock {
+        l_type: kind as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    }
+}
+
+/// Counts backing writes of this process, so a cached size record is
+/// re-read from disk only when an update may have changed it.
+static BACKING_WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn backing_writes() -> u64 {
+    BACKING_WRITES.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+fn count_write() {
+    BACKING_WRITES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// Every write to a content file's backing file.
 fn pwrite(file: &File, buf: &[u8], off: u64) -> io::Result<()> {
+    count_write();
     #[cfg(test)]
     recorder::write(buf, off);
     #[cfg(debug_assertions)]
@@ -225,6 +416,7 @@ fn pwrite(file: &File, buf: &[u8], off: u64) -> io::Result<()> {
 
 /// Every change of a content file's backing length.
 fn set_len(file: &File, len: u64) -> io::Result<()> {
+    count_write();
     #[cfg(test)]
     recorder::set_len(len);
     #[cfg(debug_assertions)]
@@ -425,6 +617,103 @@ mod tests {
     #[test]
     fn random_writes_and_truncates_match_a_shadow_v2() {
         shadow_test(2);
+    }
+
+    /// Whether another open file description would get a write lock now.
+    fn write_lock_free(path: &std::path::Path) -> bool {
+        use nix::fcntl::{fcntl, FcntlArg};
+        use std::os::fd::AsRawFd;
+        let other = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let mut fl = whole_file(libc::F_WRLCK);
+        fcntl(other.as_raw_fd(), FcntlArg::F_OFD_GETLK(&mut fl)).unwrap();
+        fl.l_type == libc::F_UNLCK as libc::c_short
+    }
+
+    /// Shared locks of one descriptor are counted: the lock stays until
+    /// the last reader lets go; an exclusive one excludes other mounts.
+    #[test]
+    fn backing_locks_hold_until_the_last_holder_lets_go() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let a = BackingLock::shared(f.as_file()).unwrap();
+        let b = BackingLock::shared(f.as_file()).unwrap();
+        assert!(!write_lock_free(f.path()), "a shared lock is held");
+        drop(a);
+        assert!(
+            !write_lock_free(f.path()),
+            "one reader's release must not unlock the other reader"
+        );
+        drop(b);
+        assert!(write_lock_free(f.path()), "the last reader releases");
+        let w = BackingLock::exclusive(f.as_file()).unwrap();
+        assert!(!write_lock_free(f.path()));
+        drop(w);
+        assert!(write_lock_free(f.path()));
+    }
+
+    /// Two ciphers of one file through two descriptors — two mounts: each
+    /// update of one is seen by the other, whose cached size record is
+    /// read again instead of trusted (else its stale tail and size would
+    /// overwrite the other's write, or its record counter collide).
+    #[test]
+    fn two_mounts_see_each_others_updates() {
+        for v in [1u16, 2] {
+            let key = SecretKey::from_bytes([3; 32]);
+            let f = tempfile::NamedTempFile::new().unwrap();
+            let c1 = cipher(v, key.clone());
+            init_empty(f.as_file(), &c1).unwrap();
+            let other = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(f.path())
+                .unwrap();
+            let c2 = cipher(v, key.clone());
+            let mut shadow = Vec::new();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+            for round in 0..300 {
+                let (file, c) = if round % 2 == 0 {
+                    (f.as_file(), &c1)
+                } else {
+                    (&other, &c2)
+                };
+                match rng.gen_range(0..6) {
+                    0 => {
+                        let n = rng.gen_range(0..20_000usize);
+                        truncate(file, c, n as u64).unwrap();
+                        shadow.resize(n, 0);
+                    }
+                    1 => {
+                        let data: Vec<u8> = (0..rng.gen_range(1..300)).map(|_| rng.gen()).collect();
+                        let at = append(file, c, &data).unwrap();
+                        assert_eq!(at, shadow.len() as u64, "v{v} round {round}: append offset");
+                        shadow.extend_from_slice(&data);
+                    }
+                    2 => sync(file, c, false).unwrap(),
+                    _ => {
+                        let off = rng.gen_range(0..16_000usize);
+                        let len = rng.gen_range(1..6000usize);
+                        let data: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+                        write_at(file, c, off as u64, &data).unwrap();
+                        if shadow.len() < off + len {
+                            shadow.resize(off + len, 0);
+                        }
+                        shadow[off..off + len].copy_from_slice(&data);
+                    }
+                }
+                for (file, c) in [(f.as_file(), &c1), (&other, &c2)] {
+                    assert_eq!(
+                        plain_size(file, c).unwrap(),
+                        shadow.len() as u64,
+                        "v{v} round {round}"
+                    );
+                    let got = read_at(file, c, 0, 1 << 20).unwrap();
+                    assert!(got == shadow, "v{v} round {round}: content differs");
+                }
+            }
+        }
     }
 
     #[test]

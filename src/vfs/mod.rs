@@ -1487,6 +1487,16 @@ impl Vfs {
         Ok(u32::try_from(data.len()).unwrap_or(u32::MAX))
     }
 
+    /// Writes `data` at the end of the file as it is in the store now (an
+    /// `O_APPEND` write: the offset the kernel computed from its cached
+    /// size is stale if another mount appended meanwhile); returns the
+    /// count written.
+    pub fn append(&self, fh: u64, data: &[u8]) -> Result<u32> {
+        self.gate(true)?;
+        self.with_file(fh, true, |file, c| content::append(file, c, data))?;
+        Ok(u32::try_from(data.len()).unwrap_or(u32::MAX))
+    }
+
     /// Extends the file to cover `[offset, offset + len)` and reserves the
     /// store's space for it (fallocate mode 0).
     pub fn allocate(&self, fh: u64, offset: u64, len: u64) -> Result<()> {
@@ -1505,8 +1515,11 @@ impl Vfs {
         self.gate(true)?;
         let h = self.handle(fh)?;
         match &*h {
+            // The record's other slot is an update (exclusive); the backing
+            // fsync after it need not hold readers up.
             Handle::File { file, state, path } => state
-                .with(false, |c| content::sync(file, c, datasync))
+                .with(true, |c| content::prepare_sync(file, c))
+                .and_then(|()| state.with(false, |_| content::sync_backing(file, datasync)))
                 .map_err(|e| content_err(path, e)),
             Handle::Dir { .. } | Handle::Revoked => Ok(()),
         }

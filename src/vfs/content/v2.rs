@@ -56,6 +56,54 @@ pub(super) struct Record {
     /// Staged blocks the record counts (an overwrite cut off by a crash):
     /// they override the blocks in place until written there.
     staged: BTreeMap<u64, Zeroizing<Vec<u8>>>,
+    /// The record slots' bytes and the backing length as this process last
+    /// left them: if they differ, another mount changed the file and the
+    /// record is read again (`None`: not taken yet).
+    seen: Option<Snapshot>,
+}
+
+/// What another mount's update of a file always changes: a commit writes a
+/// record with a higher counter into a slot, a mirror copies the record
+/// into the other slot, and the counters only grow — so equal slot bytes
+/// and length mean no update since.
+#[derive(Debug, PartialEq, Eq)]
+struct Snapshot {
+    len: u64,
+    slots: Vec<u8>,
+}
+
+fn snapshot(file: &File) -> Result<Snapshot, ContentError> {
+    let mut slots = vec![0u8; 2 * RECORD_SLOT_LEN as usize];
+    let n = read_full(file, &mut slots, slot_offset(0))?;
+    slots.truncate(n);
+    Ok(Snapshot {
+        len: file.metadata()?.len(),
+        slots,
+    })
+}
+
+/// Makes the cached record the one on disk (the caller holds the backing
+/// file's lock): keeps it if the file is as this process left it, else —
+/// another mount updated it — reads it again. With `load_if_none`, reads
+/// it if there is none yet.
+fn refresh(
+    g: &mut Option<Record>,
+    file: &File,
+    c: &FileCipher,
+    load_if_none: bool,
+) -> Result<(), ContentError> {
+    if let Some(rec) = g.as_ref() {
+        if rec.seen.as_ref() == Some(&snapshot(file)?) {
+            return Ok(());
+        }
+        *g = None;
+    } else if !load_if_none {
+        return Ok(());
+    }
+    let mut rec = load(file, c)?;
+    rec.seen = Some(snapshot(file)?);
+    *g = Some(rec);
+    Ok(())
 }
 
 impl Record {
@@ -171,6 +219,7 @@ fn load(file: &File, c: &FileCipher) -> Result<Record, ContentError> {
         other_newer,
         stale_tail: steady.is_none(),
         staged,
+        seen: None,
     })
 }
 
@@ -200,20 +249,25 @@ fn steady_len(size: u64) -> Result<u64, ContentError> {
     ciphertext_size(size).ok_or_else(|| ContentError::Io(io::Error::from_raw_os_error(libc::EFBIG)))
 }
 
-/// Runs `f` on the record in force (read from disk on first use). If `f`
-/// fails, the cached record is dropped, so the next call reads the slots
-/// again and re-checks the backing length.
+/// Runs `f` on the record in force (read from disk on first use, and
+/// again whenever another mount changed the file since; the caller holds
+/// the backing file's lock). If `f` fails, the cached record is dropped, so
+/// the next call reads the slots again and re-checks the backing length.
 fn with_record<T>(
     file: &File,
     c: &FileCipher,
     f: impl FnOnce(&mut Record) -> Result<T, ContentError>,
 ) -> Result<T, ContentError> {
     let mut g = c.record_slot();
-    if g.is_none() {
-        *g = Some(load(file, c)?);
-    }
+    refresh(&mut g, file, c, true)?;
     let rec = g.as_mut().ok_or_else(|| corrupt("size record missing"))?;
-    let r = f(rec);
+    let writes = super::backing_writes();
+    let r = f(rec).and_then(|t| {
+        if super::backing_writes() != writes || rec.seen.is_none() {
+            rec.seen = Some(snapshot(file)?);
+        }
+        Ok(t)
+    });
     if r.is_err() {
         *g = None;
     }
@@ -241,6 +295,7 @@ pub(super) fn init_empty(file: &File, c: &FileCipher) -> Result<(), ContentError
         other_newer: false,
         stale_tail: false,
         staged: BTreeMap::new(),
+        seen: None,
     });
     Ok(())
 }
@@ -279,6 +334,7 @@ fn commit(
         other_newer: false,
         stale_tail: rec.stale_tail,
         staged: BTreeMap::new(),
+        seen: None,
     };
     Ok(())
 }
@@ -303,6 +359,10 @@ fn write_slot(
 /// file back behind what was synced.
 pub(super) fn mirror(file: &File, c: &FileCipher) -> Result<(), ContentError> {
     let mut g = c.record_slot();
+    if let Err(e) = refresh(&mut g, file, c, false) {
+        *g = None;
+        return Err(e);
+    }
     let Some(rec) = g.as_mut() else {
         // Never read through this cipher, so never changed through it.
         return Ok(());
@@ -326,10 +386,11 @@ pub(super) fn mirror(file: &File, c: &FileCipher) -> Result<(), ContentError> {
         }
         Ok(())
     })();
-    match r {
-        Ok(()) => {
+    match r.and_then(|()| snapshot(file)) {
+        Ok(seen) => {
             rec.mirrored = true;
             rec.other_newer = false;
+            rec.seen = Some(seen);
             Ok(())
         }
         Err(e) => {
