@@ -11,6 +11,7 @@ mod escape;
 mod login;
 mod mount;
 mod policy;
+mod posix;
 mod profile;
 mod readme;
 mod rekey;

@@ -301,6 +301,8 @@ enum Handle {
         file: File,
         state: Arc<OpenFile>,
         path: String,
+        /// The inode opened (for `fstat` after unlink, which names no handle).
+        ino: Ino,
     },
     Dir {
         ino: Ino,
@@ -880,7 +882,10 @@ impl Vfs {
         self.gate(false)?;
         if let Some(fh) = fh {
             if let Ok(h) = self.handle(fh) {
-                if let Handle::File { file, path, state } = &*h {
+                if let Handle::File {
+                    file, path, state, ..
+                } = &*h
+                {
                     // Regular files need no path: works after unlink too.
                     let md = at::fstat(file)?;
                     let mut attr = self.attr_of(&md, None, "", path)?;
@@ -891,9 +896,37 @@ impl Vfs {
                 }
             }
         }
-        let (loc, group, plain) = self.locate(ino)?;
+        let (loc, group, plain) = match self.locate(ino) {
+            Ok(l) => l,
+            // Every name removed while open: `fstat` asks by inode only (the
+            // kernel sends no handle), and an open handle still has the file
+            // (nlink 0, as on a local filesystem).
+            Err(VfsError::NotFound) => return self.getattr_unlinked(ino),
+            Err(e) => return Err(e),
+        };
         let md = at::stat(&loc.dir, &loc.name).map_err(not_found)?;
         self.attr_of(&md, Some(&loc), &group, &plain)
+    }
+
+    /// Attributes of an unlinked file that is still open.
+    fn getattr_unlinked(&self, ino: Ino) -> Result<Attr> {
+        let h = lock(&self.handles)
+            .values()
+            .find(|h| matches!(&***h, Handle::File { ino: i, .. } if *i == ino))
+            .cloned()
+            .ok_or(VfsError::NotFound)?;
+        let Handle::File {
+            file, state, path, ..
+        } = &*h
+        else {
+            return Err(VfsError::NotFound);
+        };
+        let md = at::fstat(file)?;
+        let mut attr = self.attr_of(&md, None, "", path)?;
+        if content::size_from_len(md.len(), self.v2_store).is_none() {
+            Self::handle_size(file, state, &mut attr);
+        }
+        Ok(attr)
     }
 
     /// Changes attributes.
@@ -913,7 +946,10 @@ impl Vfs {
             None => None,
         };
         if let Some(h) = h {
-            if let Handle::File { file, state, path } = &*h {
+            if let Handle::File {
+                file, state, path, ..
+            } = &*h
+            {
                 if let Some(size) = s.size {
                     state
                         .with(true, |c| content::truncate(file, c, size))
@@ -1199,6 +1235,7 @@ impl Vfs {
             file,
             state,
             path: c.plain,
+            ino: attr.ino,
         });
         Ok((attr, fh))
     }
@@ -1428,6 +1465,7 @@ impl Vfs {
             file,
             state,
             path: plain,
+            ino,
         }))
     }
 
@@ -1495,7 +1533,9 @@ impl Vfs {
         self.gate(true)?;
         let h = self.handle(fh)?;
         match &*h {
-            Handle::File { file, state, path } => state
+            Handle::File {
+                file, state, path, ..
+            } => state
                 .with(false, |c| content::sync(file, c, datasync))
                 .map_err(|e| content_err(path, e)),
             Handle::Dir { .. } | Handle::Revoked => Ok(()),
