@@ -287,6 +287,10 @@ impl OpenFile {
     }
 }
 
+/// Directory descriptors [`Vfs`] keeps open for walks (the cache is emptied
+/// when full).
+const DIR_FDS_HELD: usize = 64;
+
 /// Session state of the engine (see docs/SESSIONS.md).
 const OPEN: u8 = 0;
 /// Locking: the kernel is writing back dirty pages; only writes through
@@ -325,6 +329,11 @@ pub struct Vfs {
     /// The groups directory, open: every backing call walks from here one
     /// name at a time (see [`at`]).
     groups_fd: Dir,
+    /// Open backing directories by inode, so a walk starts at the deepest
+    /// one held instead of the groups directory (as gocryptfs's dirCache).
+    /// A descriptor follows its directory through renames; entries go when
+    /// the directory is removed or forgotten, and all when the cache is full.
+    dir_fds: Mutex<HashMap<Ino, Dir>>,
     store_dev: u64,
     keys: RwLock<Arc<Keyring>>,
     inodes: Mutex<Inodes>,
@@ -396,6 +405,7 @@ impl Vfs {
             store,
             groups_dir,
             groups_fd,
+            dir_fds: Mutex::new(HashMap::new()),
             store_dev,
             keys: RwLock::new(Arc::new(keys)),
             inodes: Mutex::new(inodes),
@@ -463,6 +473,7 @@ impl Vfs {
             }
         }
         lock(&self.open_files).clear();
+        lock(&self.dir_fds).clear();
         let mut k = self.keys.write().unwrap_or_else(|e| e.into_inner());
         // The old keyring is zeroized when the last in-flight user drops it.
         *k = Arc::new(Keyring::default());
@@ -564,47 +575,75 @@ impl Vfs {
     /// directory one backing name at a time (`openat`), so no path handed
     /// to the kernel is longer than one name, however deep the tree.
     fn locate(&self, ino: Ino) -> Result<(Loc, Arc<str>, String)> {
-        let (mut names, group, plain) = {
+        // `chain[k]` is (the directory holding it, backing name) of `ino`
+        // (k = 0) and of its ancestors up to its data group's directory.
+        let (chain, group, plain) = {
             let inodes = lock(&self.inodes);
-            let mut parts: Vec<(OsString, &OsStr)> = Vec::new();
+            let mut chain: Vec<(Ino, OsString)> = Vec::new();
+            let mut pnames: Vec<&OsStr> = Vec::new();
             let mut cur = ino;
             let mut group = None;
             while cur != ROOT {
                 let n = inodes.nodes.get(&cur).ok_or(VfsError::NotFound)?;
                 // All names removed (unlinked while open): no path any more.
                 let l = n.links.first().ok_or(VfsError::NotFound)?;
-                parts.push((l.bname.clone(), &l.pname));
+                chain.push((l.parent, l.bname.clone()));
+                pnames.push(&l.pname);
                 group.get_or_insert_with(|| Arc::clone(&n.group));
                 cur = l.parent;
-                if parts.len() > 4096 {
+                if chain.len() > 4096 {
                     return Err(VfsError::Invalid("inode loop"));
                 }
             }
             let group = group.ok_or(VfsError::Invalid("root has no backing path"))?;
             let mut plain = String::new();
-            for (_, p) in parts.iter().rev() {
+            for p in pnames.iter().rev() {
                 if !plain.is_empty() {
                     plain.push('/');
                 }
                 plain.push_str(&p.to_string_lossy());
             }
-            let names: Vec<OsString> = parts.into_iter().map(|(b, _)| b).collect();
-            (names, group, plain)
+            (chain, group, plain)
         };
-        // `names` runs from `ino` up to its data group's directory.
-        let name = names.remove(0);
-        let mut dir = Arc::clone(&self.groups_fd);
-        for up in names.iter().rev() {
-            dir = Arc::new(at::open_dir(&dir, up).map_err(not_found)?);
+        // Start at the nearest directory held open (or the groups
+        // directory), then open the rest one name at a time.
+        let held = {
+            let fds = lock(&self.dir_fds);
+            chain.iter().enumerate().find_map(|(k, (d, _))| {
+                if *d == ROOT {
+                    Some((k, Arc::clone(&self.groups_fd)))
+                } else {
+                    fds.get(d).map(|fd| (k, Arc::clone(fd)))
+                }
+            })
+        };
+        let (start, mut dir) = held.ok_or(VfsError::Invalid("root has no backing path"))?;
+        for k in (0..start).rev() {
+            dir = Arc::new(at::open_dir(&dir, &chain[k + 1].1).map_err(not_found)?);
+            self.hold_dir(chain[k].0, &dir);
         }
+        let name = chain[0].1.clone();
         Ok((Loc { dir, name }, group, plain))
+    }
+
+    /// Keeps directory `ino`'s descriptor for later walks.
+    fn hold_dir(&self, ino: Ino, dir: &Dir) {
+        let mut fds = lock(&self.dir_fds);
+        if fds.len() >= DIR_FDS_HELD {
+            fds.clear();
+        }
+        fds.insert(ino, Arc::clone(dir));
     }
 
     /// The open backing directory of directory `ino`, its data group and
     /// plaintext path.
     fn open_dir_of(&self, ino: Ino) -> Result<(Dir, Arc<str>, String)> {
         let (loc, group, plain) = self.locate(ino)?;
+        if let Some(d) = lock(&self.dir_fds).get(&ino) {
+            return Ok((Arc::clone(d), group, plain));
+        }
         let dir = Arc::new(at::open_dir(&loc.dir, &loc.name).map_err(not_found)?);
+        self.hold_dir(ino, &dir);
         Ok((dir, group, plain))
     }
 
@@ -844,6 +883,7 @@ impl Vfs {
             n.stale = true;
             n.dirid = None;
         }
+        lock(&self.dir_fds).remove(&ino);
     }
 
     /// Looks up `name` in `parent`.
@@ -868,6 +908,7 @@ impl Vfs {
             node.lookups = node.lookups.saturating_sub(n);
             if node.lookups == 0 {
                 inodes.nodes.remove(&ino);
+                lock(&self.dir_fds).remove(&ino);
             }
         }
     }
