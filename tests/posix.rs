@@ -261,3 +261,33 @@ fn an_open_file_unlinked_stats_with_nlink_0_and_keeps_working() {
     drop(f);
     m.unmount();
 }
+
+/// The engine keeps backing directories open by inode for its walks: a
+/// renamed directory is still found (its descriptor follows it), and a
+/// removed one is never served for a new directory of the same name, even
+/// when the backing filesystem reuses its inode number.
+#[test]
+fn held_directory_descriptors_follow_renames_and_never_outlive_removal() {
+    if !fuse_available() {
+        return;
+    }
+    let ts = TestStore::new(&["g"]);
+    let m = ts.mount();
+    let out = crate::util::sh(
+        &m.path("g"),
+        "mkdir -p a/b/c && echo one > a/b/c/f
+         mv a x && cat x/b/c/f
+         mv x/b y && echo two > y/c/g && cat y/c/f y/c/g
+         ls -A x
+         for i in 1 2 3 4 5; do
+             mkdir z && echo $i > z/$i && ls z && rm -r z
+         done
+         mkdir z && ls -A z && echo empty",
+    );
+    assert_eq!(out, "one\none\ntwo\n1\n2\n3\n4\n5\nempty\n");
+    m.unmount();
+    let m = ts.mount();
+    let out = crate::util::sh(&m.path("g"), "cat y/c/f y/c/g; ls -A x; ls -A z; ls");
+    assert_eq!(out, "one\ntwo\nx\ny\nz\n");
+    m.unmount();
+}
