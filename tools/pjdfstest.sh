@@ -139,19 +139,22 @@ fi
 FAILED=$WORK/failed
 perl -ne '
     if (m{^(\S*/tests/)?(\S+\.t)\s+\(Wstat: (\d+) Tests: (\d+) Failed: (\d+)\)}) {
-        $f = $2; next;
+        $f = $2; $in_list = 0; next;
     }
     next unless defined $f;
-    if (/^\s+Failed tests?:\s+(.*)$/) {
-        for my $r (split /,\s*/, $1) {
+    # A long list wraps onto lines of numbers only.
+    if (/^\s+Failed tests?:\s+(.*)$/ or ($in_list and /^\s+(\d[\d,\s-]*)$/)) {
+        $in_list = 1;
+        for my $r (split /,\s*/, $1 =~ s/\s+$//r) {
             my ($a, $b) = split /-/, $r;
             $b //= $a;
             print "$f $_\n" for $a .. $b;
         }
-    } elsif (/^\s+Parse errors:/) {
+        next;
+    }
+    $in_list = 0;
+    if (/^\s+Parse errors:/) {
         print "$f plan\n";
-    } elsif (/^\s+Non-zero (exit|wait) status/) {
-        # counted by its failed subtests
     } elsif (!/^\s/) {
         undef $f;
     }
