@@ -13,6 +13,7 @@ mod fsx;
 mod login;
 mod mount;
 mod policy;
+mod posix;
 mod profile;
 mod readme;
 mod rekey;

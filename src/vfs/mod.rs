@@ -6,6 +6,7 @@
 //! it, each inode is a backing file or directory whose inode number it
 //! reuses (so `stat` and `readdir` agree).
 
+pub(crate) mod at;
 pub mod clock;
 pub mod content;
 pub(crate) mod names;
@@ -13,17 +14,18 @@ pub(crate) mod names;
 use crate::format::content::{DirId, FileHeader, FILE_ID_LEN};
 use crate::format::names::{Entry, DIRID_FILE};
 use crate::keyring::{EpochKey, Keyring};
-use crate::store::{write_dirid, Store};
+use crate::store::Store;
+use at::{Dir, Loc, Meta};
 use clock::Clock;
 use content::{ContentError, FileCipher};
+use nix::fcntl::OFlag;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, Weak};
 use std::time::{Duration, SystemTime};
@@ -130,24 +132,16 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn of(ft: fs::FileType) -> Option<Kind> {
-        use std::os::unix::fs::FileTypeExt;
-        if ft.is_dir() {
-            Some(Kind::Dir)
-        } else if ft.is_file() {
-            Some(Kind::File)
-        } else if ft.is_symlink() {
-            Some(Kind::Symlink)
-        } else if ft.is_fifo() {
-            Some(Kind::Fifo)
-        } else if ft.is_socket() {
-            Some(Kind::Socket)
-        } else if ft.is_char_device() {
-            Some(Kind::CharDevice)
-        } else if ft.is_block_device() {
-            Some(Kind::BlockDevice)
-        } else {
-            None
+    fn of(md: &Meta) -> Option<Kind> {
+        match md.mode() & libc::S_IFMT {
+            libc::S_IFDIR => Some(Kind::Dir),
+            libc::S_IFREG => Some(Kind::File),
+            libc::S_IFLNK => Some(Kind::Symlink),
+            libc::S_IFIFO => Some(Kind::Fifo),
+            libc::S_IFSOCK => Some(Kind::Socket),
+            libc::S_IFCHR => Some(Kind::CharDevice),
+            libc::S_IFBLK => Some(Kind::BlockDevice),
+            _ => None,
         }
     }
 }
@@ -293,6 +287,10 @@ impl OpenFile {
     }
 }
 
+/// Directory descriptors [`Vfs`] keeps open for walks (the cache is emptied
+/// when full).
+const DIR_FDS_HELD: usize = 64;
+
 /// Session state of the engine (see docs/SESSIONS.md).
 const OPEN: u8 = 0;
 /// Locking: the kernel is writing back dirty pages; only writes through
@@ -307,6 +305,8 @@ enum Handle {
         file: File,
         state: Arc<OpenFile>,
         path: String,
+        /// The inode opened (for `fstat` after unlink, which names no handle).
+        ino: Ino,
     },
     Dir {
         ino: Ino,
@@ -326,6 +326,14 @@ pub struct Vfs {
     /// modes, which the kernel has already masked with the caller's.
     proc_umask: u32,
     groups_dir: PathBuf,
+    /// The groups directory, open: every backing call walks from here one
+    /// name at a time (see [`at`]).
+    groups_fd: Dir,
+    /// Open backing directories by inode, so a walk starts at the deepest
+    /// one held instead of the groups directory (as gocryptfs's dirCache).
+    /// A descriptor follows its directory through renames; entries go when
+    /// the directory is removed or forgotten, and all when the cache is full.
+    dir_fds: Mutex<HashMap<Ino, Dir>>,
     store_dev: u64,
     keys: RwLock<Arc<Keyring>>,
     inodes: Mutex<Inodes>,
@@ -377,7 +385,8 @@ impl Vfs {
     /// An engine over `store`, unlocked with `keys`, owned by `owner`.
     pub fn new(store: Store, keys: Keyring, owner: Caller) -> Result<Vfs> {
         let groups_dir = store.root().join(crate::format::manifest::GROUPS_DIR);
-        let store_dev = fs::metadata(&groups_dir)?.dev();
+        let groups_fd: Dir = Arc::new(at::open_root(&groups_dir)?);
+        let store_dev = at::fstat(&*groups_fd)?.dev();
         let mut inodes = Inodes::default();
         inodes.nodes.insert(
             ROOT,
@@ -395,6 +404,8 @@ impl Vfs {
             proc_umask: process_umask(),
             store,
             groups_dir,
+            groups_fd,
+            dir_fds: Mutex::new(HashMap::new()),
             store_dev,
             keys: RwLock::new(Arc::new(keys)),
             inodes: Mutex::new(inodes),
@@ -462,6 +473,7 @@ impl Vfs {
             }
         }
         lock(&self.open_files).clear();
+        lock(&self.dir_fds).clear();
         let mut k = self.keys.write().unwrap_or_else(|e| e.into_inner());
         // The old keyring is zeroized when the last in-flight user drops it.
         *k = Arc::new(Keyring::default());
@@ -546,7 +558,7 @@ impl Vfs {
 
     /// Maps a backing (dev, ino) to our inode number: the backing number
     /// itself on the store's device, except 1 (our root).
-    fn ino_for(&self, md: &fs::Metadata) -> Ino {
+    fn ino_for(&self, md: &Meta) -> Ino {
         if md.dev() == self.store_dev && md.ino() != ROOT && md.ino() < (1 << 62) {
             md.ino()
         } else {
@@ -558,34 +570,81 @@ impl Vfs {
 
     // ---- paths ----
 
-    /// Backing path, data group and plaintext path of `ino`.
-    fn locate(&self, ino: Ino) -> Result<(PathBuf, Arc<str>, String)> {
-        let inodes = lock(&self.inodes);
-        let mut parts: Vec<(&OsStr, &OsStr)> = Vec::new();
-        let mut cur = ino;
-        let mut group = None;
-        while cur != ROOT {
-            let n = inodes.nodes.get(&cur).ok_or(VfsError::NotFound)?;
-            // All names removed (unlinked while open): no path any more.
-            let l = n.links.first().ok_or(VfsError::NotFound)?;
-            parts.push((&l.bname, &l.pname));
-            group.get_or_insert_with(|| Arc::clone(&n.group));
-            cur = l.parent;
-            if parts.len() > 4096 {
-                return Err(VfsError::Invalid("inode loop"));
+    /// Backing entry (its name in its open parent directory), data group
+    /// and plaintext path of `ino`. The parent is reached from the groups
+    /// directory one backing name at a time (`openat`), so no path handed
+    /// to the kernel is longer than one name, however deep the tree.
+    fn locate(&self, ino: Ino) -> Result<(Loc, Arc<str>, String)> {
+        // `chain[k]` is (the directory holding it, backing name) of `ino`
+        // (k = 0) and of its ancestors up to its data group's directory.
+        let (chain, group, plain) = {
+            let inodes = lock(&self.inodes);
+            let mut chain: Vec<(Ino, OsString)> = Vec::new();
+            let mut pnames: Vec<&OsStr> = Vec::new();
+            let mut cur = ino;
+            let mut group = None;
+            while cur != ROOT {
+                let n = inodes.nodes.get(&cur).ok_or(VfsError::NotFound)?;
+                // All names removed (unlinked while open): no path any more.
+                let l = n.links.first().ok_or(VfsError::NotFound)?;
+                chain.push((l.parent, l.bname.clone()));
+                pnames.push(&l.pname);
+                group.get_or_insert_with(|| Arc::clone(&n.group));
+                cur = l.parent;
+                if chain.len() > 4096 {
+                    return Err(VfsError::Invalid("inode loop"));
+                }
             }
-        }
-        let group = group.ok_or(VfsError::Invalid("root has no backing path"))?;
-        let mut path = self.groups_dir.clone();
-        let mut plain = String::new();
-        for (b, p) in parts.iter().rev() {
-            path.push(b);
-            if !plain.is_empty() {
-                plain.push('/');
+            let group = group.ok_or(VfsError::Invalid("root has no backing path"))?;
+            let mut plain = String::new();
+            for p in pnames.iter().rev() {
+                if !plain.is_empty() {
+                    plain.push('/');
+                }
+                plain.push_str(&p.to_string_lossy());
             }
-            plain.push_str(&p.to_string_lossy());
+            (chain, group, plain)
+        };
+        // Start at the nearest directory held open (or the groups
+        // directory), then open the rest one name at a time.
+        let held = {
+            let fds = lock(&self.dir_fds);
+            chain.iter().enumerate().find_map(|(k, (d, _))| {
+                if *d == ROOT {
+                    Some((k, Arc::clone(&self.groups_fd)))
+                } else {
+                    fds.get(d).map(|fd| (k, Arc::clone(fd)))
+                }
+            })
+        };
+        let (start, mut dir) = held.ok_or(VfsError::Invalid("root has no backing path"))?;
+        for k in (0..start).rev() {
+            dir = Arc::new(at::open_dir(&dir, &chain[k + 1].1).map_err(not_found)?);
+            self.hold_dir(chain[k].0, &dir);
         }
-        Ok((path, group, plain))
+        let name = chain[0].1.clone();
+        Ok((Loc { dir, name }, group, plain))
+    }
+
+    /// Keeps directory `ino`'s descriptor for later walks.
+    fn hold_dir(&self, ino: Ino, dir: &Dir) {
+        let mut fds = lock(&self.dir_fds);
+        if fds.len() >= DIR_FDS_HELD {
+            fds.clear();
+        }
+        fds.insert(ino, Arc::clone(dir));
+    }
+
+    /// The open backing directory of directory `ino`, its data group and
+    /// plaintext path.
+    fn open_dir_of(&self, ino: Ino) -> Result<(Dir, Arc<str>, String)> {
+        let (loc, group, plain) = self.locate(ino)?;
+        if let Some(d) = lock(&self.dir_fds).get(&ino) {
+            return Ok((Arc::clone(d), group, plain));
+        }
+        let dir = Arc::new(at::open_dir(&loc.dir, &loc.name).map_err(not_found)?);
+        self.hold_dir(ino, &dir);
+        Ok((dir, group, plain))
     }
 
     fn group_keys_epoch<'k>(ring: &'k Keyring, group: &str, epoch: u32) -> Result<&'k EpochKey> {
@@ -598,11 +657,11 @@ impl Vfs {
     }
 
     /// The directory id of directory `ino` (cached).
-    fn dirid(&self, ino: Ino, dir_path: &Path, plain: &str) -> Result<DirId> {
+    fn dirid(&self, ino: Ino, dir: &Dir, plain: &str) -> Result<DirId> {
         if let Some(d) = lock(&self.inodes).nodes.get(&ino).and_then(|n| n.dirid) {
             return Ok(d);
         }
-        let bytes = match fs::read(dir_path.join(DIRID_FILE)) {
+        let bytes = match at::read(dir, OsStr::new(DIRID_FILE)) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(corrupt(plain, "directory has no tresor.dirid"))
@@ -632,15 +691,17 @@ impl Vfs {
                 return Err(VfsError::NotFound);
             }
             return Ok(Child {
-                path: self.groups_dir.join(g),
+                loc: Loc {
+                    dir: Arc::clone(&self.groups_fd),
+                    name: name.to_os_string(),
+                },
                 group: Arc::from(g),
-                bname: name.to_os_string(),
                 long: None,
                 plain: g.to_string(),
                 dir_epoch: 0,
             });
         }
-        let (dir, group, plain_dir) = self.locate(parent)?;
+        let (dir, group, plain_dir) = self.open_dir_of(parent)?;
         let dirid = self.dirid(parent, &dir, &plain_dir)?;
         let ring = self.keyring();
         let key = Self::group_keys_epoch(&ring, &group, dirid.epoch)?;
@@ -648,9 +709,11 @@ impl Vfs {
         let bname = crate::format::names::backing_name(&encoded, crate::crypto::sha256);
         let long = (bname != encoded).then_some(encoded);
         Ok(Child {
-            path: dir.join(&bname),
+            loc: Loc {
+                dir,
+                name: OsString::from(&bname),
+            },
             group,
-            bname: OsString::from(bname),
             long,
             plain: format!("{plain_dir}/{}", name.to_string_lossy()),
             dir_epoch: dirid.epoch,
@@ -659,20 +722,22 @@ impl Vfs {
 
     // ---- attributes ----
 
-    fn attr_of(&self, md: &fs::Metadata, path: &Path, group: &str, plain: &str) -> Result<Attr> {
-        let kind = Kind::of(md.file_type()).ok_or(VfsError::NotSupported)?;
-        let size = match kind {
-            Kind::File => match content::size_from_len(md.len(), self.v2_store) {
-                Some(size) => size,
+    /// Attributes from backing status `md`; `loc` (absent for an open
+    /// handle) lets a symlink's target and an unsettled size be read.
+    fn attr_of(&self, md: &Meta, loc: Option<&Loc>, group: &str, plain: &str) -> Result<Attr> {
+        let kind = Kind::of(md).ok_or(VfsError::NotSupported)?;
+        let size = match (kind, loc) {
+            (Kind::File, _) => match (content::size_from_len(md.len(), self.v2_store), loc) {
+                (Some(size), _) => size,
                 // Not a length at rest: a crash during an update (or
                 // tampering). The record tells, and the length is repaired.
-                None if !path.as_os_str().is_empty() => self
-                    .settled_size(self.ino_for(md), path, group, plain)
+                (None, Some(loc)) => self
+                    .settled_size(self.ino_for(md), loc, group, plain)
                     .unwrap_or(0),
-                None => 0,
+                (None, None) => 0,
             },
-            Kind::Symlink => self
-                .read_symlink(path, group, plain)
+            (Kind::Symlink, Some(loc)) => self
+                .read_symlink(loc, group, plain)
                 .map(|t| t.len() as u64)
                 .unwrap_or(0),
             _ => md.len(),
@@ -688,13 +753,9 @@ impl Vfs {
             generation,
             size,
             blocks: md.blocks(),
-            atime: md.accessed().unwrap_or(SystemTime::UNIX_EPOCH),
-            mtime: md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-            ctime: SystemTime::UNIX_EPOCH
-                + std::time::Duration::new(
-                    u64::try_from(md.ctime()).unwrap_or(0),
-                    u32::try_from(md.ctime_nsec()).unwrap_or(0),
-                ),
+            atime: md.atime(),
+            mtime: md.mtime(),
+            ctime: md.ctime(),
             kind,
             perm: self.visible_perm(group, plain, md.mode()),
             nlink: u32::try_from(md.nlink()).unwrap_or(u32::MAX),
@@ -706,12 +767,9 @@ impl Vfs {
 
     /// Size of a file whose backing length is not at rest, from its
     /// record; sets the length right when the backing file is writable.
-    fn settled_size(&self, ino: Ino, path: &Path, group: &str, plain: &str) -> Option<u64> {
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .or_else(|_| File::open(path))
+    fn settled_size(&self, ino: Ino, loc: &Loc, group: &str, plain: &str) -> Option<u64> {
+        let file = at::open_file(&loc.dir, &loc.name, OFlag::O_RDWR, 0)
+            .or_else(|_| at::open_file(&loc.dir, &loc.name, OFlag::O_RDONLY, 0))
             .ok()?;
         let state = self.open_state(ino, &file, group, plain).ok()?;
         match state.with(true, |c| content::settle(&file, c)) {
@@ -772,10 +830,10 @@ impl Vfs {
     }
 
     /// Registers a looked-up entry and returns its attributes.
-    fn remember(&self, parent: Ino, c: &Child, md: &fs::Metadata) -> Result<Attr> {
+    fn remember(&self, parent: Ino, c: &Child, md: &Meta) -> Result<Attr> {
         let pname = OsString::from(c.plain.rsplit('/').next().unwrap_or(""));
-        self.register(self.ino_for(md), parent, &c.group, &c.bname, pname);
-        self.attr_of(md, &c.path, &c.group, &c.plain)
+        self.register(self.ino_for(md), parent, &c.group, &c.loc.name, pname);
+        self.attr_of(md, Some(&c.loc), &c.group, &c.plain)
     }
 
     /// Counts one kernel lookup of `ino` under one of its names; returns
@@ -825,13 +883,14 @@ impl Vfs {
             n.stale = true;
             n.dirid = None;
         }
+        lock(&self.dir_fds).remove(&ino);
     }
 
     /// Looks up `name` in `parent`.
     pub fn lookup(&self, parent: Ino, name: &OsStr) -> Result<Attr> {
         self.gate(false)?;
         let c = self.child(parent, name)?;
-        let md = match fs::symlink_metadata(&c.path) {
+        let md = match at::stat(&c.loc.dir, &c.loc.name) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(VfsError::NotFound),
             Err(e) => return Err(e.into()),
@@ -849,6 +908,7 @@ impl Vfs {
             node.lookups = node.lookups.saturating_sub(n);
             if node.lookups == 0 {
                 inodes.nodes.remove(&ino);
+                lock(&self.dir_fds).remove(&ino);
             }
         }
     }
@@ -863,10 +923,13 @@ impl Vfs {
         self.gate(false)?;
         if let Some(fh) = fh {
             if let Ok(h) = self.handle(fh) {
-                if let Handle::File { file, path, state } = &*h {
+                if let Handle::File {
+                    file, path, state, ..
+                } = &*h
+                {
                     // Regular files need no path: works after unlink too.
-                    let md = file.metadata()?;
-                    let mut attr = self.attr_of(&md, Path::new(""), "", path)?;
+                    let md = at::fstat(file)?;
+                    let mut attr = self.attr_of(&md, None, "", path)?;
                     if content::size_from_len(md.len(), self.v2_store).is_none() {
                         Self::handle_size(file, state, &mut attr);
                     }
@@ -874,9 +937,37 @@ impl Vfs {
                 }
             }
         }
-        let (path, group, plain) = self.locate(ino)?;
-        let md = fs::symlink_metadata(&path).map_err(not_found)?;
-        self.attr_of(&md, &path, &group, &plain)
+        let (loc, group, plain) = match self.locate(ino) {
+            Ok(l) => l,
+            // Every name removed while open: `fstat` asks by inode only (the
+            // kernel sends no handle), and an open handle still has the file
+            // (nlink 0, as on a local filesystem).
+            Err(VfsError::NotFound) => return self.getattr_unlinked(ino),
+            Err(e) => return Err(e),
+        };
+        let md = at::stat(&loc.dir, &loc.name).map_err(not_found)?;
+        self.attr_of(&md, Some(&loc), &group, &plain)
+    }
+
+    /// Attributes of an unlinked file that is still open.
+    fn getattr_unlinked(&self, ino: Ino) -> Result<Attr> {
+        let h = lock(&self.handles)
+            .values()
+            .find(|h| matches!(&***h, Handle::File { ino: i, .. } if *i == ino))
+            .cloned()
+            .ok_or(VfsError::NotFound)?;
+        let Handle::File {
+            file, state, path, ..
+        } = &*h
+        else {
+            return Err(VfsError::NotFound);
+        };
+        let md = at::fstat(file)?;
+        let mut attr = self.attr_of(&md, None, "", path)?;
+        if content::size_from_len(md.len(), self.v2_store).is_none() {
+            Self::handle_size(file, state, &mut attr);
+        }
+        Ok(attr)
     }
 
     /// Changes attributes.
@@ -896,54 +987,50 @@ impl Vfs {
             None => None,
         };
         if let Some(h) = h {
-            if let Handle::File { file, state, path } = &*h {
+            if let Handle::File {
+                file, state, path, ..
+            } = &*h
+            {
                 if let Some(size) = s.size {
                     state
                         .with(true, |c| content::truncate(file, c, size))
                         .map_err(|e| content_err(path, e))?;
                 }
                 Self::set_meta(Target::Fd(file), &s)?;
-                let md = file.metadata()?;
-                let mut attr = self.attr_of(&md, Path::new(""), "", path)?;
+                let md = at::fstat(file)?;
+                let mut attr = self.attr_of(&md, None, "", path)?;
                 if content::size_from_len(md.len(), self.v2_store).is_none() {
                     Self::handle_size(file, state, &mut attr);
                 }
                 return Ok(attr);
             }
         }
-        let (path, group, plain) = self.locate(ino)?;
+        let (loc, group, plain) = self.locate(ino)?;
         if let Some(size) = s.size {
-            let file = fs::OpenOptions::new().read(true).write(true).open(&path)?;
+            let file = at::open_file(&loc.dir, &loc.name, OFlag::O_RDWR, 0)?;
             let state = self.open_state(ino, &file, &group, &plain)?;
             state
                 .with(true, |c| content::truncate(&file, c, size))
                 .map_err(|e| content_err(&plain, e))?;
         }
-        Self::set_meta(Target::Path(&path), &s)?;
-        let md = fs::symlink_metadata(&path)?;
-        self.attr_of(&md, &path, &group, &plain)
+        Self::set_meta(Target::At(&loc), &s)?;
+        let md = at::stat(&loc.dir, &loc.name)?;
+        self.attr_of(&md, Some(&loc), &group, &plain)
     }
 
     /// Mode, owner and times, on a descriptor or a path (never following symlinks).
     fn set_meta(t: Target<'_>, s: &SetAttr) -> Result<()> {
-        use nix::fcntl::AtFlags;
-        use nix::sys::stat::{futimens, utimensat, Mode, UtimensatFlags};
+        use nix::sys::stat::{futimens, Mode};
         use nix::sys::time::TimeSpec;
         use nix::unistd::{Gid, Uid};
         if let Some(mode) = s.mode {
             let m = Mode::from_bits_truncate(mode & 0o7777);
             match t {
                 Target::Fd(f) => nix::sys::stat::fchmod(f.as_raw_fd(), m).map_err(nix_err)?,
-                Target::Path(p) => {
+                Target::At(l) => {
                     // Symlinks have no mode of their own on Linux.
-                    if !fs::symlink_metadata(p)?.file_type().is_symlink() {
-                        nix::sys::stat::fchmodat(
-                            None,
-                            p,
-                            m,
-                            nix::sys::stat::FchmodatFlags::FollowSymlink,
-                        )
-                        .map_err(nix_err)?;
+                    if !at::stat(&l.dir, &l.name)?.is_symlink() {
+                        at::chmod(&l.dir, &l.name, mode & 0o7777)?;
                     }
                 }
             }
@@ -952,10 +1039,7 @@ impl Vfs {
             let (u, g) = (s.uid.map(Uid::from_raw), s.gid.map(Gid::from_raw));
             match t {
                 Target::Fd(f) => nix::unistd::fchown(f.as_raw_fd(), u, g).map_err(nix_err)?,
-                Target::Path(p) => {
-                    nix::unistd::fchownat(None, p, u, g, AtFlags::AT_SYMLINK_NOFOLLOW)
-                        .map_err(nix_err)?
-                }
+                Target::At(l) => at::chown(&l.dir, &l.name, s.uid, s.gid)?,
             }
         }
         if s.atime.is_some() || s.mtime.is_some() {
@@ -970,9 +1054,7 @@ impl Vfs {
             let (a, m) = (ts(s.atime), ts(s.mtime));
             match t {
                 Target::Fd(f) => futimens(f.as_raw_fd(), &a, &m).map_err(nix_err)?,
-                Target::Path(p) => {
-                    utimensat(None, p, &a, &m, UtimensatFlags::NoFollowSymlink).map_err(nix_err)?
-                }
+                Target::At(l) => at::utimens(&l.dir, &l.name, &a, &m)?,
             }
         }
         Ok(())
@@ -980,8 +1062,8 @@ impl Vfs {
 
     // ---- symlinks ----
 
-    fn read_symlink(&self, path: &Path, group: &str, plain: &str) -> Result<Vec<u8>> {
-        let target = fs::read_link(path)?;
+    fn read_symlink(&self, loc: &Loc, group: &str, plain: &str) -> Result<Vec<u8>> {
+        let target = at::readlink(&loc.dir, &loc.name)?;
         let raw = crate::format::names::decode(&target.to_string_lossy())
             .ok_or_else(|| corrupt(plain, "symlink target is not base64url"))?;
         let h = FileHeader::decode(&raw).map_err(|e| corrupt(plain, e.to_string()))?;
@@ -999,8 +1081,8 @@ impl Vfs {
     /// The target of symlink `ino`.
     pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
         self.gate(false)?;
-        let (path, group, plain) = self.locate(ino)?;
-        self.read_symlink(&path, &group, &plain)
+        let (loc, group, plain) = self.locate(ino)?;
+        self.read_symlink(&loc, &group, &plain)
     }
 
     fn new_header(&self, group: &str) -> Result<(FileHeader, Aead)> {
@@ -1041,9 +1123,10 @@ impl Vfs {
             return Err(VfsError::NameTooLong);
         }
         self.before_create(&c)?;
-        std::os::unix::fs::symlink(&enc, &c.path).map_err(|e| self.undo_create(&c, e))?;
-        self.chown_new(caller, &c.path)?;
-        let md = fs::symlink_metadata(&c.path)?;
+        at::symlink(OsStr::new(&enc), &c.loc.dir, &c.loc.name)
+            .map_err(|e| self.undo_create(&c, e))?;
+        self.chown_new(caller, &c.loc)?;
+        let md = at::stat(&c.loc.dir, &c.loc.name)?;
         self.remember(parent, &c, &md)
     }
 
@@ -1064,35 +1147,27 @@ impl Vfs {
 
     /// Writes a long name's side file before its entry exists.
     fn before_create(&self, c: &Child) -> Result<()> {
-        if fs::symlink_metadata(&c.path).is_ok() {
+        if at::stat(&c.loc.dir, &c.loc.name).is_ok() {
             return Err(VfsError::Exists);
         }
         if let Some(enc) = &c.long {
-            let side = side_file(&c.path);
-            crate::store::write_atomic(&side, enc.as_bytes(), 0o600)?;
+            at::write_atomic(&c.loc.dir, &side_file(&c.loc.name), enc.as_bytes(), 0o600)?;
         }
         Ok(())
     }
 
     fn undo_create(&self, c: &Child, e: io::Error) -> VfsError {
         if c.long.is_some() && e.kind() != io::ErrorKind::AlreadyExists {
-            let _ = fs::remove_file(side_file(&c.path));
+            let _ = at::unlink(&c.loc.dir, &side_file(&c.loc.name));
         }
         e.into()
     }
 
-    fn chown_new(&self, caller: Caller, path: &Path) -> Result<()> {
+    fn chown_new(&self, caller: Caller, loc: &Loc) -> Result<()> {
         // Running as root for other users (--allow-other): new files belong
         // to the caller, as on a local filesystem.
         if self.as_root && caller.uid != 0 {
-            nix::unistd::fchownat(
-                None,
-                path,
-                Some(nix::unistd::Uid::from_raw(caller.uid)),
-                Some(nix::unistd::Gid::from_raw(caller.gid)),
-                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .map_err(nix_err)?;
+            at::chown(&loc.dir, &loc.name, Some(caller.uid), Some(caller.gid))?;
         }
         Ok(())
     }
@@ -1107,22 +1182,21 @@ impl Vfs {
             .map(|g| g.current)
             .ok_or_else(|| VfsError::Access(format!("no key for data group {}", c.group)))?;
         self.before_create(&c)?;
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&c.path)
-            .map_err(|e| self.undo_create(&c, e))?;
+        at::mkdir(&c.loc.dir, &c.loc.name, 0o700).map_err(|e| self.undo_create(&c, e))?;
         let mut id = [0u8; 16];
         crate::crypto::random_bytes(&mut id);
-        if let Err(e) = write_dirid(&c.path, &DirId { epoch, id }) {
-            let _ = fs::remove_dir(&c.path);
+        let dirid = DirId { epoch, id };
+        let written = at::open_dir(&c.loc.dir, &c.loc.name).and_then(|d| {
+            at::write_new(&d, OsStr::new(DIRID_FILE), &dirid.encode(), 0o444)?;
+            at::chmod(&c.loc.dir, &c.loc.name, mode & 0o7777)
+        });
+        if let Err(e) = written {
+            let _ = at::unlink(&c.loc.dir, &c.loc.name);
+            let _ = at::rmdir(&c.loc.dir, &c.loc.name);
             return Err(self.undo_create(&c, e));
         }
-        fs::set_permissions(
-            &c.path,
-            std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777),
-        )?;
-        self.chown_new(caller, &c.path)?;
-        let md = fs::symlink_metadata(&c.path)?;
+        self.chown_new(caller, &c.loc)?;
+        let md = at::stat(&c.loc.dir, &c.loc.name)?;
         self.remember(parent, &c, &md)
     }
 
@@ -1151,25 +1225,14 @@ impl Vfs {
                 self.before_create(&c)?;
                 let kind = nix::sys::stat::SFlag::from_bits_truncate(mode & libc::S_IFMT);
                 let perm = mode & 0o7777;
-                nix::sys::stat::mknod(
-                    &c.path,
-                    kind,
-                    nix::sys::stat::Mode::from_bits_truncate(perm),
-                    libc::dev_t::from(rdev),
-                )
-                .map_err(|e| self.undo_create(&c, nix_err(e).into_io()))?;
+                at::mknod(&c.loc.dir, &c.loc.name, kind, perm, libc::dev_t::from(rdev))
+                    .map_err(|e| self.undo_create(&c, e))?;
                 if perm & self.proc_umask != 0 {
                     // The driver's own umask must not take bits the caller asked for.
-                    nix::sys::stat::fchmodat(
-                        None,
-                        &c.path,
-                        nix::sys::stat::Mode::from_bits_truncate(perm),
-                        nix::sys::stat::FchmodatFlags::FollowSymlink,
-                    )
-                    .map_err(nix_err)?;
+                    at::chmod(&c.loc.dir, &c.loc.name, perm)?;
                 }
-                self.chown_new(caller, &c.path)?;
-                let md = fs::symlink_metadata(&c.path)?;
+                self.chown_new(caller, &c.loc)?;
+                let md = at::stat(&c.loc.dir, &c.loc.name)?;
                 self.remember(parent, &c, &md)
             }
             _ => Err(VfsError::Perm),
@@ -1191,7 +1254,7 @@ impl Vfs {
         self.before_create(&c)?;
         let cipher = FileCipher::new(header, aead);
         let perm = mode & 0o7777;
-        let file = create_whole(&c.path, perm, |f| {
+        let file = at::create_whole(&c.loc.dir, &c.loc.name, perm, |f| {
             if perm & self.proc_umask != 0 {
                 // The driver's own umask must not take bits the caller asked for.
                 nix::sys::stat::fchmod(
@@ -1203,8 +1266,8 @@ impl Vfs {
             content::init_empty(f, &cipher).map_err(|e| content_err(&c.plain, e).into_io())
         })
         .map_err(|e| self.undo_create(&c, e))?;
-        self.chown_new(caller, &c.path)?;
-        let md = file.metadata()?;
+        self.chown_new(caller, &c.loc)?;
+        let md = at::fstat(&file)?;
         let attr = self.remember(parent, &c, &md)?;
         let state = OpenFile::new(cipher);
         lock(&self.open_files).insert(attr.ino, Arc::downgrade(&state));
@@ -1213,13 +1276,14 @@ impl Vfs {
             file,
             state,
             path: c.plain,
+            ino: attr.ino,
         });
         Ok((attr, fh))
     }
 
     fn remove_side_file(&self, c: &Child) {
         if c.long.is_some() {
-            let _ = fs::remove_file(side_file(&c.path));
+            let _ = at::unlink(&c.loc.dir, &side_file(&c.loc.name));
         }
     }
 
@@ -1227,13 +1291,13 @@ impl Vfs {
     pub fn unlink(&self, parent: Ino, name: &OsStr) -> Result<()> {
         self.gate(false)?;
         let c = self.child_in_group(parent, name)?;
-        let md = fs::symlink_metadata(&c.path).map_err(not_found)?;
+        let md = at::stat(&c.loc.dir, &c.loc.name).map_err(not_found)?;
         if md.is_dir() {
             return Err(VfsError::Io(io::Error::from_raw_os_error(libc::EISDIR)));
         }
-        fs::remove_file(&c.path)?;
+        at::unlink(&c.loc.dir, &c.loc.name)?;
         let ino = self.ino_for(&md);
-        self.drop_link(ino, parent, &c.bname);
+        self.drop_link(ino, parent, &c.loc.name);
         if md.nlink() <= 1 {
             self.forget_backing(ino);
         }
@@ -1245,33 +1309,33 @@ impl Vfs {
     pub fn rmdir(&self, parent: Ino, name: &OsStr) -> Result<()> {
         self.gate(false)?;
         let c = self.child_in_group(parent, name)?;
-        let md = fs::symlink_metadata(&c.path).map_err(not_found)?;
+        let md = at::stat(&c.loc.dir, &c.loc.name).map_err(not_found)?;
         if !md.is_dir() {
             return Err(VfsError::Io(io::Error::from_raw_os_error(libc::ENOTDIR)));
         }
-        for e in fs::read_dir(&c.path)? {
-            let e = e?;
-            if e.file_name() != DIRID_FILE {
-                return Err(VfsError::NotEmpty);
-            }
+        let dir = at::open_dir(&c.loc.dir, &c.loc.name)?;
+        if at::list(&dir, None)?.iter().any(|n| n != DIRID_FILE) {
+            return Err(VfsError::NotEmpty);
         }
         // As gocryptfs: drop the id file, then the directory; put the id
         // back if the directory turns out not to be removable.
         let ino = self.ino_for(&md);
-        let idp = c.path.join(DIRID_FILE);
+        let idn = OsStr::new(DIRID_FILE);
         let cached = lock(&self.inodes).nodes.get(&ino).and_then(|n| n.dirid);
         let saved = match cached {
             Some(d) => Some(d),
-            None => fs::read(&idp).ok().and_then(|b| DirId::decode(&b).ok()),
+            None => at::read(&dir, idn)
+                .ok()
+                .and_then(|b| DirId::decode(&b).ok()),
         };
-        let _ = fs::remove_file(&idp);
-        if let Err(e) = fs::remove_dir(&c.path) {
+        let _ = at::unlink(&dir, idn);
+        if let Err(e) = at::rmdir(&c.loc.dir, &c.loc.name) {
             if let Some(d) = saved {
-                let _ = write_dirid(&c.path, &d);
+                let _ = at::write_new(&dir, idn, &d.encode(), 0o444);
             }
             return Err(e.into());
         }
-        self.drop_link(ino, parent, &c.bname);
+        self.drop_link(ino, parent, &c.loc.name);
         self.forget_backing(ino);
         self.remove_side_file(&c);
         Ok(())
@@ -1300,8 +1364,8 @@ impl Vfs {
         if src.group != dst.group {
             return Err(VfsError::CrossDevice);
         }
-        let src_md = fs::symlink_metadata(&src.path).map_err(not_found)?;
-        let dst_md = fs::symlink_metadata(&dst.path).ok();
+        let src_md = at::stat(&src.loc.dir, &src.loc.name).map_err(not_found)?;
+        let dst_md = at::stat(&dst.loc.dir, &dst.loc.name).ok();
         if flags & libc::RENAME_EXCHANGE != 0 {
             return Err(VfsError::Invalid("RENAME_EXCHANGE is not supported"));
         }
@@ -1317,40 +1381,44 @@ impl Vfs {
                     return Err(VfsError::Io(io::Error::from_raw_os_error(libc::EISDIR)));
                 }
                 // rename(2) replaces only an empty directory; ours holds its id file.
-                for e in fs::read_dir(&dst.path)? {
-                    if e?.file_name() != DIRID_FILE {
-                        return Err(VfsError::NotEmpty);
-                    }
+                let d = at::open_dir(&dst.loc.dir, &dst.loc.name)?;
+                if at::list(&d, None)?.iter().any(|n| n != DIRID_FILE) {
+                    return Err(VfsError::NotEmpty);
                 }
-                fs::remove_file(dst.path.join(DIRID_FILE))?;
+                at::unlink(&d, OsStr::new(DIRID_FILE))?;
             } else if src_md.is_dir() {
                 return Err(VfsError::Io(io::Error::from_raw_os_error(libc::ENOTDIR)));
             }
         }
         if let Some(enc) = &dst.long {
-            crate::store::write_atomic(&side_file(&dst.path), enc.as_bytes(), 0o600)?;
+            at::write_atomic(
+                &dst.loc.dir,
+                &side_file(&dst.loc.name),
+                enc.as_bytes(),
+                0o600,
+            )?;
         }
-        fs::rename(&src.path, &dst.path)?;
+        at::rename(&src.loc, &dst.loc)?;
         if let Some(d) = &dst_md {
             let replaced = self.ino_for(d);
-            self.drop_link(replaced, newparent, &dst.bname);
+            self.drop_link(replaced, newparent, &dst.loc.name);
             if d.is_dir() || d.nlink() <= 1 {
                 self.forget_backing(replaced);
             }
         }
-        if src.long.is_some() && src.path != dst.path {
-            let _ = fs::remove_file(side_file(&src.path));
+        if src.long.is_some() && (parent != newparent || src.loc.name != dst.loc.name) {
+            let _ = at::unlink(&src.loc.dir, &side_file(&src.loc.name));
         }
         let moved = self.ino_for(&src_md);
         let mut inodes = lock(&self.inodes);
         if let Some(n) = inodes.nodes.get_mut(&moved) {
             n.links
-                .retain(|l| !(l.parent == parent && l.bname == src.bname));
+                .retain(|l| !(l.parent == parent && l.bname == src.loc.name));
             n.links.insert(
                 0,
                 Link {
                     parent: newparent,
-                    bname: dst.bname.clone(),
+                    bname: dst.loc.name.clone(),
                     pname: newname.to_os_string(),
                 },
             );
@@ -1361,14 +1429,14 @@ impl Vfs {
     /// Creates a hard link to `ino` named `newname` in `newparent`.
     pub fn link(&self, ino: Ino, newparent: Ino, newname: &OsStr) -> Result<Attr> {
         self.gate(false)?;
-        let (path, group, _) = self.locate(ino)?;
+        let (loc, group, _) = self.locate(ino)?;
         let dst = self.child_in_group(newparent, newname)?;
         if dst.group != group {
             return Err(VfsError::CrossDevice);
         }
         self.before_create(&dst)?;
-        fs::hard_link(&path, &dst.path).map_err(|e| self.undo_create(&dst, e))?;
-        let md = fs::symlink_metadata(&dst.path)?;
+        at::link(&loc, &dst.loc).map_err(|e| self.undo_create(&dst, e))?;
+        let md = at::stat(&dst.loc.dir, &dst.loc.name)?;
         // The kernel counts the reply as a lookup of the new name.
         self.remember(newparent, &dst, &md)
     }
@@ -1412,19 +1480,20 @@ impl Vfs {
     /// Opens file `ino`; returns a handle.
     pub fn open(&self, ino: Ino, flags: i32) -> Result<u64> {
         self.gate(false)?;
-        let (path, group, plain) = self.locate(ino)?;
+        let (loc, group, plain) = self.locate(ino)?;
         let acc = flags & libc::O_ACCMODE;
         if acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
             self.check_writable(&group)?;
         }
-        // Writes need to read partial blocks, so writers get read access too.
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(acc != libc::O_RDONLY)
-            .custom_flags(flags & libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(not_found)?;
-        if !file.metadata()?.is_file() {
+        // Writes need to read partial blocks, so writers get read access
+        // too. Never through a symlink (the kernel resolves those itself).
+        let mode = if acc == libc::O_RDONLY {
+            OFlag::O_RDONLY
+        } else {
+            OFlag::O_RDWR
+        };
+        let file = at::open_file(&loc.dir, &loc.name, mode, 0).map_err(not_found)?;
+        if !at::fstat(&file)?.is_file() {
             return Err(VfsError::Invalid("not a regular file"));
         }
         let state = self.open_state(ino, &file, &group, &plain)?;
@@ -1437,6 +1506,7 @@ impl Vfs {
             file,
             state,
             path: plain,
+            ino,
         }))
     }
 
@@ -1447,9 +1517,8 @@ impl Vfs {
             return Ok(());
         }
         self.gate(false)?;
-        let (path, _, _) = self.locate(ino)?;
-        let flags = nix::unistd::AccessFlags::from_bits_truncate(mask);
-        nix::unistd::access(&path, flags).map_err(nix_err)
+        let (loc, _, _) = self.locate(ino)?;
+        Ok(at::access(&loc.dir, &loc.name, mask)?)
     }
 
     /// Runs `f` on an open file under its lock (shared for readers,
@@ -1517,7 +1586,9 @@ impl Vfs {
         match &*h {
             // The record's other slot is an update (exclusive); the backing
             // fsync after it need not hold readers up.
-            Handle::File { file, state, path } => state
+            Handle::File {
+                file, state, path, ..
+            } => state
                 .with(true, |c| content::prepare_sync(file, c))
                 .and_then(|()| state.with(false, |_| content::sync_backing(file, datasync)))
                 .map_err(|e| content_err(path, e)),
@@ -1596,13 +1667,16 @@ impl Vfs {
             let mut all: Vec<&str> = ring.groups().chain(ring.denied()).collect();
             all.sort_unstable();
             for g in all {
-                let path = self.groups_dir.join(g);
-                match fs::symlink_metadata(&path) {
+                let loc = Loc {
+                    dir: Arc::clone(&self.groups_fd),
+                    name: OsString::from(g),
+                };
+                match at::stat(&loc.dir, &loc.name) {
                     Ok(md) => out.push(DirEntry {
                         ino: self.ino_for(&md),
                         kind: Kind::Dir,
                         name: OsString::from(g),
-                        attr: self.attr_of(&md, &path, g, g).ok(),
+                        attr: self.attr_of(&md, Some(&loc), g, g).ok(),
                         bname: OsString::from(g),
                     }),
                     Err(e) => tracing::warn!(group = g, "data group directory missing: {e}"),
@@ -1610,7 +1684,7 @@ impl Vfs {
             }
             return Ok((Arc::from(""), out));
         }
-        let (dir, group, plain_dir) = self.locate(ino)?;
+        let (dir, group, plain_dir) = self.open_dir_of(ino)?;
         let dirid = self.dirid(ino, &dir, &plain_dir)?;
         let ring = self.keyring();
         let key = Self::group_keys_epoch(&ring, &group, dirid.epoch)?;
@@ -1620,14 +1694,14 @@ impl Vfs {
             .and_then(|n| n.links.first().map(|l| l.parent))
             .unwrap_or(ROOT);
         let mut out = vec![dot(ino, "."), dot(parent, "..")];
-        for e in fs::read_dir(&dir)? {
-            let e = e?;
-            let bname = e.file_name();
+        for bname in at::list(&dir, None)? {
             let Some(bs) = bname.to_str() else { continue };
             let encoded = match crate::format::names::classify(bs) {
                 Entry::Internal => continue,
                 Entry::Short(s) => s.to_string(),
-                Entry::Long(_) => match fs::read_to_string(side_file(&e.path())) {
+                Entry::Long(_) => match at::read(&dir, &side_file(&bname)).and_then(|b| {
+                    String::from_utf8(b).map_err(|_| io::ErrorKind::InvalidData.into())
+                }) {
                     // The hashed name authenticates its side file's content.
                     Ok(s)
                         if crate::format::names::backing_name(&s, crate::crypto::sha256) == bs =>
@@ -1648,18 +1722,24 @@ impl Vfs {
                 tracing::warn!(dir = %plain_dir, entry = bs, "entry name failed authentication (moved from another directory or tampered); hidden");
                 continue;
             };
-            let Ok(md) = e.metadata() else { continue };
-            let Some(kind) = Kind::of(md.file_type()) else {
+            let Ok(md) = at::stat(&dir, &bname) else {
+                continue;
+            };
+            let Some(kind) = Kind::of(&md) else {
                 continue;
             };
             let name = OsString::from_vec(name);
             let plain = format!("{plain_dir}/{}", name.to_string_lossy());
+            let loc = Loc {
+                dir: Arc::clone(&dir),
+                name: bname,
+            };
             out.push(DirEntry {
                 ino: self.ino_for(&md),
                 kind,
-                attr: self.attr_of(&md, &e.path(), &group, &plain).ok(),
+                attr: self.attr_of(&md, Some(&loc), &group, &plain).ok(),
                 name,
-                bname,
+                bname: loc.name,
             });
         }
         Ok((group, out))
@@ -1685,11 +1765,15 @@ impl Vfs {
 
     // ---- extended attributes ----
 
-    fn xattr_key(&self, ino: Ino) -> Result<(PathBuf, String, Arc<Keyring>, Arc<str>)> {
+    fn xattr_key(&self, ino: Ino) -> Result<(ProcPath, String, Arc<Keyring>, Arc<str>)> {
         if ino == ROOT {
             return Err(VfsError::NotSupported);
         }
-        let (path, group, plain) = self.locate(ino)?;
+        let (loc, group, plain) = self.locate(ino)?;
+        let path = ProcPath {
+            path: at::proc_path(&loc.dir, &loc.name)?,
+            _dir: loc.dir,
+        };
         Ok((path, plain, self.keyring(), group))
     }
 
@@ -1697,7 +1781,8 @@ impl Vfs {
     pub fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
         self.gate(false)?;
         let user = user_attr(name)?;
-        let (path, _, ring, group) = self.xattr_key(ino)?;
+        let (pp, _, ring, group) = self.xattr_key(ino)?;
+        let path = &pp.path;
         self.check_writable(&group)?;
         let gk = ring
             .group(&group)
@@ -1708,7 +1793,7 @@ impl Vfs {
         let existing: Vec<String> = gk
             .by_preference()
             .map(|k| names::xattr_name(k.names(), user))
-            .filter(|b| matches!(xattr::get(&path, b), Ok(Some(_))))
+            .filter(|b| matches!(xattr::get(path, b), Ok(Some(_))))
             .collect();
         if flags & libc::XATTR_CREATE != 0 && !existing.is_empty() {
             return Err(VfsError::Exists);
@@ -1718,10 +1803,10 @@ impl Vfs {
         }
         let bname = names::xattr_name(current.names(), user);
         let sealed = current.names().seal(bname.as_bytes(), value);
-        xattr::set(&path, &bname, &sealed)?;
+        xattr::set(path, &bname, &sealed)?;
         // Drop copies under older epochs, so they cannot resurface.
         for old in existing.iter().filter(|b| **b != bname) {
-            let _ = xattr::remove(&path, old);
+            let _ = xattr::remove(path, old);
         }
         Ok(())
     }
@@ -1730,7 +1815,8 @@ impl Vfs {
     pub fn getxattr(&self, ino: Ino, name: &OsStr) -> Result<Vec<u8>> {
         self.gate(false)?;
         let user = user_attr(name).map_err(|_| VfsError::NoAttr)?;
-        let (path, plain, ring, group) = self.xattr_key(ino)?;
+        let (pp, plain, ring, group) = self.xattr_key(ino)?;
+        let path = &pp.path;
         let gk = ring
             .group(&group)
             .ok_or_else(|| VfsError::Access(format!("no key for data group {group}")))?;
@@ -1738,7 +1824,7 @@ impl Vfs {
         // are under an older epoch's name key.
         for key in gk.by_preference() {
             let bname = names::xattr_name(key.names(), user);
-            if let Some(sealed) = xattr::get(&path, &bname)? {
+            if let Some(sealed) = xattr::get(path, &bname)? {
                 return key.names().open(bname.as_bytes(), &sealed).map_err(|_| {
                     corrupt(
                         &plain,
@@ -1759,12 +1845,13 @@ impl Vfs {
         if ino == ROOT {
             return Ok(Vec::new());
         }
-        let (path, _, ring, group) = self.xattr_key(ino)?;
+        let (pp, _, ring, group) = self.xattr_key(ino)?;
+        let path = &pp.path;
         let Some(gk) = ring.group(&group) else {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
-        for n in xattr::list(&path)? {
+        for n in xattr::list(path)? {
             if let Some(plain) = gk
                 .by_preference()
                 .find_map(|k| names::xattr_plain(k.names(), &n))
@@ -1781,7 +1868,8 @@ impl Vfs {
     pub fn removexattr(&self, ino: Ino, name: &OsStr) -> Result<()> {
         self.gate(false)?;
         let user = user_attr(name).map_err(|_| VfsError::NoAttr)?;
-        let (path, _, ring, group) = self.xattr_key(ino)?;
+        let (pp, _, ring, group) = self.xattr_key(ino)?;
+        let path = &pp.path;
         self.check_writable(&group)?;
         let gk = ring
             .group(&group)
@@ -1789,7 +1877,7 @@ impl Vfs {
         // Under every epoch held: an older copy must not resurface.
         let mut removed = false;
         for key in gk.by_preference() {
-            match xattr::remove(&path, &names::xattr_name(key.names(), user)) {
+            match xattr::remove(path, &names::xattr_name(key.names(), user)) {
                 Ok(()) => removed = true,
                 Err(VfsError::NoAttr) => {}
                 Err(e) => return Err(e),
@@ -1809,15 +1897,23 @@ use crate::crypto::Aead;
 #[derive(Clone, Copy)]
 enum Target<'a> {
     Fd(&'a File),
-    Path(&'a Path),
+    At(&'a Loc),
+}
+
+/// A path naming a backing entry through `/proc/self/fd/N/NAME` (for the
+/// extended-attribute calls, which have no `*at` form): valid while this
+/// value holds directory N open.
+struct ProcPath {
+    path: PathBuf,
+    _dir: Dir,
 }
 
 /// A resolved child entry.
 #[derive(Debug)]
 struct Child {
-    path: PathBuf,
+    /// Its backing name in its open parent directory.
+    loc: Loc,
     group: Arc<str>,
-    bname: OsString,
     /// Full encoding, when the backing name is a hashed long name.
     long: Option<String>,
     plain: String,
@@ -1838,59 +1934,11 @@ fn process_umask() -> u32 {
         .unwrap_or(0o022)
 }
 
-/// Creates the regular file `path` (failing if it exists) with its first
-/// bytes written by `init` before the name appears: a crash never leaves a
-/// named file without a header and a size record. An unnamed `O_TMPFILE`
-/// linked into place; where the backing filesystem has none, a hidden
-/// temporary name, hard-linked (which, like `O_EXCL`, never replaces).
-fn create_whole(
-    path: &Path,
-    mode: u32,
-    init: impl Fn(&File) -> io::Result<()>,
-) -> io::Result<File> {
-    use nix::fcntl::AtFlags;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_TMPFILE)
-        .mode(mode)
-        .open(dir);
-    match tmp {
-        Ok(file) => {
-            init(&file)?;
-            let fd = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-            match nix::unistd::linkat(None, fd.as_path(), None, path, AtFlags::AT_SYMLINK_FOLLOW) {
-                Ok(()) => return Ok(file),
-                Err(nix::Error::ENOENT) if !Path::new("/proc/self/fd").exists() => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
-            ) => {}
-        Err(e) => return Err(e),
-    }
-    let mut rnd = [0u8; 8];
-    crate::crypto::random_bytes(&mut rnd);
-    let tmp_path = dir.join(format!(".tresor-tmp-{}", hex::encode(rnd)));
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp_path)?;
-    let linked = init(&file).and_then(|()| fs::hard_link(&tmp_path, path));
-    let _ = fs::remove_file(&tmp_path);
-    linked.map(|()| file)
-}
-
-fn side_file(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_os_string();
+/// The side file holding long name `bname`'s full encoding.
+fn side_file(bname: &OsStr) -> OsString {
+    let mut s = bname.to_os_string();
     s.push(crate::format::names::LONG_SUFFIX);
-    PathBuf::from(s)
+    s
 }
 
 fn not_found(e: io::Error) -> VfsError {
@@ -1960,6 +2008,7 @@ mod tests {
     use super::*;
     use crate::crypto::KdfParams;
     use crate::pse::Pse;
+    use std::path::Path;
 
     fn engine(dir: &Path) -> (Vfs, Store, Pse) {
         let admin = Pse::generate("admin", None).unwrap();
