@@ -316,7 +316,18 @@ pub(super) fn umount(mnt: &Path) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     match session::query(mnt, &Request::new("umount")) {
-        Ok(_) => Ok(ExitCode::SUCCESS),
+        Ok(_) => {
+            // The driver answers, then the FUSE session ends and it removes
+            // its control socket: once that is gone the mount point can be
+            // mounted again at once (bounded: a driver slow to end is not
+            // the caller's failure).
+            let sock = session::socket_path(mnt);
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while sock.exists() && std::time::Instant::now() < until {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Err(e @ SessionError::NotRunning(_)) => {
             // A mount whose driver died still needs removing.
             super::unmount(mnt).map_err(|_| e)?;
