@@ -673,9 +673,12 @@ impl RootPlan {
         let mut entries = Vec::new();
         let mut made: BTreeSet<PathBuf> = BTreeSet::new();
         let mut sealed = Vec::new();
+        // Files inside a bound directory are there already (and a read-only
+        // one could not take a mount point).
         let private_files = files
             .iter()
             .filter(|f| RootPlan::private(f) && f.is_file())
+            .filter(|f| !data.iter().chain(writable).any(|d| f.starts_with(d)))
             .map(|f| (f, Access::Read));
         let mut bound: Vec<(&PathBuf, Access)> = data
             .iter()
@@ -713,8 +716,12 @@ impl RootPlan {
                         ops.push(RootOp::Mkdir(target.clone(), 0o755));
                         // As in the run: the way to what is bound is not
                         // the analysis's to write (sealed at the end).
-                        if a.parent()
-                            .is_some_and(|p| p == Path::new("/tmp") || p == Path::new("/dev/shm"))
+                        // (Not what is bound itself: a seal set on it at
+                        // the end would land on the binding, on top.)
+                        if a != path.as_path()
+                            && a.parent().is_some_and(|p| {
+                                p == Path::new("/tmp") || p == Path::new("/dev/shm")
+                            })
                         {
                             ops.push(RootOp::Mount {
                                 src: Some(c("tmpfs")?),
@@ -899,6 +906,27 @@ mod tests {
         assert!(ro(at[1].1), "the read-only binding of the same path wins");
         assert_eq!(at[2].0, "/newroot/tmp/x/w/d");
         assert!(ro(at[2].1));
+
+        // Bound right under /tmp: no seal of its own (it would land on
+        // the binding and make a --writable read-only).
+        let top = PathBuf::from("/tmp/top");
+        let plan = RootPlan::wide(
+            &[],
+            std::slice::from_ref(&top),
+            &[std::env::current_exe().unwrap()],
+            Path::new("/"),
+            1 << 20,
+        )
+        .unwrap();
+        let at_top = |op: &RootOp| match op {
+            RootOp::Mount { target, .. } | RootOp::Attr { target, .. } => {
+                target.to_bytes() == b"/newroot/tmp/top"
+            }
+            _ => false,
+        };
+        let ops: Vec<&RootOp> = plan.ops.iter().filter(|o| at_top(o)).collect();
+        assert_eq!(ops.len(), 2, "bind and its attributes only: {ops:?}");
+        assert!(matches!(ops[1], RootOp::Attr { set, .. } if set & sys::MOUNT_ATTR_RDONLY == 0));
     }
 
     fn profile() -> Profile {
