@@ -1075,42 +1075,9 @@ fn real_shell_pipeline_profiled_on_one_input_runs_on_another() {
                 out.into(),
             ]
         };
-        let p = case.path("sh.json");
-        let scratch = case.mkdir("profile-out");
-        let v = argv(&a, &scratch);
-        profile_command(
-            &case,
-            &p,
-            &a,
-            Some(scratch.as_path()),
-            &v.iter().map(|x| x.as_os_str()).collect::<Vec<_>>(),
-        );
-        let out = case.out();
-        let v = argv(&b, &out);
-        let mut c = case.command(Path::new(env!("CARGO_BIN_EXE_tresor")));
-        c.stdin(Stdio::null())
-            .arg("run")
-            .arg("--profile")
-            .arg(&p)
-            .arg("--data")
-            .arg(&b)
-            .arg("--out")
-            .arg(&out)
-            .arg("--")
-            .args(&v);
-        let r = c.output().unwrap();
-        assert!(r.status.success(), "{}", text(&r.stderr));
-        let free = case.out();
-        let v = argv(&b, &free);
-        util::ok(case.command(sh).args(&v[1..]));
-        assert_eq!(
-            std::fs::read_to_string(out.join("f.txt")).unwrap(),
-            std::fs::read_to_string(free.join("f.txt")).unwrap()
-        );
-        assert_eq!(
-            std::fs::read_to_string(out.join("f.txt")).unwrap(),
-            "ki67 1\nki67 40\nki67 99\n"
-        );
+        let got =
+            String::from_utf8(profiled_on_a_run_on_b(&case, "sh", &a, &b, &argv, "f.txt")).unwrap();
+        assert_eq!(got, "ki67 1\nki67 40\nki67 99\n");
     }
 }
 
@@ -1305,37 +1272,9 @@ fn real_ki67_vips_and_openslide_profiled_on_one_slide_run_on_another() {
             ),
         ];
         for (name, argv, result) in cases {
-            let p = case.path(&format!("{name}.json"));
-            let scratch = case.mkdir(&format!("{name}-profile-out"));
-            let v = argv(&sa, &scratch);
-            profile_command(
-                &case,
-                &p,
-                &a,
-                Some(scratch.as_path()),
-                &v.iter().map(|x| x.as_os_str()).collect::<Vec<_>>(),
-            );
-            let out = case.out();
-            let v = argv(&sb, &out);
-            let mut c = case.command(Path::new(env!("CARGO_BIN_EXE_tresor")));
-            c.stdin(Stdio::null())
-                .arg("run")
-                .arg("--profile")
-                .arg(&p)
-                .arg("--data")
-                .arg(&b)
-                .arg("--out")
-                .arg(&out)
-                .arg("--")
-                .args(&v);
-            let r = c.output().unwrap();
-            assert!(r.status.success(), "{name}: {}", text(&r.stderr));
-            let free = case.out();
-            let v = argv(&sb, &free);
-            util::ok(case.command(Path::new(&v[0])).args(&v[1..]));
-            let got = std::fs::read(out.join(result)).unwrap();
-            assert!(!got.is_empty());
-            assert_eq!(got, std::fs::read(free.join(result)).unwrap(), "{name}");
+            // Each directory's slide: s1.tiff in A, other-7.tiff in B.
+            let slide_in = |d: &Path, out: &Path| argv(if d == a { &sa } else { &sb }, out);
+            profiled_on_a_run_on_b(&case, name, &a, &b, &slide_in, result);
         }
     }
 }
@@ -1376,14 +1315,17 @@ fn real_python_multiprocessing_pool_profiled_on_one_input_runs_on_another() {
         let argv = |d: &Path, out: &Path| -> Vec<std::ffi::OsString> {
             vec![python.into(), script.clone().into(), d.into(), out.into()]
         };
-        let got = profiled_on_a_run_on_b(&case, "pool", &a, &b, &argv, "sq.txt");
+        let got = String::from_utf8(profiled_on_a_run_on_b(
+            &case, "pool", &a, &b, &argv, "sq.txt",
+        ))
+        .unwrap();
         assert_eq!(got, "16 25 36 49\n");
     }
 }
 
 /// The analysis `argv(DATA, OUT)` profiled by the case's user on `a`, run
 /// confined on `b`, and run unconfined on `b`: its result file `result`
-/// must be the same both times; returns it.
+/// must be the same both times (and not empty); returns it.
 fn profiled_on_a_run_on_b(
     case: &Case,
     name: &str,
@@ -1391,7 +1333,7 @@ fn profiled_on_a_run_on_b(
     b: &Path,
     argv: &dyn Fn(&Path, &Path) -> Vec<std::ffi::OsString>,
     result: &str,
-) -> String {
+) -> Vec<u8> {
     let p = case.path(&format!("{name}.json"));
     let scratch = case.mkdir(&format!("{name}-profile-out"));
     let v = argv(a, &scratch);
@@ -1420,10 +1362,10 @@ fn profiled_on_a_run_on_b(
     let free = case.out();
     let v = argv(b, &free);
     util::ok(case.command(Path::new(&v[0])).args(&v[1..]));
-    let got = std::fs::read_to_string(out.join(result)).unwrap();
-    assert_eq!(
-        got,
-        std::fs::read_to_string(free.join(result)).unwrap(),
+    let got = std::fs::read(out.join(result)).unwrap();
+    assert!(!got.is_empty(), "{name}: an empty result");
+    assert!(
+        got == std::fs::read(free.join(result)).unwrap(),
         "{name}: confined and unconfined results differ"
     );
     got
@@ -1466,7 +1408,10 @@ fn real_numpy_with_threads_profiled_on_one_input_runs_on_another() {
         let argv = |d: &Path, out: &Path| -> Vec<std::ffi::OsString> {
             vec![python.into(), script.clone().into(), d.into(), out.into()]
         };
-        let got = profiled_on_a_run_on_b(&case, "numpy", &a, &b, &argv, "det.txt");
+        let got = String::from_utf8(profiled_on_a_run_on_b(
+            &case, "numpy", &a, &b, &argv, "det.txt",
+        ))
+        .unwrap();
         assert!(got.starts_with("[25.0] "), "{got}");
     }
 }
@@ -1510,7 +1455,15 @@ fn real_script_through_a_shell_wrapper_profiled_on_one_input_runs_on_another() {
                 out.into(),
             ]
         };
-        let got = profiled_on_a_run_on_b(&case, "shim", &a, &b, &argv, "words.txt");
+        let got = String::from_utf8(profiled_on_a_run_on_b(
+            &case,
+            "shim",
+            &a,
+            &b,
+            &argv,
+            "words.txt",
+        ))
+        .unwrap();
         assert_eq!(got, "cell=2 stroma=1\n");
     }
 }

@@ -521,13 +521,7 @@ impl RootPlan {
             }
             if d.parent() == Some(Path::new("/tmp")) {
                 let target = prefixed("/newroot", d)?;
-                ops.push(RootOp::Mount {
-                    src: Some(c("tmpfs")?),
-                    target: target.clone(),
-                    fstype: Some(c("tmpfs")?),
-                    flags: libc::MS_NOSUID | libc::MS_NODEV,
-                    data: Some(c(BASE_TMPFS)?),
-                });
+                ops.push(small_tmpfs(target.clone())?);
                 sealed.push(target);
             }
         }
@@ -723,13 +717,7 @@ impl RootPlan {
                                 p == Path::new("/tmp") || p == Path::new("/dev/shm")
                             })
                         {
-                            ops.push(RootOp::Mount {
-                                src: Some(c("tmpfs")?),
-                                target: target.clone(),
-                                fstype: Some(c("tmpfs")?),
-                                flags: libc::MS_NOSUID | libc::MS_NODEV,
-                                data: Some(c(BASE_TMPFS)?),
-                            });
+                            ops.push(small_tmpfs(target.clone())?);
                             sealed.push(target);
                         }
                     }
@@ -797,6 +785,18 @@ impl RootPlan {
     }
 }
 
+/// A small tmpfs (the base of the root, or a seal on the way to something
+/// bound below `/tmp`): nosuid, nodev.
+fn small_tmpfs(target: CString) -> io::Result<RootOp> {
+    Ok(RootOp::Mount {
+        src: Some(c("tmpfs")?),
+        target,
+        fstype: Some(c("tmpfs")?),
+        flags: libc::MS_NOSUID | libc::MS_NODEV,
+        data: Some(c(BASE_TMPFS)?),
+    })
+}
+
 /// The first steps of every view (after bubblewrap): mounts made private
 /// (nothing propagates back to the host), a small tmpfs on `/tmp` becomes
 /// the root with the host's at `/oldroot`, the view is built in `/newroot`.
@@ -809,13 +809,7 @@ fn base() -> io::Result<Vec<RootOp>> {
             flags: libc::MS_REC | libc::MS_PRIVATE,
             data: None,
         },
-        RootOp::Mount {
-            src: Some(c("tmpfs")?),
-            target: c("/tmp")?,
-            fstype: Some(c("tmpfs")?),
-            flags: libc::MS_NOSUID | libc::MS_NODEV,
-            data: Some(c(BASE_TMPFS)?),
-        },
+        small_tmpfs(c("/tmp")?)?,
         RootOp::Chdir(c("/tmp")?),
         RootOp::Mkdir(c("newroot")?, 0o755),
         RootOp::Mount {
