@@ -112,10 +112,9 @@ impl ProfileView {
     /// Checks the directories and lays out the view. The working
     /// directory is the caller's where the view has it (as in the run: not
     /// below the private `/tmp` unless in or on the way to a directory
-    /// bound there), else the
-    /// first writable directory, else `/`; `HOME` is the first writable
-    /// directory (as `tresor run` sets it to `--out`), else the working
-    /// directory.
+    /// bound there), else the first writable directory, else `/`; `HOME`
+    /// is the first writable directory (as `tresor run` sets it to
+    /// `--out`), else the working directory.
     pub fn prepare(&self, files: &[PathBuf]) -> Result<Prepared, String> {
         let dirs = |list: &[PathBuf], what: &str| {
             list.iter()

@@ -686,8 +686,9 @@ impl RootPlan {
         bound.sort_by_key(|(p, a)| (p.components().count(), *a != Access::Write));
         for (path, access) in bound {
             let is_dir = access != Access::Read;
-            // Below the private trees the way to it is made (and stays
-            // writable: it is the run's private /tmp too).
+            // Below the private trees the way to it is made in the private
+            // tmpfs; its first directory gets a small tmpfs of its own,
+            // sealed read-only at the end (as in the run).
             if RootPlan::private(path) {
                 let way = if is_dir {
                     Some(path.as_path())
