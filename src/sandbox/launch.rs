@@ -1122,10 +1122,11 @@ impl Supervisor<'_> {
         } else {
             libc::WEXITSTATUS(st) != 0
         };
-        if failed && self.stop.is_none() {
-            // A fork refused at RLIMIT_NPROC before the count saw the
-            // tasks: they are all still there (init has not been told).
-            let tasks = tasks_in_pid_namespace_of(pid);
+        // A fork refused at RLIMIT_NPROC before the count saw the tasks:
+        // they are all still there (init has not been told). Counted by
+        // walking init's descendants, so the cost is the run's size.
+        if let (true, None, Some(init)) = (failed, &self.stop, self.init) {
+            let tasks = tasks_below(init);
             if tasks > self.prep.max_procs {
                 self.stop(Stop::Limit(
                     Limit::Processes,
@@ -1136,6 +1137,8 @@ impl Supervisor<'_> {
                 ));
                 return;
             }
+        }
+        if failed && self.stop.is_none() {
             if let Some(&asked) = self.refused_allocations.get(&pid) {
                 self.stop(Stop::Limit(
                     Limit::Memory,
@@ -1299,30 +1302,28 @@ impl Supervisor<'_> {
     }
 }
 
-/// Tasks (threads included) in the pid namespace of `pid`, but its init.
-fn tasks_in_pid_namespace_of(pid: i32) -> u64 {
-    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
-    let Some(want) = ns(&pid.to_string()) else {
-        return 0;
-    };
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    dir.filter_map(Result::ok)
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
-        .filter(|p| ns(p).as_ref() == Some(&want))
-        .filter(|p| {
-            // Not the namespace's init (its innermost pid is 1).
-            std::fs::read_to_string(format!("/proc/{p}/status")).is_ok_and(|st| {
-                st.lines()
-                    .find_map(|l| l.strip_prefix("NSpid:"))
-                    .and_then(|v| v.split_whitespace().last())
-                    != Some("1")
-            })
-        })
-        .map(|p| std::fs::read_dir(format!("/proc/{p}/task")).map_or(1, |t| t.count() as u64))
-        .sum()
+/// Tasks (threads included) of the processes below `init`, from the
+/// kernel's `/proc/PID/task/TID/children` lists.
+fn tasks_below(init: i32) -> u64 {
+    let mut todo = vec![init];
+    let mut tasks = 0;
+    while let Some(p) = todo.pop() {
+        let Ok(threads) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in threads.filter_map(Result::ok) {
+            if p != init {
+                tasks += 1;
+            }
+            let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            todo.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<i32>().ok()),
+            );
+        }
+    }
+    tasks
 }
 
 /// A task's thread group and its address space now (`VmSize`), bytes.

@@ -579,13 +579,7 @@ impl RootPlan {
                 recursive: true,
             });
         }
-        for target in sealed {
-            ops.push(RootOp::Attr {
-                target,
-                set: sys::MOUNT_ATTR_RDONLY,
-                recursive: false,
-            });
-        }
+        ops.extend(sealed.into_iter().map(seal));
         ops.extend(into_newroot()?);
         ops.extend([
             // The skeleton itself: nothing new in / or its directories.
@@ -751,13 +745,7 @@ impl RootPlan {
                 is_dir,
             });
         }
-        for target in sealed {
-            ops.push(RootOp::Attr {
-                target,
-                set: sys::MOUNT_ATTR_RDONLY,
-                recursive: false,
-            });
-        }
+        ops.extend(sealed.into_iter().map(seal));
         ops.extend(into_newroot()?);
         ops.push(RootOp::Chdir(c(cwd.as_os_str().as_bytes())?));
         Ok(RootPlan {
@@ -796,6 +784,16 @@ fn small_tmpfs(target: CString) -> io::Result<RootOp> {
         flags: libc::MS_NOSUID | libc::MS_NODEV,
         data: Some(c(BASE_TMPFS)?),
     })
+}
+
+/// Makes a small tmpfs on the way to something bound read-only, once
+/// everything below it is in place.
+fn seal(target: CString) -> RootOp {
+    RootOp::Attr {
+        target,
+        set: sys::MOUNT_ATTR_RDONLY,
+        recursive: false,
+    }
 }
 
 /// The first steps of every view (after bubblewrap): mounts made private
