@@ -10,7 +10,7 @@
 //! again completes it.
 
 use crate::crypto::{PublicKey, SecretKey};
-use crate::directory::{self, Body, DirectoryError, GroupEntry, Right};
+use crate::directory::{self, Body, DirectoryError, Duty, GroupEntry, Right};
 use crate::format::manifest::{EpochKeys, KeyFile};
 use crate::pse::Pse;
 use crate::store::{Store, StoreError};
@@ -50,6 +50,12 @@ impl<'a> Admin<'a> {
     /// Adds a role.
     pub fn add_role(mut self, role: &str) -> Result<(), StoreError> {
         self.dir.add_role(role)?;
+        self.commit()
+    }
+
+    /// Gives `role` a duty of the analysis service, or (`on` false) takes it away.
+    pub fn set_duty(mut self, role: &str, duty: Duty, on: bool) -> Result<(), StoreError> {
+        self.dir.set_duty(role, duty, on)?;
         self.commit()
     }
 

@@ -17,6 +17,7 @@ mod admin;
 mod demo;
 mod helper;
 mod passwd;
+mod service;
 mod session;
 mod sign;
 
@@ -63,6 +64,25 @@ enum Cmd {
     User(admin::UserCmd),
     /// Set one cell of the access matrix: ROLE × DATAGROUP = w | r | -.
     Grant(admin::GrantArgs),
+    /// Run the analysis service: signed HTTP API, jobs, audit trail (docs/SERVICE.md).
+    Serve(service::ServeArgs),
+    /// Submit an analysis to the service.
+    Submit(service::SubmitArgs),
+    /// List the service's jobs, or show one.
+    Jobs(service::JobsArgs),
+    /// Approve a profiled job to run (not your own).
+    Approve(service::JobArgs),
+    /// Reject a profiled or staged job.
+    Reject(service::RejectArgs),
+    /// Release a staged job's outputs into the sample records (not your own).
+    Release(service::JobArgs),
+    /// List a sample record's analyses, or download one of their files.
+    Results(service::ResultsArgs),
+    /// Check the service's audit trail.
+    #[command(subcommand)]
+    Audit(service::AuditCmd),
+    /// Give a role a duty of the analysis service (submit, approve, release), or take it away.
+    Duty(admin::DutyArgs),
     /// Print the access matrix (roles × data groups) and check its signature; needs no PSE.
     Matrix {
         /// The store directory.
@@ -487,6 +507,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Role(c) => admin::role(c),
         Cmd::User(c) => admin::user(c),
         Cmd::Grant(a) => admin::grant(a),
+        Cmd::Duty(a) => admin::duty(a),
+        Cmd::Serve(a) => service::serve(a),
+        Cmd::Submit(a) => service::submit(a),
+        Cmd::Jobs(a) => service::jobs(a),
+        Cmd::Approve(a) => service::approve(a),
+        Cmd::Reject(a) => service::reject(a),
+        Cmd::Release(a) => service::release(a),
+        Cmd::Results(a) => service::results(a),
+        Cmd::Audit(c) => service::audit(c),
         Cmd::Matrix {
             store,
             json,

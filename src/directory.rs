@@ -18,8 +18,10 @@ use crate::format::names::{decode as b64d, encode as b64e};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Directory format written by this tresor.
-pub const DIRECTORY_FORMAT: u32 = 1;
+/// Highest directory format this tresor reads. A directory is written as
+/// format 1 unless a role holds a [`Duty`] (format 2), so older tresors keep
+/// reading every store that does not use the analysis service.
+pub const DIRECTORY_FORMAT: u32 = 2;
 /// File name in the store root.
 pub const DIRECTORY_FILE: &str = "directory.json";
 
@@ -111,6 +113,39 @@ impl Right {
     }
 }
 
+/// A duty of the analysis service (docs/SERVICE.md), held by a role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Duty {
+    /// Submit analyses (over data groups the role may read).
+    Submit,
+    /// Approve another user's analysis to run (four eyes).
+    Approve,
+    /// Release another user's outputs into the sample record.
+    Release,
+}
+
+impl Duty {
+    /// Parses `submit`, `approve` or `release`.
+    pub fn parse(s: &str) -> Option<Duty> {
+        match s {
+            "submit" => Some(Duty::Submit),
+            "approve" => Some(Duty::Approve),
+            "release" => Some(Duty::Release),
+            _ => None,
+        }
+    }
+
+    /// The word used on the command line and in the directory.
+    pub fn name(self) -> &'static str {
+        match self {
+            Duty::Submit => "submit",
+            Duty::Approve => "approve",
+            Duty::Release => "release",
+        }
+    }
+}
+
 /// A certified user.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -175,6 +210,10 @@ pub struct Body {
     pub datagroups: BTreeMap<String, GroupEntry>,
     /// role → data group → right; absent cells are `-`.
     pub matrix: BTreeMap<String, BTreeMap<String, Right>>,
+    /// role → duties in the analysis service. Absent when empty, so a
+    /// directory without duties keeps the bytes of format 1.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub duties: BTreeMap<String, BTreeSet<Duty>>,
 }
 
 #[derive(Deserialize)]
@@ -229,6 +268,7 @@ impl Body {
             removed: BTreeMap::new(),
             datagroups: BTreeMap::new(),
             matrix: BTreeMap::new(),
+            duties: BTreeMap::new(),
         }
     }
 
@@ -293,6 +333,14 @@ impl Body {
                 }
             }
         }
+        for role in self.duties.keys() {
+            if !self.roles.contains(role) {
+                return bad(format!("duties for unknown role {role}"));
+            }
+        }
+        if !self.duties.is_empty() && self.tresor_directory < 2 {
+            return bad("duties in a format-1 directory".into());
+        }
         for (g, e) in &self.datagroups {
             if !e.key_ids.contains_key(&e.epoch) {
                 return bad(format!(
@@ -330,6 +378,33 @@ impl Body {
             Some(u) => self.right(&u.role, group),
             None => Right::None,
         }
+    }
+
+    /// Whether `user` (a certified user, not the admin) holds `duty`.
+    pub fn has_duty(&self, user: &str, duty: Duty) -> bool {
+        self.users
+            .get(user)
+            .and_then(|u| self.duties.get(&u.role))
+            .is_some_and(|d| d.contains(&duty))
+    }
+
+    /// Gives `role` the duty (`on`) or takes it away; the directory becomes
+    /// format 2 once any role holds a duty.
+    pub fn set_duty(&mut self, role: &str, duty: Duty, on: bool) -> Result<(), DirectoryError> {
+        self.need_role(role)?;
+        if on {
+            self.duties
+                .entry(role.to_string())
+                .or_default()
+                .insert(duty);
+            self.tresor_directory = self.tresor_directory.max(2);
+        } else if let Some(d) = self.duties.get_mut(role) {
+            d.remove(&duty);
+            if d.is_empty() {
+                self.duties.remove(role);
+            }
+        }
+        Ok(())
     }
 
     /// Adds a role.

@@ -10,6 +10,7 @@
 //! - [`fs`]: the FUSE adapter (fuser) — thin;
 //! - [`session`]: login, lock, user switch and the control socket of a mount;
 //! - [`sandbox`]: profiling and confining untrusted analyses;
+//! - [`service`]: the analysis service — submit, approve, run, release;
 //! - [`signature`]: signed documents (detached `.sig` files) and their checks;
 //! - [`slide`]: pyramidal tiled TIFF writer and reader for virtual slides;
 //! - [`cli`]: the command line.
@@ -25,6 +26,7 @@ pub mod prompt;
 pub mod pse;
 pub mod rekey;
 pub mod sandbox;
+pub mod service;
 pub mod session;
 pub mod signature;
 pub mod slide;

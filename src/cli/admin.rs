@@ -3,7 +3,7 @@
 use super::{new_passphrase, unlock_pse, PassArgs};
 use crate::admin::{Admin, Outcome};
 use crate::crypto::KdfParams;
-use crate::directory::{self, Body, Right};
+use crate::directory::{self, Body, Duty, Right};
 use crate::pse::Pse;
 use crate::store::{write_atomic, Store};
 use anyhow::{bail, Context, Result};
@@ -94,6 +94,55 @@ pub struct GrantArgs {
     pse: PathBuf,
     #[command(flatten)]
     pass: PassArgs,
+}
+
+/// `tresor duty STORE ROLE submit|approve|release [--remove]`
+#[derive(Args, Debug)]
+pub struct DutyArgs {
+    /// The store directory.
+    store: PathBuf,
+    /// The role.
+    role: String,
+    /// `submit` analyses, `approve` others' analyses, `release` others' outputs (docs/SERVICE.md).
+    duty: String,
+    /// Take the duty away instead.
+    #[arg(long)]
+    remove: bool,
+    /// The administrator's PSE.
+    #[arg(long)]
+    pse: PathBuf,
+    #[command(flatten)]
+    pass: PassArgs,
+}
+
+/// Runs `tresor duty`.
+pub fn duty(a: DutyArgs) -> Result<ExitCode> {
+    let Some(duty) = Duty::parse(&a.duty) else {
+        bail!(
+            "\"{}\" is not a duty: use submit, approve or release",
+            a.duty
+        );
+    };
+    let s = Store::open(&a.store)?;
+    let admin = unlock_pse(&a.pse, &a.pass)?;
+    Admin::open(&s, &admin)?.set_duty(&a.role, duty, !a.remove)?;
+    println!(
+        "{} {} {}",
+        a.role,
+        if a.remove { "no longer holds" } else { "holds" },
+        duty.name()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn duties_text(dir: &Body) -> Vec<String> {
+    dir.duties
+        .iter()
+        .map(|(role, d)| {
+            let names: Vec<&str> = d.iter().map(|x| x.name()).collect();
+            format!("{role}: {}", names.join(", "))
+        })
+        .collect()
 }
 
 fn report(out: &Outcome) {
@@ -297,7 +346,7 @@ pub fn grant(a: GrantArgs) -> Result<ExitCode> {
 /// Verifies the directory with the admin key recorded in the store's own
 /// manifest: proves the two agree, not who the admin is (a PSE's trust
 /// anchor does that).
-fn verified_without_pse(store: &Path) -> Result<(Store, Body)> {
+pub(super) fn verified_without_pse(store: &Path) -> Result<(Store, Body)> {
     let s = Store::open(store)?;
     if !s.has_directory() {
         bail!("this store has no directory (created before users and roles existed)");
@@ -364,6 +413,7 @@ pub fn matrix(store: &Path, json: bool) -> Result<ExitCode> {
             "roles": dir.roles,
             "datagroups": groups,
             "matrix": cells,
+            "duties": dir.duties,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
@@ -403,6 +453,10 @@ pub fn matrix(store: &Path, json: bool) -> Result<ExitCode> {
             print!("  {cell:^width$}", width = g.len());
         }
         println!();
+    }
+    let duties = duties_text(&dir);
+    if !duties.is_empty() {
+        println!("service duties: {}", duties.join("; "));
     }
     Ok(ExitCode::SUCCESS)
 }
