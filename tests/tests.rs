@@ -19,6 +19,7 @@ mod readme;
 mod rekey;
 mod rollback;
 mod run;
+mod service;
 mod session;
 mod sign;
 mod slides;
