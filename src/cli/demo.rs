@@ -3,7 +3,8 @@
 //! (this binary, in child processes), so the demo shows exactly what a user
 //! would type: stores, roles and the matrix, mounts per user, a generated
 //! virtual slide, the Ki-67 analysis profiled once and run confined through
-//! the mount, a signed prescription, a lock and a user switch.
+//! the mount, a signed prescription, a lock and a user switch, and the same
+//! analysis through the analysis service (submit, approve, release, fetch).
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -19,16 +20,25 @@ const MARKER: &str = "tresor-demo.txt";
 const PASSPHRASE: &str = "demo passphrase";
 /// Data groups, roles and the matrix (Figure 2 of the security concept, in small).
 const GROUPS: [&str; 3] = ["pathology", "lab", "prescriptions"];
-const MATRIX: [(&str, [&str; 3]); 3] = [
+const MATRIX: [(&str, [&str; 3]); 4] = [
     ("physicians", ["w", "w", "w"]),
-    ("nurses", ["-", "-", "r"]),
+    ("nurses", ["r", "-", "r"]),
     ("researchers", ["w", "-", "-"]),
+    ("service", ["w", "-", "-"]),
 ];
 /// Users: name, role.
-const USERS: [(&str, &str); 3] = [
+const USERS: [(&str, &str); 4] = [
     ("alice", "physicians"),
     ("nina", "nurses"),
     ("rob", "researchers"),
+    ("svc", "service"),
+];
+/// Duties in the analysis service: researchers submit, physicians approve,
+/// nurses check and release outputs.
+const DUTIES: [(&str, &str); 3] = [
+    ("researchers", "submit"),
+    ("physicians", "approve"),
+    ("nurses", "release"),
 ];
 const SLIDE: &str = "pathology/S-2026-0042/slide.tiff";
 const RESULTS: &str = "pathology/S-2026-0042/ki67";
@@ -182,7 +192,8 @@ impl Demo {
         self.violation(&ki67)?;
         self.prescription()?;
         self.switch_user()?;
-        step(10, "unmount");
+        self.service(&ki67)?;
+        step(11, "unmount");
         Ok(())
     }
 
@@ -254,6 +265,9 @@ impl Demo {
                     r.as_ref(),
                 ])?;
             }
+        }
+        for (role, duty) in DUTIES {
+            self.admin(&["duty".as_ref(), store, role.as_ref(), duty.as_ref()])?;
         }
         for (user, role) in USERS {
             let pse = self.pse(user);
@@ -606,6 +620,150 @@ impl Demo {
             "cat {RX}: {}",
             rx.lines().next().unwrap_or_default()
         ));
+        Ok(())
+    }
+}
+
+impl Demo {
+    /// A client command of the service as `user`.
+    fn client(&self, url: &str, user: &str, cmd: &str) -> Command {
+        let mut c = self.tresor([cmd, "--service", url]);
+        c.arg("--pse")
+            .arg(self.pse(user))
+            .arg("--passphrase-file")
+            .arg(&self.pass);
+        c
+    }
+
+    fn wait_job(&self, url: &str, id: &str, states: &[&str]) -> Result<serde_json::Value> {
+        let start = Instant::now();
+        loop {
+            let out = ok(self.client(url, "alice", "jobs").args([id, "--json"]))?;
+            let j: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            let state = j["state"].as_str().unwrap_or("");
+            if states.contains(&state) {
+                return Ok(j);
+            }
+            if state == "failed" {
+                bail!("job {id} failed: {}", j["reason"]);
+            }
+            if start.elapsed() > Duration::from_secs(600) {
+                bail!("job {id} is still {state} after 10 minutes");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn service(&self, ki67: &Path) -> Result<()> {
+        step(
+            10,
+            "the analysis service: rob submits Ki-67, alice approves, it runs confined, nina checks and releases, the heat map joins the sample record",
+        );
+        let state = self.root.join("service");
+        let mut serve = self
+            .tresor(["serve".as_ref(), self.store.as_os_str()])
+            .arg("--pse")
+            .arg(self.pse("svc"))
+            .arg("--passphrase-file")
+            .arg(&self.pass)
+            .args(["--listen", "127.0.0.1:0", "--workers", "1", "--state"])
+            .arg(&state)
+            .stdout(std::process::Stdio::piped())
+            .stderr(fs::File::create(self.root.join("serve.log"))?)
+            .spawn()
+            .context("cannot start tresor serve")?;
+        let result = self.service_flow(&mut serve, ki67);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(serve.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = serve.wait();
+        result?;
+        let audit = ok(self
+            .tresor([
+                "audit".as_ref(),
+                "verify".as_ref(),
+                state.join("audit.log").as_os_str(),
+            ])
+            .arg("--store")
+            .arg(&self.store))?;
+        detail(String::from_utf8_lossy(&audit.stdout).trim());
+        Ok(())
+    }
+
+    fn service_flow(&self, serve: &mut std::process::Child, ki67: &Path) -> Result<()> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        if let Some(out) = serve.stdout.take() {
+            std::io::BufReader::new(out).read_line(&mut line)?;
+        }
+        let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://")) else {
+            bail!(
+                "tresor serve did not start: {}",
+                fs::read_to_string(self.root.join("serve.log")).unwrap_or_default()
+            );
+        };
+        detail(line.trim());
+        let input = SLIDE.trim_start_matches("pathology/");
+        let sub = ok(self
+            .client(url, "rob", "submit")
+            .args(["--group", "pathology", "--input", input, "--"])
+            .arg(ki67)
+            .args(["{input}", "--out", "{out}"]))?;
+        detail(format!(
+            "rob: {}",
+            String::from_utf8_lossy(&sub.stdout).trim()
+        ));
+        let id = String::from_utf8_lossy(&sub.stdout)
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("1")
+            .to_string();
+        spin("the service profiles the job on its input", || {
+            self.wait_job(url, &id, &["profiled"])
+        })?;
+        let own = self.client(url, "rob", "approve").arg(&id).output()?;
+        detail(format!(
+            "rob approves his own job: {}",
+            String::from_utf8_lossy(&own.stderr).trim()
+        ));
+        let ap = ok(self.client(url, "alice", "approve").arg(&id))?;
+        detail(format!(
+            "alice: {}",
+            String::from_utf8_lossy(&ap.stdout).trim()
+        ));
+        let j = spin("the job runs confined (tresor run)", || {
+            self.wait_job(url, &id, &["staged"])
+        })?;
+        detail(format!(
+            "staged; automatic checks: {}",
+            if j["checks"]["ok"] == true {
+                "passed"
+            } else {
+                "FAILED"
+            }
+        ));
+        let rel = ok(self.client(url, "nina", "release").arg(&id))?;
+        detail(format!(
+            "nina: {}",
+            String::from_utf8_lossy(&rel.stdout).trim()
+        ));
+        let got = self.root.join("heatmap-from-service.png");
+        let sample = SLIDE.rsplit_once('/').map_or(SLIDE, |x| x.0);
+        ok(self
+            .client(url, "alice", "results")
+            .arg(sample)
+            .args(["--get", &format!("job-{id}/heatmap.png"), "-o"])
+            .arg(&got))?;
+        let same = fs::read(&got)? == fs::read(self.root.join("heatmap.png"))?;
+        detail(format!(
+            "alice fetches {sample}/analyses/job-{id}/heatmap.png over the API: {} bytes, {} the confined run of step 3",
+            fs::metadata(&got)?.len(),
+            if same { "identical to" } else { "DIFFERENT from" }
+        ));
+        if !same {
+            bail!("the service's heat map differs from the direct run's");
+        }
         Ok(())
     }
 }

@@ -5,7 +5,7 @@ use super::{passwd, PassArgs};
 use crate::sandbox::cli::{parse_duration, parse_size};
 use crate::service::client::{Answer, Client};
 use crate::service::executor::{Limits, Local};
-use crate::service::server::{encode_program, Config, Service};
+use crate::service::server::{Config, Service};
 use crate::service::{audit, http};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -53,9 +53,12 @@ pub struct ServeArgs {
     /// Most a run may write.
     #[arg(long, value_parser = parse_size, default_value = "1G")]
     out_quota: u64,
-    /// Largest request body (a submission carries its program).
-    #[arg(long, value_parser = parse_size, default_value = "64M")]
+    /// Largest JSON request body.
+    #[arg(long, value_parser = parse_size, default_value = "1M")]
     max_body: u64,
+    /// Largest program a submitter may upload.
+    #[arg(long, value_parser = parse_size, default_value = "1G")]
+    max_program: u64,
     /// The disclosure rule: no whole-number table cell between 1 and N-1.
     #[arg(long, default_value_t = 10)]
     min_cell: u64,
@@ -323,9 +326,15 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
                 _ = term.recv() => {}
             }
         };
-        http::serve(Arc::clone(&service), listener, cfg.max_body, stop)
-            .await
-            .context("the HTTP server failed")
+        let max_program = usize::try_from(a.max_program).unwrap_or(usize::MAX);
+        http::serve(
+            Arc::clone(&service),
+            listener,
+            (cfg.max_body, max_program),
+            stop,
+        )
+        .await
+        .context("the HTTP server failed")
     });
     service.stop();
     // Runs still going are killed with this process (their supervisors
@@ -374,13 +383,15 @@ pub fn submit(a: SubmitArgs) -> Result<ExitCode> {
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| "program".into());
+    let sha = hex::encode(crate::crypto::sha256(&bytes));
     let body = serde_json::json!({
         "group": a.group,
         "inputs": a.inputs,
-        "program": {"name": name, "content": encode_program(&bytes), "interpreter": a.interpreter},
+        "program": {"name": name, "sha256": sha, "interpreter": a.interpreter},
         "args": args,
     });
     let c = client(&a.caller)?;
+    ok(c.call("PUT", &format!("/programs/{sha}"), &bytes)?)?;
     let v = ok(c.call("POST", "/jobs", &serde_json::to_vec(&body)?)?)?;
     println!(
         "job {} submitted (bundle {}); it is profiled on its first input, then waits for an approver",

@@ -16,6 +16,7 @@ use std::sync::Arc;
 struct App {
     service: Arc<Service>,
     max_body: usize,
+    max_program: usize,
 }
 
 fn header(h: &HeaderMap, name: &str) -> Option<String> {
@@ -36,15 +37,20 @@ fn respond(r: Reply) -> Response {
 
 async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let body = match to_bytes(body, app.max_body).await {
+    // Program uploads are raw bytes; everything else is small JSON.
+    let upload =
+        parts.method == axum::http::Method::PUT && parts.uri.path().starts_with("/programs/");
+    let (limit, flag) = if upload {
+        (app.max_program, "--max-program")
+    } else {
+        (app.max_body, "--max-body")
+    };
+    let body = match to_bytes(body, limit).await {
         Ok(b) => b.to_vec(),
         Err(_) => {
             return respond(Reply::error(
                 413,
-                format!(
-                    "request body larger than {} bytes (the service's --max-body)",
-                    app.max_body
-                ),
+                format!("request body larger than {limit} bytes (the service's {flag})"),
             ))
         }
     };
@@ -78,10 +84,14 @@ async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
 pub async fn serve(
     service: Arc<Service>,
     listener: tokio::net::TcpListener,
-    max_body: usize,
+    (max_body, max_program): (usize, usize),
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = Arc::new(App { service, max_body });
+    let app = Arc::new(App {
+        service,
+        max_body,
+        max_program,
+    });
     let router = axum::Router::new()
         .fallback(handle)
         .with_state(app)

@@ -10,7 +10,7 @@ use super::executor::{Executor, Limits, Task};
 use super::jobs::{Change, Db, Job, Program, Spec, State};
 use crate::crypto::{sha256, PublicKey};
 use crate::directory::{Body, Duty};
-use crate::format::names::{decode as b64d, encode as b64e};
+use crate::format::names::decode as b64d;
 use crate::pse::Pse;
 use crate::sandbox::{Policy, PolicyOptions, Profile};
 use crate::signature::{Entry, SigFile, Statement};
@@ -126,8 +126,12 @@ struct SubmitBody {
 #[serde(deny_unknown_fields)]
 struct ProgramBody {
     name: String,
-    /// base64url of the executable or script.
-    content: String,
+    /// SHA-256 of a program uploaded before (`PUT /programs/SHA256`).
+    #[serde(default)]
+    sha256: Option<String>,
+    /// Or the program inline: base64url of the executable or script.
+    #[serde(default)]
+    content: Option<String>,
     #[serde(default)]
     interpreter: Option<String>,
 }
@@ -362,6 +366,7 @@ impl Service {
             })
         };
         match (req.method.as_str(), parts.as_slice()) {
+            ("PUT", ["programs", h]) => self.upload(user, dir, h, &req.body),
             ("POST", ["jobs"]) => self.submit(user, dir, &req.body),
             ("GET", ["jobs"]) => self.list(user, dir),
             ("GET", ["jobs", j]) => self.show(user, dir, id(j)?),
@@ -487,8 +492,18 @@ impl Service {
                 return Err(Reply::error(400, format!("interpreter {i} is not an absolute path of a program on the service's host")));
             }
         }
-        let content = b64d(&b.program.content)
-            .ok_or_else(|| Reply::error(400, "program content is not base64url"))?;
+        let content = match (&b.program.content, &b.program.sha256) {
+            (Some(c), _) => {
+                let bytes = b64d(c).ok_or_else(|| Reply::error(400, "program content is not base64url"))?;
+                if b.program.sha256.as_ref().is_some_and(|h| *h != hex::encode(sha256(&bytes))) {
+                    return Err(Reply::error(400, "the program's content does not have the sha256 the submission names"));
+                }
+                bytes
+            }
+            (None, Some(h)) if is_sha256(h) => std::fs::read(self.cfg.state.join("programs").join(h))
+                .map_err(|_| Reply::error(404, format!("no uploaded program {h}: upload it first (PUT /programs/{h}; `tresor submit` does)")))?,
+            (None, _) => return Err(Reply::error(400, "the program needs its content or the sha256 of an uploaded program")),
+        };
         let spec = Spec {
             group: b.group,
             inputs: b.inputs,
@@ -525,6 +540,29 @@ impl Service {
         Ok(Reply::json(
             201,
             serde_json::json!({"id": id, "state": "submitted", "bundle_sha256": spec.bundle_sha256()}),
+        ))
+    }
+
+    /// Stores a program under its SHA-256, for submissions to name.
+    fn upload(&self, user: &str, dir: &Body, h: &str, body: &[u8]) -> Res<Reply> {
+        if !dir.has_duty(user, Duty::Submit) {
+            return Err(Reply::error(403, format!("{user} may not submit analyses: the administrator gives the duty with `tresor duty STORE ROLE submit`")));
+        }
+        if !is_sha256(h) || hex::encode(sha256(body)) != h {
+            return Err(Reply::error(
+                400,
+                format!("the upload's bytes do not have the SHA-256 {h} its path names"),
+            ));
+        }
+        let dir = self.cfg.state.join("programs");
+        std::fs::create_dir_all(&dir).map_err(internal)?;
+        let p = dir.join(h);
+        if !p.exists() {
+            write_atomic(&p, body, 0o644).map_err(internal)?;
+        }
+        Ok(Reply::json(
+            201,
+            serde_json::json!({ "sha256": h, "size": body.len() }),
         ))
     }
 
@@ -1142,6 +1180,12 @@ impl Service {
     }
 }
 
+fn is_sha256(h: &str) -> bool {
+    h.len() == 64
+        && h.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 fn reason(s: &str) -> Change {
     Change {
         reason: Some(s.to_string()),
@@ -1164,9 +1208,4 @@ fn walk_files(dir: &Path, prefix: &str, out: &mut Vec<String>) {
             _ => {}
         }
     }
-}
-
-/// Base64url, for clients building submissions.
-pub fn encode_program(bytes: &[u8]) -> String {
-    b64e(bytes)
 }
