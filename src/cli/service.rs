@@ -41,7 +41,8 @@ pub struct ServeArgs {
     /// State directory: jobs, database, audit trail, the service's mount.
     #[arg(long)]
     state: PathBuf,
-    /// Jobs profiled or run at once (default: one per core).
+    /// Jobs profiled or run at once (default: one per core; 0: accept and
+    /// keep jobs but run none, for maintenance).
     #[arg(long)]
     workers: Option<usize>,
     /// Kill a job's run after this long.
@@ -262,8 +263,7 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
     let mut mount_child = mount(&exe, &a, &unlocked.passphrase, &mnt)?;
     let workers = a
         .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let cfg = Config {
         store: a.store.clone(),
         state: state.clone(),
