@@ -6,7 +6,7 @@
 //!   service_load URL PSE PASSFILE info N CONC     GET /info (unsigned: the transport alone)
 //!   service_load URL PSE PASSFILE job ROUNDS APPROVER.pse APPROVER.pass CHECKER.pse CHECKER.pass GROUP INPUT SCRIPT
 //!       ROUNDS jobs through submit → profiled → approve → staged → release,
-//!       the time of each phase (state polled every 2 ms), one per line.
+//!       the time of each phase (waited for with the service's long poll), one per line.
 //!
 //! Every request is signed before the clock starts: the service's work is
 //! measured, not the client's RSA.
@@ -100,10 +100,13 @@ fn call(
     serde_json::from_str(&text).unwrap_or_default()
 }
 
+/// Waits with the service's long poll (`?changed_from=STATE`): no polling
+/// load beside the job.
 fn wait(addr: &str, pse: &tresor::pse::Pse, store: &str, id: i64, want: &str) {
     let start = Instant::now();
+    let mut path = format!("/jobs/{id}");
     loop {
-        let j = call(addr, pse, store, "GET", &format!("/jobs/{id}"), b"");
+        let j = call(addr, pse, store, "GET", &path, b"");
         let s = j["state"].as_str().unwrap_or("");
         if s == want {
             return;
@@ -113,7 +116,7 @@ fn wait(addr: &str, pse: &tresor::pse::Pse, store: &str, id: i64, want: &str) {
             start.elapsed() < Duration::from_secs(600),
             "job {id} stuck in {s}"
         );
-        std::thread::sleep(Duration::from_millis(2));
+        path = format!("/jobs/{id}?changed_from={s}");
     }
 }
 

@@ -27,6 +27,8 @@ pub const MAX_INPUTS: usize = 1000;
 /// Most arguments, and most bytes of one argument.
 pub const MAX_ARGS: usize = 256;
 const MAX_ARG_LEN: usize = 4096;
+/// Longest a `GET /jobs/N?changed_from=STATE` waits.
+pub const LONG_POLL: Duration = Duration::from_secs(30);
 /// Runs before a job that keeps being interrupted is failed.
 const MAX_ATTEMPTS: i64 = 3;
 
@@ -257,6 +259,7 @@ impl Service {
             .transition(job.id, job.state, to, change, auth::now())
             .map_err(internal)?;
         if moved {
+            self.kick();
             self.note(
                 "state",
                 serde_json::json!({
@@ -369,7 +372,7 @@ impl Service {
             ("PUT", ["programs", h]) => self.upload(user, dir, h, &req.body),
             ("POST", ["jobs"]) => self.submit(user, dir, &req.body),
             ("GET", ["jobs"]) => self.list(user, dir),
-            ("GET", ["jobs", j]) => self.show(user, dir, id(j)?),
+            ("GET", ["jobs", j]) => self.show(user, dir, id(j)?, query(&req.path, "changed_from")),
             ("GET", ["jobs", j, "profile"]) => self.profile_of(user, dir, id(j)?),
             ("GET", ["jobs", j, "policy"]) => self.policy_of(user, dir, id(j)?),
             ("POST", ["jobs", j, "approve"]) => self.approve(user, dir, id(j)?, req),
@@ -578,8 +581,25 @@ impl Service {
         Ok(Reply::json(200, serde_json::json!({ "jobs": jobs })))
     }
 
-    fn show(&self, user: &str, dir: &Body, id: i64) -> Res<Reply> {
-        let j = self.visible(user, dir, id)?;
+    /// A job; with `changed_from=STATE`, once it is no longer in STATE (a
+    /// long poll of at most [`LONG_POLL`]).
+    fn show(&self, user: &str, dir: &Body, id: i64, from: Option<&str>) -> Res<Reply> {
+        let mut j = self.visible(user, dir, id)?;
+        let start = std::time::Instant::now();
+        while from == Some(j.state.name()) && !self.stopping.load(Ordering::SeqCst) {
+            let Some(left) = LONG_POLL.checked_sub(start.elapsed()) else {
+                break;
+            };
+            let g = self.wake.0.lock().unwrap_or_else(|p| p.into_inner());
+            // Read again under the lock: a change after the first read has
+            // notified before this wait, and shows here.
+            j = self.job(id)?;
+            if from != Some(j.state.name()) {
+                break;
+            }
+            let _ = self.wake.1.wait_timeout(g, left);
+            j = self.job(id)?;
+        }
         Ok(Reply::json(
             200,
             serde_json::to_value(&j).map_err(internal)?,
@@ -769,7 +789,13 @@ impl Service {
             ));
         }
         let j = self.job(id)?;
-        if let Err(r) = self.write_release(&j) {
+        let started = std::time::Instant::now();
+        let written = self.write_release(&j);
+        tracing::info!(
+            "job {id}: release written in {} ms",
+            started.elapsed().as_millis()
+        );
+        if let Err(r) = written {
             let _ = self.move_job(
                 &j,
                 State::Staged,
@@ -1044,7 +1070,13 @@ impl Service {
             return self.fail(&j, format!("cannot create {}: {e}", scratch.display()));
         }
         let t = self.task(&j, &j.spec.inputs[0], scratch.clone());
+        let started = std::time::Instant::now();
         let outcome = self.executor.profile(&t);
+        tracing::info!(
+            "job {}: tresor profile took {} ms",
+            j.id,
+            started.elapsed().as_millis()
+        );
         // Outputs of the profiling run are held back: never released.
         let _ = std::fs::remove_dir_all(&scratch);
         match outcome {
@@ -1118,9 +1150,15 @@ impl Service {
     }
 
     fn run_job(&self, j: Job) {
+        let started = std::time::Instant::now();
         if let Err(why) = self.approved_intact(&j) {
             return self.fail(&j, why);
         }
+        tracing::info!(
+            "job {}: approval checked in {} ms",
+            j.id,
+            started.elapsed().as_millis()
+        );
         let outs = self.job_dir(j.id).join("out");
         let _ = std::fs::remove_dir_all(&outs);
         let mut per_input = Vec::new();
@@ -1140,7 +1178,14 @@ impl Service {
                 Err(e) => return self.fail(&j, format!("cannot read input {input}: {e}")),
             };
             let t = self.task(&j, input, out.clone());
-            match self.executor.run(&t) {
+            let ran = std::time::Instant::now();
+            let outcome = self.executor.run(&t);
+            tracing::info!(
+                "job {}: tresor run on {input} took {} ms",
+                j.id,
+                ran.elapsed().as_millis()
+            );
+            match outcome {
                 Ok(o) if o.status == 0 => {}
                 Ok(o) => {
                     return self.fail(
@@ -1177,7 +1222,20 @@ impl Service {
             ..Change::default()
         };
         let _ = self.move_job(&j, State::Staged, "service", change);
+        tracing::info!(
+            "job {}: staged {} ms after it was claimed",
+            j.id,
+            started.elapsed().as_millis()
+        );
     }
+}
+
+/// The value of `key` in the path's query (`/jobs/7?changed_from=running`).
+fn query<'a>(path: &'a str, key: &str) -> Option<&'a str> {
+    path.split_once('?')?
+        .1
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
 }
 
 fn is_sha256(h: &str) -> bool {
