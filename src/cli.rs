@@ -321,6 +321,7 @@ fn passphrase_command(cmd: &str) -> Result<Zeroizing<String>> {
 
 /// Entry point of the `tresor` binary.
 pub fn main() -> ExitCode {
+    crate::service::executor::die_with_parent();
     // Called as `mount.fuse.tresor STORE MNT -o OPTIONS` by mount(8).
     let cli = match helper::as_mount_helper(std::env::args_os()) {
         Some(Ok(helper::HelperCall::Mount(args))) => Cli::parse_from(args),

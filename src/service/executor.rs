@@ -8,16 +8,41 @@
 //! supervisor of a run is a ptrace tracer that forks, sets rlimits and waits
 //! for every task, which does not mix with the service's threads; and a run
 //! that fails hard takes down its own process, not the service. Each child
-//! dies with the thread that started it (`PR_SET_PDEATHSIG`), and a dying
+//! dies with the service ([`die_with_parent`]), and a dying
 //! supervisor kills its whole sandbox (`PTRACE_O_EXITKILL`), so a killed
 //! service leaves no analysis running.
 
 use std::ffi::OsString;
 use std::io::{self, Read};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
+
+/// Set by the service on its `tresor` children: the pid whose death ends them.
+pub const DIE_WITH: &str = "TRESOR_DIE_WITH";
+
+/// In a `tresor` started by the service: die (SIGKILL) when the service
+/// does. Set here, at the child's start, rather than between fork and exec
+/// in the service: without a `pre_exec` hook the service spawns with
+/// posix_spawn, which measured cheaper than fork from its many threads.
+/// The death signal follows the thread that forked, and the executor's
+/// worker threads live as long as the service.
+pub fn die_with_parent() {
+    let Some(pid) = std::env::var_os(DIE_WITH) else {
+        return;
+    };
+    std::env::remove_var(DIE_WITH);
+    let Some(pid) = pid.to_str().and_then(|p| p.parse::<i32>().ok()) else {
+        return;
+    };
+    // SAFETY: prctl with integer arguments only.
+    let set = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    // The service may have died before the signal was armed: then the
+    // parent is no longer it.
+    if set != 0 || nix::unistd::getppid().as_raw() != pid {
+        std::process::exit(125);
+    }
+}
 
 /// Limits of one confined run (`tresor run` flags).
 #[derive(Clone, Debug)]
@@ -88,19 +113,10 @@ impl Local {
     fn spawn(&self, args: Vec<OsString>) -> io::Result<Outcome> {
         let mut c = Command::new(&self.exe);
         c.args(args)
+            .env(DIE_WITH, std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        // SAFETY: prctl with integer arguments only, async-signal-safe, in
-        // the child between fork and exec.
-        unsafe {
-            c.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
         let mut child = c.spawn()?;
         let mut err = Vec::new();
         if let Some(mut e) = child.stderr.take() {
