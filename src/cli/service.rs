@@ -216,7 +216,10 @@ fn mount(exe: &Path, a: &ServeArgs, pass: &str, mnt: &Path) -> Result<Child> {
     }
     let mut line = String::new();
     if let Some(o) = child.stdout.take() {
-        let _ = BufReader::new(o).read_line(&mut line);
+        let mut r = BufReader::new(o);
+        let _ = r.read_line(&mut line);
+        // Keep draining: a closed pipe would fail the mount's later prints.
+        std::thread::spawn(move || std::io::copy(&mut r, &mut std::io::sink()));
     }
     if !line.starts_with("mounted") {
         let _ = child.kill();
