@@ -500,6 +500,22 @@ struct LoggedIn {
     role: Option<String>,
     since: SystemTime,
     pse: PathBuf,
+    /// A token PSE's token: pulling it locks, as removing the PSE does.
+    token: Option<crate::token::Presence>,
+}
+
+/// The presence check of the token a PSE file names (`None`: a passphrase
+/// PSE, or a file that cannot be read — whose removal the path check sees).
+fn token_of(pse: &Path) -> Option<crate::token::Presence> {
+    let bytes = std::fs::read(pse).ok()?;
+    let r = pse::read_public(&bytes).ok()?.token?;
+    match crate::token::Presence::of(&r) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!("session: cannot watch token {}: {e}", r.label);
+            None
+        }
+    }
 }
 
 struct State {
@@ -569,6 +585,7 @@ impl Control {
                     role: keys.role.clone(),
                     since: SystemTime::now(),
                     pse: pse.to_path_buf(),
+                    token: token_of(pse),
                 }),
                 locked: None,
                 failures: 0,
@@ -689,6 +706,11 @@ impl Control {
         if let Some(u) = &st.user {
             if !u.pse.exists() {
                 return Some(format!("PSE {} removed", u.pse.display()));
+            }
+            if let Some(t) = &u.token {
+                if !t.present() {
+                    return Some(format!("token {} removed", t.label));
+                }
             }
         }
         let limit = self.idle_lock?;
@@ -843,7 +865,13 @@ impl Control {
         };
         let user = match pse::open(&bytes, pass.0.as_bytes()) {
             Ok(u) => u,
-            Err(PseError::WrongPassphrase) => return self.failed(st, &path),
+            Err(e) if e.is_wrong_secret() => return self.failed(st, &path),
+            Err(e @ PseError::Token(_)) => {
+                return (
+                    Reply::err(ErrorKind::Failed, format!("PSE {}: {e}", path.display())),
+                    None,
+                )
+            }
             Err(e) => {
                 return (
                     Reply::err(
@@ -855,6 +883,11 @@ impl Control {
             }
         };
         drop(pass);
+        let token = user
+            .public
+            .token
+            .as_ref()
+            .and_then(|r| crate::token::Presence::of(r).ok());
         let ring = match self.vfs.store().unlock(&user) {
             Ok(r) => r,
             Err(e) => {
@@ -890,6 +923,7 @@ impl Control {
             role,
             since: SystemTime::now(),
             pse: path,
+            token,
         });
         let msg = match previous {
             Some(p) if p != who => format!("switched from {p} to {who}"),

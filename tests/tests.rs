@@ -22,4 +22,5 @@ mod run;
 mod session;
 mod sign;
 mod slides;
+mod token;
 mod vectors;

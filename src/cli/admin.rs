@@ -1,6 +1,6 @@
 //! Admin commands: `role`, `user`, `grant`, `matrix`.
 
-use super::{new_passphrase, unlock_pse, PassArgs};
+use super::{new_passphrase, token_pin, unlock_pse, PassArgs, TokenArgs};
 use crate::admin::{Admin, Outcome};
 use crate::crypto::KdfParams;
 use crate::directory::{self, Body, Right};
@@ -52,9 +52,13 @@ pub enum UserCmd {
         /// The administrator's passphrase.
         #[command(flatten)]
         pass: PassArgs,
-        /// The new user's initial passphrase, from this file instead of a second prompt.
+        /// The new user's initial passphrase (with --token: the PIN of their
+        /// token), from this file instead of a second prompt.
         #[arg(long, value_name = "FILE")]
         user_passphrase_file: Option<PathBuf>,
+        /// The new user's keys on a PKCS#11 token (their card, inserted here).
+        #[command(flatten)]
+        token: TokenArgs,
     },
     /// Remove a user: their data groups get new keys.
     Remove {
@@ -135,6 +139,7 @@ pub fn user(c: UserCmd) -> Result<ExitCode> {
             pse,
             pass,
             user_passphrase_file,
+            token,
         } => {
             if pse_out.exists() {
                 bail!(
@@ -157,27 +162,41 @@ pub fn user(c: UserCmd) -> Result<ExitCode> {
                 }
                 .into());
             }
-            let user_pass = new_passphrase(
-                &PassArgs {
-                    passphrase_file: user_passphrase_file,
-                    passphrase_command: None,
-                },
-                &user,
-            )?;
-            eprintln!(
-                "generating RSA-{} key pairs for {user} …",
-                crate::crypto::RSA_BITS
-            );
-            let new = Pse::generate(&user, Some(admin.public.sign_public.clone()))?;
-            let k = s.manifest().kdf_defaults;
-            let kdf = KdfParams {
-                m_kib: k.m_kib,
-                t: k.t,
-                p: k.p,
+            let user_args = PassArgs {
+                passphrase_file: user_passphrase_file,
+                ..PassArgs::default()
+            };
+            let anchor = Some(admin.public.sign_public.clone());
+            let (new, bytes) = if token.token {
+                let t = token.find(pass.pkcs11_module.as_deref())?;
+                let pin = token_pin(&user_args, &t, &user)?;
+                eprintln!(
+                    "generating RSA-{} key pairs for {user} on token {} …",
+                    crate::crypto::RSA_BITS,
+                    t.label
+                );
+                let new = Pse::generate_on_token(&user, anchor, &t, &pin)?;
+                let bytes = new.token_file()?;
+                (new, bytes)
+            } else {
+                let user_pass = new_passphrase(&user_args, &user)?;
+                eprintln!(
+                    "generating RSA-{} key pairs for {user} …",
+                    crate::crypto::RSA_BITS
+                );
+                let new = Pse::generate(&user, anchor)?;
+                let k = s.manifest().kdf_defaults;
+                let kdf = KdfParams {
+                    m_kib: k.m_kib,
+                    t: k.t,
+                    p: k.p,
+                };
+                let bytes = new.seal(user_pass.as_bytes(), kdf)?;
+                (new, bytes)
             };
             // The PSE first: if certifying fails, remove it again; a
             // certified user without a PSE could never be used.
-            write_atomic(&pse_out, &new.seal(user_pass.as_bytes(), kdf)?, 0o600)
+            write_atomic(&pse_out, &bytes, 0o600)
                 .with_context(|| format!("cannot write {}", pse_out.display()))?;
             match a.add_user(&user, &role, shared, &new) {
                 Ok(out) => {
