@@ -682,3 +682,129 @@ fn grant_revoke_rekey_and_passwd_with_tokens() {
         .unwrap();
     assert!(out.status.success(), "new PIN: {}", text(&out));
 }
+
+/// `tresor user to-token`: a file user's keys move onto a token. The old
+/// file PSE no longer opens the store (status 8); the token PSE reads what
+/// the user wrote before, under the epoch the move rotated away from.
+#[test]
+fn a_file_user_moves_onto_a_token() {
+    let Some(hsm) = Hsm::new() else { return };
+    if !util::fuse_available() {
+        return;
+    }
+    let ts = clinic();
+    let (ida, ida_pass) = ts.add_user("ida", "doctor");
+    let m = ts.mount_as(&ida, &ida_pass, "ida", &[]);
+    std::fs::write(m.path("clinical/before.txt"), "from the file PSE\n").unwrap();
+    m.unmount();
+
+    let card = hsm.card("ida-card", "31415926");
+    let moved = ts.dir.path().join("ida-token.pse");
+    let out = hsm
+        .tresor()
+        .args(["user", "to-token"])
+        .arg(&ts.store)
+        .arg("ida")
+        .arg("--pse-out")
+        .arg(&moved)
+        .args(["--token-label", "ida-card"])
+        .arg("--user-passphrase-file")
+        .arg(&card.pin)
+        .arg("--pse")
+        .arg(&ts.pse)
+        .arg("--passphrase-file")
+        .arg(&ts.pass)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("clinical"),
+        "the key rotated: {}",
+        text(&out)
+    );
+
+    let out = sign_outside(&hsm, &ts, &ida, &ida_pass, "old.txt");
+    assert_eq!(out.status.code(), Some(8), "{}", text(&out));
+
+    let m = ts.mount_as(&moved, &card.pin, "ida-token", &[]);
+    assert_eq!(
+        std::fs::read_to_string(m.path("clinical/before.txt")).unwrap(),
+        "from the file PSE\n"
+    );
+    m.unmount();
+}
+
+/// A token PSE whose trust anchor was swapped (checksum recomputed, as
+/// anyone can) does not open: the binding signature the card made at
+/// creation no longer verifies (status 4), though the PIN is right.
+#[test]
+fn a_token_pse_with_a_swapped_trust_anchor_is_refused() {
+    let Some(hsm) = Hsm::new() else { return };
+    let ts = clinic();
+    let card = hsm.card("jan-card", "27182818");
+    let jan = add_token_user(&hsm, &ts, "jan", "doctor", &card);
+    let out = sign_outside(&hsm, &ts, &jan, &card.pin, "ok.txt");
+    assert!(out.status.success(), "{}", text(&out));
+
+    let mut v = pse_json(&jan);
+    v["trust_anchor"] = v["sign_public"].clone();
+    // The checksum as an attacker recomputes it: over the compact body
+    // (every field before "binding") and the binding string.
+    let mut body = v.clone();
+    let body = body.as_object_mut().unwrap();
+    let binding = body.remove("binding").unwrap();
+    body.remove("check");
+    let mut bytes = Vec::new();
+    for (i, k) in [
+        "tresor_pse",
+        "user",
+        "token",
+        "sign_public",
+        "transport_public",
+        "trust_anchor",
+    ]
+    .iter()
+    .enumerate()
+    {
+        bytes.extend_from_slice(if i == 0 { b"{" } else { b"," });
+        bytes.extend_from_slice(format!("{:?}:", k).as_bytes());
+        bytes.extend_from_slice(&token_field_json(k, &body[*k]));
+    }
+    bytes.extend_from_slice(b"}");
+    bytes.extend_from_slice(binding.as_str().unwrap().as_bytes());
+    v["check"] = serde_json::json!(hex::encode(sha256(&bytes)));
+    std::fs::write(&jan, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+
+    let out = sign_outside(&hsm, &ts, &jan, &card.pin, "swapped.txt");
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        text(&out).contains("binding signature does not verify"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// Compact JSON of one field of a token PSE body, the object's keys in
+/// the order tresor writes them.
+fn token_field_json(key: &str, v: &serde_json::Value) -> Vec<u8> {
+    if key != "token" {
+        return serde_json::to_vec(v).unwrap();
+    }
+    let mut out = b"{".to_vec();
+    for (i, k) in ["label", "serial", "module", "sign_id", "transport_id"]
+        .iter()
+        .enumerate()
+    {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(format!("{k:?}:").as_bytes());
+        out.extend_from_slice(&serde_json::to_vec(&v[*k]).unwrap());
+    }
+    out.push(b'}');
+    out
+}
+
+fn sha256(b: &[u8]) -> [u8; 32] {
+    tresor::crypto::sha256(b)
+}

@@ -60,6 +60,30 @@ pub enum UserCmd {
         #[command(flatten)]
         token: TokenArgs,
     },
+    /// Move a user's keys onto a PKCS#11 token: new key pairs made on the
+    /// token replace the ones they hold (their old PSE stops opening the
+    /// store, and their data groups get new keys, as on removal); their
+    /// role, rights and every key epoch they could read stay theirs.
+    ToToken {
+        /// The store directory.
+        store: PathBuf,
+        /// The user whose keys move.
+        user: String,
+        /// Where to write the user's new token PSE (must not exist).
+        #[arg(long)]
+        pse_out: PathBuf,
+        /// Which token (its label), when more than one is present.
+        #[arg(long, value_name = "LABEL")]
+        token_label: Option<String>,
+        /// The PIN of the user's token, from this file instead of a prompt.
+        #[arg(long, value_name = "FILE")]
+        user_passphrase_file: Option<PathBuf>,
+        /// The administrator's PSE.
+        #[arg(long)]
+        pse: PathBuf,
+        #[command(flatten)]
+        pass: PassArgs,
+    },
     /// Remove a user: their data groups get new keys.
     Remove {
         /// The store directory.
@@ -213,6 +237,77 @@ pub fn user(c: UserCmd) -> Result<ExitCode> {
                     Err(e.into())
                 }
             }
+        }
+        UserCmd::ToToken {
+            store,
+            user,
+            pse_out,
+            token_label,
+            user_passphrase_file,
+            pse,
+            pass,
+        } => {
+            if pse_out.exists() {
+                bail!(
+                    "{} exists; choose a new path for {user}'s token PSE",
+                    pse_out.display()
+                );
+            }
+            let s = Store::open(&store)?;
+            let admin = unlock_pse(&pse, &pass)?;
+            let Some(old) = Admin::open(&s, &admin)?
+                .directory()
+                .users
+                .get(&user)
+                .cloned()
+            else {
+                return Err(directory::DirectoryError::Unknown {
+                    kind: "user",
+                    name: user,
+                    hint: "user list STORE",
+                }
+                .into());
+            };
+            let token = TokenArgs {
+                token: true,
+                token_label,
+            };
+            let t = token.find(pass.pkcs11_module.as_deref())?;
+            let user_args = PassArgs {
+                passphrase_file: user_passphrase_file,
+                ..PassArgs::default()
+            };
+            let pin = token_pin(&user_args, &t, &user)?;
+            eprintln!(
+                "generating RSA-{} key pairs for {user} on token {} …",
+                crate::crypto::RSA_BITS,
+                t.label
+            );
+            let new =
+                Pse::generate_on_token(&user, Some(admin.public.sign_public.clone()), &t, &pin)?;
+            write_atomic(&pse_out, &new.token_file()?, 0o600)
+                .with_context(|| format!("cannot write {}", pse_out.display()))?;
+            // Two directory versions: the old keys retired (their groups
+            // rotate), then the new ones certified with the same role.
+            let removed = Admin::open(&s, &admin)?.remove_user(&user)?;
+            let added = Admin::open(&s, &admin)?
+                .add_user(&user, &old.role, old.shared, &new)
+                .with_context(|| {
+                    format!(
+                        "{user}'s old keys are retired but the token keys are not certified yet; run `tresor user add {} {user} --role {} --token …` to finish",
+                        store.display(),
+                        old.role
+                    )
+                })?;
+            println!(
+                "moved {user}'s keys onto token {} ({}); token PSE written to {}; the old PSE no longer opens this store",
+                t.label,
+                old.role,
+                pse_out.display()
+            );
+            report(&removed);
+            report(&added);
+            Ok(ExitCode::SUCCESS)
         }
         UserCmd::Remove {
             store,
