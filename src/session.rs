@@ -865,7 +865,13 @@ impl Control {
         };
         let user = match pse::open(&bytes, pass.0.as_bytes()) {
             Ok(u) => u,
-            Err(e) if e.is_wrong_secret() => return self.failed(st, &path),
+            Err(e) if e.is_wrong_secret() => {
+                let what = match e {
+                    PseError::Token(t) => t.to_string(),
+                    _ => format!("wrong passphrase for PSE {}", path.display()),
+                };
+                return self.failed(st, &path, &what);
+            }
             Err(e @ PseError::Token(_)) => {
                 return (
                     Reply::err(ErrorKind::Failed, format!("PSE {}: {e}", path.display())),
@@ -933,7 +939,12 @@ impl Control {
         (Reply::ok(self.status(st), msg), None)
     }
 
-    fn failed(&self, st: &mut State, path: &Path) -> (Reply, Option<Box<dyn FnOnce()>>) {
+    fn failed(
+        &self,
+        st: &mut State,
+        path: &Path,
+        what: &str,
+    ) -> (Reply, Option<Box<dyn FnOnce()>>) {
         st.failures += 1;
         let left = MAX_FAILED_LOGINS.saturating_sub(st.failures);
         tracing::warn!(
@@ -944,10 +955,7 @@ impl Control {
         if left > 0 {
             let mut r = Reply::err(
                 ErrorKind::WrongPassphrase,
-                format!(
-                    "wrong passphrase for PSE {} — {left} more wrong one(s) end the mount",
-                    path.display()
-                ),
+                format!("{what} — {left} more wrong one(s) end the mount"),
             );
             r.tries_left = Some(left);
             return (r, None);
