@@ -195,6 +195,9 @@ pub struct Status {
     pub since_ms: Option<u64>,
     /// The PSE they logged in with (watched: removing it locks).
     pub pse: Option<PathBuf>,
+    /// A token PSE's token label (watched: pulling the card locks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
     /// The idle lock (`None`: never).
     pub idle_lock_ms: Option<u64>,
     /// Time left before the idle lock.
@@ -641,6 +644,7 @@ impl Control {
             s.role = u.role.clone();
             s.since_ms = Some(ms(u.since));
             s.pse = Some(u.pse.clone());
+            s.token = u.token.as_ref().map(|t| t.label.clone());
             s.idle_left_ms = self
                 .idle_lock
                 .map(|d| d.saturating_sub(self.vfs.idle_for()).as_millis() as u64);

@@ -209,6 +209,40 @@ fn a_token_user_and_a_file_user_share_a_store() {
         std::fs::read_to_string(m.path("clinical/report.txt")).unwrap(),
         "written by bob's card\n"
     );
+
+    // User switch to the card user: a wrong PIN is named and counted, the
+    // right one switches; the driver opens the token itself.
+    let login = |pin: &Path| {
+        hsm.tresor()
+            .arg("login")
+            .arg(&m.mnt)
+            .arg("--pse")
+            .arg(&bob)
+            .arg("--passphrase-file")
+            .arg(pin)
+            .output()
+            .unwrap()
+    };
+    let wrong = ts.dir.path().join("wrong.pin");
+    std::fs::write(&wrong, "000000\n").unwrap();
+    let out = login(&wrong);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("wrong PIN for token bob-card"),
+        "{}",
+        text(&out)
+    );
+    let out = login(&card.pin);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("switched from alice to bob"),
+        "{}",
+        text(&out)
+    );
+    let st = status_json(&hsm, &m);
+    assert_eq!(st["user"], "bob", "{st}");
+    assert_eq!(st["token"], "bob-card", "{st}");
+    std::fs::write(m.path("clinical/second.txt"), "bob again\n").unwrap();
     m.unmount();
 }
 
