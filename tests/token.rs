@@ -852,3 +852,127 @@ fn token_field_json(key: &str, v: &serde_json::Value) -> Vec<u8> {
 fn sha256(b: &[u8]) -> [u8; 32] {
     tresor::crypto::sha256(b)
 }
+
+/// `tresor ARGS…` as `uid` (root runs it through setpriv), in that uid's
+/// own environment, with SOFTHSM2_CONF = `conf`.
+fn tresor_as(uid: u32, conf: &Path, args: &[&std::ffi::OsStr]) -> Output {
+    let mut c = Command::new("setpriv");
+    util::isolate_as(&mut c, uid);
+    c.args([
+        &format!("--reuid={uid}"),
+        &format!("--regid={uid}"),
+        "--clear-groups",
+    ])
+    .arg(env!("CARGO_BIN_EXE_tresor"))
+    .args(args)
+    .env("SOFTHSM2_CONF", conf)
+    .stdin(std::process::Stdio::null())
+    .output()
+    .unwrap()
+}
+
+/// Unprivileged users: kim (uid 1234) holds her token — its SoftHSM2 files
+/// are hers, as a card is in her pocket — and signs with it. lee (uid 1235)
+/// has a copy of kim's PSE file and even her PIN, but not the card: nothing
+/// opens ("not present", status 12) and no signature is made.
+#[test]
+fn a_copy_of_the_pse_without_the_card_opens_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    if !have_softhsm() || !util::require_root("run tresor as other uids with setpriv") {
+        return;
+    }
+    let ts = clinic();
+    // kim's own SoftHSM2, in her own home, her token made by her.
+    let kim_env = util::test_env_dir().join("uid-1234");
+    // Makes kim's environment (home, state, …), owned by her.
+    util::isolate_as(&mut Command::new("true"), 1234);
+    let kim_tokens = kim_env.join("tokens");
+    std::fs::create_dir_all(&kim_tokens).unwrap();
+    let kim_conf = kim_env.join("softhsm2.conf");
+    std::fs::write(
+        &kim_conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            kim_tokens.display()
+        ),
+    )
+    .unwrap();
+    let chown_kim = |p: &Path| {
+        ok(Command::new("chown").args(["-R", "1234:1234"]).arg(p));
+    };
+    chown_kim(&kim_tokens);
+    let init = util::isolate_as(&mut Command::new("setpriv"), 1234)
+        .args(["--reuid=1234", "--regid=1234", "--clear-groups"])
+        .args([
+            "softhsm2-util",
+            "--init-token",
+            "--free",
+            "--label",
+            "kim-card",
+        ])
+        .args(["--pin", "24682468", "--so-pin", "12345678"])
+        .env("SOFTHSM2_CONF", &kim_conf)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", text(&init));
+
+    // The administrator certifies her with the card inserted here, and
+    // hands it back (the key objects root wrote become hers again).
+    let pin = ts.dir.path().join("kim.pin");
+    std::fs::write(&pin, "24682468\n").unwrap();
+    let kim_pse = ts.dir.path().join("kim.pse");
+    ok(tresor()
+        .env("SOFTHSM2_CONF", &kim_conf)
+        .args(["user", "add"])
+        .arg(&ts.store)
+        .args(["kim", "--role", "doctor", "--pse-out"])
+        .arg(&kim_pse)
+        .args(["--token", "--token-label", "kim-card"])
+        .arg("--user-passphrase-file")
+        .arg(&pin)
+        .arg("--pse")
+        .arg(&ts.pse)
+        .arg("--passphrase-file")
+        .arg(&ts.pass));
+    chown_kim(&kim_tokens);
+
+    // Both may read the store, the PSE and the PIN; a shared place to sign in.
+    for p in [ts.dir.path(), &ts.store, &kim_pse, &pin] {
+        ok(Command::new("chmod").args(["-R", "a+rX"]).arg(p));
+    }
+    let desk = ts.dir.path().join("desk");
+    std::fs::create_dir(&desk).unwrap();
+    std::fs::set_permissions(&desk, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let sign = |uid: u32, name: &str| {
+        let doc = desk.join(name);
+        std::fs::write(&doc, "a finding\n").unwrap();
+        std::fs::set_permissions(&doc, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let as_path = format!("clinical/{name}");
+        let args: Vec<&std::ffi::OsStr> = vec![
+            "sign".as_ref(),
+            doc.as_os_str(),
+            "--pse".as_ref(),
+            kim_pse.as_os_str(),
+            "--passphrase-file".as_ref(),
+            pin.as_os_str(),
+            "--store".as_ref(),
+            ts.store.as_os_str(),
+            "--as".as_ref(),
+            as_path.as_ref(),
+        ];
+        tresor_as(uid, &kim_conf, &args)
+    };
+
+    let out = sign(1234, "kim.txt");
+    assert!(out.status.success(), "kim with her card: {}", text(&out));
+    assert!(desk.join("kim.txt.sig").exists());
+
+    let out = sign(1235, "lee.txt");
+    assert_eq!(out.status.code(), Some(12), "lee: {}", text(&out));
+    assert!(
+        text(&out).contains("token \"kim-card\"") && text(&out).contains("is not present"),
+        "{}",
+        text(&out)
+    );
+    assert!(!desk.join("lee.txt.sig").exists());
+}
