@@ -324,14 +324,17 @@ impl Token {
     /// a wrong PIN reports what the token's flags say about the attempts
     /// left.
     pub fn login(&self, pin: &str) -> Result<Live, TokenError> {
-        if self.info()?.user_pin_locked() {
+        let info = self.info()?;
+        if info.user_pin_locked() {
             return Err(TokenError::PinLocked(self.label.clone()));
         }
-        let session = Live::new(
-            self.ctx
-                .open_rw_session(self.slot)
-                .map_err(p11(&self.label))?,
-        );
+        // A write-protected card still decrypts and signs.
+        let session = if info.write_protected() {
+            self.ctx.open_ro_session(self.slot)
+        } else {
+            self.ctx.open_rw_session(self.slot)
+        };
+        let session = Live::new(session.map_err(p11(&self.label))?);
         let auth = AuthPin::from(pin.to_string());
         match session.login(UserType::User, Some(&auth)) {
             Ok(()) | Err(P11Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
