@@ -52,6 +52,8 @@ enum Cmd {
         /// Argon2id memory for new PSEs, in MiB (8..=1024).
         #[arg(long, default_value_t = 64)]
         kdf_memory_mib: u32,
+        #[command(flatten)]
+        token: TokenArgs,
     },
     /// Manage data groups.
     #[command(subcommand)]
@@ -165,6 +167,10 @@ enum Cmd {
         /// Read the new passphrase from this file (first line) instead of prompting.
         #[arg(long, value_name = "FILE")]
         new_passphrase_file: Option<PathBuf>,
+        /// A token PSE's PKCS#11 module (see `mount --pkcs11-module`); for a
+        /// token PSE the passphrase files give the old and the new PIN.
+        #[arg(long, value_name = "LIB")]
+        pkcs11_module: Option<PathBuf>,
     },
     /// Unmount: the driver flushes and unmounts (falls back to `fusermount3 -u MNT`).
     Umount {
@@ -261,6 +267,39 @@ pub(crate) struct PassArgs {
     /// arguments, split at spaces.
     #[arg(long, value_name = "CMD", conflicts_with = "passphrase_file")]
     pub(crate) passphrase_command: Option<String>,
+    /// The PKCS#11 module of a token PSE's token (default: the PSE's, then
+    /// TRESOR_PKCS11_MODULE, then SoftHSM2 or p11-kit-proxy). For a token
+    /// PSE the passphrase options give the token's PIN.
+    #[arg(long, value_name = "LIB")]
+    pub(crate) pkcs11_module: Option<PathBuf>,
+}
+
+/// Keys on a PKCS#11 token instead of in a passphrase-sealed file.
+#[derive(Args, Debug, Clone, Default)]
+pub(crate) struct TokenArgs {
+    /// Generate the private keys on a PKCS#11 token (a smartcard, a
+    /// YubiKey's PIV, SoftHSM2): never extractable; the PSE file keeps only
+    /// public parts. The token's user PIN replaces the passphrase.
+    #[arg(long)]
+    pub(crate) token: bool,
+    /// Which token (its label), when more than one is present.
+    #[arg(long, value_name = "LABEL", requires = "token")]
+    pub(crate) token_label: Option<String>,
+}
+
+impl TokenArgs {
+    /// The token to generate keys on, with `module` from `--pkcs11-module`.
+    pub(crate) fn find(&self, module: Option<&Path>) -> Result<crate::token::Token> {
+        if let Some(m) = module {
+            crate::token::use_module(m);
+        }
+        let module = crate::token::module_path(None)?;
+        Ok(crate::token::Token::find(
+            &module,
+            self.token_label.as_deref(),
+            None,
+        )?)
+    }
 }
 
 impl PassArgs {
@@ -362,6 +401,10 @@ pub mod status {
     pub const BAD_STORE: u8 = 9;
     /// The PSE's user was removed from this store.
     pub const REMOVED_USER: u8 = 10;
+    /// The token's PIN is locked (too many wrong PINs).
+    pub const PIN_LOCKED: u8 = 11;
+    /// The token of a token PSE is not present.
+    pub const NO_TOKEN: u8 = 12;
     /// No running tresor mount answers at this mount point.
     pub const NOT_RUNNING: u8 = 30;
     /// `tresor status`: the mount is locked.
@@ -393,6 +436,9 @@ fn cause_code(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
     if let Some(p) = cause.downcast_ref::<PseError>() {
         return Some(pse_code(p));
     }
+    if let Some(t) = cause.downcast_ref::<crate::token::TokenError>() {
+        return Some(token_code(t));
+    }
     if let Some(s) = cause.downcast_ref::<crate::store::StoreError>() {
         return store_code(s);
     }
@@ -409,9 +455,21 @@ fn cause_code(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
 fn pse_code(p: &PseError) -> u8 {
     match p {
         PseError::WrongPassphrase => status::WRONG_PASSPHRASE,
+        PseError::Token(t) => token_code(t),
         // The PSE is fine: the machine is short of memory.
         PseError::Crypto(crate::crypto::CryptoError::KdfMemory(_)) => status::FAILURE,
         _ => status::CORRUPT_PSE,
+    }
+}
+
+fn token_code(t: &crate::token::TokenError) -> u8 {
+    use crate::token::TokenError as T;
+    match t {
+        T::WrongPin { .. } => status::WRONG_PASSPHRASE,
+        T::PinLocked(_) => status::PIN_LOCKED,
+        T::NotPresent(_) => status::NO_TOKEN,
+        T::KeyMissing { .. } | T::KeyMismatch(..) => status::CORRUPT_PSE,
+        _ => status::FAILURE,
     }
 }
 
@@ -483,7 +541,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             user,
             pass,
             kdf_memory_mib,
-        } => cmd_init(&store, &pse, &user, &pass, kdf_memory_mib),
+            token,
+        } => cmd_init(&store, &pse, &user, &pass, kdf_memory_mib, &token),
         Cmd::Datagroup(DatagroupCmd::Add {
             store,
             name,
@@ -594,7 +653,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             pse,
             passphrase_file,
             new_passphrase_file,
+            pkcs11_module,
         } => {
+            if let Some(m) = &pkcs11_module {
+                crate::token::use_module(m);
+            }
             passwd::run(
                 &pse,
                 passphrase_file.as_deref(),
@@ -677,8 +740,27 @@ pub(crate) fn ask_new_passphrase(
     }
 }
 
+/// The PIN of `token` for `who`'s new keys: from the passphrase file or
+/// command, else asked once on the terminal (the token checks it).
+pub(crate) fn token_pin(
+    pass: &PassArgs,
+    token: &crate::token::Token,
+    who: &str,
+) -> Result<Zeroizing<String>> {
+    if let Some((p, _)) = pass.given()? {
+        return Ok(p);
+    }
+    Ok(prompt::passphrase(
+        &format!("PIN of token {} (for {who}'s keys): ", token.label),
+        prompt::timeout_from_env()?,
+    )?)
+}
+
 /// Opens a PSE: one try from a file, three at the terminal (the login rules).
 pub(crate) fn unlock_pse(path: &Path, pass: &PassArgs) -> Result<Pse> {
+    if let Some(m) = &pass.pkcs11_module {
+        crate::token::use_module(m);
+    }
     let timeout = prompt::timeout_from_env()?;
     Ok(passwd::unlock(path, pass.given()?, timeout)?.pse)
 }
@@ -689,6 +771,7 @@ fn cmd_init(
     user: &str,
     pass: &PassArgs,
     mib: u32,
+    token: &TokenArgs,
 ) -> Result<ExitCode> {
     // Everything is checked before anything is created.
     if !crate::directory::valid_name(user) {
@@ -729,13 +812,27 @@ fn cmd_init(
         ..KdfParams::DEFAULT
     };
     kdf.check()?;
-    let passphrase = new_passphrase(pass, user)?;
-    eprintln!(
-        "generating RSA-{} key pairs for {user} …",
-        crate::crypto::RSA_BITS
-    );
-    let admin = Pse::generate(user, None)?;
-    let bytes = admin.seal(passphrase.as_bytes(), kdf)?;
+    let (admin, bytes) = if token.token {
+        let t = token.find(pass.pkcs11_module.as_deref())?;
+        let pin = token_pin(pass, &t, user)?;
+        eprintln!(
+            "generating RSA-{} key pairs for {user} on token {} …",
+            crate::crypto::RSA_BITS,
+            t.label
+        );
+        let admin = Pse::generate_on_token(user, None, &t, &pin)?;
+        let bytes = admin.token_file()?;
+        (admin, bytes)
+    } else {
+        let passphrase = new_passphrase(pass, user)?;
+        eprintln!(
+            "generating RSA-{} key pairs for {user} …",
+            crate::crypto::RSA_BITS
+        );
+        let admin = Pse::generate(user, None)?;
+        let bytes = admin.seal(passphrase.as_bytes(), kdf)?;
+        (admin, bytes)
+    };
     // Nothing is left behind on failure: a store whose administrator PSE
     // was never written could never be administered.
     let undo = || {

@@ -310,10 +310,30 @@ pub fn sha256_reader<R: std::io::Read>(mut r: R) -> std::io::Result<[u8; 32]> {
     }
 }
 
-/// An RSA private key (signing or key transport). The rsa crate zeroizes
-/// its private components on drop.
+/// An RSA private key (signing or key transport): in memory (the rsa crate
+/// zeroizes its private components on drop), or on a PKCS#11 token, where
+/// only its public half and a handle are here (`crate::token`).
 #[derive(Clone)]
-pub struct PrivateKey(RsaPrivateKey);
+pub struct PrivateKey(Held);
+
+#[derive(Clone)]
+enum Held {
+    Memory(Box<RsaPrivateKey>),
+    Token(std::sync::Arc<dyn TokenKey>, PublicKey),
+}
+
+/// A private RSA key that stays on a token: the two operations tresor asks
+/// of it. Implemented by `crate::token`.
+pub trait TokenKey: Send + Sync {
+    /// The raw RSA private-key operation (`c^d mod n`, PKCS#11
+    /// `CKM_RSA_X_509`), `modulus length` bytes out. tresor removes the
+    /// OAEP padding itself ([`oaep_sha256_decode`]): the key never leaves
+    /// the token, and the envelope format is the one file users have.
+    fn decrypt_raw(&self, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError>;
+    /// An RSA-PSS signature (SHA-256, MGF1-SHA-256, 32-byte salt) over a
+    /// SHA-256 digest, made on the token (`CKM_RSA_PKCS_PSS`).
+    fn sign_pss_sha256(&self, digest: &[u8; 32]) -> Result<Vec<u8>, CryptoError>;
+}
 
 impl std::fmt::Debug for PrivateKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -326,17 +346,32 @@ impl std::fmt::Debug for PrivateKey {
 pub struct PublicKey(RsaPublicKey);
 
 impl PrivateKey {
-    /// Generates a new RSA key of [`RSA_BITS`] bits.
+    /// Generates a new RSA key of [`RSA_BITS`] bits in memory.
     pub fn generate() -> Result<Self, CryptoError> {
         RsaPrivateKey::new(&mut OsRng, RSA_BITS)
-            .map(PrivateKey)
+            .map(|k| PrivateKey(Held::Memory(Box::new(k))))
             .map_err(|e| CryptoError::Rsa(e.to_string()))
     }
 
-    /// PKCS#8 DER encoding, in a buffer zeroized on drop.
+    /// A key held by a token, known here by its public half.
+    pub fn on_token(key: std::sync::Arc<dyn TokenKey>, public: PublicKey) -> Self {
+        PrivateKey(Held::Token(key, public))
+    }
+
+    /// Whether the key is on a token (and cannot be exported).
+    pub fn is_on_token(&self) -> bool {
+        matches!(self.0, Held::Token(..))
+    }
+
+    /// PKCS#8 DER encoding, in a buffer zeroized on drop. A key on a token
+    /// has none: it cannot be exported.
     pub fn to_der(&self) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        let doc = self
-            .0
+        let Held::Memory(k) = &self.0 else {
+            return Err(CryptoError::KeyFormat(
+                "the private key is on a token and cannot be exported".into(),
+            ));
+        };
+        let doc = k
             .to_pkcs8_der()
             .map_err(|e| CryptoError::KeyFormat(e.to_string()))?;
         Ok(Zeroizing::new(doc.as_bytes().to_vec()))
@@ -345,35 +380,127 @@ impl PrivateKey {
     /// Decodes PKCS#8 DER.
     pub fn from_der(der: &[u8]) -> Result<Self, CryptoError> {
         RsaPrivateKey::from_pkcs8_der(der)
-            .map(PrivateKey)
+            .map(|k| PrivateKey(Held::Memory(Box::new(k))))
             .map_err(|e| CryptoError::KeyFormat(e.to_string()))
     }
 
     /// The matching public key.
     pub fn public(&self) -> PublicKey {
-        PublicKey(self.0.to_public_key())
+        match &self.0 {
+            Held::Memory(k) => PublicKey(k.to_public_key()),
+            Held::Token(_, p) => p.clone(),
+        }
     }
 
     /// RSA-OAEP-SHA256 decryption of a wrapped key with its context label.
     pub fn unwrap_key(&self, label: &str, wrapped: &[u8]) -> Result<SecretKey, CryptoError> {
-        let pt = Zeroizing::new(
-            self.0
-                .decrypt(Oaep::new_with_label::<Sha256, _>(label), wrapped)
-                .map_err(|_| CryptoError::Auth)?,
-        );
+        let pt = match &self.0 {
+            Held::Memory(k) => Zeroizing::new(
+                k.decrypt(Oaep::new_with_label::<Sha256, _>(label), wrapped)
+                    .map_err(|_| CryptoError::Auth)?,
+            ),
+            Held::Token(t, p) => {
+                use rsa::traits::PublicKeyParts;
+                if wrapped.len() != p.0.size() {
+                    return Err(CryptoError::Auth);
+                }
+                let em = t.decrypt_raw(wrapped)?;
+                oaep_sha256_decode(&em, p.0.size(), label)?
+            }
+        };
         SecretKey::from_slice(&pt)
     }
 
     /// RSA-PSS-SHA256 signature over `message`.
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let digest = sha256(message);
-        self.0
-            .sign_with_rng(&mut OsRng, Pss::new::<Sha256>(), &digest)
-            .map_err(|e| CryptoError::Rsa(e.to_string()))
+        match &self.0 {
+            Held::Memory(k) => k
+                .sign_with_rng(&mut OsRng, Pss::new::<Sha256>(), &digest)
+                .map_err(|e| CryptoError::Rsa(e.to_string())),
+            Held::Token(t, p) => {
+                let sig = t.sign_pss_sha256(&digest)?;
+                // A token that signs wrongly (another key, another salt
+                // length) is caught here, not by the verifier later.
+                p.verify(message, &sig).map_err(|_| {
+                    CryptoError::Rsa(
+                        "the token's signature does not verify with its public key".into(),
+                    )
+                })?;
+                Ok(sig)
+            }
+        }
     }
 }
 
+/// MGF1 with SHA-256 (RFC 8017 B.2.1), XORed into `out`.
+fn mgf1_xor(seed: &[u8], out: &mut [u8]) {
+    for (counter, chunk) in out.chunks_mut(32).enumerate() {
+        let mut h = Sha256::new();
+        h.update(seed);
+        h.update((counter as u32).to_be_bytes());
+        for (o, m) in chunk.iter_mut().zip(h.finalize()) {
+            *o ^= m;
+        }
+    }
+}
+
+/// EME-OAEP decoding (RFC 8017 7.1.2 step 3, SHA-256, MGF1-SHA-256) of the
+/// raw RSA output `em` of a `k`-byte modulus: what a token that offers
+/// only raw RSA (SoftHSM2 2.6 does OAEP with SHA-1 and no label only)
+/// leaves to tresor. Every check runs whatever an earlier one found, and
+/// all failures are one error, so the result leaks only "opened or not".
+pub fn oaep_sha256_decode(
+    em: &[u8],
+    k: usize,
+    label: &str,
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    const H: usize = 32;
+    // A raw result may come without leading zero bytes.
+    if em.len() > k || k < 2 * H + 2 {
+        return Err(CryptoError::Auth);
+    }
+    let mut buf = Zeroizing::new(vec![0u8; k]);
+    buf[k - em.len()..].copy_from_slice(em);
+    let (y, rest) = buf.split_at_mut(1);
+    let (seed, db) = rest.split_at_mut(H);
+    mgf1_xor(db, seed);
+    mgf1_xor(seed, db);
+    let lhash = sha256(label.as_bytes());
+    let mut bad = y[0];
+    for (a, b) in db[..H].iter().zip(lhash) {
+        bad |= a ^ b;
+    }
+    // Find the 0x01 after the zero padding without branching on secrets.
+    let mut looking: u8 = 1;
+    let mut start = 0usize;
+    for (i, &b) in db[H..].iter().enumerate() {
+        let is_one = u8::from(b == 1);
+        let is_zero = u8::from(b == 0);
+        let found = looking & is_one;
+        start |= (i + 1) * usize::from(found);
+        bad |= looking & (1 - is_one) & (1 - is_zero);
+        looking &= 1 - found;
+    }
+    bad |= looking;
+    if bad != 0 {
+        return Err(CryptoError::Auth);
+    }
+    Ok(Zeroizing::new(db[H + start..].to_vec()))
+}
+
 impl PublicKey {
+    /// An RSA public key from its modulus and public exponent (big-endian
+    /// bytes, as a PKCS#11 token gives them); the size rules of [`Self::from_der`].
+    pub fn from_components(n: &[u8], e: &[u8]) -> Result<Self, CryptoError> {
+        let k = RsaPublicKey::new(
+            rsa::BigUint::from_bytes_be(n),
+            rsa::BigUint::from_bytes_be(e),
+        )
+        .map_err(|e| CryptoError::KeyFormat(e.to_string()))?;
+        Self::from_der(&PublicKey(k).to_der()?)
+    }
+
     /// SubjectPublicKeyInfo DER encoding.
     pub fn to_der(&self) -> Result<Vec<u8>, CryptoError> {
         self.0
@@ -615,6 +742,31 @@ mod tests {
             p: 1,
         };
         assert!(derive_passphrase_key(b"pw", &[0u8; 16], sixteen).is_ok());
+    }
+
+    /// The OAEP decoding tresor does after a token's raw RSA operation
+    /// gives what the rsa crate's own OAEP decryption gives, and refuses a
+    /// wrong label or a damaged input.
+    #[test]
+    fn oaep_decode_after_raw_rsa_matches_the_rsa_crate() {
+        use rsa::traits::{PrivateKeyParts, PublicKeyParts};
+        let k = RsaPrivateKey::new(&mut OsRng, 2048).unwrap();
+        let pk = PublicKey(k.to_public_key());
+        let key = SecretKey::random();
+        let wrapped = pk.wrap_key("store/group/1", &key).unwrap();
+        let raw = |c: &[u8]| {
+            rsa::BigUint::from_bytes_be(c)
+                .modpow(k.d(), k.n())
+                .to_bytes_be()
+        };
+        let out = oaep_sha256_decode(&raw(&wrapped), k.size(), "store/group/1").unwrap();
+        assert_eq!(&out[..], key.as_bytes());
+        assert!(oaep_sha256_decode(&raw(&wrapped), k.size(), "store/group/2").is_err());
+        let mut bent = wrapped.clone();
+        bent[100] ^= 1;
+        assert!(oaep_sha256_decode(&raw(&bent), k.size(), "store/group/1").is_err());
+        assert!(oaep_sha256_decode(&[0u8; 300], k.size(), "x").is_err());
+        assert!(oaep_sha256_decode(&[], k.size(), "x").is_err());
     }
 
     #[test]

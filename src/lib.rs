@@ -31,6 +31,7 @@ pub mod session;
 pub mod signature;
 pub mod slide;
 pub mod store;
+pub mod token;
 pub mod vfs;
 
 /// Unit tests get their own HOME and XDG directories, set before `main`

@@ -6,14 +6,24 @@
 //! a damaged file ("corrupt") apart from a wrong passphrase (the checksum holds
 //! but the AEAD does not open); the AEAD's associated data covers every public
 //! field, so swapping the trust anchor or a public key is detected too.
+//!
+//! A token PSE (format 2, `crate::token`) holds no secret at all: the
+//! private keys are on a PKCS#11 token, the file names the token and the
+//! keys' ids. Its public fields are bound by a signature the token's own
+//! signature key made when the PSE was created, checked on every open
+//! against the key the token holds, so the trust anchor cannot be swapped
+//! without the card and its PIN.
 
 use crate::crypto::{self, Aead, CryptoError, KdfParams, PrivateKey, PublicKey};
 use crate::format::names::{decode as b64d, encode as b64e};
+use crate::token::{self, TokenError, TokenRef};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-/// PSE format written by this tresor.
+/// PSE format written by this tresor for a passphrase-sealed PSE.
 pub const PSE_FORMAT: u32 = 1;
+/// PSE format of a token PSE (keys on a PKCS#11 token); the newest read.
+pub const TOKEN_PSE_FORMAT: u32 = 2;
 
 /// Why a PSE could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -27,11 +37,25 @@ pub enum PseError {
     )]
     Corrupt(String),
     /// Written by a newer tresor.
-    #[error("the PSE has format {0}; this tresor reads up to {PSE_FORMAT} — upgrade tresor")]
+    #[error("the PSE has format {0}; this tresor reads up to {TOKEN_PSE_FORMAT} — upgrade tresor")]
     TooNew(u32),
+    /// The token of a token PSE refused or failed (wrong PIN, PIN locked,
+    /// card absent).
+    #[error(transparent)]
+    Token(#[from] TokenError),
     /// Refused or failed key derivation or key generation.
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+}
+
+impl PseError {
+    /// A wrong passphrase or a wrong PIN: the one error a retry may fix.
+    pub fn is_wrong_secret(&self) -> bool {
+        matches!(
+            self,
+            PseError::WrongPassphrase | PseError::Token(TokenError::WrongPin { .. })
+        )
+    }
 }
 
 /// The public fields, in the order their JSON forms the AEAD's associated data.
@@ -73,8 +97,11 @@ pub struct PsePublic {
     pub transport_public: PublicKey,
     /// The administrator's verification key this user trusts.
     pub trust_anchor: PublicKey,
-    /// Argon2id parameters protecting the private keys.
+    /// Argon2id parameters protecting the private keys (a token PSE has
+    /// none: the default values stand here).
     pub kdf: KdfParams,
+    /// A token PSE: where its private keys are.
+    pub token: Option<TokenRef>,
 }
 
 /// An unlocked PSE: the user's private keys. Zeroized on drop (by the rsa crate).
@@ -99,8 +126,13 @@ fn parse(bytes: &[u8]) -> Result<(File, PsePublic), PseError> {
     match v.get("tresor_pse").and_then(|x| x.as_u64()) {
         None => return Err(PseError::Corrupt("no \"tresor_pse\" version field".into())),
         Some(0) => return Err(PseError::Corrupt("format version 0".into())),
-        Some(n) if n > u64::from(PSE_FORMAT) => {
+        Some(n) if n > u64::from(TOKEN_PSE_FORMAT) => {
             return Err(PseError::TooNew(u32::try_from(n).unwrap_or(u32::MAX)))
+        }
+        Some(n) if n == u64::from(TOKEN_PSE_FORMAT) => {
+            return Err(PseError::Corrupt(
+                "a token PSE where a passphrase PSE was expected".into(),
+            ))
         }
         Some(_) => {}
     }
@@ -115,6 +147,7 @@ fn parse(bytes: &[u8]) -> Result<(File, PsePublic), PseError> {
         transport_public: pubkey("transport_public", &f.body.transport_public)?,
         trust_anchor: pubkey("trust_anchor", &f.body.trust_anchor)?,
         kdf: f.body.kdf,
+        token: None,
     };
     Ok((f, public))
 }
@@ -125,13 +158,28 @@ fn aad(body: &Body) -> Vec<u8> {
     a
 }
 
-/// Reads the public half without a passphrase.
+/// Whether the bytes are a token PSE (format 2); `None` if unreadable.
+fn is_token(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|v| v.get("tresor_pse").and_then(|x| x.as_u64()))
+        == Some(u64::from(TOKEN_PSE_FORMAT))
+}
+
+/// Reads the public half without a passphrase or PIN.
 pub fn read_public(bytes: &[u8]) -> Result<PsePublic, PseError> {
+    if is_token(bytes) {
+        return parse_token(bytes).map(|(_, p)| p);
+    }
     parse(bytes).map(|(_, p)| p)
 }
 
-/// Opens a PSE with its passphrase.
+/// Opens a PSE with its passphrase — or, for a token PSE, logs in to the
+/// token with this PIN.
 pub fn open(bytes: &[u8], passphrase: &[u8]) -> Result<Pse, PseError> {
+    if is_token(bytes) {
+        return open_token(bytes, passphrase);
+    }
     let (f, public) = parse(bytes)?;
     f.body.kdf.check()?;
     let salt =
@@ -164,6 +212,86 @@ pub fn open(bytes: &[u8], passphrase: &[u8]) -> Result<Pse, PseError> {
     })
 }
 
+/// The public fields of a token PSE; their JSON (after a domain prefix) is
+/// what the binding signature covers.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    tresor_pse: u32,
+    user: String,
+    token: TokenRef,
+    sign_public: String,
+    transport_public: String,
+    trust_anchor: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TokenFile {
+    #[serde(flatten)]
+    body: TokenBody,
+    binding: String,
+    check: String,
+}
+
+impl TokenBody {
+    fn message(&self) -> Vec<u8> {
+        let mut m = b"tresor-pse-token/v2\0".to_vec();
+        m.extend_from_slice(&serde_json::to_vec(self).unwrap_or_default());
+        m
+    }
+}
+
+fn parse_token(bytes: &[u8]) -> Result<(TokenFile, PsePublic), PseError> {
+    let f: TokenFile = serde_json::from_slice(bytes)
+        .map_err(|e| PseError::Corrupt(format!("malformed token PSE ({e})")))?;
+    if File::checksum_token(&f.body, &f.binding) != f.check {
+        return Err(PseError::Corrupt("checksum mismatch".into()));
+    }
+    let public = PsePublic {
+        user: f.body.user.clone(),
+        sign_public: pubkey("sign_public", &f.body.sign_public)?,
+        transport_public: pubkey("transport_public", &f.body.transport_public)?,
+        trust_anchor: pubkey("trust_anchor", &f.body.trust_anchor)?,
+        kdf: KdfParams::DEFAULT,
+        token: Some(f.body.token.clone()),
+    };
+    Ok((f, public))
+}
+
+impl File {
+    fn checksum_token(body: &TokenBody, binding: &str) -> String {
+        let mut bytes = serde_json::to_vec(body).unwrap_or_default();
+        bytes.extend_from_slice(binding.as_bytes());
+        hex::encode(crypto::sha256(&bytes))
+    }
+}
+
+fn open_token(bytes: &[u8], pin: &[u8]) -> Result<Pse, PseError> {
+    let (f, public) = parse_token(bytes)?;
+    let pin = std::str::from_utf8(pin)
+        .map_err(|_| PseError::Token(TokenError::BadPin("a PIN must be UTF-8 text".into())))?;
+    let r = public.token.clone().unwrap_or_else(|| f.body.token.clone());
+    // The token checks that its keys are the ones the PSE names.
+    let (sign, transport, _) =
+        token::open_keys(&r, pin, &public.sign_public, &public.transport_public)?;
+    let binding =
+        b64d(&f.binding).ok_or_else(|| PseError::Corrupt("binding is not base64url".into()))?;
+    public
+        .sign_public
+        .verify(&f.body.message(), &binding)
+        .map_err(|_| {
+            PseError::Corrupt(
+                "the token PSE's public part was altered (its binding signature does not verify)"
+                    .into(),
+            )
+        })?;
+    Ok(Pse {
+        public,
+        sign,
+        transport,
+    })
+}
+
 fn split_lv(b: &[u8]) -> Result<(&[u8], &[u8]), PseError> {
     let bad = || PseError::Corrupt("sealed keys are malformed".into());
     let len_bytes: [u8; 4] = b.get(..4).ok_or_else(bad)?.try_into().map_err(|_| bad())?;
@@ -185,12 +313,64 @@ impl Pse {
             transport_public: transport.public(),
             trust_anchor: trust_anchor.unwrap_or_else(|| sign.public()),
             kdf: KdfParams::DEFAULT,
+            token: None,
         };
         Ok(Pse {
             public,
             sign,
             transport,
         })
+    }
+
+    /// Generates a new identity on `token` (logged in with `pin`): both
+    /// private keys made on the token, never extractable. Write it with
+    /// [`Pse::token_file`].
+    pub fn generate_on_token(
+        user: &str,
+        trust_anchor: Option<PublicKey>,
+        token: &token::Token,
+        pin: &str,
+    ) -> Result<Pse, PseError> {
+        let (sign, transport, r) = token::generate_keys(token, pin, user)?;
+        let public = PsePublic {
+            user: user.to_string(),
+            sign_public: sign.public(),
+            transport_public: transport.public(),
+            trust_anchor: trust_anchor.unwrap_or_else(|| sign.public()),
+            kdf: KdfParams::DEFAULT,
+            token: Some(r),
+        };
+        Ok(Pse {
+            public,
+            sign,
+            transport,
+        })
+    }
+
+    /// The file of a token PSE: public keys, where the private ones are,
+    /// the trust anchor, and the binding signature made on the token.
+    pub fn token_file(&self) -> Result<Vec<u8>, PseError> {
+        let Some(r) = self.public.token.clone() else {
+            return Err(PseError::Corrupt("not a token PSE".into()));
+        };
+        let body = TokenBody {
+            tresor_pse: TOKEN_PSE_FORMAT,
+            user: self.public.user.clone(),
+            token: r,
+            sign_public: b64e(&self.public.sign_public.to_der()?),
+            transport_public: b64e(&self.public.transport_public.to_der()?),
+            trust_anchor: b64e(&self.public.trust_anchor.to_der()?),
+        };
+        let binding = b64e(&self.sign.sign(&body.message())?);
+        let check = File::checksum_token(&body, &binding);
+        let mut out = serde_json::to_vec_pretty(&TokenFile {
+            body,
+            binding,
+            check,
+        })
+        .map_err(|e| PseError::Corrupt(e.to_string()))?;
+        out.push(b'\n');
+        Ok(out)
     }
 
     /// Seals the private keys under `passphrase` and returns the file bytes.

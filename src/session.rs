@@ -195,6 +195,9 @@ pub struct Status {
     pub since_ms: Option<u64>,
     /// The PSE they logged in with (watched: removing it locks).
     pub pse: Option<PathBuf>,
+    /// A token PSE's token label (watched: pulling the card locks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
     /// The idle lock (`None`: never).
     pub idle_lock_ms: Option<u64>,
     /// Time left before the idle lock.
@@ -500,6 +503,22 @@ struct LoggedIn {
     role: Option<String>,
     since: SystemTime,
     pse: PathBuf,
+    /// A token PSE's token: pulling it locks, as removing the PSE does.
+    token: Option<crate::token::Presence>,
+}
+
+/// The presence check of the token a PSE file names (`None`: a passphrase
+/// PSE, or a file that cannot be read — whose removal the path check sees).
+fn token_of(pse: &Path) -> Option<crate::token::Presence> {
+    let bytes = std::fs::read(pse).ok()?;
+    let r = pse::read_public(&bytes).ok()?.token?;
+    match crate::token::Presence::of(&r) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!("session: cannot watch token {}: {e}", r.label);
+            None
+        }
+    }
 }
 
 struct State {
@@ -569,6 +588,7 @@ impl Control {
                     role: keys.role.clone(),
                     since: SystemTime::now(),
                     pse: pse.to_path_buf(),
+                    token: token_of(pse),
                 }),
                 locked: None,
                 failures: 0,
@@ -624,6 +644,7 @@ impl Control {
             s.role = u.role.clone();
             s.since_ms = Some(ms(u.since));
             s.pse = Some(u.pse.clone());
+            s.token = u.token.as_ref().map(|t| t.label.clone());
             s.idle_left_ms = self
                 .idle_lock
                 .map(|d| d.saturating_sub(self.vfs.idle_for()).as_millis() as u64);
@@ -689,6 +710,11 @@ impl Control {
         if let Some(u) = &st.user {
             if !u.pse.exists() {
                 return Some(format!("PSE {} removed", u.pse.display()));
+            }
+            if let Some(t) = &u.token {
+                if !t.present() {
+                    return Some(format!("token {} removed", t.label));
+                }
             }
         }
         let limit = self.idle_lock?;
@@ -843,7 +869,19 @@ impl Control {
         };
         let user = match pse::open(&bytes, pass.0.as_bytes()) {
             Ok(u) => u,
-            Err(PseError::WrongPassphrase) => return self.failed(st, &path),
+            Err(e) if e.is_wrong_secret() => {
+                let what = match e {
+                    PseError::Token(t) => t.to_string(),
+                    _ => format!("wrong passphrase for PSE {}", path.display()),
+                };
+                return self.failed(st, &path, &what);
+            }
+            Err(e @ PseError::Token(_)) => {
+                return (
+                    Reply::err(ErrorKind::Failed, format!("PSE {}: {e}", path.display())),
+                    None,
+                )
+            }
             Err(e) => {
                 return (
                     Reply::err(
@@ -855,6 +893,11 @@ impl Control {
             }
         };
         drop(pass);
+        let token = user
+            .public
+            .token
+            .as_ref()
+            .and_then(|r| crate::token::Presence::of(r).ok());
         let ring = match self.vfs.store().unlock(&user) {
             Ok(r) => r,
             Err(e) => {
@@ -890,6 +933,7 @@ impl Control {
             role,
             since: SystemTime::now(),
             pse: path,
+            token,
         });
         let msg = match previous {
             Some(p) if p != who => format!("switched from {p} to {who}"),
@@ -899,7 +943,12 @@ impl Control {
         (Reply::ok(self.status(st), msg), None)
     }
 
-    fn failed(&self, st: &mut State, path: &Path) -> (Reply, Option<Box<dyn FnOnce()>>) {
+    fn failed(
+        &self,
+        st: &mut State,
+        path: &Path,
+        what: &str,
+    ) -> (Reply, Option<Box<dyn FnOnce()>>) {
         st.failures += 1;
         let left = MAX_FAILED_LOGINS.saturating_sub(st.failures);
         tracing::warn!(
@@ -910,10 +959,7 @@ impl Control {
         if left > 0 {
             let mut r = Reply::err(
                 ErrorKind::WrongPassphrase,
-                format!(
-                    "wrong passphrase for PSE {} — {left} more wrong one(s) end the mount",
-                    path.display()
-                ),
+                format!("{what} — {left} more wrong one(s) end the mount"),
             );
             r.tries_left = Some(left);
             return (r, None);

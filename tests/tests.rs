@@ -23,4 +23,5 @@ mod service;
 mod session;
 mod sign;
 mod slides;
+mod token;
 mod vectors;

@@ -864,9 +864,13 @@ fn pse_wrong_passphrase_and_corruption_differ() {
     let e = pse::open(&bytes[..bytes.len() / 2], &passphrase()).unwrap_err();
     assert!(matches!(e, PseError::Corrupt(_)), "{e}");
 
-    let newer = text.replacen("\"tresor_pse\": 1", "\"tresor_pse\": 2", 1);
+    // 2 is a token PSE (FORMAT.md §7a): this file is a malformed one.
+    let token = text.replacen("\"tresor_pse\": 1", "\"tresor_pse\": 2", 1);
+    let e = pse::open(token.as_bytes(), &passphrase()).unwrap_err();
+    assert!(matches!(e, PseError::Corrupt(_)), "{e}");
+    let newer = text.replacen("\"tresor_pse\": 1", "\"tresor_pse\": 3", 1);
     let e = pse::open(newer.as_bytes(), &passphrase()).unwrap_err();
-    assert!(matches!(e, PseError::TooNew(2)), "{e}");
+    assert!(matches!(e, PseError::TooNew(3)), "{e}");
     assert!(e.to_string().contains("upgrade tresor"), "{e}");
 }
 

@@ -1,6 +1,6 @@
 //! Admin commands: `role`, `user`, `grant`, `matrix`.
 
-use super::{new_passphrase, unlock_pse, PassArgs};
+use super::{new_passphrase, token_pin, unlock_pse, PassArgs, TokenArgs};
 use crate::admin::{Admin, Outcome};
 use crate::crypto::KdfParams;
 use crate::directory::{self, Body, Duty, Right};
@@ -52,9 +52,37 @@ pub enum UserCmd {
         /// The administrator's passphrase.
         #[command(flatten)]
         pass: PassArgs,
-        /// The new user's initial passphrase, from this file instead of a second prompt.
+        /// The new user's initial passphrase (with --token: the PIN of their
+        /// token), from this file instead of a second prompt.
         #[arg(long, value_name = "FILE")]
         user_passphrase_file: Option<PathBuf>,
+        /// The new user's keys on a PKCS#11 token (their card, inserted here).
+        #[command(flatten)]
+        token: TokenArgs,
+    },
+    /// Move a user's keys onto a PKCS#11 token: new key pairs made on the
+    /// token replace the ones they hold (their old PSE stops opening the
+    /// store, and their data groups get new keys, as on removal); their
+    /// role, rights and every key epoch they could read stay theirs.
+    ToToken {
+        /// The store directory.
+        store: PathBuf,
+        /// The user whose keys move.
+        user: String,
+        /// Where to write the user's new token PSE (must not exist).
+        #[arg(long)]
+        pse_out: PathBuf,
+        /// Which token (its label), when more than one is present.
+        #[arg(long, value_name = "LABEL")]
+        token_label: Option<String>,
+        /// The PIN of the user's token, from this file instead of a prompt.
+        #[arg(long, value_name = "FILE")]
+        user_passphrase_file: Option<PathBuf>,
+        /// The administrator's PSE.
+        #[arg(long)]
+        pse: PathBuf,
+        #[command(flatten)]
+        pass: PassArgs,
     },
     /// Remove a user: their data groups get new keys.
     Remove {
@@ -184,6 +212,7 @@ pub fn user(c: UserCmd) -> Result<ExitCode> {
             pse,
             pass,
             user_passphrase_file,
+            token,
         } => {
             if pse_out.exists() {
                 bail!(
@@ -206,27 +235,41 @@ pub fn user(c: UserCmd) -> Result<ExitCode> {
                 }
                 .into());
             }
-            let user_pass = new_passphrase(
-                &PassArgs {
-                    passphrase_file: user_passphrase_file,
-                    passphrase_command: None,
-                },
-                &user,
-            )?;
-            eprintln!(
-                "generating RSA-{} key pairs for {user} …",
-                crate::crypto::RSA_BITS
-            );
-            let new = Pse::generate(&user, Some(admin.public.sign_public.clone()))?;
-            let k = s.manifest().kdf_defaults;
-            let kdf = KdfParams {
-                m_kib: k.m_kib,
-                t: k.t,
-                p: k.p,
+            let user_args = PassArgs {
+                passphrase_file: user_passphrase_file,
+                ..PassArgs::default()
+            };
+            let anchor = Some(admin.public.sign_public.clone());
+            let (new, bytes) = if token.token {
+                let t = token.find(pass.pkcs11_module.as_deref())?;
+                let pin = token_pin(&user_args, &t, &user)?;
+                eprintln!(
+                    "generating RSA-{} key pairs for {user} on token {} …",
+                    crate::crypto::RSA_BITS,
+                    t.label
+                );
+                let new = Pse::generate_on_token(&user, anchor, &t, &pin)?;
+                let bytes = new.token_file()?;
+                (new, bytes)
+            } else {
+                let user_pass = new_passphrase(&user_args, &user)?;
+                eprintln!(
+                    "generating RSA-{} key pairs for {user} …",
+                    crate::crypto::RSA_BITS
+                );
+                let new = Pse::generate(&user, anchor)?;
+                let k = s.manifest().kdf_defaults;
+                let kdf = KdfParams {
+                    m_kib: k.m_kib,
+                    t: k.t,
+                    p: k.p,
+                };
+                let bytes = new.seal(user_pass.as_bytes(), kdf)?;
+                (new, bytes)
             };
             // The PSE first: if certifying fails, remove it again; a
             // certified user without a PSE could never be used.
-            write_atomic(&pse_out, &new.seal(user_pass.as_bytes(), kdf)?, 0o600)
+            write_atomic(&pse_out, &bytes, 0o600)
                 .with_context(|| format!("cannot write {}", pse_out.display()))?;
             match a.add_user(&user, &role, shared, &new) {
                 Ok(out) => {
@@ -243,6 +286,77 @@ pub fn user(c: UserCmd) -> Result<ExitCode> {
                     Err(e.into())
                 }
             }
+        }
+        UserCmd::ToToken {
+            store,
+            user,
+            pse_out,
+            token_label,
+            user_passphrase_file,
+            pse,
+            pass,
+        } => {
+            if pse_out.exists() {
+                bail!(
+                    "{} exists; choose a new path for {user}'s token PSE",
+                    pse_out.display()
+                );
+            }
+            let s = Store::open(&store)?;
+            let admin = unlock_pse(&pse, &pass)?;
+            let Some(old) = Admin::open(&s, &admin)?
+                .directory()
+                .users
+                .get(&user)
+                .cloned()
+            else {
+                return Err(directory::DirectoryError::Unknown {
+                    kind: "user",
+                    name: user,
+                    hint: "user list STORE",
+                }
+                .into());
+            };
+            let token = TokenArgs {
+                token: true,
+                token_label,
+            };
+            let t = token.find(pass.pkcs11_module.as_deref())?;
+            let user_args = PassArgs {
+                passphrase_file: user_passphrase_file,
+                ..PassArgs::default()
+            };
+            let pin = token_pin(&user_args, &t, &user)?;
+            eprintln!(
+                "generating RSA-{} key pairs for {user} on token {} …",
+                crate::crypto::RSA_BITS,
+                t.label
+            );
+            let new =
+                Pse::generate_on_token(&user, Some(admin.public.sign_public.clone()), &t, &pin)?;
+            write_atomic(&pse_out, &new.token_file()?, 0o600)
+                .with_context(|| format!("cannot write {}", pse_out.display()))?;
+            // Two directory versions: the old keys retired (their groups
+            // rotate), then the new ones certified with the same role.
+            let removed = Admin::open(&s, &admin)?.remove_user(&user)?;
+            let added = Admin::open(&s, &admin)?
+                .add_user(&user, &old.role, old.shared, &new)
+                .with_context(|| {
+                    format!(
+                        "{user}'s old keys are retired but the token keys are not certified yet; run `tresor user add {} {user} --role {} --token …` to finish",
+                        store.display(),
+                        old.role
+                    )
+                })?;
+            println!(
+                "moved {user}'s keys onto token {} ({}); token PSE written to {}; the old PSE no longer opens this store",
+                t.label,
+                old.role,
+                pse_out.display()
+            );
+            report(&removed);
+            report(&added);
+            Ok(ExitCode::SUCCESS)
         }
         UserCmd::Remove {
             store,

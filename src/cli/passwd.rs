@@ -8,7 +8,7 @@
 //! (three tries, each within the prompt timeout).
 
 use crate::prompt::{self, AttemptError, LoginError};
-use crate::pse::{self, Pse, PseError};
+use crate::pse::{self, Pse};
 use crate::store::write_atomic;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -40,7 +40,7 @@ pub fn unlock(
             pse,
             passphrase: Zeroizing::new(p.to_string()),
         }),
-        Err(e @ PseError::WrongPassphrase) => Err(AttemptError::WrongPassphrase(e)),
+        Err(e) if e.is_wrong_secret() => Err(AttemptError::WrongPassphrase(e)),
         Err(e) => Err(AttemptError::Other(e)),
     };
     // The PseError stays in the error chain: the CLI's exit status says
@@ -52,7 +52,15 @@ pub fn unlock(
             },
         );
     }
-    let question = format!("Passphrase for {} ({}): ", public.user, path.display());
+    let question = match &public.token {
+        Some(t) => format!(
+            "PIN of token {} for {} ({}): ",
+            t.label,
+            public.user,
+            path.display()
+        ),
+        None => format!("Passphrase for {} ({}): ", public.user, path.display()),
+    };
     let context = || format!("PSE {}", path.display());
     prompt::unlock_with_retries(prompt::MAX_TRIES, timeout, &question, open).map_err(|e| match e {
         LoginError::Prompt(e) => e.into(),
@@ -82,6 +90,9 @@ pub fn run(
         None => None,
     };
     let old = unlock(pse_path, given, timeout)?;
+    if let Some(t) = old.pse.public.token.clone() {
+        return change_pin(pse_path, old, &t, new_passphrase_file, timeout);
+    }
     let user = &old.pse.public.user;
     let unchanged = || format!("PSE {} unchanged", pse_path.display());
     let new =
@@ -102,6 +113,43 @@ pub fn run(
         .with_context(|| format!("cannot write PSE {}", target.display()))?;
     println!(
         "passphrase of {user}'s PSE {} changed (the store is untouched)",
+        pse_path.display()
+    );
+    Ok(())
+}
+
+/// `tresor passwd` of a token PSE: the PIN changes on the token (`C_SetPIN`);
+/// the PSE file, which holds no secret, stays as it is.
+fn change_pin(
+    pse_path: &Path,
+    old: Unlocked,
+    t: &crate::token::TokenRef,
+    new_file: Option<&Path>,
+    timeout: Duration,
+) -> Result<()> {
+    let user = old.pse.public.user.clone();
+    let unchanged = || format!("the PIN of token {} is unchanged", t.label);
+    // The token judges the new PIN's length; a file gives it as it is.
+    let new = match new_file {
+        Some(f) => prompt::from_file(f)?,
+        None => super::ask_new_passphrase(None, &user, timeout).with_context(unchanged)?,
+    };
+    if *new == *old.passphrase {
+        bail!(
+            "the new PIN is the old one; choose another ({})",
+            unchanged()
+        );
+    }
+    let module = crate::token::module_path(Some(&t.module))?;
+    // The session that opened the keys ends first: the token logs out.
+    let passphrase = old.passphrase.clone();
+    drop(old);
+    crate::token::Token::find(&module, None, Some(&t.serial))?
+        .change_pin(&passphrase, &new)
+        .with_context(unchanged)?;
+    println!(
+        "PIN of token {} changed for {user} (PSE {} and the store are untouched)",
+        t.label,
         pse_path.display()
     );
     Ok(())

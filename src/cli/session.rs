@@ -206,6 +206,9 @@ fn print_status(s: &Status) {
         if let Some(p) = &s.pse {
             println!("PSE:         {} (removing it locks the mount)", p.display());
         }
+        if let Some(t) = &s.token {
+            println!("token:       {t} (pulling it locks the mount)");
+        }
     }
     match (s.idle_lock_ms, s.idle_left_ms) {
         (None, _) => println!("idle lock:   never"),
