@@ -117,8 +117,13 @@ impl Site {
     /// Starts `tresor serve` on a free loopback port and waits for its
     /// "serving … on URL" line.
     fn serve(&self, extra: &[&str]) -> Serve {
+        self.serve_env(extra, &[])
+    }
+
+    fn serve_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Serve {
         let (pse, pass) = self.user("svc");
         let mut child = tresor()
+            .envs(env.iter().copied())
             .arg("serve")
             .arg(&self.ts.store)
             .arg("--pse")
@@ -918,4 +923,67 @@ fn the_audit_trail_names_a_removed_a_changed_and_two_swapped_entries() {
         err.contains("signed head") && err.contains("does not verify"),
         "{err}"
     );
+}
+
+#[test]
+fn a_service_killed_while_releasing_completes_the_release_on_restart() {
+    if !available() {
+        return;
+    }
+    let site = Site::new();
+    // A debug build aborts just before moving S-2's result into place.
+    let mut s = site.serve_env(&[], &[("TRESOR_FAULT_ABORT_BEFORE_RELEASE_RENAME", "2")]);
+    let id = site.submit(&s, "rob", &["S-1/values.csv", "S-2/values.csv"]);
+    site.wait_state(&s, id, &["profiled"]);
+    assert!(site
+        .client(&s, "alice", &["approve", &id.to_string()])
+        .status
+        .success());
+    site.wait_state(&s, id, &["staged"]);
+    let o = site.client(&s, "nina", &["release", &id.to_string()]);
+    assert!(
+        !o.status.success(),
+        "the release should have died with the service"
+    );
+    let st = s.child.wait().unwrap();
+    assert!(!st.success(), "the service did not crash: {st}");
+    drop(s);
+    // S-1's result is whole; S-2's is only a hidden partial directory:
+    // no reader sees half a result.
+    let m = site.ts.mount();
+    let a1 = m.path("pathology/S-1/analyses");
+    let a2 = m.path("pathology/S-2/analyses");
+    assert!(a1.join(format!("job-{id}/provenance.json.sig")).is_file());
+    assert!(!a2.join(format!("job-{id}")).exists());
+    assert!(a2.join(format!(".job-{id}.partial")).exists());
+    m.unmount();
+
+    let s = site.serve(&[]);
+    let j = site.job(&s, id);
+    assert_eq!(j["state"], "released", "{j:#}");
+    let v = site.client(&s, "nora", &["results", "pathology/S-2"]);
+    let v: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+    assert_eq!(v["analyses"].as_array().unwrap().len(), 1, "{v:#}");
+    assert_eq!(v["analyses"][0]["analysis"], format!("job-{id}"), "{v:#}");
+    drop(s);
+    let m = site.ts.mount();
+    let names: Vec<String> = std::fs::read_dir(m.path("pathology/S-2/analyses"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        vec![format!("job-{id}")],
+        "a partial directory was left"
+    );
+    let (nina_pse, _) = site.user("nina");
+    let v = tresor()
+        .arg("verify")
+        .arg(m.path(&format!("pathology/S-2/analyses/job-{id}/provenance.json")))
+        .arg("--pse")
+        .arg(nina_pse)
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    m.unmount();
 }

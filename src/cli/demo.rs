@@ -635,23 +635,16 @@ impl Demo {
         c
     }
 
-    fn wait_job(&self, url: &str, id: &str, states: &[&str]) -> Result<serde_json::Value> {
-        let start = Instant::now();
-        loop {
-            let out = ok(self.client(url, "alice", "jobs").args([id, "--json"]))?;
-            let j: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-            let state = j["state"].as_str().unwrap_or("");
-            if states.contains(&state) {
-                return Ok(j);
-            }
-            if state == "failed" {
-                bail!("job {id} failed: {}", j["reason"]);
-            }
-            if start.elapsed() > Duration::from_secs(600) {
-                bail!("job {id} is still {state} after 10 minutes");
-            }
-            std::thread::sleep(Duration::from_millis(200));
+    /// `tresor jobs ID --wait` (the service's long poll), then checks the state.
+    fn wait_job(&self, url: &str, id: &str, want: &str) -> Result<serde_json::Value> {
+        let out = ok(self
+            .client(url, "alice", "jobs")
+            .args([id, "--wait", "--json"]))?;
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        if j["state"] != want {
+            bail!("job {id} is {}, not {want}: {}", j["state"], j["reason"]);
         }
+        Ok(j)
     }
 
     fn service(&self, ki67: &Path) -> Result<()> {
@@ -720,7 +713,7 @@ impl Demo {
             .unwrap_or("1")
             .to_string();
         spin("the service profiles the job on its input", || {
-            self.wait_job(url, &id, &["profiled"])
+            self.wait_job(url, &id, "profiled")
         })?;
         let own = self.client(url, "rob", "approve").arg(&id).output()?;
         detail(format!(
@@ -733,7 +726,7 @@ impl Demo {
             String::from_utf8_lossy(&ap.stdout).trim()
         ));
         let j = spin("the job runs confined (tresor run)", || {
-            self.wait_job(url, &id, &["staged"])
+            self.wait_job(url, &id, "staged")
         })?;
         detail(format!(
             "staged; automatic checks: {}",

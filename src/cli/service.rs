@@ -113,6 +113,10 @@ pub struct JobsArgs {
     /// With ID: also print its profile table and policy.
     #[arg(long, requires = "id")]
     review: bool,
+    /// With ID: first wait until the job needs a person or is done
+    /// (profiled, staged, released, rejected or failed).
+    #[arg(long, requires = "id")]
+    wait: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -428,7 +432,18 @@ pub fn jobs(a: JobsArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     };
-    let v = ok(c.call("GET", &format!("/jobs/{id}"), b"")?)?;
+    let mut v = ok(c.call("GET", &format!("/jobs/{id}"), b"")?)?;
+    // The service's long poll: one request per state change, no polling.
+    const SETTLED: [&str; 5] = ["profiled", "staged", "released", "rejected", "failed"];
+    if a.wait {
+        loop {
+            let state = v["state"].as_str().unwrap_or("failed").to_string();
+            if SETTLED.contains(&state.as_str()) {
+                break;
+            }
+            v = ok(c.call("GET", &format!("/jobs/{id}?changed_from={state}"), b"")?)?;
+        }
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {

@@ -867,6 +867,7 @@ impl Service {
             write_atomic(&partial.join("provenance.json"), &bytes, 0o644).map_err(internal)?;
             let sig = self.sign_document(&format!("{rel}/provenance.json"), &bytes)?;
             write_atomic(&partial.join("provenance.json.sig"), &sig, 0o644).map_err(internal)?;
+            fault::before_rename(n + 1);
             std::fs::rename(&partial, &dest).map_err(internal)?;
         }
         Ok(())
@@ -1266,4 +1267,26 @@ fn walk_files(dir: &Path, prefix: &str, out: &mut Vec<String>) {
             _ => {}
         }
     }
+}
+
+/// Fault injection for tests/service.rs, compiled into debug builds only (a
+/// release build has no trace of it): `TRESOR_FAULT_ABORT_BEFORE_RELEASE_RENAME=N`
+/// aborts the service (SIGABRT, like a crash) just before a release moves
+/// its N-th sample's complete result into place.
+#[cfg(debug_assertions)]
+mod fault {
+    pub(super) fn before_rename(n: usize) {
+        let armed = std::env::var("TRESOR_FAULT_ABORT_BEFORE_RELEASE_RENAME")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok());
+        if armed == Some(n) {
+            eprintln!("tresor serve: fault injection: abort before release rename {n}");
+            std::process::abort();
+        }
+    }
+}
+
+#[cfg(not(debug_assertions))]
+mod fault {
+    pub(super) fn before_rename(_: usize) {}
 }
