@@ -289,6 +289,10 @@ pub struct Profile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub script: Option<Script>,
     pub mode: Mode,
+    /// What recorded it: `bpf` (in-kernel) or `ptrace` (docs/PROFILE.md
+    /// "Recorders"); merged profiles of both: `bpf+ptrace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorder: Option<String>,
     /// False when the run ended abnormally (signal, timeout, tracer error):
     /// the program may need syscalls it never reached.
     pub complete: bool,
@@ -349,6 +353,7 @@ impl Profile {
             program,
             script: None,
             mode,
+            recorder: None,
             complete: true,
             incomplete_reason: None,
             exit: None,
@@ -594,6 +599,16 @@ impl Profile {
             ));
         }
         self.mode = self.mode.min(other.mode);
+        if self.recorder != other.recorder {
+            let mut names: Vec<&str> = [&self.recorder, &other.recorder]
+                .into_iter()
+                .flatten()
+                .flat_map(|r| r.split('+'))
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            self.recorder = Some(names.join("+"));
+        }
         if !other.complete {
             let reason = other.incomplete_reason.clone().unwrap_or_default();
             self.mark_incomplete(format!("a merged run was incomplete: {reason}"));
