@@ -346,8 +346,22 @@ pub(crate) struct Failed {
 impl Failed {
     /// The error for a child that ended before its exec.
     pub(crate) fn error(self, child: &sys::Child) -> TraceError {
-        let (path, shown) = (self.path, self.shown);
+        let failure = child.failure();
+        self.explain(failure)
+    }
+
+    /// `Err` when the child reported a failure before its exec (the
+    /// report pipe closes at a successful exec).
+    pub(crate) fn check(self, child: &sys::Child) -> Result<(), TraceError> {
         match child.failure() {
+            None => Ok(()),
+            f => Err(self.explain(f)),
+        }
+    }
+
+    fn explain(self, failure: Option<(ChildStage, i32)>) -> TraceError {
+        let (path, shown) = (self.path, self.shown);
+        match failure {
             Some((ChildStage::Seccomp, errno)) => {
                 TraceError::Seccomp(io::Error::from_raw_os_error(errno))
             }

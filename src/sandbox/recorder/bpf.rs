@@ -266,9 +266,7 @@ fn run(
         (None, Some(e)) => e,
         (None, None) => RunEnd::Aborted,
     };
-    if let Some(f) = child.failure().map(|_| failed.error(&child)) {
-        return Err(f);
-    }
+    failed.check(&child)?;
     collect(maps, arch, opts.mode, &mut profile)?;
     tracer::conclude(&mut profile, &end, root_end.as_ref());
     Ok(Outcome { profile, end })
@@ -422,6 +420,23 @@ fn collect(
             ));
         } else {
             p.entry(&arch.display_name(slot), slot).count += c;
+        }
+    }
+    // 32-bit calls (x86_64's int 0x80), keyed as ptrace keys them.
+    for slot in 0..=NR_SLOTS {
+        let c: u64 = maps
+            .foreign
+            .lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY)
+            .map_err(map_err("reading the foreign-ABI counts"))?
+            .unwrap_or_default()
+            .iter()
+            .map(|v| u64_at(v, 0))
+            .sum();
+        if c > 0 {
+            const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+            *p.foreign_syscalls
+                .entry(format!("{AUDIT_ARCH_I386:#x}:{slot}"))
+                .or_insert(0) += c;
         }
     }
     p.execs.insert(p.program.path.clone());

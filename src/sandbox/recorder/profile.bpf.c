@@ -109,7 +109,16 @@ typedef struct {
 struct signal_struct {
 	atomic_t live;
 } PAI;
+#if defined(__TARGET_ARCH_x86)
+struct thread_info {
+	__u32 status;
+} PAI;
+#define TS_COMPAT 0x0002 // the task is in a 32-bit syscall (int 0x80)
+#endif
 struct task_struct {
+#if defined(__TARGET_ARCH_x86)
+	struct thread_info thread_info;
+#endif
 	int pid;
 	int tgid;
 	struct fs_struct *fs;
@@ -215,6 +224,14 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } counts SEC(".maps");
+
+// Calls through the 32-bit ABI (x86_64's int 0x80), by their number.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, NR_SLOTS + 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} foreign SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -487,6 +504,15 @@ int on_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 		return 0;
 	__u64 id = ctx->args[1];
 	__u32 slot = id < NR_SLOTS ? (__u32)id : NR_SLOTS;
+#if defined(__TARGET_ARCH_x86)
+	struct task_struct *cur = (struct task_struct *)bpf_get_current_task();
+	if (BPF_CORE_READ(cur, thread_info.status) & TS_COMPAT) {
+		__u64 *f = bpf_map_lookup_elem(&foreign, &slot);
+		if (f)
+			*f += 1;
+		return 0;
+	}
+#endif
 	__u64 *c = bpf_map_lookup_elem(&counts, &slot);
 	if (c)
 		*c += 1;
