@@ -88,13 +88,30 @@ pub fn privileged() -> Result<(), Unavailable> {
     const CAP_BPF: u64 = 39;
     let caps = effective_caps();
     let has = |c: u64| caps & (1 << c) != 0;
-    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
-        Ok(())
-    } else {
-        Err(Unavailable(
+    if !(has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))) {
+        return Err(Unavailable(
             "it needs root (CAP_BPF and CAP_PERFMON), and tresor runs without them".into(),
-        ))
+        ));
     }
+    if in_child_pid_namespace() {
+        return Err(Unavailable(
+            "tresor runs in a pid namespace of its own (a container?), and the in-kernel recorder follows the analysis by the kernel's pids".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether this process sees itself under more than one pid (`NSpid:`
+/// lists one per nested pid namespace).
+fn in_child_pid_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .map(|v| v.split_whitespace().count() > 1)
+        })
+        .unwrap_or(false)
 }
 
 fn quiet_libbpf(level: libbpf_rs::PrintLevel, msg: String) {
@@ -195,7 +212,12 @@ pub fn profile(
         ))
     })?;
     announce();
-    Ok(run(&skel, program, args, opts))
+    tracing::debug!("in-kernel recorder loaded and attached");
+    let r = run(&skel, program, args, opts);
+    tracing::debug!("in-kernel recorder: profile built");
+    drop(skel);
+    tracing::debug!("in-kernel recorder detached");
+    Ok(r)
 }
 
 fn run(
@@ -267,6 +289,7 @@ fn run(
         (None, None) => RunEnd::Aborted,
     };
     failed.check(&child)?;
+    tracing::debug!("the tree has ended; reading the maps");
     collect(maps, arch, opts.mode, &mut profile)?;
     tracer::conclude(&mut profile, &end, root_end.as_ref());
     Ok(Outcome { profile, end })
@@ -398,14 +421,16 @@ fn collect(
             .flatten()
             .map_or(0, |v| u64_at(&v, 0))
     };
-    // Syscall counts, summed over CPUs.
-    for slot in 0..=NR_SLOTS {
-        let per_cpu = maps
-            .counts
-            .lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY)
-            .map_err(map_err("reading the syscall counts"))?
-            .unwrap_or_default();
-        let mut c: u64 = per_cpu.iter().map(|v| u64_at(v, 0)).sum();
+    // Syscall counts, from the .bss section (the tree has ended: nothing
+    // writes them any more).
+    let bss = maps.bss_data.as_deref().ok_or_else(|| {
+        TraceError::Io(std::io::Error::other(
+            "the recorder's counters are not mapped",
+        ))
+    })?;
+    for (slot, &n) in bss.counts.iter().enumerate() {
+        let slot = slot as u32;
+        let mut c = n;
         if Some(slot) == arch.number("execve") {
             c += 1; // the program's own exec, before recording started
         }
@@ -423,15 +448,7 @@ fn collect(
         }
     }
     // 32-bit calls (x86_64's int 0x80), keyed as ptrace keys them.
-    for slot in 0..=NR_SLOTS {
-        let c: u64 = maps
-            .foreign
-            .lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY)
-            .map_err(map_err("reading the foreign-ABI counts"))?
-            .unwrap_or_default()
-            .iter()
-            .map(|v| u64_at(v, 0))
-            .sum();
+    for (slot, &c) in bss.foreign.iter().enumerate() {
         if c > 0 {
             const AUDIT_ARCH_I386: u32 = 0x4000_0003;
             *p.foreign_syscalls

@@ -218,21 +218,16 @@ struct {
 	__type(value, struct action);
 } actions SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, NR_SLOTS + 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} counts SEC(".maps");
 
-// Calls through the 32-bit ABI (x86_64's int 0x80), by their number.
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, NR_SLOTS + 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} foreign SEC(".maps");
 
+
+// Counters in .bss: tresor reads them once the tree has ended, through the
+// mmapped section, without a syscall per entry.
+__u64 counts[NR_SLOTS + 1];  // calls by number (NR_SLOTS: beyond)
+__u64 foreign[NR_SLOTS + 1]; // calls through the 32-bit ABI (x86_64's int 0x80)
+__u64 retries;                // entries ever put into `retry`
+
+// Read by tresor while the tree runs (the live-task count): a map.
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, ST_MAX);
@@ -467,10 +462,18 @@ static __always_inline int read_path(struct task_struct *task, struct scratch *s
 	return 0;
 }
 
-// Records the paths of one call; returns how many could not be read.
-static __always_inline int record_paths(struct task_struct *task, struct scratch *s,
-					struct pt_regs *regs, __u32 nr, struct action *a)
+// Records the paths of one call of number `nr` (registers at `regs`);
+// returns how many could not be read. A global function: the verifier
+// checks it once, not once per caller.
+__noinline int record_paths(__u64 regs_addr, __u32 nr)
 {
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+	struct action *a = bpf_map_lookup_elem(&actions, &nr);
+	if (!s || !a)
+		return 0;
+	struct pt_regs *regs = (struct pt_regs *)regs_addr;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	int failed = 0;
 	for (int i = 0; i < 2; i++) {
 		int r = read_path(task, s, regs, nr, a, i);
@@ -507,22 +510,18 @@ int on_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 #if defined(__TARGET_ARCH_x86)
 	struct task_struct *cur = (struct task_struct *)bpf_get_current_task();
 	if (BPF_CORE_READ(cur, thread_info.status) & TS_COMPAT) {
-		__u64 *f = bpf_map_lookup_elem(&foreign, &slot);
-		if (f)
-			*f += 1;
+		__sync_fetch_and_add(&foreign[slot], 1);
 		return 0;
 	}
 #endif
-	__u64 *c = bpf_map_lookup_elem(&counts, &slot);
-	if (c)
-		*c += 1;
+	__sync_fetch_and_add(&counts[slot], 1);
 	if (slot == NR_SLOTS)
 		return 0;
 	struct action *a = bpf_map_lookup_elem(&actions, &slot);
 	if (!a || a->kind == K_COUNT)
 		return 0;
-	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
 	if (a->kind == K_ARGS) {
+		struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
 		struct args_key k = { .nr = slot };
 		if (a->nargs > 0)
 			k.v[0] = reg(regs, a->arg[0]);
@@ -535,20 +534,18 @@ int on_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 		}
 		return 0;
 	}
-	__u32 zero = 0;
-	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
-	if (!s)
-		return 0;
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	if (record_paths(task, s, regs, slot, a) > 0) {
+	__u8 kind = a->kind;
+	if (record_paths(ctx->args[0], slot) > 0) {
 		__u32 tid = (__u32)pt;
-		if (a->kind == K_EXEC) {
+		if (kind == K_EXEC) {
 			// Read from the kernel's copy at the exec, not a stale one.
 			bpf_map_delete_elem(&pending, &tid);
 			return 0;
 		}
 		if (bpf_map_update_elem(&retry, &tid, &slot, BPF_ANY) != 0)
 			stat_add(ST_READ_FAILED, 1);
+		else
+			__sync_fetch_and_add(&retries, 1);
 	}
 	return 0;
 }
@@ -556,6 +553,8 @@ int on_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 SEC("raw_tracepoint/sys_exit")
 int on_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 {
+	if (!retries)
+		return 0; // no call waits for a retry (the common case: no lookup)
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	__u32 *nr = bpf_map_lookup_elem(&retry, &tid);
 	if (!nr)
@@ -564,14 +563,7 @@ int on_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 	bpf_map_delete_elem(&retry, &tid);
 	if (slot >= NR_SLOTS)
 		return 0;
-	struct action *a = bpf_map_lookup_elem(&actions, &slot);
-	__u32 zero = 0;
-	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
-	if (!a || !s)
-		return 0;
-	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	int failed = record_paths(task, s, regs, slot, a);
+	int failed = record_paths(ctx->args[0], slot);
 	if (failed > 0)
 		stat_add(ST_READ_FAILED, failed); // a bad pointer: the call failed with EFAULT
 	return 0;
