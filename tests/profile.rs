@@ -1101,3 +1101,38 @@ fn recorders_survive_bad_input_and_mark_the_profile_incomplete() {
         assert!(err.contains("INCOMPLETE"), "{rec}: {err}");
     }
 }
+
+#[test]
+fn recorders_see_a_path_on_a_page_not_yet_faulted_in() {
+    require_bpf!();
+    // The path lives only in a file the program maps and never touches:
+    // at the call's entry the page is not in memory. The in-kernel
+    // recorder reads it again at the thread's next call.
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("target.txt");
+    std::fs::write(&target, "x").unwrap();
+    let namefile = dir.path().join("name");
+    let mut name = target.to_str().unwrap().as_bytes().to_vec();
+    name.push(0);
+    std::fs::write(&namefile, &name).unwrap();
+    for rec in ["bpf", "ptrace"] {
+        let r = profile_run(
+            &["--recorder", rec],
+            &example("profile_unfaulted"),
+            &[namefile.to_str().unwrap()],
+        );
+        assert_eq!(r.out.stdout, b"opened\n", "{rec}: {:?}", r.out);
+        let p = &r.profile;
+        let files = &p.paths[dir.path().to_str().unwrap()].files;
+        assert_eq!(
+            files.get("target.txt"),
+            Some(&access("r")),
+            "{rec}: {files:?}"
+        );
+        assert!(
+            !p.notes.iter().any(|n| n.contains("could not be read")),
+            "{rec}: {:?}",
+            p.notes
+        );
+    }
+}

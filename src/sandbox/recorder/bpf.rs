@@ -485,7 +485,7 @@ fn collect(
     let unreadable = stat(ST_READ_FAILED);
     if unreadable > 0 {
         p.notes.push(format!(
-            "{unreadable} path argument(s) could not be read even at the call's exit (a bad pointer: those calls failed with EFAULT)"
+            "{unreadable} path argument(s) could not be read, at the call's entry nor at the thread's next call (a bad pointer: those calls failed with EFAULT)"
         ));
     }
     if mode == Mode::Syscalls {

@@ -182,6 +182,18 @@ struct dir_val {
 	char names[MAX_DEPTH * NAME_LEN]; // NUL-terminated, NAME_LEN apart
 };
 
+// A call's six argument registers.
+struct call {
+	__u64 a[6];
+};
+
+// A call whose path could not be read at entry, kept for a retry.
+struct retry_val {
+	struct call c;
+	__u32 nr;
+	__u32 pad;
+};
+
 struct args_key {
 	__u32 nr;
 	__u32 pad;
@@ -225,7 +237,7 @@ struct {
 // mmapped section, without a syscall per entry.
 __u64 counts[NR_SLOTS + 1];  // calls by number (NR_SLOTS: beyond)
 __u64 foreign[NR_SLOTS + 1]; // calls through the 32-bit ABI (x86_64's int 0x80)
-__u64 retries;                // entries ever put into `retry`
+__s64 retries;                // entries waiting in `retry`
 
 // Read by tresor while the tree runs (the live-task count): a map.
 struct {
@@ -269,12 +281,13 @@ struct {
 } pending SEC(".maps");
 
 // Calls whose path argument could not be read at entry (its page not yet
-// faulted in): read again at the call's exit, after the kernel copied it.
+// faulted in): read again at the thread's next syscall, after the kernel
+// has copied (and so faulted in) the string.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
 	__type(key, __u32); // tid
-	__type(value, __u32); // syscall number
+	__type(value, struct retry_val);
 } retry SEC(".maps");
 
 // Per-CPU scratch space (too large for the 512-byte stack).
@@ -397,15 +410,20 @@ static __noinline int remember_dir(struct task_struct *task, struct scratch *s,
 
 // Fills s->key from path argument `slot` of the call; returns 0 when there
 // is a path to record.
+static __always_inline __u64 arg(struct call *c, __u8 i)
+{
+	return i < 6 ? c->a[i] : 0;
+}
+
 static __always_inline int read_path(struct task_struct *task, struct scratch *s,
-				     struct pt_regs *regs, __u32 nr, struct action *a, int slot)
+				     struct call *c, __u32 nr, struct action *a, int slot)
 {
 	struct path_key *k = &s->key;
 	__u8 pi = slot ? a->path[1] : a->path[0];
 	__u8 di = slot ? a->dirfd[1] : a->dirfd[0];
 	if (pi == NO_ARG)
 		return -1;
-	const char *up = (const char *)reg(regs, pi);
+	const char *up = (const char *)arg(c, pi);
 	__builtin_memset(k, 0, sizeof(*k));
 	k->nr = nr;
 	k->slot = slot;
@@ -421,10 +439,10 @@ static __always_inline int read_path(struct task_struct *task, struct scratch *s
 		stat_add(ST_TRUNCATED, 1);
 	}
 	if (a->flags_rule == F_REG) {
-		k->flags = reg(regs, a->flags_arg);
+		k->flags = arg(c, a->flags_arg);
 	} else if (a->flags_rule == F_HOW) {
 		__u64 f = 0;
-		if (bpf_probe_read_user(&f, sizeof(f), (void *)reg(regs, a->flags_arg)) < 0)
+		if (bpf_probe_read_user(&f, sizeof(f), (void *)arg(c, a->flags_arg)) < 0)
 			k->status |= S_HOW_FAILED;
 		k->flags = f;
 	}
@@ -435,7 +453,7 @@ static __always_inline int read_path(struct task_struct *task, struct scratch *s
 	struct dentry *d = 0;
 	int dirfd = -100; // AT_FDCWD
 	if (di != NO_ARG)
-		dirfd = (int)reg(regs, di);
+		dirfd = (int)arg(c, di);
 	if (dirfd == -100) {
 		vm = BPF_CORE_READ(task, fs, pwd.mnt);
 		d = BPF_CORE_READ(task, fs, pwd.dentry);
@@ -465,18 +483,17 @@ static __always_inline int read_path(struct task_struct *task, struct scratch *s
 // Records the paths of one call of number `nr` (registers at `regs`);
 // returns how many could not be read. A global function: the verifier
 // checks it once, not once per caller.
-__noinline int record_paths(__u64 regs_addr, __u32 nr)
+__noinline int record_paths(struct call *c, __u32 nr)
 {
 	__u32 zero = 0;
 	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
 	struct action *a = bpf_map_lookup_elem(&actions, &nr);
-	if (!s || !a)
+	if (!c || !s || !a)
 		return 0;
-	struct pt_regs *regs = (struct pt_regs *)regs_addr;
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	int failed = 0;
 	for (int i = 0; i < 2; i++) {
-		int r = read_path(task, s, regs, nr, a, i);
+		int r = read_path(task, s, c, nr, a, i);
 		if (r == -2)
 			failed++;
 		if (r != 0)
@@ -497,6 +514,23 @@ __noinline int record_paths(__u64 regs_addr, __u32 nr)
 	return failed;
 }
 
+// The thread's previous call left a path unreadable at its entry: read it
+// now (the call has run; the kernel faulted the page in if it was valid).
+static __noinline void retry_previous(__u32 tid)
+{
+	struct retry_val *v = bpf_map_lookup_elem(&retry, &tid);
+	if (!v)
+		return;
+	struct retry_val r = *v;
+	bpf_map_delete_elem(&retry, &tid);
+	__sync_fetch_and_add(&retries, -1);
+	if (r.nr >= NR_SLOTS)
+		return;
+	int failed = record_paths(&r.c, r.nr);
+	if (failed > 0)
+		stat_add(ST_READ_FAILED, failed); // a bad pointer: the call failed with EFAULT
+}
+
 SEC("raw_tracepoint/sys_enter")
 int on_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 {
@@ -505,6 +539,8 @@ int on_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 	__u32 *state = bpf_map_lookup_elem(&tracked, &tgid);
 	if (!state || *state != T_ACTIVE)
 		return 0;
+	if (retries > 0)
+		retry_previous((__u32)pt);
 	__u64 id = ctx->args[1];
 	__u32 slot = id < NR_SLOTS ? (__u32)id : NR_SLOTS;
 #if defined(__TARGET_ARCH_x86)
@@ -534,38 +570,27 @@ int on_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 		}
 		return 0;
 	}
+	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+	struct retry_val r = { .nr = slot };
+	r.c.a[0] = ARG0(regs);
+	r.c.a[1] = ARG1(regs);
+	r.c.a[2] = ARG2(regs);
+	r.c.a[3] = ARG3(regs);
+	r.c.a[4] = ARG4(regs);
+	r.c.a[5] = ARG5(regs);
 	__u8 kind = a->kind;
-	if (record_paths(ctx->args[0], slot) > 0) {
+	if (record_paths(&r.c, slot) > 0) {
 		__u32 tid = (__u32)pt;
 		if (kind == K_EXEC) {
 			// Read from the kernel's copy at the exec, not a stale one.
 			bpf_map_delete_elem(&pending, &tid);
 			return 0;
 		}
-		if (bpf_map_update_elem(&retry, &tid, &slot, BPF_ANY) != 0)
+		if (bpf_map_update_elem(&retry, &tid, &r, BPF_ANY) != 0)
 			stat_add(ST_READ_FAILED, 1);
 		else
 			__sync_fetch_and_add(&retries, 1);
 	}
-	return 0;
-}
-
-SEC("raw_tracepoint/sys_exit")
-int on_sys_exit(struct bpf_raw_tracepoint_args *ctx)
-{
-	if (!retries)
-		return 0; // no call waits for a retry (the common case: no lookup)
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	__u32 *nr = bpf_map_lookup_elem(&retry, &tid);
-	if (!nr)
-		return 0;
-	__u32 slot = *nr;
-	bpf_map_delete_elem(&retry, &tid);
-	if (slot >= NR_SLOTS)
-		return 0;
-	int failed = record_paths(ctx->args[0], slot);
-	if (failed > 0)
-		stat_add(ST_READ_FAILED, failed); // a bad pointer: the call failed with EFAULT
 	return 0;
 }
 
@@ -651,6 +676,11 @@ int on_exit(struct bpf_raw_tracepoint_args *ctx)
 		return 0;
 	stat_add(ST_LIVE, -1);
 	bpf_map_delete_elem(&pending, &tid);
+	if (retries > 0 && bpf_map_delete_elem(&retry, &tid) == 0) {
+		// Killed before its next call: the memory is gone.
+		__sync_fetch_and_add(&retries, -1);
+		stat_add(ST_READ_FAILED, 1);
+	}
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	if (BPF_CORE_READ(task, signal, live.counter) == 0)
 		bpf_map_delete_elem(&tracked, &tgid); // the whole process is gone
