@@ -903,6 +903,11 @@ fn recorders_agree_on_every_example() {
     let dir = tempfile::tempdir().unwrap();
     let d = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
     std::fs::write(d("in.txt"), "abc").unwrap();
+    let made = std::process::Command::new(example("bench_small_files"))
+        .args(["create", &d("small"), "100"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
     let files = example("profile_files");
     let files = files.to_str().unwrap();
     let ex = |n: &str| example(n).to_str().unwrap().to_string();
@@ -919,6 +924,8 @@ fn recorders_agree_on_every_example() {
         (ex("profile_socket"), vec![]),
         (ex("profile_signal"), vec![]),
         (ex("profile_tree"), vec!["many".into(), "300".into()]),
+        // More files in one directory than a profile lists (32).
+        (ex("bench_small_files"), vec!["scan".into(), d("small")]),
         (
             "/bin/sh".into(),
             vec![

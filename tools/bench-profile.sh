@@ -86,6 +86,15 @@ for w in a b; do
     ratio=$(awk -v a="$t" -v b="$base" 'BEGIN {printf "%.2f", a/b}')
     echo "| $name | strace -f -c -o /dev/null | $t | ${ratio}× | | | |"
 done
+# The fixed cost of each recorder (loading and verifying the BPF programs,
+# the view), paid once per profiling run: `tresor profile -- /bin/true`.
+echo
+echo "| start-up | time (s, median of $RUNS) |"
+echo "|---|---:|"
+echo "| /bin/true unprofiled | $(time_runs /bin/true) |"
+for rec in bpf ptrace; do
+    echo "| tresor profile --recorder $rec -- /bin/true | $(time_runs "$TRESOR" profile --recorder $rec --out "$BENCH_DIR/true-$rec.json" -- /bin/true) |"
+done
 echo
 echo "load average before: $LOAD0, after: $(cut -d" " -f1-3 /proc/loadavg)"
 echo "machine: $(nproc) cores, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"

@@ -270,6 +270,29 @@ pub struct DirAccess {
     pub more_files: bool,
 }
 
+impl DirAccess {
+    /// Lists `name` with `access`. Beyond [`MAX_FILES_PER_DIR`] the
+    /// alphabetically first names are kept (whatever order they were used
+    /// in, so that every recorder and every merge order lists the same) and
+    /// `more_files` is set; `access` already holds the union.
+    fn add_file(&mut self, name: &str, access: Access) {
+        if let Some(a) = self.files.get_mut(name) {
+            *a = a.union(access);
+            return;
+        }
+        if self.files.len() < MAX_FILES_PER_DIR {
+            self.files.insert(name.to_string(), access);
+            return;
+        }
+        self.more_files = true;
+        let last = self.files.keys().next_back().cloned();
+        if let Some(last) = last.filter(|l| name < l.as_str()) {
+            self.files.remove(&last);
+            self.files.insert(name.to_string(), access);
+        }
+    }
+}
+
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -418,13 +441,7 @@ impl Profile {
         };
         d.access = d.access.union(access);
         if let Some(name) = name {
-            if let Some(a) = d.files.get_mut(name) {
-                *a = a.union(access);
-            } else if d.files.len() < MAX_FILES_PER_DIR {
-                d.files.insert(name.to_string(), access);
-            } else {
-                d.more_files = true;
-            }
+            d.add_file(name, access);
         }
     }
 
@@ -652,13 +669,7 @@ impl Profile {
             mine.access = mine.access.union(d.access);
             mine.more_files |= d.more_files;
             for (name, a) in &d.files {
-                if let Some(m) = mine.files.get_mut(name) {
-                    *m = m.union(*a);
-                } else if mine.files.len() < MAX_FILES_PER_DIR {
-                    mine.files.insert(name.clone(), *a);
-                } else {
-                    mine.more_files = true;
-                }
+                mine.add_file(name, *a);
             }
         }
         for n in &other.notes {
@@ -887,6 +898,14 @@ mod tests {
         }
         assert_eq!(p.paths["/data"].files.len(), MAX_FILES_PER_DIR);
         assert!(p.paths["/data"].more_files);
+        // The alphabetically first names, whatever the order of use.
+        let mut q = sample();
+        for i in (0..100).rev() {
+            q.add_path(&format!("/data/f{i}"), Access::R, false);
+        }
+        assert_eq!(p.paths["/data"], q.paths["/data"]);
+        assert!(q.paths["/data"].files.contains_key("f0"));
+        assert!(!q.paths["/data"].files.contains_key("f99"));
         p.add_path("/", Access::R, true);
         p.add_path("/top", Access::R, false);
         assert!(p.paths["/"].files.contains_key("top"));

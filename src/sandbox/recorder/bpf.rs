@@ -248,7 +248,7 @@ fn run(
 
     // Orphans of the tree become tresor's children: waiting until none is
     // left is waiting for the whole tree.
-    nix::sys::prctl::set_child_subreaper(true).map_err(|e| TraceError::Io(e.into()))?;
+    let _subreaper = Subreaper::set()?;
     let signals = SignalGuard::install()?;
     let mut child = sys::spawn_waiting_child(&spec).map_err(|e| failed.spawn(e))?;
     let root = child.pid;
@@ -263,7 +263,6 @@ fn run(
     if let Err(e) = armed.and_then(|()| child.release().map_err(|e| failed.spawn(e))) {
         sys::kill_task(root);
         let _ = sys::wait_pid(root);
-        let _ = nix::sys::prctl::set_child_subreaper(false);
         return Err(e);
     }
     // A tick for the task limit and the deadline.
@@ -278,11 +277,13 @@ fn run(
         deferred_signal: None,
         profile: &mut profile,
     };
-    let result = w.run(&signals, opts, deadline);
+    if let Err(e) = w.run(&signals, opts, deadline) {
+        // Keep what was recorded: an incomplete profile beats none.
+        w.stop_all(RunEnd::Aborted, format!("the recorder failed: {e}"));
+        w.drain();
+    }
     let (root_end, stopping) = (w.root_end.clone(), w.stopping.clone());
     drop(signals);
-    let _ = nix::sys::prctl::set_child_subreaper(false);
-    result?;
     let end = match (stopping, root_end.clone()) {
         (Some(s), _) => s,
         (None, Some(e)) => e,
@@ -293,6 +294,22 @@ fn run(
     collect(maps, arch, opts.mode, &mut profile)?;
     tracer::conclude(&mut profile, &end, root_end.as_ref());
     Ok(Outcome { profile, end })
+}
+
+/// tresor as the child subreaper for the duration of a run.
+struct Subreaper;
+
+impl Subreaper {
+    fn set() -> Result<Subreaper, TraceError> {
+        nix::sys::prctl::set_child_subreaper(true).map_err(|e| TraceError::Io(e.into()))?;
+        Ok(Subreaper)
+    }
+}
+
+impl Drop for Subreaper {
+    fn drop(&mut self) {
+        let _ = nix::sys::prctl::set_child_subreaper(false);
+    }
 }
 
 struct Waiter<'a, 'obj> {
@@ -340,6 +357,18 @@ impl Waiter<'_, '_> {
             self.stopping = Some(end);
         }
         self.kill_all();
+    }
+
+    /// Reaps the killed tree after a failure (bounded: every task was
+    /// sent SIGKILL).
+    fn drain(&mut self) {
+        for _ in 0..1_000_000 {
+            match sys::wait_any() {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => self.kill_all(),
+                Err(_) => break,
+            }
+        }
     }
 
     fn run(
@@ -493,7 +522,7 @@ fn collect(
     }
     let actions = action_table(arch);
     // Argument values.
-    for k in maps.args.keys() {
+    for (k, _) in batch(&maps.args)? {
         if k.len() < 24 {
             continue;
         }
@@ -510,7 +539,7 @@ fn collect(
     // Directories of relative paths.
     let mut dirs: BTreeMap<(u64, u64), Option<Vec<u8>>> = BTreeMap::new();
     let mut unresolved = 0u64;
-    let keys: Vec<Vec<u8>> = maps.paths.keys().collect();
+    let keys: Vec<Vec<u8>> = batch(&maps.paths)?.map(|(k, _)| k).collect();
     let mut exec_paths = Vec::new();
     for k in keys {
         if k.len() < 32 + RAW_LEN {
@@ -575,6 +604,13 @@ fn collect(
         ));
     }
     Ok(())
+}
+
+/// Every entry of a hash map, thousands per syscall (a path map of a
+/// 10,000-file run is read in a few calls, not 10,000).
+fn batch<'a>(map: &'a libbpf_rs::MapMut<'_>) -> Result<libbpf_rs::BatchedMapIter<'a>, TraceError> {
+    map.lookup_batch(4096, MapFlags::ANY, MapFlags::ANY)
+        .map_err(map_err("reading the recorder's maps"))
 }
 
 /// The absolute path of a directory walked by the recorder.
