@@ -219,6 +219,7 @@ enum {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC); // nothing to allocate at load
 	__type(key, __u32);   // tgid
 	__type(value, __u32); // T_*
 } tracked SEC(".maps");
@@ -286,6 +287,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u32); // tid
 	__type(value, struct retry_val);
 } retry SEC(".maps");
