@@ -1143,3 +1143,37 @@ fn recorders_see_a_path_on_a_page_not_yet_faulted_in() {
         );
     }
 }
+
+#[test]
+fn what_the_in_kernel_recorder_cannot_keep_is_reported() {
+    require_bpf!();
+    // A path argument longer than the recorder keeps (463 bytes): ptrace
+    // records it, the in-kernel recorder counts it and marks the profile
+    // incomplete — never a silent drop.
+    let long = format!("/tmp/{}x", "d/".repeat(300));
+    let script = format!("cat {long} 2>/dev/null; true");
+    let b = profile_run(
+        &["--recorder", "bpf"],
+        Path::new("/bin/sh"),
+        &["-c", &script],
+    );
+    assert!(b.out.status.success(), "{:?}", b.out);
+    assert!(!b.profile.complete);
+    let reason = b.profile.incomplete_reason.clone().unwrap();
+    assert!(
+        reason.contains("path arguments longer than the recorder keeps"),
+        "{reason}"
+    );
+    let p = profile_run(
+        &["--recorder", "ptrace"],
+        Path::new("/bin/sh"),
+        &["-c", &script],
+    );
+    assert!(p.profile.complete);
+    let dir = &long[..long.rfind('/').unwrap()];
+    assert!(
+        p.profile.paths.contains_key(dir),
+        "{:?}",
+        p.profile.paths.keys()
+    );
+}

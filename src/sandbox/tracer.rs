@@ -423,7 +423,19 @@ pub fn profile(
     args: &[OsString],
     opts: &TraceOptions,
 ) -> Result<Outcome, TraceError> {
+    profile_announced(program, args, opts, &|| {})
+}
+
+/// [`profile`], calling `announce` once the run is prepared, just before
+/// the program starts (not for a mistake found before).
+pub fn profile_announced(
+    program: &OsStr,
+    args: &[OsString],
+    opts: &TraceOptions,
+    announce: &dyn Fn(),
+) -> Result<Outcome, TraceError> {
     let start = Start::new(program, args, opts)?;
+    announce();
     let arch = start.arch;
     let trace = match (&opts.trace, opts.mode) {
         (Some(t), Mode::Full) => Some(BufWriter::with_capacity(

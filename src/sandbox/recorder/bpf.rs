@@ -211,9 +211,8 @@ pub fn profile(
             "the kernel refused its BPF programs ({e}); it needs BPF with BTF (CONFIG_DEBUG_INFO_BTF) and raw tracepoints"
         ))
     })?;
-    announce();
     tracing::debug!("in-kernel recorder loaded and attached");
-    let r = run(&skel, program, args, opts);
+    let r = run(&skel, program, args, opts, announce);
     tracing::debug!("in-kernel recorder: profile built");
     drop(skel);
     tracing::debug!("in-kernel recorder detached");
@@ -225,9 +224,11 @@ fn run(
     program: &OsStr,
     args: &[OsString],
     opts: &TraceOptions,
+    announce: &dyn Fn(),
 ) -> Result<Outcome, TraceError> {
     let maps = &skel.maps;
     let start = Start::new(program, args, opts)?;
+    announce();
     let arch = start.arch;
     if opts.mode != Mode::Syscalls {
         for (nr, a) in action_table(arch).iter().enumerate() {

@@ -60,12 +60,11 @@ pub fn profile(
             eprintln!("tresor profile: recording in the kernel (recorder bpf)")
         }) {
             Ok(r) => r,
-            Err(bpf::Unavailable(why)) => {
+            Err(bpf::Unavailable(why)) => tracer::profile_announced(program, args, opts, &|| {
                 eprintln!(
                     "tresor profile: recording with ptrace (recorder ptrace, slower: one stop per syscall); the in-kernel recorder cannot run: {why}"
-                );
-                tracer::profile(program, args, opts)
-            }
+                )
+            }),
         },
     }
 }
