@@ -1177,3 +1177,26 @@ fn what_the_in_kernel_recorder_cannot_keep_is_reported() {
         p.profile.paths.keys()
     );
 }
+
+/// The 32-bit ABI (`int 0x80`) is told apart by both recorders: listed
+/// under `foreign_syscalls`, never counted as the native syscall of the
+/// same number (which a policy would then allow).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn recorders_tell_the_32_bit_abi_apart() {
+    require_bpf!();
+    for rec in ["bpf", "ptrace"] {
+        let r = profile_run(&["--recorder", rec], &example("policy_probe"), &["int80"]);
+        let p = &r.profile;
+        // i386 getpid is 20; the native 20 is writev, which the probe
+        // never calls.
+        assert_eq!(
+            p.foreign_syscalls.get("0x40000003:20"),
+            Some(&1),
+            "{rec}: {:?} ({:?})",
+            p.foreign_syscalls,
+            r.out
+        );
+        assert!(!used(p).contains("writev"), "{rec}: {:?}", used(p));
+    }
+}
