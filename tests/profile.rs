@@ -1,6 +1,11 @@
-//! `tresor profile` end to end: real ptrace, in child processes only (the
-//! `tresor` binary profiles the programs in examples/; this test process
-//! never traces or filters itself).
+//! `tresor profile` end to end: real ptrace and real eBPF, in child
+//! processes only (the `tresor` binary profiles the programs in examples/;
+//! this test process never traces, filters or loads BPF itself).
+//!
+//! The tests without `--recorder` run the default, `auto`: as root (CI)
+//! that is the in-kernel recorder, so they check it; the
+//! `recorders_*` tests run both recorders side by side, and
+//! `unprivileged_profile_falls_back_to_ptrace` the fallback.
 //!
 //! Each example's profile must hold exactly the syscalls expected: the
 //! start-up set of a trivial Rust program (measured here, by profiling
@@ -21,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use tresor::sandbox::{Access, Exit, Profile};
 
-use crate::util::{example, examples_dir, require, tresor};
+use crate::util::{example, examples_dir, isolate_as, require, tresor};
 
 /// Whether ptrace works here; panics under CI=true if it does not.
 fn ptrace_ok() -> bool {
@@ -100,6 +105,42 @@ fn all_blocked(pid: i32) -> bool {
     tasks
         .filter_map(|t| t.ok())
         .all(|t| proc_state(&format!("{}/stat", t.path().display())) == Some('S'))
+}
+
+/// Whether the in-kernel recorder runs here (root, BPF with BTF, raw
+/// tracepoints); panics under CI=true if it does not.
+fn bpf_ok() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = tresor()
+            .args(["profile", "--recorder", "bpf", "--out"])
+            .arg(dir.path().join("p.json"))
+            .arg("--")
+            .arg(example("profile_baseline"))
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return true;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("in-kernel recorder cannot run"),
+            "tresor profile --recorder bpf failed otherwise: {err}"
+        );
+        require(
+            false,
+            &format!("the in-kernel recorder of tresor profile ({})", err.trim()),
+        )
+    })
+}
+
+macro_rules! require_bpf {
+    () => {
+        if !ptrace_ok() || !bpf_ok() {
+            return;
+        }
+    };
 }
 
 macro_rules! require_ptrace {
@@ -807,4 +848,355 @@ fn programs_the_kernel_cannot_exec_are_clear_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a program this system can run"), "{err}");
     assert!(!dir.path().join("p.json").exists());
+}
+
+/// Syscalls a program makes or not depending on timing (a join that has
+/// to wait, a thread's stack released before or after): a run may or may
+/// not have them, under either recorder (`threads_are_followed` lists them
+/// as optional too).
+const TIMING_DEPENDENT: &[&str] = &["futex", "sched_yield", "munmap"];
+
+/// What both recorders must record alike: the whole profile but the
+/// counts (timing-dependent: a futex when a join has to wait, the glibc
+/// arena of a thread), the calls of [`TIMING_DEPENDENT`] and the
+/// recorder's name.
+fn content(p: &Profile) -> serde_json::Value {
+    let mut v = serde_json::to_value(p).unwrap();
+    let o = v.as_object_mut().unwrap();
+    o.remove("recorder");
+    let calls = o["syscalls"].as_object_mut().unwrap();
+    for name in TIMING_DEPENDENT {
+        calls.remove(*name);
+    }
+    for e in calls.values_mut() {
+        e.as_object_mut().unwrap().remove("count");
+    }
+    v
+}
+
+/// The top-level fields (and syscalls) where two contents differ.
+fn differences(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String> {
+    let (a, b) = (a.as_object().unwrap(), b.as_object().unwrap());
+    let mut out = Vec::new();
+    for (k, va) in a {
+        let vb = &b[k];
+        if va == vb {
+            continue;
+        }
+        if let (Some(ma), Some(mb)) = (va.as_object(), vb.as_object()) {
+            for kk in ma.keys().chain(mb.keys()) {
+                if ma.get(kk) != mb.get(kk) {
+                    out.push(format!("{k}.{kk}: {:?} vs {:?}", ma.get(kk), mb.get(kk)));
+                }
+            }
+        } else {
+            out.push(format!("{k}: {va} vs {vb}"));
+        }
+    }
+    out.dedup();
+    out
+}
+
+#[test]
+fn recorders_agree_on_every_example() {
+    require_bpf!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    std::fs::write(d("in.txt"), "abc").unwrap();
+    let made = std::process::Command::new(example("bench_small_files"))
+        .args(["create", &d("small"), "100"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let files = example("profile_files");
+    let files = files.to_str().unwrap();
+    let ex = |n: &str| example(n).to_str().unwrap().to_string();
+    // Every example, and a shell for plain fork, relative paths (cwd and
+    // a dirfd: ls reads `.` through openat) and a background job.
+    let cases: Vec<(String, Vec<String>)> = vec![
+        (ex("profile_baseline"), vec![]),
+        (ex("profile_files"), vec![d("in.txt"), d("out.txt")]),
+        (ex("profile_threads"), vec![d(""), "6".into()]),
+        (
+            ex("profile_fork_exec"),
+            vec!["7".into(), files.into(), d("in.txt"), d("out2.txt")],
+        ),
+        (ex("profile_socket"), vec![]),
+        (ex("profile_signal"), vec![]),
+        (ex("profile_tree"), vec!["many".into(), "300".into()]),
+        // More files in one directory than a profile lists (32).
+        (ex("bench_small_files"), vec!["scan".into(), d("small")]),
+        (
+            "/bin/sh".into(),
+            vec![
+                "-c".into(),
+                "cd /etc && cat ./hostname >/dev/null; (cat passwd >/dev/null); ls >/dev/null & wait"
+                    .into(),
+            ],
+        ),
+    ];
+    for (program, args) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let b = profile_run(&["--recorder", "bpf"], Path::new(program), &args);
+        let p = profile_run(&["--recorder", "ptrace"], Path::new(program), &args);
+        assert_eq!(b.profile.recorder.as_deref(), Some("bpf"));
+        assert_eq!(p.profile.recorder.as_deref(), Some("ptrace"));
+        assert_eq!(b.out.status.code(), p.out.status.code(), "{program}");
+        let diff = differences(&content(&b.profile), &content(&p.profile));
+        assert!(
+            diff.is_empty(),
+            "{program} {args:?}: the recorders differ (bpf vs ptrace):\n{}",
+            diff.join("\n")
+        );
+        assert!(used(&b.profile).contains("execve"), "{program}");
+    }
+}
+
+#[test]
+fn recorders_follow_fork_clone_vfork_and_exec() {
+    require_bpf!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    // Threads (clone with CLONE_THREAD).
+    let r = profile_run(
+        &["--recorder", "bpf"],
+        &example("profile_threads"),
+        &[d, "6"],
+    );
+    assert_eq!((r.profile.processes, r.profile.threads), (1, 6));
+    // vfork-style spawn (clone CLONE_VM|CLONE_VFORK) and exec.
+    let r = profile_run(
+        &["--recorder", "bpf"],
+        &example("profile_fork_exec"),
+        &["0", "true"],
+    );
+    assert_eq!(r.profile.processes, 2);
+    assert!(
+        r.profile.execs.contains("/usr/bin/true"),
+        "{:?}",
+        r.profile.execs
+    );
+    let flags = arg_values(&r.profile, "clone", "flags");
+    assert!(
+        flags.iter().all(|f| f & libc::CLONE_VFORK as u64 != 0),
+        "{flags:?}"
+    );
+    // Plain fork (a subshell), a fork of the fork, and execs in both.
+    let r = profile_run(
+        &["--recorder", "bpf"],
+        Path::new("/bin/sh"),
+        &["-c", "(/bin/true; (/bin/echo x >/dev/null)); /bin/true"],
+    );
+    assert!(r.out.status.success(), "{:?}", r.out);
+    assert!(r.profile.processes >= 4, "{}", r.profile.processes);
+    assert!(
+        r.profile.execs.contains("/bin/echo"),
+        "{:?}",
+        r.profile.execs
+    );
+    assert!(
+        r.profile.execs.contains("/bin/true"),
+        "{:?}",
+        r.profile.execs
+    );
+    // The kernel's own opens at exec: the program's ELF interpreter.
+    assert!(
+        r.profile.paths.keys().any(|k| k.contains("lib")),
+        "{:?}",
+        r.profile.paths.keys()
+    );
+}
+
+#[test]
+fn unprivileged_profile_falls_back_to_ptrace() {
+    require_ptrace!();
+    const NOBODY: u32 = 65534;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let run = |extra: &[&str]| {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_tresor"));
+        isolate_as(&mut c, NOBODY);
+        c.args(["profile", "--out"])
+            .arg(dir.path().join("p.json"))
+            .arg("--writable")
+            .arg(dir.path())
+            .args(extra)
+            .arg("--")
+            .arg(example("profile_files"))
+            .arg(dir.path().join("in.txt"))
+            .arg(dir.path().join("out.txt"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    std::fs::write(dir.path().join("in.txt"), "x").unwrap();
+    let out = run(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && err.contains("namespace") {
+        // The view needs unprivileged user namespaces.
+        require(false, &format!("unprivileged user namespaces ({err})"));
+        return;
+    }
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("recording with ptrace") && err.contains("needs root"),
+        "{err}"
+    );
+    let p = Profile::load(&dir.path().join("p.json")).unwrap();
+    assert_eq!(p.recorder.as_deref(), Some("ptrace"));
+    assert!(p.complete);
+    assert!(used(&p).contains("statx"));
+    // Asked for explicitly, the in-kernel recorder is a clear error.
+    let out = run(&["--recorder", "bpf"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("in-kernel recorder cannot run") && err.contains("--recorder ptrace"),
+        "{err}"
+    );
+}
+
+#[test]
+fn recorders_survive_bad_input_and_mark_the_profile_incomplete() {
+    require_bpf!();
+    // Hundreds of children, one killed by a signal, and one still running
+    // at --timeout: the profile is written, incomplete, the tree is gone.
+    let script = "for i in $(seq 300); do /bin/true & done; wait; \
+                  sh -c 'kill -KILL $$'; echo killed $?; \
+                  /bin/sleep 60 & echo $!; wait";
+    for rec in ["bpf", "ptrace"] {
+        // 15 s: the --timeout under test, with room for 300 fork+execs
+        // under ptrace on a loaded machine before the sleeper starts.
+        let r = profile_run(
+            &["--recorder", rec, "--timeout", "15s"],
+            Path::new("/bin/sh"),
+            &["-c", script],
+        );
+        assert_eq!(r.out.status.code(), Some(124), "{rec}: {:?}", r.out);
+        let stdout = String::from_utf8_lossy(&r.out.stdout);
+        let mut lines = stdout.lines();
+        assert_eq!(lines.next(), Some("killed 137"), "{rec}: {stdout}");
+        let sleeper: i32 = lines.next().unwrap().trim().parse().unwrap();
+        wait_until("end of the sleeper", || {
+            matches!(
+                proc_state(&format!("/proc/{sleeper}/stat")),
+                None | Some('Z' | 'X')
+            )
+        });
+        let p = &r.profile;
+        assert_eq!(p.recorder.as_deref(), Some(rec));
+        assert!(!p.complete);
+        assert!(
+            p.incomplete_reason
+                .as_deref()
+                .unwrap()
+                .contains("timed out"),
+            "{rec}: {:?}",
+            p.incomplete_reason
+        );
+        assert!(p.processes >= 302, "{rec}: {}", p.processes);
+        for prog in ["/bin/true", "/bin/sleep", "/bin/sh"] {
+            assert!(p.execs.contains(prog), "{rec}: {:?}", p.execs);
+        }
+        assert!(used(p).contains("kill"), "{rec}");
+        let err = String::from_utf8_lossy(&r.out.stderr);
+        assert!(err.contains("INCOMPLETE"), "{rec}: {err}");
+    }
+}
+
+#[test]
+fn recorders_see_a_path_on_a_page_not_yet_faulted_in() {
+    require_bpf!();
+    // The path lives only in a file the program maps and never touches:
+    // at the call's entry the page is not in memory. The in-kernel
+    // recorder reads it again at the thread's next call.
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("target.txt");
+    std::fs::write(&target, "x").unwrap();
+    let namefile = dir.path().join("name");
+    let mut name = target.to_str().unwrap().as_bytes().to_vec();
+    name.push(0);
+    std::fs::write(&namefile, &name).unwrap();
+    for rec in ["bpf", "ptrace"] {
+        let r = profile_run(
+            &["--recorder", rec],
+            &example("profile_unfaulted"),
+            &[namefile.to_str().unwrap()],
+        );
+        assert_eq!(r.out.stdout, b"opened\n", "{rec}: {:?}", r.out);
+        let p = &r.profile;
+        let files = &p.paths[dir.path().to_str().unwrap()].files;
+        assert_eq!(
+            files.get("target.txt"),
+            Some(&access("r")),
+            "{rec}: {files:?}"
+        );
+        assert!(
+            !p.notes.iter().any(|n| n.contains("could not be read")),
+            "{rec}: {:?}",
+            p.notes
+        );
+    }
+}
+
+#[test]
+fn what_the_in_kernel_recorder_cannot_keep_is_reported() {
+    require_bpf!();
+    // A path argument longer than the recorder keeps (463 bytes): ptrace
+    // records it, the in-kernel recorder counts it and marks the profile
+    // incomplete — never a silent drop.
+    let long = format!("/tmp/{}x", "d/".repeat(300));
+    let script = format!("cat {long} 2>/dev/null; true");
+    let b = profile_run(
+        &["--recorder", "bpf"],
+        Path::new("/bin/sh"),
+        &["-c", &script],
+    );
+    assert!(b.out.status.success(), "{:?}", b.out);
+    assert!(!b.profile.complete);
+    let reason = b.profile.incomplete_reason.clone().unwrap();
+    assert!(
+        reason.contains("path arguments longer than the recorder keeps"),
+        "{reason}"
+    );
+    let p = profile_run(
+        &["--recorder", "ptrace"],
+        Path::new("/bin/sh"),
+        &["-c", &script],
+    );
+    assert!(p.profile.complete);
+    let dir = &long[..long.rfind('/').unwrap()];
+    assert!(
+        p.profile.paths.contains_key(dir),
+        "{:?}",
+        p.profile.paths.keys()
+    );
+}
+
+/// The 32-bit ABI (`int 0x80`) is told apart by both recorders: listed
+/// under `foreign_syscalls`, never counted as the native syscall of the
+/// same number (which a policy would then allow).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn recorders_tell_the_32_bit_abi_apart() {
+    require_bpf!();
+    for rec in ["bpf", "ptrace"] {
+        let r = profile_run(&["--recorder", rec], &example("policy_probe"), &["int80"]);
+        let p = &r.profile;
+        // i386 getpid is 20; the native 20 is writev, which the probe
+        // never calls.
+        assert_eq!(
+            p.foreign_syscalls.get("0x40000003:20"),
+            Some(&1),
+            "{rec}: {:?} ({:?})",
+            p.foreign_syscalls,
+            r.out
+        );
+        assert!(!used(p).contains("writev"), "{rec}: {:?}", used(p));
+    }
 }

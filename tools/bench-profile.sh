@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Benchmark of `tresor profile` (issue 4), shaped like Figure 5 of the
-# biobank poster: the same workloads unprofiled, under each --mode, and
-# under `strace -f -c -o /dev/null`, in one run on one machine.
+# Benchmark of `tresor profile` (issues 4 and 17), shaped like Figure 5 of
+# the biobank poster: the same workloads unprofiled, under each recorder
+# (in-kernel bpf, ptrace) and under `strace -f -c -o /dev/null`, in one run
+# on one machine. Run as root (the bpf rows need CAP_BPF + CAP_PERFMON).
 #
 #   (a) syscall-heavy:  stat + read 10,000 small files
 #   (b) compute-heavy:  read a 200 MB file in 1 MiB chunks, SHA-256 + histogram
@@ -66,21 +67,33 @@ for w in a b; do
     fi
     base=$(time_runs "${cmd[@]}")
     echo "| $name | unprofiled | $base | 1.00× | | | |"
-    for mode in syscalls args full; do
-        out=$BENCH_DIR/$w-$mode.json
-        trace=$BENCH_DIR/$w-$mode.trace
+    for row in "bpf syscalls" "bpf args" "ptrace syscalls" "ptrace args" "ptrace full"; do
+        set -- $row
+        rec=$1 mode=$2
+        out=$BENCH_DIR/$w-$rec-$mode.json
+        trace=$BENCH_DIR/$w-$rec-$mode.trace
         rm -f "$trace"
         extra=()
         [ $mode = full ] && extra=(--trace "$trace")
-        t=$(time_runs "$TRESOR" profile --out "$out" --writable "$BENCH_DIR" --mode $mode "${extra[@]}" -- "${cmd[@]}")
+        t=$(time_runs "$TRESOR" profile --recorder $rec --out "$out" --writable "$BENCH_DIR" --mode $mode "${extra[@]}" -- "${cmd[@]}")
+        grep -q "\"recorder\": \"$rec\"" "$out" || { echo "$out was not recorded by $rec" >&2; exit 1; }
         ratio=$(awk -v a="$t" -v b="$base" 'BEGIN {printf "%.2f", a/b}')
         tr="–"
         [ $mode = full ] && tr=$(human "$(size_of "$trace")")
-        echo "| $name | tresor --mode $mode | $t | ${ratio}× | $(calls "$out") | $(human "$(size_of "$out")") | $tr |"
+        echo "| $name | tresor --recorder $rec --mode $mode | $t | ${ratio}× | $(calls "$out") | $(human "$(size_of "$out")") | $tr |"
     done
     t=$(time_runs strace -f -c -o /dev/null "${cmd[@]}")
     ratio=$(awk -v a="$t" -v b="$base" 'BEGIN {printf "%.2f", a/b}')
     echo "| $name | strace -f -c -o /dev/null | $t | ${ratio}× | | | |"
+done
+# The fixed cost of each recorder (loading and verifying the BPF programs,
+# the view), paid once per profiling run: `tresor profile -- /bin/true`.
+echo
+echo "| start-up | time (s, median of $RUNS) |"
+echo "|---|---:|"
+echo "| /bin/true unprofiled | $(time_runs /bin/true) |"
+for rec in bpf ptrace; do
+    echo "| tresor profile --recorder $rec -- /bin/true | $(time_runs "$TRESOR" profile --recorder $rec --out "$BENCH_DIR/true-$rec.json" -- /bin/true) |"
 done
 echo
 echo "load average before: $LOAD0, after: $(cut -d" " -f1-3 /proc/loadavg)"

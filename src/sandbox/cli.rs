@@ -1,7 +1,7 @@
 //! Command line of `tresor profile` and `tresor policy`: clap arguments and
 //! the commands themselves.
 //!
-//! `tresor profile --out P.json [--mode M] [--trace F] [--timeout D] -- PROGRAM ARGS…`
+//! `tresor profile --out P.json [--mode M] [--recorder R] [--trace F] [--timeout D] -- PROGRAM ARGS…`
 //! `tresor profile show P.json`
 //! `tresor profile merge A.json B.json … -o C.json [--force]`
 //! `tresor policy show P.json [--json] [--pad-rules N] [--allow-incomplete]`
@@ -19,6 +19,7 @@ use super::conditions::ProfileView;
 use super::launch::{self, RunOptions};
 use super::policy::{Policy, PolicyOptions};
 use super::profile::{Mode, Profile};
+use super::recorder::{self, Choice};
 use super::tracer::{self, RunEnd, TraceOptions, DEFAULT_MAX_TASKS};
 
 /// `tresor profile`: record what a program needs, or inspect/merge profiles.
@@ -47,6 +48,11 @@ pub struct RecordArgs {
     /// Per-call trace file (requires --mode full).
     #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,
+    /// What records: `bpf` (in the kernel, the program never stops; needs
+    /// root), `ptrace` (one stop per syscall; no privilege), `auto` (bpf
+    /// where it can run, else ptrace; says which on stderr).
+    #[arg(long, value_enum, default_value_t = RecorderArg::Auto)]
+    pub recorder: RecorderArg,
     /// Kill the program and all its children after this long (e.g. 30s, 5m, 1h, 500ms).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
@@ -66,6 +72,24 @@ pub struct RecordArgs {
     /// The program and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "PROGRAM [ARGS]...")]
     pub command: Vec<OsString>,
+}
+
+/// `--recorder` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RecorderArg {
+    Auto,
+    Bpf,
+    Ptrace,
+}
+
+impl From<RecorderArg> for Choice {
+    fn from(r: RecorderArg) -> Choice {
+        match r {
+            RecorderArg::Auto => Choice::Auto,
+            RecorderArg::Bpf => Choice::Bpf,
+            RecorderArg::Ptrace => Choice::Ptrace,
+        }
+    }
 }
 
 /// `--mode` values.
@@ -211,7 +235,7 @@ fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
             tmp_size: args.tmp_size,
         }),
     };
-    let outcome = tracer::profile(program, rest, &opts)?;
+    let outcome = recorder::profile(program, rest, &opts, args.recorder.into())?;
     outcome
         .profile
         .save(&out)

@@ -16,6 +16,7 @@ pub mod deliver;
 pub mod launch;
 pub mod policy;
 pub mod profile;
+pub mod recorder;
 pub mod root;
 pub mod sys;
 pub mod syscalls;

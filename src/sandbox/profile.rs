@@ -270,6 +270,29 @@ pub struct DirAccess {
     pub more_files: bool,
 }
 
+impl DirAccess {
+    /// Lists `name` with `access`. Beyond [`MAX_FILES_PER_DIR`] the
+    /// alphabetically first names are kept (whatever order they were used
+    /// in, so that every recorder and every merge order lists the same) and
+    /// `more_files` is set; `access` already holds the union.
+    fn add_file(&mut self, name: &str, access: Access) {
+        if let Some(a) = self.files.get_mut(name) {
+            *a = a.union(access);
+            return;
+        }
+        if self.files.len() < MAX_FILES_PER_DIR {
+            self.files.insert(name.to_string(), access);
+            return;
+        }
+        self.more_files = true;
+        let last = self.files.keys().next_back().cloned();
+        if let Some(last) = last.filter(|l| name < l.as_str()) {
+            self.files.remove(&last);
+            self.files.insert(name.to_string(), access);
+        }
+    }
+}
+
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -289,6 +312,10 @@ pub struct Profile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub script: Option<Script>,
     pub mode: Mode,
+    /// What recorded it: `bpf` (in-kernel) or `ptrace` (docs/PROFILE.md
+    /// "Recorders"); merged profiles of both: `bpf+ptrace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorder: Option<String>,
     /// False when the run ended abnormally (signal, timeout, tracer error):
     /// the program may need syscalls it never reached.
     pub complete: bool,
@@ -349,6 +376,7 @@ impl Profile {
             program,
             script: None,
             mode,
+            recorder: None,
             complete: true,
             incomplete_reason: None,
             exit: None,
@@ -413,13 +441,7 @@ impl Profile {
         };
         d.access = d.access.union(access);
         if let Some(name) = name {
-            if let Some(a) = d.files.get_mut(name) {
-                *a = a.union(access);
-            } else if d.files.len() < MAX_FILES_PER_DIR {
-                d.files.insert(name.to_string(), access);
-            } else {
-                d.more_files = true;
-            }
+            d.add_file(name, access);
         }
     }
 
@@ -594,6 +616,16 @@ impl Profile {
             ));
         }
         self.mode = self.mode.min(other.mode);
+        if self.recorder != other.recorder {
+            let mut names: Vec<&str> = [&self.recorder, &other.recorder]
+                .into_iter()
+                .flatten()
+                .flat_map(|r| r.split('+'))
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            self.recorder = Some(names.join("+"));
+        }
         if !other.complete {
             let reason = other.incomplete_reason.clone().unwrap_or_default();
             self.mark_incomplete(format!("a merged run was incomplete: {reason}"));
@@ -637,13 +669,7 @@ impl Profile {
             mine.access = mine.access.union(d.access);
             mine.more_files |= d.more_files;
             for (name, a) in &d.files {
-                if let Some(m) = mine.files.get_mut(name) {
-                    *m = m.union(*a);
-                } else if mine.files.len() < MAX_FILES_PER_DIR {
-                    mine.files.insert(name.clone(), *a);
-                } else {
-                    mine.more_files = true;
-                }
+                mine.add_file(name, *a);
             }
         }
         for n in &other.notes {
@@ -872,6 +898,14 @@ mod tests {
         }
         assert_eq!(p.paths["/data"].files.len(), MAX_FILES_PER_DIR);
         assert!(p.paths["/data"].more_files);
+        // The alphabetically first names, whatever the order of use.
+        let mut q = sample();
+        for i in (0..100).rev() {
+            q.add_path(&format!("/data/f{i}"), Access::R, false);
+        }
+        assert_eq!(p.paths["/data"], q.paths["/data"]);
+        assert!(q.paths["/data"].files.contains_key("f0"));
+        assert!(!q.paths["/data"].files.contains_key("f99"));
         p.add_path("/", Access::R, true);
         p.add_path("/top", Access::R, false);
         assert!(p.paths["/"].files.contains_key("top"));

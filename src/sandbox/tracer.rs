@@ -78,6 +78,8 @@ pub enum TraceError {
     TraceFile { path: String, error: io::Error },
     #[error("cannot record under the run's conditions: {0}")]
     View(String),
+    #[error("{0}")]
+    Recorder(String),
     #[error("tracing failed: {0}")]
     Io(io::Error),
 }
@@ -234,136 +236,132 @@ pub fn tracing_filter(arch: Arch) -> Vec<libc::sock_filter> {
     ]
 }
 
-/// Runs `program args…` under the profiler. Stdio is inherited; the program
-/// sees the same environment and working directory as tresor.
-///
-/// Call it from a single-threaded process (the `tresor` binary): it forks,
-/// waits for every child of the process, and installs signal handlers and
-/// an interval timer for the duration of the run.
-pub fn profile(
-    program: &OsStr,
-    args: &[OsString],
-    opts: &TraceOptions,
-) -> Result<Outcome, TraceError> {
-    let arch = Arch::native().ok_or(TraceError::UnsupportedArch)?;
-    let path = resolve_program(program)?;
-    let shown = path.display().to_string();
-    let sha = sha256_file(&path);
-    let mut profile = Profile::new(
-        arch,
-        Program {
-            path: shown.clone(),
-            sha256: sha.clone(),
-        },
-        opts.mode,
-    );
-    if super::profile::is_interpreter(&path) {
-        profile.script = super::profile::Script::of_args(args);
-    }
-    // The first execve happens before tracing starts: record it here.
-    if opts.mode != Mode::Syscalls {
-        profile.add_path(&shown, Access::R.union(Access::X), false);
-    }
-    if sha.is_none() {
-        profile
-            .notes
-            .push("the executable could not be read, so its SHA-256 is unknown".into());
-    }
-    let trace = match (&opts.trace, opts.mode) {
-        (Some(t), Mode::Full) => Some(BufWriter::with_capacity(
-            1 << 20,
-            File::create(t).map_err(|error| TraceError::TraceFile {
-                path: t.display().to_string(),
-                error,
-            })?,
-        )),
-        _ => None,
-    };
+/// What both recorders need before the child is forked: the profile with
+/// the program's own entries, and the child's exec and prelude.
+pub(crate) struct Start {
+    pub arch: Arch,
+    pub path: PathBuf,
+    pub shown: String,
+    pub profile: Profile,
+    pub program: CString,
+    pub argv: Vec<CString>,
+    pub env: Vec<CString>,
+    pub prelude: Option<super::conditions::Prelude>,
+}
 
-    let cstr = |s: &OsStr| {
-        CString::new(s.as_bytes()).map_err(|_| TraceError::NotExecutable {
-            path: shown.clone(),
-            reason: "an argument contains a NUL byte".into(),
+impl Start {
+    /// Resolves the program, lays out the view and starts the profile.
+    pub(crate) fn new(
+        program: &OsStr,
+        args: &[OsString],
+        opts: &TraceOptions,
+    ) -> Result<Start, TraceError> {
+        let arch = Arch::native().ok_or(TraceError::UnsupportedArch)?;
+        let path = resolve_program(program)?;
+        let shown = path.display().to_string();
+        let sha = sha256_file(&path);
+        let mut profile = Profile::new(
+            arch,
+            Program {
+                path: shown.clone(),
+                sha256: sha.clone(),
+            },
+            opts.mode,
+        );
+        if super::profile::is_interpreter(&path) {
+            profile.script = super::profile::Script::of_args(args);
+        }
+        // The first execve happens before recording starts: record it here.
+        if opts.mode != Mode::Syscalls {
+            profile.add_path(&shown, Access::R.union(Access::X), false);
+        }
+        if sha.is_none() {
+            profile
+                .notes
+                .push("the executable could not be read, so its SHA-256 is unknown".into());
+        }
+        let cstr = |s: &OsStr| {
+            CString::new(s.as_bytes()).map_err(|_| TraceError::NotExecutable {
+                path: shown.clone(),
+                reason: "an argument contains a NUL byte".into(),
+            })
+        };
+        let mut argv = vec![cstr(program)?];
+        for a in args {
+            argv.push(cstr(a)?);
+        }
+        let (env, prelude) = match &opts.view {
+            Some(view) => {
+                let files = super::conditions::program_files(&path, args);
+                let p = view.prepare(&files).map_err(TraceError::View)?;
+                (p.env, Some(p.prelude))
+            }
+            None => {
+                let env = std::env::vars_os()
+                    .map(|(k, v)| {
+                        let mut kv = k.into_vec();
+                        kv.push(b'=');
+                        kv.extend_from_slice(v.as_bytes());
+                        cstr(OsStr::from_bytes(&kv))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                (env, None)
+            }
+        };
+        Ok(Start {
+            arch,
+            program: cstr(path.as_os_str())?,
+            path,
+            shown,
+            profile,
+            argv,
+            env,
+            prelude,
         })
-    };
-    let mut argv = vec![cstr(program)?];
-    for a in args {
-        argv.push(cstr(a)?);
-    }
-    let (env, prelude) = match &opts.view {
-        Some(view) => {
-            let files = super::conditions::program_files(&path, args);
-            let p = view.prepare(&files).map_err(TraceError::View)?;
-            (p.env, Some(p.prelude))
-        }
-        None => {
-            let env = std::env::vars_os()
-                .map(|(k, v)| {
-                    let mut kv = k.into_vec();
-                    kv.push(b'=');
-                    kv.extend_from_slice(v.as_bytes());
-                    cstr(OsStr::from_bytes(&kv))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            (env, None)
-        }
-    };
-    let mut spec = sys::ChildSpec::new(cstr(path.as_os_str())?, argv, env, tracing_filter(arch));
-    if let Some(p) = prelude {
-        spec = spec.with_prelude(Box::new(move || p.enter()));
     }
 
-    let signals = SignalGuard::install()?;
-    let mut child = sys::spawn_waiting_child(&spec).map_err(|error| TraceError::Spawn {
-        path: shown.clone(),
-        error,
-    })?;
-    let options = libc::PTRACE_O_TRACESECCOMP
-        | libc::PTRACE_O_TRACECLONE
-        | libc::PTRACE_O_TRACEFORK
-        | libc::PTRACE_O_TRACEVFORK
-        | libc::PTRACE_O_TRACEEXEC
-        | libc::PTRACE_O_EXITKILL;
-    if let Err(e) = sys::seize(child.pid, options) {
-        sys::kill_task(child.pid);
-        let _ = sys::wait_pid(child.pid);
-        return Err(TraceError::PtraceRefused(e));
+    /// The child's description with this seccomp filter.
+    pub(crate) fn spec(self, filter: Vec<libc::sock_filter>) -> (sys::ChildSpec, Profile, Failed) {
+        let mut spec = sys::ChildSpec::new(self.program, self.argv, self.env, filter);
+        if let Some(p) = self.prelude {
+            spec = spec.with_prelude(Box::new(move || p.enter()));
+        }
+        (
+            spec,
+            self.profile,
+            Failed {
+                path: self.path,
+                shown: self.shown,
+            },
+        )
     }
-    if let Err(e) = child.release() {
-        sys::kill_task(child.pid);
-        let _ = sys::wait_pid(child.pid);
-        return Err(TraceError::Spawn {
-            path: shown,
-            error: e,
-        });
-    }
-    if let Some(t) = opts.timeout {
-        sys::set_timer(Some(t), Duration::from_millis(100));
+}
+
+/// Explains why a child never reached its program.
+pub(crate) struct Failed {
+    path: PathBuf,
+    shown: String,
+}
+
+impl Failed {
+    /// The error for a child that ended before its exec.
+    pub(crate) fn error(self, child: &sys::Child) -> TraceError {
+        let failure = child.failure();
+        self.explain(failure)
     }
 
-    let mut tracer = Tracer::new(arch, profile, opts, child.pid, trace);
-    let result = tracer.run(&signals);
-    drop(signals);
-    let end = match result {
-        Ok(end) => end,
-        Err(e @ TraceError::KernelTooOld(_)) => {
-            tracer.kill_all();
-            tracer.drain();
-            return Err(e);
+    /// `Err` when the child reported a failure before its exec (the
+    /// report pipe closes at a successful exec).
+    pub(crate) fn check(self, child: &sys::Child) -> Result<(), TraceError> {
+        match child.failure() {
+            None => Ok(()),
+            f => Err(self.explain(f)),
         }
-        Err(e) => {
-            // Keep what was recorded: an incomplete profile beats none.
-            tracer.kill_all();
-            tracer.drain();
-            tracer
-                .profile
-                .mark_incomplete(format!("the tracer failed: {e}"));
-            RunEnd::Aborted
-        }
-    };
-    if !tracer.root_execed {
-        // The child never reached the program: report why.
-        return Err(match child.failure() {
+    }
+
+    fn explain(self, failure: Option<(ChildStage, i32)>) -> TraceError {
+        let (path, shown) = (self.path, self.shown);
+        match failure {
             Some((ChildStage::Seccomp, errno)) => {
                 TraceError::Seccomp(io::Error::from_raw_os_error(errno))
             }
@@ -402,14 +400,108 @@ pub fn profile(
                 path: shown,
                 error: io::Error::other("the child ended before running the program"),
             },
-        });
+        }
+    }
+
+    /// The error for a child that could not be started.
+    pub(crate) fn spawn(&self, error: io::Error) -> TraceError {
+        TraceError::Spawn {
+            path: self.shown.clone(),
+            error,
+        }
+    }
+}
+
+/// Runs `program args…` under the ptrace recorder. Stdio is inherited; the
+/// program sees the same environment and working directory as tresor.
+///
+/// Call it from a single-threaded process (the `tresor` binary): it forks,
+/// waits for every child of the process, and installs signal handlers and
+/// an interval timer for the duration of the run.
+pub fn profile(
+    program: &OsStr,
+    args: &[OsString],
+    opts: &TraceOptions,
+) -> Result<Outcome, TraceError> {
+    profile_announced(program, args, opts, &|| {})
+}
+
+/// [`profile`], calling `announce` once the run is prepared, just before
+/// the program starts (not for a mistake found before).
+pub fn profile_announced(
+    program: &OsStr,
+    args: &[OsString],
+    opts: &TraceOptions,
+    announce: &dyn Fn(),
+) -> Result<Outcome, TraceError> {
+    let start = Start::new(program, args, opts)?;
+    announce();
+    let arch = start.arch;
+    let trace = match (&opts.trace, opts.mode) {
+        (Some(t), Mode::Full) => Some(BufWriter::with_capacity(
+            1 << 20,
+            File::create(t).map_err(|error| TraceError::TraceFile {
+                path: t.display().to_string(),
+                error,
+            })?,
+        )),
+        _ => None,
+    };
+    let (spec, mut profile, failed) = start.spec(tracing_filter(arch));
+    profile.recorder = Some(super::recorder::Recorder::Ptrace.to_string());
+
+    let signals = SignalGuard::install()?;
+    let mut child = sys::spawn_waiting_child(&spec).map_err(|e| failed.spawn(e))?;
+    let options = libc::PTRACE_O_TRACESECCOMP
+        | libc::PTRACE_O_TRACECLONE
+        | libc::PTRACE_O_TRACEFORK
+        | libc::PTRACE_O_TRACEVFORK
+        | libc::PTRACE_O_TRACEEXEC
+        | libc::PTRACE_O_EXITKILL;
+    if let Err(e) = sys::seize(child.pid, options) {
+        sys::kill_task(child.pid);
+        let _ = sys::wait_pid(child.pid);
+        return Err(TraceError::PtraceRefused(e));
+    }
+    if let Err(e) = child.release() {
+        sys::kill_task(child.pid);
+        let _ = sys::wait_pid(child.pid);
+        return Err(failed.spawn(e));
+    }
+    if let Some(t) = opts.timeout {
+        sys::set_timer(Some(t), Duration::from_millis(100));
+    }
+
+    let mut tracer = Tracer::new(arch, profile, opts, child.pid, trace);
+    let result = tracer.run(&signals);
+    drop(signals);
+    let end = match result {
+        Ok(end) => end,
+        Err(e @ TraceError::KernelTooOld(_)) => {
+            tracer.kill_all();
+            tracer.drain();
+            return Err(e);
+        }
+        Err(e) => {
+            // Keep what was recorded: an incomplete profile beats none.
+            tracer.kill_all();
+            tracer.drain();
+            tracer
+                .profile
+                .mark_incomplete(format!("the tracer failed: {e}"));
+            RunEnd::Aborted
+        }
+    };
+    if !tracer.root_execed {
+        // The child never reached the program: report why.
+        return Err(failed.error(&child));
     }
     tracer.finish(end)
 }
 
 /// What to read at a syscall's stop.
 #[derive(Debug, Clone, Copy)]
-enum Action {
+pub(crate) enum Action {
     /// Count only.
     Count,
     /// Path arguments (`dirfd` index, path index), and the access they need.
@@ -421,7 +513,7 @@ enum Action {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Rule {
+pub(crate) enum Rule {
     Fixed(Access),
     /// open-style flags in this argument.
     OpenFlags(u8),
@@ -431,14 +523,14 @@ enum Rule {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ArgKind {
+pub(crate) enum ArgKind {
     Plain,
     Socket,
     Prot,
     Ioctl,
 }
 
-fn action_table(arch: Arch) -> Vec<Action> {
+pub(crate) fn action_table(arch: Arch) -> Vec<Action> {
     use Action::{Args, Chdir, Paths};
     let p = |path: u8| Some((None, path));
     let at = |dirfd: u8, path: u8| Some((Some(dirfd), path));
@@ -508,10 +600,39 @@ fn action_table(arch: Arch) -> Vec<Action> {
     t
 }
 
+/// The access a path argument needs under `rule`, given the call's open
+/// flags (`None` for openat2 when its `open_how` could not be read: then
+/// the most it could ask for).
+pub(crate) fn access_of(rule: Rule, flags: Option<u64>) -> (Access, bool) {
+    let from_flags = |flags: u64| {
+        let flags = flags as i32;
+        let mut a = match flags & libc::O_ACCMODE {
+            libc::O_WRONLY => Access::W,
+            libc::O_RDWR => Access::R.union(Access::W),
+            _ => Access::R,
+        };
+        if flags & (libc::O_CREAT | libc::O_TRUNC) != 0 {
+            a = a.union(Access::W);
+        }
+        if flags & libc::O_TMPFILE == libc::O_TMPFILE {
+            // An unnamed file in the directory: write to the directory.
+            return (Access::W, true);
+        }
+        (a, flags & libc::O_DIRECTORY != 0)
+    };
+    match (rule, flags) {
+        (Rule::Fixed(a), _) => (a, false),
+        (Rule::Exec, _) => (Access::R.union(Access::X), false),
+        (Rule::OpenFlags(_) | Rule::OpenHow(_), Some(f)) => from_flags(f),
+        // Unreadable: assume the most it could ask for.
+        (Rule::OpenFlags(_) | Rule::OpenHow(_), None) => (Access::R.union(Access::W), false),
+    }
+}
+
 /// Records the values of the arguments that decide what is safe (`list`)
 /// for one call of `name`, normalised as a policy compares them, and the
 /// profile's network and write+exec flags; returns the values.
-fn note_args(
+pub(crate) fn note_args(
     profile: &mut Profile,
     name: &str,
     nr: u32,
@@ -910,35 +1031,18 @@ impl<'a> Tracer<'a> {
     }
 
     fn access_for(&self, pid: i32, info: &SyscallInfo, rule: Rule) -> (Access, bool) {
-        let from_flags = |flags: u64| {
-            let flags = flags as i32;
-            let mut a = match flags & libc::O_ACCMODE {
-                libc::O_WRONLY => Access::W,
-                libc::O_RDWR => Access::R.union(Access::W),
-                _ => Access::R,
-            };
-            if flags & (libc::O_CREAT | libc::O_TRUNC) != 0 {
-                a = a.union(Access::W);
-            }
-            if flags & libc::O_TMPFILE == libc::O_TMPFILE {
-                // An unnamed file in the directory: write to the directory.
-                return (Access::W, true);
-            }
-            (a, flags & libc::O_DIRECTORY != 0)
-        };
-        match rule {
-            Rule::Fixed(a) => (a, false),
-            Rule::Exec => (Access::R.union(Access::X), false),
-            Rule::OpenFlags(i) => from_flags(info.args[i as usize]),
+        let flags = match rule {
+            Rule::OpenFlags(i) => Some(info.args[i as usize]),
             Rule::OpenHow(i) => {
                 let mut b = [0u8; 8];
                 match read_mem(pid, info.args[i as usize], &mut b) {
-                    Ok(8) => from_flags(u64::from_ne_bytes(b)),
-                    // Unreadable: assume the most it could ask for.
-                    _ => (Access::R.union(Access::W), false),
+                    Ok(8) => Some(u64::from_ne_bytes(b)),
+                    _ => None,
                 }
             }
-        }
+            _ => None,
+        };
+        access_of(rule, flags)
     }
 
     /// Absolute, lexically normalised path for a path argument.
@@ -1036,23 +1140,28 @@ impl<'a> Tracer<'a> {
         }
         p.processes = self.processes;
         p.threads = self.threads;
-        match &end {
-            RunEnd::Exited(c) => p.exit = Some(Exit::Code(*c)),
-            RunEnd::Signaled(s) => {
-                p.exit = Some(Exit::Signal(signal_name(*s)));
-                p.mark_incomplete(format!("the program was killed by {}", signal_name(*s)));
-            }
-            RunEnd::TimedOut(_) | RunEnd::Aborted => {
-                if let Some(RunEnd::Signaled(s)) = &self.root_end {
-                    p.exit = Some(Exit::Signal(signal_name(*s)));
-                }
-                p.mark_incomplete("the run was stopped");
-            }
-        }
+        conclude(p, &end, self.root_end.as_ref());
         Ok(Outcome {
             profile: self.profile,
             end,
         })
+    }
+}
+
+/// Records how the run ended; anything but an exit marks it incomplete.
+pub(crate) fn conclude(p: &mut Profile, end: &RunEnd, root_end: Option<&RunEnd>) {
+    match end {
+        RunEnd::Exited(c) => p.exit = Some(Exit::Code(*c)),
+        RunEnd::Signaled(s) => {
+            p.exit = Some(Exit::Signal(signal_name(*s)));
+            p.mark_incomplete(format!("the program was killed by {}", signal_name(*s)));
+        }
+        RunEnd::TimedOut(_) | RunEnd::Aborted => {
+            if let Some(RunEnd::Signaled(s)) = root_end {
+                p.exit = Some(Exit::Signal(signal_name(*s)));
+            }
+            p.mark_incomplete("the run was stopped");
+        }
     }
 }
 
@@ -1092,7 +1201,7 @@ pub fn fmt_duration(d: Duration) -> String {
 
 /// Lexical normalisation: drops `.`, resolves `..` against the prefix
 /// (symlinks are not followed: the profile records names the program used).
-fn normalize(path: &[u8]) -> String {
+pub(crate) fn normalize(path: &[u8]) -> String {
     let mut parts: Vec<&[u8]> = Vec::new();
     for c in path.split(|&b| b == b'/') {
         match c {

@@ -1,0 +1,690 @@
+// SPDX-License-Identifier: Apache-2.0 OR GPL-2.0-only
+//
+// tresor's in-kernel recorder (docs/PROFILE.md "Recorders"): counts, for
+// one analysis's process tree, the syscalls, the argument values and the
+// paths the profile needs, aggregated in maps — no event per call, so none
+// can be lost; whatever does not fit into a map is counted in `lost`.
+//
+// Compiled by clang (build.rs, libbpf-cargo) without vmlinux.h: the few
+// kernel structures read are declared below with only the fields used and
+// relocated against the running kernel's BTF (CO-RE).
+
+typedef unsigned char __u8;
+typedef unsigned short __u16;
+typedef unsigned int __u32;
+typedef unsigned long long __u64;
+typedef signed char __s8;
+typedef short __s16;
+typedef int __s32;
+typedef long long __s64;
+typedef __u16 __be16;
+typedef __u32 __be32;
+typedef __u32 __wsum;
+typedef _Bool bool;
+#define true 1
+#define false 0
+
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+
+enum {
+	BPF_MAP_TYPE_HASH = 1,
+	BPF_MAP_TYPE_ARRAY = 2,
+	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
+};
+enum { BPF_ANY = 0, BPF_NOEXIST = 1 };
+#define BPF_F_NO_PREALLOC 1
+
+struct bpf_raw_tracepoint_args {
+	__u64 args[0];
+};
+
+// ---- kernel structures (CO-RE: only the fields read) ----
+#define PAI __attribute__((preserve_access_index))
+
+#if defined(__TARGET_ARCH_x86)
+struct pt_regs {
+	unsigned long di, si, dx, r10, r8, r9;
+} PAI;
+#define ARG0(r) BPF_CORE_READ(r, di)
+#define ARG1(r) BPF_CORE_READ(r, si)
+#define ARG2(r) BPF_CORE_READ(r, dx)
+#define ARG3(r) BPF_CORE_READ(r, r10)
+#define ARG4(r) BPF_CORE_READ(r, r8)
+#define ARG5(r) BPF_CORE_READ(r, r9)
+#elif defined(__TARGET_ARCH_arm64)
+struct user_pt_regs {
+	__u64 regs[31];
+} PAI;
+struct pt_regs {
+	struct user_pt_regs user_regs;
+	__u64 orig_x0;
+} PAI;
+#define ARG0(r) BPF_CORE_READ(r, orig_x0)
+#define ARG1(r) BPF_CORE_READ(r, user_regs.regs[1])
+#define ARG2(r) BPF_CORE_READ(r, user_regs.regs[2])
+#define ARG3(r) BPF_CORE_READ(r, user_regs.regs[3])
+#define ARG4(r) BPF_CORE_READ(r, user_regs.regs[4])
+#define ARG5(r) BPF_CORE_READ(r, user_regs.regs[5])
+#else
+#error "tresor's recorder supports x86_64 and aarch64"
+#endif
+
+struct qstr {
+	const unsigned char *name;
+} PAI;
+struct dentry {
+	struct dentry *d_parent;
+	struct qstr d_name;
+} PAI;
+struct vfsmount {
+	struct dentry *mnt_root;
+} PAI;
+struct mount {
+	struct mount *mnt_parent;
+	struct dentry *mnt_mountpoint;
+	struct vfsmount mnt;
+} PAI;
+struct path {
+	struct vfsmount *mnt;
+	struct dentry *dentry;
+} PAI;
+struct fs_struct {
+	struct path root;
+	struct path pwd;
+} PAI;
+struct file {
+	struct path f_path;
+} PAI;
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+} PAI;
+struct files_struct {
+	struct fdtable *fdt;
+} PAI;
+typedef struct {
+	int counter;
+} atomic_t;
+struct signal_struct {
+	atomic_t live;
+} PAI;
+#if defined(__TARGET_ARCH_x86)
+struct thread_info {
+	__u32 status;
+} PAI;
+#define TS_COMPAT 0x0002 // the task is in a 32-bit syscall (int 0x80)
+#endif
+struct task_struct {
+#if defined(__TARGET_ARCH_x86)
+	struct thread_info thread_info;
+#endif
+	int pid;
+	int tgid;
+	struct fs_struct *fs;
+	struct files_struct *files;
+	struct signal_struct *signal;
+} PAI;
+struct linux_binprm {
+	const char *filename;
+} PAI;
+
+// ---- shared with src/sandbox/recorder/bpf.rs (keep in step) ----
+#define NR_SLOTS 1024        // syscall numbers 0..1023; 1024: beyond
+#define RAW_LEN 464          // bytes of a path argument kept (with its NUL)
+#define NAME_LEN 256         // a directory name component (NAME_MAX + 1)
+#define MAX_DEPTH 32         // components of a directory path
+
+// What the syscall at a number needs read (filled by user space from the
+// same table the ptrace recorder uses).
+enum kind { K_COUNT = 0, K_PATHS = 1, K_ARGS = 2, K_EXEC = 3 };
+enum flags_rule { F_NONE = 0, F_REG = 1, F_HOW = 2 };
+#define NO_ARG 0xff
+
+struct action {
+	__u8 kind;
+	__u8 dirfd[2];   // register index of the dirfd, NO_ARG: none
+	__u8 path[2];    // register index of the path, NO_ARG: none
+	__u8 flags_rule; // F_*
+	__u8 flags_arg;  // register index of the flags / open_how
+	__u8 nargs;
+	__u8 arg[2];     // register indexes of recorded argument values
+	__u8 pad[6];
+};
+
+// Task states in `tracked`.
+enum { T_BEFORE_EXEC = 0, T_ACTIVE = 1 };
+
+// Key status bits.
+#define S_TRUNCATED 1   // the path argument was longer than RAW_LEN - 1
+#define S_HOW_FAILED 2  // openat2's open_how could not be read
+#define S_DIR_UNKNOWN 4 // relative path whose base directory could not be read
+#define S_EXEC 8        // an executed program (recorded at its exec)
+
+struct path_key {
+	__u64 dir_mnt;    // base directory of a relative path (0: absolute)
+	__u64 dir_dentry;
+	__u64 flags;      // open flags (open_how.flags for openat2)
+	__u32 nr;
+	__u16 slot;       // which path argument (0 or 1)
+	__u16 status;     // S_*
+	char raw[RAW_LEN];
+};
+
+struct dir_key {
+	__u64 mnt;
+	__u64 dentry;
+};
+
+struct dir_val {
+	__u32 depth;     // components in names[], innermost first
+	__u32 status;    // 1: deeper than MAX_DEPTH; 2: a name unreadable
+	char names[MAX_DEPTH * NAME_LEN]; // NUL-terminated, NAME_LEN apart
+};
+
+// A call's six argument registers.
+struct call {
+	__u64 a[6];
+};
+
+// A call whose path could not be read at entry, kept for a retry.
+struct retry_val {
+	struct call c;
+	__u32 nr;
+	__u32 pad;
+};
+
+struct args_key {
+	__u32 nr;
+	__u32 pad;
+	__u64 v[2];
+};
+
+// Counters in `stats`.
+enum {
+	ST_PROCESSES = 0,   // forks and vforks followed
+	ST_THREADS,         // threads created
+	ST_LIVE,            // tasks alive (set to 1 for the root by user space)
+	ST_LOST_TASKS,      // a new process did not fit into `tracked`
+	ST_LOST_ARGS,       // an argument tuple did not fit into `args`
+	ST_LOST_PATHS,      // a path did not fit into `paths`
+	ST_LOST_DIRS,       // a directory did not fit into `dirs`
+	ST_READ_FAILED,     // a path argument could not be read
+	ST_TRUNCATED,       // a path argument was cut at RAW_LEN - 1 bytes
+	ST_LOST_EXECS,      // an exec did not fit into `pending` / `paths`
+	ST_DIR_DEEP,        // a directory deeper than MAX_DEPTH
+	ST_MAX
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC); // nothing to allocate at load
+	__type(key, __u32);   // tgid
+	__type(value, __u32); // T_*
+} tracked SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, NR_SLOTS);
+	__type(key, __u32);
+	__type(value, struct action);
+} actions SEC(".maps");
+
+
+
+
+// Counters in .bss: tresor reads them once the tree has ended, through the
+// mmapped section, without a syscall per entry.
+__u64 counts[NR_SLOTS + 1];  // calls by number (NR_SLOTS: beyond)
+__u64 foreign[NR_SLOTS + 1]; // calls through the 32-bit ABI (x86_64's int 0x80)
+__s64 retries;                // entries waiting in `retry`
+
+// Read by tresor while the tree runs (the live-task count): a map.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, ST_MAX);
+	__type(key, __u32);
+	__type(value, __s64);
+} stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct args_key);
+	__type(value, __u8);
+} args SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct path_key);
+	__type(value, __u8);
+} paths SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct dir_key);
+	__type(value, struct dir_val);
+} dirs SEC(".maps");
+
+// An execve's path, kept from its entry until the exec succeeds.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32); // tid
+	__type(value, struct path_key);
+} pending SEC(".maps");
+
+// Calls whose path argument could not be read at entry (its page not yet
+// faulted in): read again at the thread's next syscall, after the kernel
+// has copied (and so faulted in) the string.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32); // tid
+	__type(value, struct retry_val);
+} retry SEC(".maps");
+
+// Per-CPU scratch space (too large for the 512-byte stack).
+struct scratch {
+	struct path_key key;
+	struct dir_val dir;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} scratch SEC(".maps");
+
+char LICENSE[] SEC("license") = "GPL";
+
+static __always_inline void stat_add(__u32 which, __s64 n)
+{
+	__s64 *v = bpf_map_lookup_elem(&stats, &which);
+	if (v)
+		__sync_fetch_and_add(v, n);
+}
+
+static __always_inline __u64 reg(struct pt_regs *r, __u8 i)
+{
+	switch (i) {
+	case 0: return ARG0(r);
+	case 1: return ARG1(r);
+	case 2: return ARG2(r);
+	case 3: return ARG3(r);
+	case 4: return ARG4(r);
+	case 5: return ARG5(r);
+	}
+	return 0;
+}
+
+static __always_inline struct mount *real_mount(struct vfsmount *m)
+{
+	return (struct mount *)((void *)m - bpf_core_field_offset(struct mount, mnt));
+}
+
+struct walk {
+	struct dentry *d;
+	struct vfsmount *vm;
+	struct mount *m;
+	struct dentry *root_d;
+	struct vfsmount *root_m;
+	struct dir_val *v;
+	__u32 depth;
+	bool done;
+};
+
+// One step of a directory walk (bpf_loop callback): 1 ends the walk.
+static long walk_step(__u64 index, void *ctx)
+{
+	struct walk *w = ctx;
+	// Locals: BPF_CORE_READ would relocate `w->` itself.
+	struct dentry *d = w->d;
+	struct vfsmount *vm = w->vm;
+	struct mount *m = w->m;
+	if (d == w->root_d && vm == w->root_m) {
+		w->done = true;
+		return 1;
+	}
+	struct dentry *mnt_root = BPF_CORE_READ(vm, mnt_root);
+	if (d == mnt_root) {
+		struct mount *parent = BPF_CORE_READ(m, mnt_parent);
+		if (parent == m) {
+			w->done = true; // the namespace's root mount
+			return 1;
+		}
+		w->d = BPF_CORE_READ(m, mnt_mountpoint);
+		w->m = parent;
+		w->vm = (struct vfsmount *)((void *)parent + bpf_core_field_offset(struct mount, mnt));
+		return 0;
+	}
+	struct dentry *up = BPF_CORE_READ(d, d_parent);
+	if (up == d) {
+		w->done = true;
+		return 1;
+	}
+	if (w->depth >= MAX_DEPTH)
+		return 1;
+	const unsigned char *name = BPF_CORE_READ(d, d_name.name);
+	if (bpf_probe_read_kernel_str(&w->v->names[(w->depth & (MAX_DEPTH - 1)) * NAME_LEN],
+				      NAME_LEN, name) < 0)
+		w->v->status |= 2;
+	w->depth++;
+	w->d = up;
+	return 0;
+}
+
+// The names from `dir` up to the task's root, innermost first, cached per
+// (mount, dentry): a directory is walked once per run.
+static __noinline int remember_dir(struct task_struct *task, struct scratch *s,
+				   struct vfsmount *vm, struct dentry *d)
+{
+	struct dir_key k = { .mnt = (__u64)vm, .dentry = (__u64)d };
+	if (!s || bpf_map_lookup_elem(&dirs, &k))
+		return 0;
+	struct walk w = {
+		.d = d,
+		.vm = vm,
+		.m = real_mount(vm),
+		.root_d = BPF_CORE_READ(task, fs, root.dentry),
+		.root_m = BPF_CORE_READ(task, fs, root.mnt),
+		.v = &s->dir,
+	};
+	s->dir.status = 0;
+	bpf_loop(MAX_DEPTH + 16, walk_step, &w, 0);
+	if (!w.done) {
+		s->dir.status |= 1;
+		stat_add(ST_DIR_DEEP, 1);
+	}
+	s->dir.depth = w.depth;
+	if (bpf_map_update_elem(&dirs, &k, &s->dir, BPF_NOEXIST) == -7 /* E2BIG */)
+		stat_add(ST_LOST_DIRS, 1);
+	return 0;
+}
+
+// Fills s->key from path argument `slot` of the call; returns 0 when there
+// is a path to record.
+static __always_inline __u64 arg(struct call *c, __u8 i)
+{
+	return i < 6 ? c->a[i] : 0;
+}
+
+static __always_inline int read_path(struct task_struct *task, struct scratch *s,
+				     struct call *c, __u32 nr, struct action *a, int slot)
+{
+	struct path_key *k = &s->key;
+	__u8 pi = slot ? a->path[1] : a->path[0];
+	__u8 di = slot ? a->dirfd[1] : a->dirfd[0];
+	if (pi == NO_ARG)
+		return -1;
+	const char *up = (const char *)arg(c, pi);
+	__builtin_memset(k, 0, sizeof(*k));
+	k->nr = nr;
+	k->slot = slot;
+	if (!up)
+		return -1;
+	long n = bpf_probe_read_user_str(k->raw, RAW_LEN, up);
+	if (n < 0)
+		return -2;
+	if (n <= 1)
+		return -1; // "": AT_EMPTY_PATH, the fd itself
+	if (n >= RAW_LEN) {
+		k->status |= S_TRUNCATED;
+		stat_add(ST_TRUNCATED, 1);
+	}
+	if (a->flags_rule == F_REG) {
+		k->flags = arg(c, a->flags_arg);
+	} else if (a->flags_rule == F_HOW) {
+		__u64 f = 0;
+		if (bpf_probe_read_user(&f, sizeof(f), (void *)arg(c, a->flags_arg)) < 0)
+			k->status |= S_HOW_FAILED;
+		k->flags = f;
+	}
+	if (k->raw[0] == '/')
+		return 0;
+	// Relative: the base is the working directory or the dirfd's file.
+	struct vfsmount *vm = 0;
+	struct dentry *d = 0;
+	int dirfd = -100; // AT_FDCWD
+	if (di != NO_ARG)
+		dirfd = (int)arg(c, di);
+	if (dirfd == -100) {
+		vm = BPF_CORE_READ(task, fs, pwd.mnt);
+		d = BPF_CORE_READ(task, fs, pwd.dentry);
+	} else if (dirfd >= 0) {
+		struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+		unsigned int max = BPF_CORE_READ(fdt, max_fds);
+		if ((unsigned int)dirfd < max) {
+			struct file **fds = BPF_CORE_READ(fdt, fd);
+			struct file *f = 0;
+			bpf_probe_read_kernel(&f, sizeof(f), &fds[dirfd]);
+			if (f) {
+				vm = BPF_CORE_READ(f, f_path.mnt);
+				d = BPF_CORE_READ(f, f_path.dentry);
+			}
+		}
+	}
+	if (!vm || !d) {
+		k->status |= S_DIR_UNKNOWN;
+		return 0;
+	}
+	k->dir_mnt = (__u64)vm;
+	k->dir_dentry = (__u64)d;
+	remember_dir(task, s, vm, d);
+	return 0;
+}
+
+// Records the paths of one call of number `nr` (registers at `regs`);
+// returns how many could not be read. A global function: the verifier
+// checks it once, not once per caller.
+__noinline int record_paths(struct call *c, __u32 nr)
+{
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+	struct action *a = bpf_map_lookup_elem(&actions, &nr);
+	if (!c || !s || !a)
+		return 0;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	int failed = 0;
+	for (int i = 0; i < 2; i++) {
+		int r = read_path(task, s, c, nr, a, i);
+		if (r == -2)
+			failed++;
+		if (r != 0)
+			continue;
+		if (a->kind == K_EXEC) {
+			// Recorded at the exec: misses of execvp's $PATH walk are no grants.
+			__u32 tid = (__u32)bpf_get_current_pid_tgid();
+			if (bpf_map_update_elem(&pending, &tid, &s->key, BPF_ANY) != 0)
+				stat_add(ST_LOST_EXECS, 1);
+			continue;
+		}
+		if (!bpf_map_lookup_elem(&paths, &s->key)) {
+			__u8 one = 1;
+			if (bpf_map_update_elem(&paths, &s->key, &one, BPF_NOEXIST) == -7)
+				stat_add(ST_LOST_PATHS, 1);
+		}
+	}
+	return failed;
+}
+
+// The thread's previous call left a path unreadable at its entry: read it
+// now (the call has run; the kernel faulted the page in if it was valid).
+static __noinline void retry_previous(__u32 tid)
+{
+	struct retry_val *v = bpf_map_lookup_elem(&retry, &tid);
+	if (!v)
+		return;
+	struct retry_val r = *v;
+	bpf_map_delete_elem(&retry, &tid);
+	__sync_fetch_and_add(&retries, -1);
+	if (r.nr >= NR_SLOTS)
+		return;
+	int failed = record_paths(&r.c, r.nr);
+	if (failed > 0)
+		stat_add(ST_READ_FAILED, failed); // a bad pointer: the call failed with EFAULT
+}
+
+SEC("raw_tracepoint/sys_enter")
+int on_sys_enter(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u64 pt = bpf_get_current_pid_tgid();
+	__u32 tgid = pt >> 32;
+	__u32 *state = bpf_map_lookup_elem(&tracked, &tgid);
+	if (!state || *state != T_ACTIVE)
+		return 0;
+	if (retries > 0)
+		retry_previous((__u32)pt);
+	__u64 id = ctx->args[1];
+	__u32 slot = id < NR_SLOTS ? (__u32)id : NR_SLOTS;
+#if defined(__TARGET_ARCH_x86)
+	struct task_struct *cur = (struct task_struct *)bpf_get_current_task();
+	if (BPF_CORE_READ(cur, thread_info.status) & TS_COMPAT) {
+		__sync_fetch_and_add(&foreign[slot], 1);
+		return 0;
+	}
+#endif
+	__sync_fetch_and_add(&counts[slot], 1);
+	if (slot == NR_SLOTS)
+		return 0;
+	struct action *a = bpf_map_lookup_elem(&actions, &slot);
+	if (!a || a->kind == K_COUNT)
+		return 0;
+	if (a->kind == K_ARGS) {
+		struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+		struct args_key k = { .nr = slot };
+		if (a->nargs > 0)
+			k.v[0] = reg(regs, a->arg[0]);
+		if (a->nargs > 1)
+			k.v[1] = reg(regs, a->arg[1]);
+		if (!bpf_map_lookup_elem(&args, &k)) {
+			__u8 one = 1;
+			if (bpf_map_update_elem(&args, &k, &one, BPF_NOEXIST) == -7)
+				stat_add(ST_LOST_ARGS, 1);
+		}
+		return 0;
+	}
+	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+	struct retry_val r = { .nr = slot };
+	r.c.a[0] = ARG0(regs);
+	r.c.a[1] = ARG1(regs);
+	r.c.a[2] = ARG2(regs);
+	r.c.a[3] = ARG3(regs);
+	r.c.a[4] = ARG4(regs);
+	r.c.a[5] = ARG5(regs);
+	__u8 kind = a->kind;
+	if (record_paths(&r.c, slot) > 0) {
+		__u32 tid = (__u32)pt;
+		if (kind == K_EXEC) {
+			// Read from the kernel's copy at the exec, not a stale one.
+			bpf_map_delete_elem(&pending, &tid);
+			return 0;
+		}
+		if (bpf_map_update_elem(&retry, &tid, &r, BPF_ANY) != 0)
+			stat_add(ST_READ_FAILED, 1);
+		else
+			__sync_fetch_and_add(&retries, 1);
+	}
+	return 0;
+}
+
+SEC("raw_tracepoint/sched_process_exec")
+int on_exec(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u32 *state = bpf_map_lookup_elem(&tracked, &tgid);
+	if (!state)
+		return 0;
+	if (*state == T_BEFORE_EXEC) {
+		// The analysis's first execve: recording starts now.
+		*state = T_ACTIVE;
+		return 0;
+	}
+	__u32 old = (__u32)ctx->args[1];
+	struct path_key *k = bpf_map_lookup_elem(&pending, &old);
+	if (!k) {
+		// The path was unreadable at entry: the kernel's copy of it.
+		__u32 zero = 0;
+		struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+		if (!s)
+			return 0;
+		struct linux_binprm *bprm = (struct linux_binprm *)ctx->args[2];
+		const char *name = BPF_CORE_READ(bprm, filename);
+		k = &s->key;
+		__builtin_memset(k, 0, sizeof(*k));
+		long n = bpf_probe_read_kernel_str(k->raw, RAW_LEN, name);
+		if (n <= 1) {
+			stat_add(ST_READ_FAILED, 1);
+			return 0;
+		}
+		if (n >= RAW_LEN) {
+			k->status |= S_TRUNCATED;
+			stat_add(ST_TRUNCATED, 1);
+		}
+		if (k->raw[0] != '/') {
+			struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+			struct vfsmount *vm = BPF_CORE_READ(task, fs, pwd.mnt);
+			struct dentry *d = BPF_CORE_READ(task, fs, pwd.dentry);
+			k->dir_mnt = (__u64)vm;
+			k->dir_dentry = (__u64)d;
+			remember_dir(task, s, vm, d);
+		}
+	}
+	k->status |= S_EXEC;
+	__u8 one = 1;
+	if (bpf_map_update_elem(&paths, k, &one, BPF_ANY) != 0)
+		stat_add(ST_LOST_EXECS, 1);
+	bpf_map_delete_elem(&pending, &old);
+	return 0;
+}
+
+SEC("raw_tracepoint/sched_process_fork")
+int on_fork(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u32 *state = bpf_map_lookup_elem(&tracked, &tgid);
+	if (!state || *state != T_ACTIVE)
+		return 0;
+	struct task_struct *child = (struct task_struct *)ctx->args[1];
+	__u32 pid = BPF_CORE_READ(child, pid);
+	__u32 ctgid = BPF_CORE_READ(child, tgid);
+	stat_add(ST_LIVE, 1);
+	if (pid != ctgid) {
+		stat_add(ST_THREADS, 1);
+		return 0;
+	}
+	stat_add(ST_PROCESSES, 1);
+	__u32 active = T_ACTIVE;
+	if (bpf_map_update_elem(&tracked, &ctgid, &active, BPF_ANY) != 0)
+		stat_add(ST_LOST_TASKS, 1);
+	return 0;
+}
+
+SEC("raw_tracepoint/sched_process_exit")
+int on_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u64 pt = bpf_get_current_pid_tgid();
+	__u32 tgid = pt >> 32;
+	__u32 tid = (__u32)pt;
+	if (!bpf_map_lookup_elem(&tracked, &tgid))
+		return 0;
+	stat_add(ST_LIVE, -1);
+	bpf_map_delete_elem(&pending, &tid);
+	if (retries > 0 && bpf_map_delete_elem(&retry, &tid) == 0) {
+		// Killed before its next call: the memory is gone.
+		__sync_fetch_and_add(&retries, -1);
+		stat_add(ST_READ_FAILED, 1);
+	}
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	if (BPF_CORE_READ(task, signal, live.counter) == 0)
+		bpf_map_delete_elem(&tracked, &tgid); // the whole process is gone
+	return 0;
+}
