@@ -987,3 +987,102 @@ fn a_service_killed_while_releasing_completes_the_release_on_restart() {
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
     m.unmount();
 }
+
+/// The whole flow with the service, its clients and its runs as an
+/// unprivileged user (nobody): the service mounts through fusermount3 and
+/// confines with user namespaces. As in
+/// `cli::an_unprivileged_mount_through_fusermount3_is_fuse_tresor`, a
+/// private mount namespace gives that user a /dev/fuse it may open.
+#[test]
+fn the_service_runs_as_an_unprivileged_user() {
+    if !available() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("tresor-su-")
+        .tempdir()
+        .unwrap();
+    let d = dir.path();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let w = d.join("w");
+    std::fs::create_dir(&w).unwrap();
+    std::fs::write(w.join("pass"), "user passphrase\n").unwrap();
+    std::fs::write(w.join("analysis.py"), ANALYSIS).unwrap();
+    std::fs::create_dir(d.join("dev")).unwrap();
+    for p in [w.clone(), w.join("pass"), w.join("analysis.py")] {
+        std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
+    }
+    let user_script = format!(
+        r#"set -e; cd {w}; T={t}; A="--pse admin.pse --passphrase-file pass"
+        $T init st $A --kdf-memory-mib 8 >/dev/null 2>&1
+        $T datagroup add st pathology $A >/dev/null
+        for r in researchers supervisors checkers service; do $T role add st $r $A >/dev/null; done
+        $T grant st researchers pathology r $A >/dev/null
+        $T grant st checkers pathology r $A >/dev/null
+        $T grant st service pathology w $A >/dev/null
+        $T duty st researchers submit $A >/dev/null
+        $T duty st supervisors approve $A >/dev/null
+        $T duty st checkers release $A >/dev/null
+        for u in rob:researchers alice:supervisors nina:checkers svc:service; do
+            $T user add st ${{u%%:*}} --role ${{u##*:}} --pse-out ${{u%%:*}}.pse --user-passphrase-file pass $A >/dev/null 2>&1
+        done
+        mkdir m; $T mount st m $A --log {w}/mount.log >/dev/null
+        mkdir -p m/pathology/S-1; printf 'item,n\na,120\nb,30\n' > m/pathology/S-1/values.csv
+        $T umount m >/dev/null
+        $T serve st --pse svc.pse --passphrase-file pass --listen 127.0.0.1:0 --workers 1 --state state >serve.out 2>serve.log &
+        S=$!
+        for i in $(seq 600); do grep -q '^serving' serve.out && break; sleep 0.05; done
+        U=$(grep -o 'http://[0-9.:]*' serve.out)
+        C="--service $U --passphrase-file pass"
+        $T submit $C --pse rob.pse --group pathology --input S-1/values.csv --interpreter /usr/bin/python3 -- {w}/analysis.py '{{input}}' '{{out}}' >/dev/null
+        $T jobs $C --pse alice.pse 1 --wait --json | grep -q '"state": "profiled"'
+        $T approve $C --pse alice.pse 1 >/dev/null
+        $T jobs $C --pse alice.pse 1 --wait --json | grep -q '"state": "staged"'
+        $T release $C --pse nina.pse 1
+        $T results $C --pse nina.pse pathology/S-1 --get job-1/summary.json -o got.json >/dev/null
+        echo "uid $(id -u)"; cat got.json; echo
+        grep " {w}/state/mnt " /proc/self/mountinfo
+        kill $S; wait $S"#,
+        w = w.display(),
+        t = env!("CARGO_BIN_EXE_tresor"),
+    );
+    // A file, not `sh -c '…'`: the script quotes.
+    std::fs::write(w.join("run.sh"), user_script).unwrap();
+    let root_script = format!(
+        "set -e; mount -t tmpfs none {dev}; mknod -m 666 {dev}/fuse c 10 229
+        mount --bind {dev}/fuse /dev/fuse
+        exec setpriv --reuid=65534 --regid=65534 --clear-groups sh {w}/run.sh",
+        dev = d.join("dev").display(),
+        w = w.display(),
+    );
+    let mut c = std::process::Command::new("unshare");
+    util::isolate_as(&mut c, 65534);
+    let o = c
+        .args(["-m", "--propagation", "private", "sh", "-c", &root_script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let log = std::fs::read_to_string(w.join("serve.log")).unwrap_or_default();
+    assert!(
+        o.status.success(),
+        "{out}\n{}\nserve.log:\n{log}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("uid 65534"), "{out}");
+    assert!(
+        out.contains("released into pathology/S-1/analyses/job-1"),
+        "{out}"
+    );
+    assert!(out.contains("\"total\": 150"), "{out}");
+    // The service's own mount was the unprivileged user's.
+    let mnt_line = out
+        .lines()
+        .find(|l| l.contains("/state/mnt "))
+        .unwrap_or("");
+    assert!(
+        mnt_line.contains("user_id=65534"),
+        "not the user's mount: {out}"
+    );
+}
