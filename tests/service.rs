@@ -1086,3 +1086,99 @@ fn the_service_runs_as_an_unprivileged_user() {
         "not the user's mount: {out}"
     );
 }
+
+/// Symbolic links a writer of the group plants — to the host's /etc, to a
+/// host directory holding a fake analysis, or over an input after review —
+/// never make the service (root here) read, list, run on or serve a file
+/// outside the data group.
+#[test]
+fn links_planted_in_the_group_never_lead_the_service_outside_it() {
+    if !available() {
+        return;
+    }
+    let site = Site::new();
+    let outside = site.ts.subdir("outside");
+    std::fs::create_dir_all(outside.join("job-9")).unwrap();
+    std::fs::write(outside.join("job-9/secret.txt"), "host secret").unwrap();
+    let m = site.ts.mount();
+    std::os::unix::fs::symlink("/etc", m.path("pathology/S-9")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", m.path("pathology/S-2/link.csv")).unwrap();
+    std::os::unix::fs::symlink(&outside, m.path("pathology/S-1/analyses")).unwrap();
+    m.unmount();
+    let s = site.serve(&[]);
+    let submit = |input: &str| {
+        let args = [
+            "submit",
+            "--group",
+            "pathology",
+            "--interpreter",
+            PYTHON,
+            "--input",
+            input,
+            "--",
+            site.script.to_str().unwrap(),
+            "{input}",
+            "{out}",
+        ];
+        site.client(&s, "rob", &args)
+    };
+    for (input, words) in [
+        ("S-9/passwd", "leads outside the data group"),
+        ("S-2/link.csv", "not a regular file"),
+    ] {
+        let o = submit(input);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(words), "{input}: {err}");
+    }
+    site.expect_refusal(
+        &s,
+        "nora",
+        &["results", "pathology/S-9"],
+        400,
+        "leads outside",
+    );
+    // The fake analysis behind S-1/analyses is neither listed nor served.
+    let o = site.client(&s, "nora", &["results", "pathology/S-1"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["analyses"].as_array().unwrap().len(), 0, "{v:#}");
+    let got = site.ts.dir.path().join("secret.txt");
+    let o = site.client(
+        &s,
+        "nora",
+        &[
+            "results",
+            "pathology/S-1",
+            "--get",
+            "job-9/secret.txt",
+            "-o",
+            got.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !o.status.success() && !got.exists(),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+
+    // An input swapped for a link after it was profiled is not run.
+    let id = site.submit(&s, "rob", &["S-3/values.csv"]);
+    site.wait_state(&s, id, &["profiled"]);
+    let m = site.ts.mount();
+    std::fs::remove_file(m.path("pathology/S-3/values.csv")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", m.path("pathology/S-3/values.csv")).unwrap();
+    m.unmount();
+    assert!(site
+        .client(&s, "alice", &["approve", &id.to_string()])
+        .status
+        .success());
+    let j = site.wait_state(&s, id, &["failed", "staged"]);
+    assert_eq!(j["state"], "failed", "{j:#}");
+    // The service's check ("leads outside"), or — while its mount still
+    // caches the old entry for up to a second — the driver's refusal to
+    // follow a link where a file was (ELOOP): either way nothing ran.
+    let why = j["reason"].as_str().unwrap();
+    assert!(
+        why.contains("leads outside") || why.contains("symbolic links"),
+        "{j:#}"
+    );
+}

@@ -390,6 +390,23 @@ impl Service {
         }
     }
 
+    /// `MNT/GROUP/REL` with every symbolic link resolved, if it stays in the
+    /// group: a link planted in a data group never leads the service (often
+    /// root) to the host's files, for reading, running or writing.
+    fn within(&self, group: &str, rel: &str) -> Result<PathBuf, Outside> {
+        let base = self
+            .mnt
+            .join(group)
+            .canonicalize()
+            .map_err(Outside::Missing)?;
+        let p = base.join(rel).canonicalize().map_err(Outside::Missing)?;
+        if p.starts_with(&base) {
+            Ok(p)
+        } else {
+            Err(Outside::Link)
+        }
+    }
+
     fn job(&self, id: i64) -> Res<Job> {
         self.db()
             .get(id)
@@ -444,6 +461,9 @@ impl Service {
                 ),
             ));
         }
+        let outside = |i: &str| {
+            Reply::error(400, format!("input {i} leads outside the data group (a symbolic link); name the file itself"))
+        };
         let mut samples = std::collections::BTreeSet::new();
         for i in &b.inputs {
             if !valid_input(i) {
@@ -466,6 +486,16 @@ impl Service {
                     return Err(Reply::error(503, format!("the service itself may not read {}: the administrator grants its role `r` on the group", b.group)))
                 }
                 Err(_) => return Err(Reply::error(404, format!("no input {i} in the data group {} (unknown sample or file)", b.group))),
+            }
+            match self.within(&b.group, i) {
+                Ok(_) => {}
+                Err(Outside::Link) => return Err(outside(i)),
+                Err(Outside::Missing(_)) => {
+                    return Err(Reply::error(
+                        404,
+                        format!("no input {i} in the data group {}", b.group),
+                    ))
+                }
             }
         }
         if !valid_part(&b.program.name) || b.program.name.starts_with('.') {
@@ -819,7 +849,21 @@ impl Service {
         for (n, input) in j.spec.inputs.iter().enumerate() {
             let sample = Spec::sample(input);
             let rel = format!("{}/{sample}/analyses/job-{}", j.spec.group, j.id);
-            let analyses = self.mnt.join(&j.spec.group).join(sample).join("analyses");
+            let sample_dir = match self.within(&j.spec.group, sample) {
+                Ok(p) => p,
+                Err(_) => {
+                    return Err(Reply::error(409, format!("sample {sample} is gone or leads outside the data group (a symbolic link); reject the job")))
+                }
+            };
+            let analyses = sample_dir.join("analyses");
+            std::fs::create_dir_all(&analyses).map_err(internal)?;
+            if self
+                .within(&j.spec.group, &format!("{sample}/analyses"))
+                .ok()
+                != Some(analyses.clone())
+            {
+                return Err(Reply::error(409, format!("{sample}/analyses leads outside the data group (a symbolic link); remove it, then release again")));
+            }
             let dest = analyses.join(format!("job-{}", j.id));
             if dest.exists() {
                 continue;
@@ -914,17 +958,24 @@ impl Service {
         if !valid_part(s) || s.starts_with('.') {
             return Err(Reply::error(400, format!("\"{s}\" is not a sample name")));
         }
-        let p = self.mnt.join(g).join(s);
-        if !p.is_dir() {
-            return Err(Reply::error(404, format!("no sample {s} in {g}")));
+        match self.within(g, s) {
+            Ok(p) if p.is_dir() => Ok(p.join("analyses")),
+            Err(Outside::Link) => Err(Reply::error(
+                400,
+                format!("sample {s} leads outside the data group {g} (a symbolic link)"),
+            )),
+            _ => Err(Reply::error(404, format!("no sample {s} in {g}"))),
         }
-        Ok(p.join("analyses"))
     }
 
     fn analyses(&self, user: &str, dir: &Body, g: &str, s: &str) -> Res<Reply> {
         let base = self.readable_group(user, dir, g, s)?;
         let mut out = Vec::new();
-        if let Ok(rd) = std::fs::read_dir(&base) {
+        let listed = self
+            .within(g, &format!("{s}/analyses"))
+            .ok()
+            .filter(|p| *p == base);
+        if let Some(rd) = listed.and_then(|b| std::fs::read_dir(b).ok()) {
             let mut names: Vec<String> = rd
                 .flatten()
                 .map(|e| e.file_name().to_string_lossy().to_string())
@@ -932,6 +983,10 @@ impl Service {
                 .collect();
             names.sort();
             for n in names {
+                // An analysis that is a link (anywhere) is not listed.
+                if self.within(g, &format!("{s}/analyses/{n}")).ok() != Some(base.join(&n)) {
+                    continue;
+                }
                 let prov: serde_json::Value = std::fs::read(base.join(&n).join("provenance.json"))
                     .ok()
                     .and_then(|b| serde_json::from_slice(&b).ok())
@@ -952,7 +1007,15 @@ impl Service {
         if !valid_part(j) || j.starts_with('.') || !valid_part(f) {
             return Err(Reply::error(400, "analysis and file are plain names"));
         }
-        let p = base.join(j).join(f);
+        let p = match self.within(g, &format!("{s}/analyses/{j}/{f}")) {
+            Ok(p) if p.starts_with(&base) => p,
+            _ => {
+                return Err(Reply::error(
+                    404,
+                    format!("no file {f} in {g}/{s}/analyses/{j}"),
+                ))
+            }
+        };
         match std::fs::symlink_metadata(&p) {
             Ok(m) if m.is_file() => {}
             _ => {
@@ -1046,19 +1109,29 @@ impl Service {
         Ok(())
     }
 
-    fn task(&self, j: &Job, input: &str, out: PathBuf) -> Task {
-        let path = self.mnt.join(&j.spec.group).join(input);
+    /// The task for one input; the input is looked up again (a link
+    /// planted after submission is caught here).
+    fn task(&self, j: &Job, input: &str, out: PathBuf) -> Result<Task, String> {
+        let path = match self.within(&j.spec.group, input) {
+            Ok(p) => p,
+            Err(Outside::Link) => {
+                return Err(format!(
+                "input {input} now leads outside the data group (a symbolic link); it was not run"
+            ))
+            }
+            Err(Outside::Missing(e)) => return Err(format!("cannot find input {input}: {e}")),
+        };
         let data = path
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| self.mnt.clone());
-        Task {
+        Ok(Task {
             argv: self.argv(j, &path, &out),
             data,
             out,
             profile: self.job_dir(j.id).join("profile.json"),
             limits: self.cfg.limits.clone(),
-        }
+        })
     }
 
     fn profile_job(&self, j: Job) {
@@ -1070,7 +1143,10 @@ impl Service {
         if let Err(e) = std::fs::create_dir_all(&scratch) {
             return self.fail(&j, format!("cannot create {}: {e}", scratch.display()));
         }
-        let t = self.task(&j, &j.spec.inputs[0], scratch.clone());
+        let t = match self.task(&j, &j.spec.inputs[0], scratch.clone()) {
+            Ok(t) => t,
+            Err(why) => return self.fail(&j, why),
+        };
         let started = std::time::Instant::now();
         let outcome = self.executor.profile(&t);
         tracing::info!(
@@ -1172,13 +1248,20 @@ impl Service {
             if let Err(e) = std::fs::create_dir_all(&out) {
                 return self.fail(&j, format!("cannot create {}: {e}", out.display()));
             }
-            let input_sha = match std::fs::File::open(self.mnt.join(&j.spec.group).join(input))
+            let t = match self.task(&j, input, out.clone()) {
+                Ok(t) => t,
+                Err(why) => return self.fail(&j, why),
+            };
+            // The file the task names, resolved inside the group as there.
+            let input_sha = match self
+                .within(&j.spec.group, input)
+                .map_err(|_| std::io::Error::other("it left the data group"))
+                .and_then(std::fs::File::open)
                 .and_then(crate::crypto::sha256_reader)
             {
                 Ok(h) => hex::encode(h),
                 Err(e) => return self.fail(&j, format!("cannot read input {input}: {e}")),
             };
-            let t = self.task(&j, input, out.clone());
             let ran = std::time::Instant::now();
             let outcome = self.executor.run(&t);
             tracing::info!(
@@ -1237,6 +1320,15 @@ fn query<'a>(path: &'a str, key: &str) -> Option<&'a str> {
         .1
         .split('&')
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Why [`Service::within`] refused a path.
+#[derive(Debug)]
+enum Outside {
+    /// It does not exist (or cannot be read).
+    Missing(std::io::Error),
+    /// A symbolic link leads out of the data group.
+    Link,
 }
 
 fn is_sha256(h: &str) -> bool {
