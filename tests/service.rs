@@ -1182,3 +1182,89 @@ fn links_planted_in_the_group_never_lead_the_service_outside_it() {
         "{j:#}"
     );
 }
+
+/// A hostile program is profiled before anyone approves it, in a view of
+/// the host (read-only). What it reads there must not come back to its
+/// submitter: not through its error output, not through the paths its
+/// profile records.
+#[test]
+fn a_program_profiled_before_approval_cannot_send_its_submitter_host_secrets() {
+    if !available() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let site = Site::new();
+    // Outside /tmp (the profiling run gets a private one), as a service's
+    // state directory or the host's own secrets are.
+    let host = tempfile::Builder::new()
+        .prefix("tresor-host-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let secret_file = host.path().join("host-secret");
+    std::fs::write(&secret_file, "SECRET-4711").unwrap();
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let leak = site.ts.dir.path().join("leak.py");
+    std::fs::write(
+        &leak,
+        format!(
+            "import os, sys\ns = open({p:?}).read()\ntry:\n    open('/nonexistent/' + s)\nexcept OSError:\n    pass\nsys.stderr.write('leaked: ' + s + chr(10))\nsys.exit(int(sys.argv[1]))\n",
+            p = secret_file.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let s = site.serve(&[]);
+    let mut ids = Vec::new();
+    for code in ["1", "0"] {
+        let args = [
+            "submit",
+            "--group",
+            "pathology",
+            "--interpreter",
+            PYTHON,
+            "--input",
+            "S-1/values.csv",
+            "--",
+            leak.to_str().unwrap(),
+            code,
+        ];
+        let o = site.client(&s, "rob", &args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        ids.push(text.split_whitespace().nth(1).unwrap().to_string());
+    }
+    let failed = site.wait_state(&s, ids[0].parse().unwrap(), &["failed", "profiled"]);
+    // The program did read the secret (the service's log has what it printed):
+    // the channel existed, and is cut below.
+    let log = std::fs::read_to_string(site.ts.dir.path().join("serve.log")).unwrap();
+    assert!(
+        log.contains("leaked: SECRET-4711"),
+        "the secret was not even read:\n{log}"
+    );
+    let profiled = site.wait_state(&s, ids[1].parse().unwrap(), &["failed", "profiled"]);
+    assert_eq!(failed["state"], "failed", "{failed:#}");
+    assert_eq!(profiled["state"], "profiled", "{profiled:#}");
+    // The submitter's view of both jobs holds no trace of the secret.
+    for id in &ids {
+        let o = site.client(&s, "rob", &["jobs", id, "--json"]);
+        assert!(o.status.success());
+        assert!(
+            !String::from_utf8_lossy(&o.stdout).contains("SECRET-4711"),
+            "job {id} leaks"
+        );
+    }
+    // The profile is the reviewer's, not the submitter's — even one who
+    // holds the approve duty.
+    site.expect_refusal(
+        &s,
+        "rob",
+        &["jobs", &ids[1], "--review"],
+        403,
+        "only an approver",
+    );
+    let review = site.client(&s, "alice", &["jobs", &ids[1], "--review"]);
+    assert!(
+        review.status.success(),
+        "{}",
+        String::from_utf8_lossy(&review.stderr)
+    );
+}

@@ -636,8 +636,23 @@ impl Service {
         ))
     }
 
-    fn profile_of(&self, user: &str, dir: &Body, id: i64) -> Res<Reply> {
+    /// The profile and policy are for reviewers: an approver who did not
+    /// submit the job. The profiling run saw the host read-only before
+    /// anyone approved it, and the paths it recorded must not become a
+    /// channel back to its submitter.
+    fn reviewable(&self, user: &str, dir: &Body, id: i64) -> Res<Job> {
         let j = self.visible(user, dir, id)?;
+        if j.submitter == user || !dir.has_duty(user, Duty::Approve) {
+            return Err(Reply::error(
+                403,
+                format!("only an approver who did not submit job {id} sees its profile and policy"),
+            ));
+        }
+        Ok(j)
+    }
+
+    fn profile_of(&self, user: &str, dir: &Body, id: i64) -> Res<Reply> {
+        let j = self.reviewable(user, dir, id)?;
         let p = self.job_dir(j.id).join("profile.json");
         let prof = Profile::load(&p).map_err(|_| {
             Reply::error(
@@ -652,7 +667,7 @@ impl Service {
     }
 
     fn policy_of(&self, user: &str, dir: &Body, id: i64) -> Res<Reply> {
-        let j = self.visible(user, dir, id)?;
+        let j = self.reviewable(user, dir, id)?;
         let p = self.job_dir(j.id).join("profile.json");
         let pol = Policy::load(&p, &PolicyOptions::default())
             .map_err(|e| Reply::error(409, format!("job {id} has no policy: {e}")))?;
@@ -1161,11 +1176,17 @@ impl Service {
             Ok(o) => {
                 return self.fail(
                     &j,
-                    format!(
-                        "the profiling run on {} exited with {}: {}",
-                        j.spec.inputs[0], o.status, o.stderr_tail
-                    ),
-                )
+                    {
+                        // The profiling run sees the host read-only and is
+                        // not yet approved: what it prints must not reach
+                        // the submitter (a channel out). The log keeps it.
+                        tracing::warn!("job {}: profiling run's stderr:\n{}", j.id, o.stderr_tail);
+                        format!(
+                            "the profiling run on {} exited with {} (its output is in the service's log)",
+                            j.spec.inputs[0], o.status
+                        )
+                    },
+                );
             }
             Err(e) => return self.fail(&j, format!("cannot start tresor profile: {e}")),
         }
