@@ -64,26 +64,17 @@ fn signed(
     path: &str,
     body: &[u8],
 ) -> Vec<(String, String)> {
-    let nonce = auth::nonce();
-    let time = auth::now();
-    let user = pse.public.user.clone();
-    let sig = auth::Signed {
-        store_id: store,
-        method,
-        path,
-        body,
-        user: &user,
-        time,
-        nonce: &nonce,
-    }
-    .sign(&pse.sign)
-    .expect("sign");
-    vec![
-        (auth::USER.into(), user),
-        (auth::TIME.into(), time.to_string()),
-        (auth::NONCE.into(), nonce),
-        (auth::SIGNATURE.into(), sig),
-    ]
+    auth::headers(
+        &pse.sign,
+        &pse.public.user,
+        store,
+        (method, path, body),
+        auth::now(),
+    )
+    .expect("sign")
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
 fn call(

@@ -110,6 +110,17 @@ impl Site {
         }
     }
 
+    /// `tresor audit verify LOG --store STORE`.
+    fn audit_verify(&self, log: &Path) -> std::process::Output {
+        tresor()
+            .args(["audit", "verify"])
+            .arg(log)
+            .arg("--store")
+            .arg(&self.ts.store)
+            .output()
+            .unwrap()
+    }
+
     fn user(&self, u: &str) -> &(PathBuf, PathBuf) {
         &self.users[u]
     }
@@ -397,13 +408,7 @@ fn submit_approve_run_release_fetch_equals_a_direct_confined_run() {
         "plaintext result in the store"
     );
 
-    let o = tresor()
-        .args(["audit", "verify"])
-        .arg(site.state.join("audit.log"))
-        .arg("--store")
-        .arg(&site.ts.store)
-        .output()
-        .unwrap();
+    let o = site.audit_verify(&site.state.join("audit.log"));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
@@ -500,26 +505,17 @@ fn signed_headers(
     body: &[u8],
     time: u64,
 ) -> Vec<(String, String)> {
-    use tresor::service::auth;
-    let nonce = auth::nonce();
-    let user = pse.public.user.clone();
-    let sig = auth::Signed {
-        store_id: store,
-        method,
-        path,
-        body,
-        user: &user,
+    tresor::service::auth::headers(
+        &pse.sign,
+        &pse.public.user,
+        store,
+        (method, path, body),
         time,
-        nonce: &nonce,
-    }
-    .sign(&pse.sign)
-    .unwrap();
-    vec![
-        (auth::USER.into(), user),
-        (auth::TIME.into(), time.to_string()),
-        (auth::NONCE.into(), nonce),
-        (auth::SIGNATURE.into(), sig),
-    ]
+    )
+    .unwrap()
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
 fn submission(inputs: &[&str], group: &str) -> Vec<u8> {
@@ -773,13 +769,7 @@ fn a_service_killed_during_a_run_comes_back_consistent() {
         e["detail"]["from"] == "running" && e["detail"]["to"] == "queued"
     });
     assert!(requeued, "no re-queue in the audit trail:\n{log}");
-    let o = tresor()
-        .args(["audit", "verify"])
-        .arg(site.state.join("audit.log"))
-        .arg("--store")
-        .arg(&site.ts.store)
-        .output()
-        .unwrap();
+    let o = site.audit_verify(&site.state.join("audit.log"));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
@@ -873,13 +863,7 @@ fn the_audit_trail_names_a_removed_a_changed_and_two_swapped_entries() {
     let verify = |text: String| {
         let p = site.ts.dir.path().join("tampered.log");
         std::fs::write(&p, text).unwrap();
-        tresor()
-            .args(["audit", "verify"])
-            .arg(&p)
-            .arg("--store")
-            .arg(&site.ts.store)
-            .output()
-            .unwrap()
+        site.audit_verify(&p)
     };
     let join = |ls: &[&str]| ls.iter().map(|l| format!("{l}\n")).collect::<String>();
     let o = verify(log.clone());

@@ -67,6 +67,34 @@ impl Signed<'_> {
     }
 }
 
+/// The four headers of a request by `user`, signed with `key` at `time`
+/// with a fresh nonce: what every client (the CLI, tests, benchmarks) sends.
+pub fn headers(
+    key: &PrivateKey,
+    user: &str,
+    store_id: &str,
+    (method, path, body): (&str, &str, &[u8]),
+    time: u64,
+) -> Result<Vec<(&'static str, String)>, crate::crypto::CryptoError> {
+    let nonce = nonce();
+    let sig = Signed {
+        store_id,
+        method,
+        path,
+        body,
+        user,
+        time,
+        nonce: &nonce,
+    }
+    .sign(key)?;
+    Ok(vec![
+        (USER, user.to_string()),
+        (TIME, time.to_string()),
+        (NONCE, nonce),
+        (SIGNATURE, sig),
+    ])
+}
+
 /// A fresh nonce: 128 random bits as hex.
 pub fn nonce() -> String {
     let mut b = [0u8; 16];

@@ -1,7 +1,7 @@
 //! The client side: signs each request with the caller's PSE key and sends
 //! it to the service (`tresor submit`, `jobs`, `approve`, `release`, …).
 
-use super::auth::{self, Signed};
+use super::auth;
 use crate::pse::Pse;
 use std::io::Read;
 use std::time::Duration;
@@ -103,26 +103,14 @@ impl Client {
 
     /// A signed request.
     pub fn call(&self, method: &str, path: &str, body: &[u8]) -> Result<Answer, ClientError> {
-        let nonce = auth::nonce();
-        let time = auth::now();
-        let user = self.pse.public.user.clone();
-        let signed = Signed {
-            store_id: &self.store_id,
-            method,
-            path,
-            body,
-            user: &user,
-            time,
-            nonce: &nonce,
-        };
-        let sig = signed.sign(&self.pse.sign)?;
-        let headers = [
-            (auth::USER, user.clone()),
-            (auth::TIME, time.to_string()),
-            (auth::NONCE, nonce),
-            (auth::SIGNATURE, sig),
-            ("content-type", "application/json".to_string()),
-        ];
+        let mut headers = auth::headers(
+            &self.pse.sign,
+            &self.pse.public.user,
+            &self.store_id,
+            (method, path, body),
+            auth::now(),
+        )?;
+        headers.push(("content-type", "application/json".to_string()));
         send(&self.agent, &self.base, method, path, &headers, body)
     }
 }
