@@ -952,6 +952,54 @@ fn recorders_agree_on_every_example() {
     }
 }
 
+/// The in-kernel recorder relocates against its minimal BTF (a field read
+/// by profile.bpf.c but missing from btf::FIELDS would fall back to the
+/// whole kernel BTF and cost ~20 ms a start); with a structure left out of
+/// the minimal BTF (debug-build fault hook) it falls back and records the
+/// same profile.
+#[test]
+fn the_in_kernel_recorder_loads_against_a_minimal_btf_or_falls_back() {
+    require_bpf!();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, "abc").unwrap();
+    let program = example("profile_files");
+    let run = |fault: Option<&str>, out: &str| {
+        let mut cmd = tresor();
+        cmd.env("TRESOR_LOG", "tresor=debug")
+            .args(["profile", "--recorder", "bpf", "--out"])
+            .arg(dir.path().join(out))
+            .arg("--writable")
+            .arg(std::env::temp_dir())
+            .arg("--")
+            .arg(&program)
+            .arg(&input)
+            .arg(dir.path().join("out.txt"));
+        if let Some(s) = fault {
+            cmd.env("TRESOR_FAULT_MINIMAL_BTF_WITHOUT", s);
+        }
+        let o = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{err}");
+        let p: Profile =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(out)).unwrap()).unwrap();
+        (err, p)
+    };
+    let (err, minimal) = run(None, "minimal.json");
+    assert!(err.contains("loaded and attached (minimal BTF)"), "{err}");
+    assert!(!err.contains("whole kernel BTF"), "{err}");
+    let (err, whole) = run(Some("dentry"), "whole.json");
+    assert!(err.contains("minimal BTF did not suffice"), "{err}");
+    assert!(
+        err.contains("loaded and attached (whole kernel BTF)"),
+        "{err}"
+    );
+    let diff = differences(&content(&minimal), &content(&whole));
+    assert!(diff.is_empty(), "{}", diff.join("\n"));
+    assert_eq!(minimal.recorder.as_deref(), Some("bpf"));
+    assert_eq!(whole.recorder.as_deref(), Some("bpf"));
+}
+
 #[test]
 fn recorders_follow_fork_clone_vfork_and_exec() {
     require_bpf!();

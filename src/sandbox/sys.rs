@@ -1061,3 +1061,50 @@ pub fn close(fd: i32) {
     // SAFETY: closing an fd this process owns and no longer uses.
     unsafe { libc::close(fd) };
 }
+
+/// A file mapped read-only and private (`mmap`), unmapped on drop.
+pub struct Mapped {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapped {
+    /// Maps the whole of `file` (which must not be empty).
+    pub fn file(file: &std::fs::File) -> io::Result<Mapped> {
+        let len = usize::try_from(file.metadata()?.len())
+            .map_err(|_| io::Error::other("the file is too large to map"))?;
+        if len == 0 {
+            return Err(io::Error::other("the file is empty"));
+        }
+        // SAFETY: a new private read-only mapping of a valid fd; the kernel
+        // picks the address, so nothing existing is replaced.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapped { ptr, len })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `len` bytes at `ptr` stay mapped readable until drop; the
+        // slice borrows `self`. Only immutable files are mapped (the
+        // kernel's BTF), so the bytes do not change under the slice.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `file`, once.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}

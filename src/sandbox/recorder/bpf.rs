@@ -20,7 +20,8 @@ use super::super::tracer::{
     self, access_of, action_table, fmt_duration, normalize, note_args, signal_name, Action,
     ArgKind, Outcome, Rule, RunEnd, Start, TraceError, TraceOptions,
 };
-use super::Recorder;
+use super::{btf, Recorder};
+use std::os::fd::AsRawFd;
 
 #[allow(
     clippy::all,
@@ -200,23 +201,104 @@ pub fn profile(
         ));
     }
     let prev = libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, quiet_libbpf)));
-    let mut object = MaybeUninit::uninit();
-    let loaded = skel::ProfileSkelBuilder::default()
-        .open(&mut object)
-        .and_then(|open| open.load())
-        .and_then(|mut s| s.attach().map(|()| s));
+    let (mut first, mut second) = (MaybeUninit::uninit(), MaybeUninit::uninit());
+    let loaded = load(&mut first, &mut second);
     libbpf_rs::set_print(prev);
     let skel = loaded.map_err(|e| {
         Unavailable(format!(
             "the kernel refused its BPF programs ({e}); it needs BPF with BTF (CONFIG_DEBUG_INFO_BTF) and raw tracepoints"
         ))
     })?;
-    tracing::debug!("in-kernel recorder loaded and attached");
     let r = run(&skel, program, args, opts, announce);
     tracing::debug!("in-kernel recorder: profile built");
     drop(skel);
     tracing::debug!("in-kernel recorder detached");
     Ok(r)
+}
+
+/// Opens, loads and attaches the programs, relocated against a minimal
+/// kernel BTF (btf.rs), or against the whole one if that cannot be made or
+/// does not suffice (slower by about 20 ms, same programs).
+fn load<'obj>(
+    first: &'obj mut MaybeUninit<libbpf_rs::OpenObject>,
+    second: &'obj mut MaybeUninit<libbpf_rs::OpenObject>,
+) -> Result<skel::ProfileSkel<'obj>, libbpf_rs::Error> {
+    let attach =
+        |open: skel::OpenProfileSkel<'obj>| open.load().and_then(|mut s| s.attach().map(|()| s));
+    match minimal_btf() {
+        Ok((fd, path)) => {
+            let opts = libbpf_rs::libbpf_sys::bpf_object_open_opts {
+                sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_object_open_opts>() as _,
+                btf_custom_path: path.as_ptr(),
+                ..Default::default()
+            };
+            let loaded = skel::ProfileSkelBuilder::default()
+                .open_opts(opts, first)
+                .and_then(attach);
+            drop((fd, path));
+            match loaded {
+                Ok(s) => {
+                    tracing::debug!("in-kernel recorder loaded and attached (minimal BTF)");
+                    return Ok(s);
+                }
+                Err(e) => tracing::warn!(
+                    "the in-kernel recorder's minimal BTF did not suffice ({e}); relocating against the whole kernel BTF (slower start)"
+                ),
+            }
+        }
+        Err(e) => tracing::warn!(
+            "no minimal BTF for the in-kernel recorder ({e}); relocating against the whole kernel BTF (slower start)"
+        ),
+    }
+    let s = skel::ProfileSkelBuilder::default()
+        .open(second)
+        .and_then(attach)?;
+    tracing::debug!("in-kernel recorder loaded and attached (whole kernel BTF)");
+    Ok(s)
+}
+
+/// The minimal BTF in a memory file, and the path libbpf opens it by.
+fn minimal_btf() -> Result<(std::os::fd::OwnedFd, std::ffi::CString), String> {
+    use std::io::Write;
+    const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+    let file = std::fs::File::open(VMLINUX).map_err(|e| format!("{VMLINUX}: {e}"))?;
+    let fields = fault::fields();
+    // Mapped where the kernel allows it (recent kernels): read(2) of sysfs
+    // copies the 5–6 MB a page at a time.
+    let out = match sys::Mapped::file(&file) {
+        Ok(m) => btf::minimal(m.bytes(), &fields),
+        Err(_) => {
+            let raw = std::fs::read(VMLINUX).map_err(|e| format!("{VMLINUX}: {e}"))?;
+            btf::minimal(&raw, &fields)
+        }
+    }
+    .map_err(|e| e.to_string())?;
+    let fd = nix::sys::memfd::memfd_create(
+        c"tresor-recorder-btf",
+        nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
+    )
+    .map_err(|e| format!("memfd_create: {e}"))?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(&out)
+        .map_err(|e| format!("writing the minimal BTF: {e}"))?;
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|e| e.to_string())?;
+    Ok((file.into(), path))
+}
+
+/// Fault injection for tests/profile.rs, compiled into debug builds only:
+/// `TRESOR_FAULT_MINIMAL_BTF_WITHOUT=STRUCT` leaves that structure out of
+/// the minimal BTF, so loading against it fails as it would if profile.bpf.c
+/// read a field btf::FIELDS does not list.
+mod fault {
+    pub(super) fn fields() -> Vec<(&'static str, &'static [&'static str])> {
+        let all = super::btf::FIELDS.iter().copied();
+        #[cfg(debug_assertions)]
+        if let Ok(without) = std::env::var("TRESOR_FAULT_MINIMAL_BTF_WITHOUT") {
+            return all.filter(|(name, _)| *name != without).collect();
+        }
+        all.collect()
+    }
 }
 
 fn run(

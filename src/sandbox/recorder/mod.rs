@@ -8,6 +8,7 @@
 //!   privilege, the fallback.
 
 pub mod bpf;
+mod btf;
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
