@@ -1226,6 +1226,57 @@ fn what_the_in_kernel_recorder_cannot_keep_is_reported() {
     );
 }
 
+/// New paths reach tresor through a buffer it drains every 20 ms. When a
+/// program opens more new paths between two drains than the buffer holds
+/// (here: a buffer shrunk to one page by a debug-build fault hook, and
+/// 2,000 files opened), the paths that did not fit are counted and the
+/// profile is marked incomplete — and what was recorded is still true.
+#[test]
+fn a_full_path_buffer_is_counted_never_silent() {
+    require_bpf!();
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    let made = std::process::Command::new(example("bench_small_files"))
+        .arg("create")
+        .arg(&small)
+        .arg("2000")
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let small = small.to_str().unwrap();
+    let out = dir.path().join("p.json");
+    let o = tresor()
+        .env("TRESOR_FAULT_PATH_BUFFER", "4096")
+        .args(["profile", "--recorder", "bpf", "--out"])
+        .arg(&out)
+        .arg("--writable")
+        .arg(std::env::temp_dir())
+        .arg("--")
+        .arg(example("bench_small_files"))
+        .args(["scan", small])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let b = Profile::load(&out).unwrap();
+    assert!(!b.complete, "2,000 new paths fit into one page?");
+    let reason = b.incomplete_reason.clone().unwrap();
+    assert!(reason.contains("their buffer was full"), "{reason}");
+    // Whatever was recorded is also in the ptrace recorder's profile.
+    let p = profile_run(
+        &["--recorder", "ptrace"],
+        &example("bench_small_files"),
+        &["scan", small],
+    );
+    for (dir, entry) in &b.paths {
+        let theirs = p
+            .profile
+            .paths
+            .get(dir)
+            .unwrap_or_else(|| panic!("{dir} recorded by bpf only"));
+        assert_eq!(theirs.access.union(entry.access), theirs.access, "{dir}");
+    }
+}
+
 /// The 32-bit ABI (`int 0x80`) is told apart by both recorders: listed
 /// under `foreign_syscalls`, never counted as the native syscall of the
 /// same number (which a policy would then allow).

@@ -64,6 +64,9 @@ const ST_READ_FAILED: u32 = 7;
 const ST_TRUNCATED: u32 = 8;
 const ST_LOST_EXECS: u32 = 9;
 const ST_DIR_DEEP: u32 = 10;
+const ST_LOST_SENT: u32 = 11;
+/// Bytes of a path record before its path (`offsetof(struct path_key, raw)`).
+const PATH_HEADER: usize = 40;
 
 /// Why the in-kernel recorder cannot run here (before anything started).
 #[derive(Debug)]
@@ -204,11 +207,16 @@ pub fn profile(
     let (mut first, mut second) = (MaybeUninit::uninit(), MaybeUninit::uninit());
     let loaded = load(&mut first, &mut second);
     libbpf_rs::set_print(prev);
-    let skel = loaded.map_err(|e| {
+    let mut skel = loaded.map_err(|e| {
         Unavailable(format!(
             "the kernel refused its BPF programs ({e}); it needs BPF with BTF (CONFIG_DEBUG_INFO_BTF) and raw tracepoints"
         ))
     })?;
+    if let Some(bss) = skel.maps.bss_data.as_deref_mut() {
+        let mut seed = [0u8; 8];
+        crate::crypto::random_bytes(&mut seed);
+        bss.seed = u64::from_ne_bytes(seed);
+    }
     let r = run(&skel, program, args, opts, announce);
     tracing::debug!("in-kernel recorder: profile built");
     drop(skel);
@@ -223,8 +231,10 @@ fn load<'obj>(
     first: &'obj mut MaybeUninit<libbpf_rs::OpenObject>,
     second: &'obj mut MaybeUninit<libbpf_rs::OpenObject>,
 ) -> Result<skel::ProfileSkel<'obj>, libbpf_rs::Error> {
-    let attach =
-        |open: skel::OpenProfileSkel<'obj>| open.load().and_then(|mut s| s.attach().map(|()| s));
+    let attach = |mut open: skel::OpenProfileSkel<'obj>| {
+        fault::path_buffer(&mut open)?;
+        open.load().and_then(|mut s| s.attach().map(|()| s))
+    };
     match minimal_btf() {
         Ok((fd, path)) => {
             let opts = libbpf_rs::libbpf_sys::bpf_object_open_opts {
@@ -287,9 +297,11 @@ fn minimal_btf() -> Result<(std::os::fd::OwnedFd, std::ffi::CString), String> {
 }
 
 /// Fault injection for tests/profile.rs, compiled into debug builds only:
-/// `TRESOR_FAULT_MINIMAL_BTF_WITHOUT=STRUCT` leaves that structure out of
-/// the minimal BTF, so loading against it fails as it would if profile.bpf.c
-/// read a field btf::FIELDS does not list.
+/// - `TRESOR_FAULT_MINIMAL_BTF_WITHOUT=STRUCT` leaves that structure out of
+///   the minimal BTF, so loading against it fails as it would if
+///   profile.bpf.c read a field btf::FIELDS does not list;
+/// - `TRESOR_FAULT_PATH_BUFFER=BYTES` shrinks the path buffer (a power of
+///   two, at least a page), so that it overflows between two drains.
 mod fault {
     pub(super) fn fields() -> Vec<(&'static str, &'static [&'static str])> {
         let all = super::btf::FIELDS.iter().copied();
@@ -298,6 +310,19 @@ mod fault {
             return all.filter(|(name, _)| *name != without).collect();
         }
         all.collect()
+    }
+
+    pub(super) fn path_buffer(
+        _open: &mut super::skel::OpenProfileSkel<'_>,
+    ) -> Result<(), libbpf_rs::Error> {
+        #[cfg(debug_assertions)]
+        if let Some(bytes) = std::env::var("TRESOR_FAULT_PATH_BUFFER")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+        {
+            _open.maps.sent.set_max_entries(bytes)?;
+        }
+        Ok(())
     }
 }
 
@@ -328,6 +353,18 @@ fn run(
         .map_err(map_err("setting up the counters"))?;
     let (spec, mut profile, failed) = start.spec(child_filter(arch));
     profile.recorder = Some(Recorder::Bpf.to_string());
+    // New path records, drained while the tree runs and once at its end.
+    let records = std::cell::RefCell::new(Vec::<Vec<u8>>::new());
+    let mut builder = libbpf_rs::RingBufferBuilder::new();
+    builder
+        .add(&maps.sent, |r: &[u8]| {
+            records.borrow_mut().push(r.to_vec());
+            0
+        })
+        .map_err(map_err("opening the path buffer"))?;
+    let ring = builder
+        .build()
+        .map_err(map_err("opening the path buffer"))?;
 
     // Orphans of the tree become tresor's children: waiting until none is
     // left is waiting for the whole tree.
@@ -348,12 +385,13 @@ fn run(
         let _ = sys::wait_pid(root);
         return Err(e);
     }
-    // A tick for the task limit and the deadline.
-    sys::set_timer(Some(Duration::from_millis(100)), Duration::from_millis(100));
+    // A tick for the path buffer, the task limit and the deadline.
+    sys::set_timer(Some(Duration::from_millis(20)), Duration::from_millis(20));
     let deadline = opts.timeout.map(|t| Instant::now() + t);
 
     let mut w = Waiter {
         maps,
+        ring: &ring,
         root,
         root_end: None,
         stopping: None,
@@ -374,7 +412,9 @@ fn run(
     };
     failed.check(&child)?;
     tracing::debug!("the tree has ended; reading the maps");
-    collect(maps, arch, opts.mode, &mut profile)?;
+    ring.consume().map_err(map_err("reading the path buffer"))?;
+    drop(ring);
+    collect(maps, &records.into_inner(), arch, opts.mode, &mut profile)?;
     tracer::conclude(&mut profile, &end, root_end.as_ref());
     Ok(Outcome { profile, end })
 }
@@ -397,6 +437,7 @@ impl Drop for Subreaper {
 
 struct Waiter<'a, 'obj> {
     maps: &'a skel::ProfileMaps<'obj>,
+    ring: &'a libbpf_rs::RingBuffer<'a>,
     root: i32,
     root_end: Option<RunEnd>,
     stopping: Option<RunEnd>,
@@ -462,6 +503,8 @@ impl Waiter<'_, '_> {
     ) -> Result<(), TraceError> {
         loop {
             if signals.take_alarm() {
+                // Room in the path buffer for the next 20 ms.
+                let _ = self.ring.consume();
                 let live = self.stat(ST_LIVE).max(0) as usize;
                 match (deadline, opts.timeout) {
                     (Some(d), Some(t)) if Instant::now() >= d => self.stop_all(
@@ -522,6 +565,7 @@ impl Waiter<'_, '_> {
 /// The profile from the maps.
 fn collect(
     maps: &skel::ProfileMaps<'_>,
+    records: &[Vec<u8>],
     arch: Arch,
     mode: Mode,
     p: &mut Profile,
@@ -581,6 +625,10 @@ fn collect(
     note_lost(ST_LOST_TASKS, "new processes not followed (task map full)");
     note_lost(ST_LOST_ARGS, "argument values not recorded (map full)");
     note_lost(ST_LOST_PATHS, "paths not recorded (map full)");
+    note_lost(
+        ST_LOST_SENT,
+        "paths not recorded (their buffer was full: more than 1 MB of new paths within 20 ms)",
+    );
     note_lost(ST_LOST_DIRS, "directories not recorded (map full)");
     note_lost(ST_LOST_EXECS, "executed programs not recorded (map full)");
     note_lost(
@@ -622,16 +670,19 @@ fn collect(
     // Directories of relative paths.
     let mut dirs: BTreeMap<(u64, u64), Option<Vec<u8>>> = BTreeMap::new();
     let mut unresolved = 0u64;
-    let keys: Vec<Vec<u8>> = batch(&maps.paths)?.map(|(k, _)| k).collect();
+    tracing::debug!(
+        "in-kernel recorder: {} distinct path arguments",
+        records.len()
+    );
     let mut exec_paths = Vec::new();
-    for k in keys {
-        if k.len() < 32 + RAW_LEN {
+    for k in records {
+        if k.len() < PATH_HEADER {
             continue;
         }
-        let (mnt, dentry, flags) = (u64_at(&k, 0), u64_at(&k, 8), u64_at(&k, 16));
-        let nr = u32_at(&k, 24);
-        let status = u16_at(&k, 30);
-        let raw = cstr_at(&k[32..32 + RAW_LEN]);
+        let (mnt, dentry, flags) = (u64_at(k, 0), u64_at(k, 8), u64_at(k, 16));
+        let nr = u32_at(k, 24);
+        let status = u16_at(k, 30);
+        let raw = cstr_at(&k[PATH_HEADER..k.len().min(PATH_HEADER + RAW_LEN)]);
         if status & S_TRUNCATED != 0 || raw.is_empty() {
             continue; // counted in ST_TRUNCATED
         }

@@ -2,8 +2,11 @@
 //
 // tresor's in-kernel recorder (docs/PROFILE.md "Recorders"): counts, for
 // one analysis's process tree, the syscalls, the argument values and the
-// paths the profile needs, aggregated in maps — no event per call, so none
-// can be lost; whatever does not fit into a map is counted in `lost`.
+// paths the profile needs, aggregated in the kernel — no event per call.
+// Counts and argument values live in maps; a path is sent to tresor once,
+// the first time it is seen (a set of path hashes decides), through a ring
+// buffer. Whatever does not fit is counted in `stats`, never dropped
+// silently.
 //
 // Compiled by clang (build.rs, libbpf-cargo) without vmlinux.h: the few
 // kernel structures read are declared below with only the fields used and
@@ -31,8 +34,10 @@ enum {
 	BPF_MAP_TYPE_HASH = 1,
 	BPF_MAP_TYPE_ARRAY = 2,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
+	BPF_MAP_TYPE_RINGBUF = 27,
 };
 enum { BPF_ANY = 0, BPF_NOEXIST = 1 };
+#define EEXIST 17
 #define BPF_F_NO_PREALLOC 1
 
 struct bpf_raw_tracepoint_args {
@@ -161,6 +166,7 @@ enum { T_BEFORE_EXEC = 0, T_ACTIVE = 1 };
 #define S_DIR_UNKNOWN 4 // relative path whose base directory could not be read
 #define S_EXEC 8        // an executed program (recorded at its exec)
 
+// A path record, as sent to tresor: the header and `len` bytes of `raw`.
 struct path_key {
 	__u64 dir_mnt;    // base directory of a relative path (0: absolute)
 	__u64 dir_dentry;
@@ -168,8 +174,11 @@ struct path_key {
 	__u32 nr;
 	__u16 slot;       // which path argument (0 or 1)
 	__u16 status;     // S_*
+	__u32 len;        // bytes of raw, with the NUL
+	__u32 pad;
 	char raw[RAW_LEN];
 };
+#define PATH_HEADER 40    // offsetof(struct path_key, raw)
 
 struct dir_key {
 	__u64 mnt;
@@ -207,12 +216,13 @@ enum {
 	ST_LIVE,            // tasks alive (set to 1 for the root by user space)
 	ST_LOST_TASKS,      // a new process did not fit into `tracked`
 	ST_LOST_ARGS,       // an argument tuple did not fit into `args`
-	ST_LOST_PATHS,      // a path did not fit into `paths`
+	ST_LOST_PATHS,      // a path's hash did not fit into `seen`
 	ST_LOST_DIRS,       // a directory did not fit into `dirs`
 	ST_READ_FAILED,     // a path argument could not be read
 	ST_TRUNCATED,       // a path argument was cut at RAW_LEN - 1 bytes
-	ST_LOST_EXECS,      // an exec did not fit into `pending` / `paths`
+	ST_LOST_EXECS,      // an exec did not fit into `pending`
 	ST_DIR_DEEP,        // a directory deeper than MAX_DEPTH
+	ST_LOST_SENT,       // a new path did not fit into the ring buffer
 	ST_MAX
 };
 
@@ -239,6 +249,7 @@ struct {
 __u64 counts[NR_SLOTS + 1];  // calls by number (NR_SLOTS: beyond)
 __u64 foreign[NR_SLOTS + 1]; // calls through the 32-bit ABI (x86_64's int 0x80)
 __s64 retries;                // entries waiting in `retry`
+__u64 seed;                   // of the path hashes, random per run (set by tresor)
 
 // Read by tresor while the tree runs (the live-task count): a map.
 struct {
@@ -256,13 +267,22 @@ struct {
 	__type(value, __u8);
 } args SEC(".maps");
 
+// Hashes of the path records sent: each is sent once.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct path_key);
+	__type(key, __u64);
 	__type(value, __u8);
-} paths SEC(".maps");
+} seen SEC(".maps");
+
+// New path records for tresor, which drains it every 20 ms and at the end
+// (room for ~10,000 records between two drains; 1 MB is allocated at load).
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} sent SEC(".maps");
+#define BPF_RB_NO_WAKEUP 1 // tresor drains on its tick, no one waits
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -426,7 +446,8 @@ static __always_inline int read_path(struct task_struct *task, struct scratch *s
 	if (pi == NO_ARG)
 		return -1;
 	const char *up = (const char *)arg(c, pi);
-	__builtin_memset(k, 0, sizeof(*k));
+	// The header only: raw is cut at len (hash and record alike).
+	__builtin_memset(k, 0, PATH_HEADER);
 	k->nr = nr;
 	k->slot = slot;
 	if (!up)
@@ -436,6 +457,7 @@ static __always_inline int read_path(struct task_struct *task, struct scratch *s
 		return -2;
 	if (n <= 1)
 		return -1; // "": AT_EMPTY_PATH, the fd itself
+	k->len = n;
 	if (n >= RAW_LEN) {
 		k->status |= S_TRUNCATED;
 		stat_add(ST_TRUNCATED, 1);
@@ -482,6 +504,75 @@ static __always_inline int read_path(struct task_struct *task, struct scratch *s
 	return 0;
 }
 
+static __always_inline __u64 mix(__u64 h, __u64 v)
+{
+	h ^= v;
+	h *= 0x9e3779b97f4a7c15ULL;
+	return h ^ (h >> 31);
+}
+
+struct hashing {
+	struct path_key *k;
+	__u64 h;
+	__u32 len;
+};
+
+// One word of a path into its hash (bpf_loop callback: verified once, not
+// once per word as an unrolled loop would be).
+static long hash_word(__u64 i, void *ctx)
+{
+	struct hashing *x = ctx;
+	if (i >= RAW_LEN / 8)
+		return 1;
+	__u64 w = ((__u64 *)x->k->raw)[i];
+	__u32 rest = x->len - i * 8; // bytes of the path from this word on
+	if (rest < 8)
+		w &= (1ULL << (rest * 8)) - 1; // not what an earlier call left
+	x->h = mix(x->h, w);
+	return 0;
+}
+
+// A path record's hash: the header and the len bytes of raw. Two records
+// of one hash are taken as one (tresor then lacks the second path: its
+// run is denied that path, never granted more); the seed is random per
+// run, so a program cannot aim for a collision.
+static __always_inline __u64 record_hash(struct path_key *k)
+{
+	__u64 h = mix(seed, k->dir_mnt);
+	h = mix(h, k->dir_dentry);
+	h = mix(h, k->flags);
+	h = mix(h, (__u64)k->nr | (__u64)k->slot << 32 | (__u64)k->status << 48);
+	struct hashing x = { .k = k, .h = h, .len = k->len };
+	bpf_loop((k->len + 7) / 8, hash_word, &x, 0);
+	return x.h;
+}
+
+// Sends a record the first time its hash is seen.
+__noinline int send_once(struct path_key *k)
+{
+	if (!k)
+		return 0;
+	__u64 h = record_hash(k);
+	if (bpf_map_lookup_elem(&seen, &h))
+		return 0;
+	__u8 one = 1;
+	long r = bpf_map_update_elem(&seen, &h, &one, BPF_NOEXIST);
+	if (r == -EEXIST)
+		return 0; // another CPU sent it just now
+	if (r != 0) {
+		stat_add(ST_LOST_PATHS, 1);
+		return 0;
+	}
+	__u32 len = k->len;
+	if (len > RAW_LEN)
+		len = RAW_LEN;
+	if (bpf_ringbuf_output(&sent, k, PATH_HEADER + len, BPF_RB_NO_WAKEUP) != 0) {
+		stat_add(ST_LOST_SENT, 1);
+		bpf_map_delete_elem(&seen, &h); // a later call may send it
+	}
+	return 0;
+}
+
 // Records the paths of one call of number `nr` (registers at `regs`);
 // returns how many could not be read. A global function: the verifier
 // checks it once, not once per caller.
@@ -507,11 +598,7 @@ __noinline int record_paths(struct call *c, __u32 nr)
 				stat_add(ST_LOST_EXECS, 1);
 			continue;
 		}
-		if (!bpf_map_lookup_elem(&paths, &s->key)) {
-			__u8 one = 1;
-			if (bpf_map_update_elem(&paths, &s->key, &one, BPF_NOEXIST) == -7)
-				stat_add(ST_LOST_PATHS, 1);
-		}
+		send_once(&s->key);
 	}
 	return failed;
 }
@@ -619,12 +706,13 @@ int on_exec(struct bpf_raw_tracepoint_args *ctx)
 		struct linux_binprm *bprm = (struct linux_binprm *)ctx->args[2];
 		const char *name = BPF_CORE_READ(bprm, filename);
 		k = &s->key;
-		__builtin_memset(k, 0, sizeof(*k));
+		__builtin_memset(k, 0, PATH_HEADER);
 		long n = bpf_probe_read_kernel_str(k->raw, RAW_LEN, name);
 		if (n <= 1) {
 			stat_add(ST_READ_FAILED, 1);
 			return 0;
 		}
+		k->len = n;
 		if (n >= RAW_LEN) {
 			k->status |= S_TRUNCATED;
 			stat_add(ST_TRUNCATED, 1);
@@ -639,9 +727,7 @@ int on_exec(struct bpf_raw_tracepoint_args *ctx)
 		}
 	}
 	k->status |= S_EXEC;
-	__u8 one = 1;
-	if (bpf_map_update_elem(&paths, k, &one, BPF_ANY) != 0)
-		stat_add(ST_LOST_EXECS, 1);
+	send_once(k);
 	bpf_map_delete_elem(&pending, &old);
 	return 0;
 }
