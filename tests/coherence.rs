@@ -332,3 +332,84 @@ fn a_mount_in_another_namespace_appends_without_loss() {
     assert_all_lines(&read_all(&m.path("g/log")), &writers, "after a remount");
     m.unmount();
 }
+
+/// Bytes of `p` in the kernel's page cache, by `fincore` — which opens the
+/// file itself, so this is what an open leaves cached.
+fn cached_bytes(p: &Path) -> u64 {
+    let out = Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES"])
+        .arg(p)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "fincore: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Warm re-reads (issue 19): a file nothing changed since its last open
+/// through this mount keeps its cached pages at the next open; a change by
+/// another mount — a same-size overwrite too — or by this mount drops them,
+/// and the next read returns the new bytes.
+#[test]
+fn an_unchanged_file_is_re_read_from_the_page_cache() {
+    if !util::fuse_available() {
+        return;
+    }
+    let ts = TestStore::new(&["g"]);
+    let (m1, m2) = two_mounts(&ts);
+    let f1 = m1.path("g/f");
+    let first: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    fs::write(&f1, &first).unwrap();
+    // Only a change older than a second is trusted to move the change
+    // time at the next change (docs/DURABILITY.md): wait until it is.
+    wait_for("the file's last change to be a second old", || {
+        fs::metadata(&f1)
+            .unwrap()
+            .modified()
+            .unwrap()
+            .elapsed()
+            .is_ok_and(|age| age >= Duration::from_millis(1100))
+    });
+    assert_eq!(read_all(&f1), first, "first read");
+    assert_eq!(
+        cached_bytes(&f1),
+        first.len() as u64,
+        "an open of an unchanged file dropped its cached pages"
+    );
+    assert_eq!(read_all(&f1), first, "warm re-read");
+    // Another mount overwrites it with as many bytes.
+    let second: Vec<u8> = first.iter().map(|b| b ^ 0x5a).collect();
+    fs::write(m2.path("g/f"), &second).unwrap();
+    assert_eq!(
+        cached_bytes(&f1),
+        0,
+        "an open after another mount's change kept stale pages"
+    );
+    assert_eq!(read_all(&f1), second, "read after another mount's change");
+    // This mount writes: its next open drops the pages too.
+    wait_for("the second change to be a second old", || {
+        fs::metadata(&f1)
+            .unwrap()
+            .modified()
+            .unwrap()
+            .elapsed()
+            .is_ok_and(|age| age >= Duration::from_millis(1100))
+    });
+    assert_eq!(read_all(&f1), second);
+    assert_eq!(cached_bytes(&f1), second.len() as u64);
+    OpenOptions::new()
+        .write(true)
+        .open(&f1)
+        .unwrap()
+        .write_all_at(b"third", 0)
+        .unwrap();
+    assert_eq!(
+        cached_bytes(&f1),
+        0,
+        "an open after this mount's write kept its pages"
+    );
+    let mut third = second.clone();
+    third[..5].copy_from_slice(b"third");
+    assert_eq!(read_all(&f1), third);
+    m1.unmount();
+    m2.unmount();
+}

@@ -628,7 +628,7 @@ mod tamper {
     fn read(vfs: &Vfs, name: &str) -> Result<Vec<u8>, VfsError> {
         let g = vfs.lookup(ROOT, OsStr::new("g"))?;
         let a = vfs.lookup(g.ino, OsStr::new(name))?;
-        let fh = vfs.open(a.ino, libc::O_RDONLY)?;
+        let (fh, _) = vfs.open(a.ino, libc::O_RDONLY)?;
         let mut out = Vec::new();
         let r = loop {
             match vfs.read(fh, out.len() as u64, 1 << 20) {

@@ -215,7 +215,7 @@ fn resolve(vfs: &Vfs, path: &str) -> Result<Attr, VfsError> {
 /// Reads a whole file through open/read/release. Every byte returned is
 /// kept, so a caller can prove that no plaintext came out.
 fn read_all(vfs: &Vfs, ino: u64, leaked: &mut Vec<u8>) -> Result<Vec<u8>, VfsError> {
-    let fh = vfs.open(ino, libc::O_RDONLY)?;
+    let (fh, _) = vfs.open(ino, libc::O_RDONLY)?;
     let mut out = Vec::new();
     let res = loop {
         match vfs.read(fh, out.len() as u64, 64 * 1024) {
@@ -1334,7 +1334,7 @@ fn rollback_is_a_documented_limit() {
     {
         let vfs = fixture_vfs(&root);
         let ino = resolve(&vfs, "records/one.txt").unwrap().ino;
-        let fh = vfs.open(ino, libc::O_WRONLY).unwrap();
+        let (fh, _) = vfs.open(ino, libc::O_WRONLY).unwrap();
         vfs.write(fh, 0, b"new version").unwrap();
         vfs.release(fh);
     }

@@ -155,6 +155,39 @@ impl Meta {
     pub fn ctime(&self) -> SystemTime {
         time(self.0.st_ctime, self.0.st_ctime_nsec)
     }
+    /// What identifies these contents of a file: any change of them moves
+    /// the change time (or replaces the inode).
+    pub fn stamp(&self) -> Stamp {
+        Stamp {
+            dev: self.0.st_dev,
+            ino: self.0.st_ino,
+            size: self.0.st_size,
+            mtime: (self.0.st_mtime, self.0.st_mtime_nsec),
+            ctime: (self.0.st_ctime, self.0.st_ctime_nsec),
+        }
+    }
+}
+
+/// A backing file's identity and change times at one moment ([`Meta::stamp`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: i64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    /// Whether a later change is bound to move the change time: the file
+    /// system stamps changes with a coarse clock (a tick of a few ms), so a
+    /// change within the tick of the last one could keep its time. Changes
+    /// older than a second are settled.
+    pub fn settled(&self, now: SystemTime) -> bool {
+        let changed = time(self.ctime.0, self.ctime.1);
+        now.duration_since(changed)
+            .is_ok_and(|age| age >= std::time::Duration::from_secs(1))
+    }
 }
 
 /// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`.

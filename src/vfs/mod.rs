@@ -290,6 +290,9 @@ impl OpenFile {
 /// Directory descriptors [`Vfs`] keeps open for walks (the cache is emptied
 /// when full).
 const DIR_FDS_HELD: usize = 64;
+/// Files whose last open is remembered for warm re-reads; all are
+/// forgotten when full (the next open of each then reads from the store).
+const MAX_STAMPS: usize = 65536;
 
 /// Session state of the engine (see docs/SESSIONS.md).
 const OPEN: u8 = 0;
@@ -339,6 +342,11 @@ pub struct Vfs {
     inodes: Mutex<Inodes>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     open_files: Mutex<HashMap<Ino, Weak<OpenFile>>>,
+    /// The backing file as the last open of each file saw it, if its change
+    /// time was settled then: an open that finds the same may keep the
+    /// kernel's cached pages (warm re-reads); a write through this mount
+    /// drops the entry.
+    stamps: Mutex<HashMap<Ino, at::Stamp>>,
     next_fh: AtomicU64,
     next_virtual_ino: AtomicU64,
     owner: Caller,
@@ -411,6 +419,7 @@ impl Vfs {
             inodes: Mutex::new(inodes),
             handles: Mutex::new(HashMap::new()),
             open_files: Mutex::new(HashMap::new()),
+            stamps: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             next_virtual_ino: AtomicU64::new(1 << 62),
             owner,
@@ -992,6 +1001,7 @@ impl Vfs {
             } = &*h
             {
                 if let Some(size) = s.size {
+                    self.forget_stamp(ino);
                     state
                         .with(true, |c| content::truncate(file, c, size))
                         .map_err(|e| content_err(path, e))?;
@@ -1007,6 +1017,7 @@ impl Vfs {
         }
         let (loc, group, plain) = self.locate(ino)?;
         if let Some(size) = s.size {
+            self.forget_stamp(ino);
             let file = at::open_file(&loc.dir, &loc.name, OFlag::O_RDWR, 0)?;
             let state = self.open_state(ino, &file, &group, &plain)?;
             state
@@ -1477,8 +1488,10 @@ impl Vfs {
         Ok(state)
     }
 
-    /// Opens file `ino`; returns a handle.
-    pub fn open(&self, ino: Ino, flags: i32) -> Result<u64> {
+    /// Opens file `ino`; returns a handle, and whether the kernel's cached
+    /// pages of the file are still its contents (nothing changed it since
+    /// the last open through this mount saw it settled).
+    pub fn open(&self, ino: Ino, flags: i32) -> Result<(u64, bool)> {
         self.gate(false)?;
         let (loc, group, plain) = self.locate(ino)?;
         let acc = flags & libc::O_ACCMODE;
@@ -1493,21 +1506,48 @@ impl Vfs {
             OFlag::O_RDWR
         };
         let file = at::open_file(&loc.dir, &loc.name, mode, 0).map_err(not_found)?;
-        if !at::fstat(&file)?.is_file() {
+        let md = at::fstat(&file)?;
+        if !md.is_file() {
             return Err(VfsError::Invalid("not a regular file"));
         }
         let state = self.open_state(ino, &file, &group, &plain)?;
-        if flags & libc::O_TRUNC != 0 && acc != libc::O_RDONLY {
+        let keep = if flags & libc::O_TRUNC != 0 && acc != libc::O_RDONLY {
+            self.forget_stamp(ino);
             state
                 .with(true, |c| content::truncate(&file, c, 0))
                 .map_err(|e| content_err(&plain, e))?;
-        }
-        Ok(self.add_handle(Handle::File {
+            false
+        } else {
+            self.check_stamp(ino, md.stamp())
+        };
+        let fh = self.add_handle(Handle::File {
             file,
             state,
             path: plain,
             ino,
-        }))
+        });
+        Ok((fh, keep))
+    }
+
+    /// Whether `stamp` is what the last open of `ino` saw; keeps it for the
+    /// next open if it is settled.
+    fn check_stamp(&self, ino: Ino, stamp: at::Stamp) -> bool {
+        let mut stamps = lock(&self.stamps);
+        let keep = stamps.get(&ino) == Some(&stamp);
+        if stamp.settled(SystemTime::now()) {
+            if stamps.len() >= MAX_STAMPS {
+                stamps.clear();
+            }
+            stamps.insert(ino, stamp);
+        } else {
+            stamps.remove(&ino);
+        }
+        keep
+    }
+
+    /// This mount changes `ino`: its next open drops the cached pages.
+    fn forget_stamp(&self, ino: Ino) {
+        lock(&self.stamps).remove(&ino);
     }
 
     /// Checks `access(2)` rights (`mask` of R_OK/W_OK/X_OK) of the mounting
@@ -1531,11 +1571,17 @@ impl Vfs {
     ) -> Result<T> {
         let h = self.handle(fh)?;
         let Handle::File {
-            file, state, path, ..
+            file,
+            state,
+            path,
+            ino,
         } = &*h
         else {
             return Err(VfsError::BadHandle);
         };
+        if exclusive {
+            self.forget_stamp(*ino);
+        }
         state
             .with(exclusive, |c| f(file, c))
             .map_err(|e| content_err(path, e))
@@ -2063,7 +2109,7 @@ mod tests {
         // what was written back while locking.
         vfs.set_keyring(s.unlock(&admin).unwrap());
         eacces(vfs.read(fh, 0, 100));
-        let fh2 = vfs.open(f.ino, libc::O_RDONLY).unwrap();
+        let (fh2, _) = vfs.open(f.ino, libc::O_RDONLY).unwrap();
         assert_eq!(vfs.read(fh2, 0, 100).unwrap(), b"secret more");
         vfs.release(fh);
         vfs.release(fh2);
