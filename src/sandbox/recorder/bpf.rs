@@ -353,12 +353,13 @@ fn run(
         .map_err(map_err("setting up the counters"))?;
     let (spec, mut profile, failed) = start.spec(child_filter(arch));
     profile.recorder = Some(Recorder::Bpf.to_string());
-    // New path records, drained while the tree runs and once at its end.
-    let records = std::cell::RefCell::new(Vec::<Vec<u8>>::new());
+    // New path records, drained and resolved while the tree runs (tresor
+    // is idle then) and once more at its end.
+    let sink = std::cell::RefCell::new(PathSink::new(maps, arch));
     let mut builder = libbpf_rs::RingBufferBuilder::new();
     builder
         .add(&maps.sent, |r: &[u8]| {
-            records.borrow_mut().push(r.to_vec());
+            sink.borrow_mut().take(r);
             0
         })
         .map_err(map_err("opening the path buffer"))?;
@@ -414,7 +415,7 @@ fn run(
     tracing::debug!("the tree has ended; reading the maps");
     ring.consume().map_err(map_err("reading the path buffer"))?;
     drop(ring);
-    collect(maps, &records.into_inner(), arch, opts.mode, &mut profile)?;
+    collect(maps, sink.into_inner(), arch, opts.mode, &mut profile)?;
     tracer::conclude(&mut profile, &end, root_end.as_ref());
     Ok(Outcome { profile, end })
 }
@@ -563,9 +564,85 @@ impl Waiter<'_, '_> {
 }
 
 /// The profile from the maps.
+/// Path records turned into the profile's paths as they arrive.
+struct PathSink<'a, 'obj> {
+    maps: &'a skel::ProfileMaps<'obj>,
+    actions: Vec<Action>,
+    /// Absolute paths of the directories relative paths were based on.
+    dirs: BTreeMap<(u64, u64), Option<Vec<u8>>>,
+    received: usize,
+    unresolved: u64,
+    paths: Vec<(String, Access, bool)>,
+    execs: Vec<String>,
+}
+
+impl<'a, 'obj> PathSink<'a, 'obj> {
+    fn new(maps: &'a skel::ProfileMaps<'obj>, arch: Arch) -> Self {
+        PathSink {
+            maps,
+            actions: action_table(arch),
+            dirs: BTreeMap::new(),
+            received: 0,
+            unresolved: 0,
+            paths: Vec::new(),
+            execs: Vec::new(),
+        }
+    }
+
+    /// One record: `struct path_key` up to its path's NUL.
+    fn take(&mut self, k: &[u8]) {
+        self.received += 1;
+        if k.len() < PATH_HEADER {
+            return;
+        }
+        let (mnt, dentry, flags) = (u64_at(k, 0), u64_at(k, 8), u64_at(k, 16));
+        let nr = u32_at(k, 24);
+        let status = u16_at(k, 30);
+        let raw = cstr_at(&k[PATH_HEADER..k.len().min(PATH_HEADER + RAW_LEN)]);
+        if status & S_TRUNCATED != 0 || raw.is_empty() {
+            return; // counted in ST_TRUNCATED
+        }
+        let full = if raw[0] == b'/' {
+            raw.to_vec()
+        } else if status & S_DIR_UNKNOWN != 0 {
+            self.unresolved += 1;
+            return;
+        } else {
+            let maps = self.maps;
+            let dir = self
+                .dirs
+                .entry((mnt, dentry))
+                .or_insert_with(|| dir_path(maps, mnt, dentry));
+            let Some(dir) = dir else {
+                self.unresolved += 1;
+                return;
+            };
+            let mut f = dir.clone();
+            f.push(b'/');
+            f.extend_from_slice(raw);
+            f
+        };
+        let path = normalize(&full);
+        if status & S_EXEC != 0 {
+            self.execs.push(path);
+            return;
+        }
+        let Some(Action::Paths(_, rule)) = self.actions.get(nr as usize) else {
+            return;
+        };
+        let flags = if status & S_HOW_FAILED != 0 {
+            None
+        } else {
+            Some(flags)
+        };
+        let (access, is_dir) = access_of(*rule, flags);
+        self.paths.push((path, access, is_dir));
+    }
+}
+
 fn collect(
     maps: &skel::ProfileMaps<'_>,
-    records: &[Vec<u8>],
+    sink: PathSink<'_, '_>,
     arch: Arch,
     mode: Mode,
     p: &mut Profile,
@@ -667,59 +744,14 @@ fn collect(
         }
         let _ = ArgKind::Plain;
     }
-    // Directories of relative paths.
-    let mut dirs: BTreeMap<(u64, u64), Option<Vec<u8>>> = BTreeMap::new();
-    let mut unresolved = 0u64;
     tracing::debug!(
         "in-kernel recorder: {} distinct path arguments",
-        records.len()
+        sink.received
     );
-    let mut exec_paths = Vec::new();
-    for k in records {
-        if k.len() < PATH_HEADER {
-            continue;
-        }
-        let (mnt, dentry, flags) = (u64_at(k, 0), u64_at(k, 8), u64_at(k, 16));
-        let nr = u32_at(k, 24);
-        let status = u16_at(k, 30);
-        let raw = cstr_at(&k[PATH_HEADER..k.len().min(PATH_HEADER + RAW_LEN)]);
-        if status & S_TRUNCATED != 0 || raw.is_empty() {
-            continue; // counted in ST_TRUNCATED
-        }
-        let full = if raw[0] == b'/' {
-            raw.to_vec()
-        } else if status & S_DIR_UNKNOWN != 0 {
-            unresolved += 1;
-            continue;
-        } else {
-            let dir = dirs
-                .entry((mnt, dentry))
-                .or_insert_with(|| dir_path(maps, mnt, dentry));
-            let Some(dir) = dir else {
-                unresolved += 1;
-                continue;
-            };
-            let mut f = dir.clone();
-            f.push(b'/');
-            f.extend_from_slice(raw);
-            f
-        };
-        let path = normalize(&full);
-        if status & S_EXEC != 0 {
-            exec_paths.push(path);
-            continue;
-        }
-        let Some(Action::Paths(_, rule)) = actions.get(nr as usize) else {
-            continue;
-        };
-        let flags = if status & S_HOW_FAILED != 0 {
-            None
-        } else {
-            Some(flags)
-        };
-        let (access, is_dir) = access_of(*rule, flags);
-        p.add_path(&path, access, is_dir);
+    for (path, access, is_dir) in &sink.paths {
+        p.add_path(path, *access, *is_dir);
     }
+    let (exec_paths, unresolved) = (sink.execs, sink.unresolved);
     for path in exec_paths {
         p.add_path(&path, Access::R.union(Access::X), false);
         for mapped in kernel_opened(&path) {
