@@ -13,6 +13,8 @@
 #         KEEP=1         keep the work directory (it is always unmounted)
 # Needs root for `echo 3 > /proc/sys/vm/drop_caches` (without it, caches are
 # only synced and the read rows are cache-warm: a warning is printed).
+# Rows: write, cold read, untar, ls -lR, md5sum (cold), md5sum again (warm:
+# caches kept), rm -rf; with each driver's peak RSS per phase.
 # Quick run: SIZE_MB=64 NFILES=500 RUNS=1 SKIP_CRYPTO=1 tools/bench-fs.sh
 set -euo pipefail
 
@@ -145,20 +147,51 @@ ph_read() { dd if="$1/big" of=/dev/null bs=1M status=none; }
 ph_untar() { tar -C "$1" -xf "$TAR" && sync; }
 ph_ls() { ls -lR "$1/tree" >/dev/null; }
 ph_md5() { find "$1/tree" -type f -print0 | xargs -0 md5sum >/dev/null; }
+# The same again right after, caches kept: a warm re-read of unchanged files.
+ph_md5warm() { ph_md5 "$1"; }
 ph_rm() { rm -rf "$1/tree" && sync; }
-PHASES=(write read untar ls md5 rm)
+PHASES=(write read untar ls md5 md5warm rm)
+WARM=(md5warm) # phases timed without dropping the caches first
 
 SAMPLES=$WORK/samples
 : >"$SAMPLES"
 now_ns() { date +%s%N; }
 timed() { # phase fs dir
     local t0 t1
-    drop_caches
+    [[ " ${WARM[*]} " == *" $1 "* ]] || drop_caches
     t0=$(now_ns)
     "ph_$1" "$3" || die "phase $1 failed on $2"
     t1=$(now_ns)
     echo "$1 $2 $(((t1 - t0) / 1000))" >>"$SAMPLES" # microseconds
 }
+
+# ---- the drivers' memory: peak RSS (VmHWM) per phase, reset before each ----
+RSS=$WORK/rss
+: >"$RSS"
+driver_pid() {
+    case $1 in
+        tresor) pgrep -f -- "mount $WORK/tresor-store $TMNT" | head -1 ;;
+        gocryptfs) pgrep -f -- "gocryptfs.*$GMNT" | head -1 ;;
+    esac
+}
+TPID=$(driver_pid tresor); GPID=$(driver_pid gocryptfs)
+[[ -n $TPID && -n $GPID ]] || die "cannot find the drivers' processes (tresor '$TPID', gocryptfs '$GPID')"
+pid_of() { case $1 in tresor) echo "$TPID" ;; gocryptfs) echo "$GPID" ;; esac; }
+rss_reset() { [[ $1 == plain ]] || echo 5 >"/proc/$(pid_of "$1")/clear_refs"; }
+rss_note() { # phase fs run
+    [[ $2 == plain ]] && return
+    local kb
+    kb=$(awk '/^VmHWM:/ { print $2 }' "/proc/$(pid_of "$2")/status")
+    echo "$1 $2 $3 $kb" >>"$RSS"
+}
+# Does the peak grow with the file size? A 64 MiB write first, for comparison.
+for fs in tresor gocryptfs; do
+    d=$(dir_of "$fs")
+    rss_reset "$fs"
+    dd if=/dev/zero of="$d/small64" bs=1M count=64 conv=fsync status=none || die "64 MiB write on $fs"
+    rss_note write64 "$fs" 0
+    rm -f "$d/small64"
+done
 
 for ((run = 1; run <= RUNS; run++)); do
     for fs in "${FSES[@]}"; do
@@ -169,7 +202,9 @@ for ((run = 1; run <= RUNS; run++)); do
                 got=$(cd "$d" && find tree -type f -print0 | sort -z | xargs -0 md5sum | md5sum)
                 [[ $got == "$EXPECT" ]] || die "$fs returned wrong file contents"
             }
+            rss_reset "$fs"
             timed "$ph" "$fs" "$d"
+            rss_note "$ph" "$fs" "$run"
             [[ $ph == read ]] && rm -f "$d/big"
         done
     done
@@ -206,6 +241,7 @@ label() {
         untar) echo "untar $NFILES files + sync" ;;
         ls) echo "ls -lR ($NFILES files)" ;;
         md5) echo "md5sum all $NFILES files" ;;
+        md5warm) echo "md5sum all again (warm: caches kept)" ;;
         rm) echo "rm -rf tree + sync" ;;
     esac
 }
@@ -225,15 +261,29 @@ echo "machine: $(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /p
     "$(gocryptfs -version | head -1 | cut -d';' -f1), tresor threads ${TRESOR_THREADS:-default}"
 echo "median of $RUNS run(s); caches dropped before every phase: $([[ $CAN_DROP == 1 ]] && echo yes || echo NO)"
 echo
-echo "| row | plain | gocryptfs | tresor | tresor/gocryptfs |"
-echo "|---|---:|---:|---:|---:|"
+echo "| row | plain | gocryptfs | tresor | tresor/gocryptfs | tresor/plain |"
+echo "|---|---:|---:|---:|---:|---:|"
 for ph in "${PHASES[@]}"; do
     p=$(median "$ph" plain); g=$(median "$ph" gocryptfs); t=$(median "$ph" tresor)
     ratio=$(awk -v t="$t" -v g="$g" 'BEGIN { printf "%.2f", t / g }')
-    echo "| $(label "$ph") | $(cell "$ph" "$p") | $(cell "$ph" "$g") | $(cell "$ph" "$t") | $ratio |"
+    rplain=$(awk -v t="$t" -v p="$p" 'BEGIN { printf "%.1f×", t / p }')
+    echo "| $(label "$ph") | $(cell "$ph" "$p") | $(cell "$ph" "$g") | $(cell "$ph" "$t") | $ratio | $rplain |"
 done
 echo
 echo "ratio = time(tresor) / time(gocryptfs): < 1.0 means tresor is faster."
+echo
+echo "Peak RSS of the drivers (VmHWM, MiB; reset before each phase; runs separated by /):"
+echo
+echo "| phase | gocryptfs | tresor |"
+echo "|---|---|---|"
+for ph in write64 "${PHASES[@]}"; do
+    row=""
+    for fs in gocryptfs tresor; do
+        row+=" | $(awk -v p="$ph" -v f="$fs" '$1 == p && $2 == f { printf "%s%.0f", sep, $4 / 1024; sep = " / " }' "$RSS")"
+    done
+    name=$( [[ $ph == write64 ]] && echo "write 64 MiB (before the runs)" || label "$ph")
+    echo "| $name$row |"
+done
 if [[ -n $RAW_MIBS ]]; then
     tr_read=$(median read tresor)
     awk -v raw="$RAW_MIBS" -v us="$tr_read" -v mb="$SIZE_MB" 'BEGIN {
