@@ -422,23 +422,32 @@ fn read_blocks(
             "block {missing} is missing: the file was cut"
         )));
     }
+    // Each block is opened straight into its place in `out`: no copy of
+    // the plaintext after the cipher.
+    let base = out.len();
+    out.resize(base + ((last - first + 1) * B) as usize, 0);
     for idx in first..=last {
         let at = ((idx - first) * CT_BLOCK_SIZE) as usize;
-        let sealed = &mut buf[at..at + CT_BLOCK_SIZE as usize];
+        let sealed = &buf[at..at + CT_BLOCK_SIZE as usize];
+        let dst = base + ((idx - first) * B) as usize;
+        let dst = &mut out[dst..dst + B as usize];
         if let Some(p) = staged.get(&idx) {
             // The new version of a block whose overwrite a crash cut off.
-            out.extend_from_slice(p);
+            dst.copy_from_slice(p);
             continue;
         }
         if sparse && all_zero(sealed) {
-            // A hole (format 2, flag "sparse"): reads as zeros.
-            out.resize(out.len() + B as usize, 0);
+            // A hole (format 2, flag "sparse"): reads as zeros (as resized).
             continue;
         }
-        c.aead
-            .open_in_place(&block_aad(c.id(), idx), sealed)
-            .map_err(|_| corrupt(format!("block {idx} failed authentication")))?;
-        out.extend_from_slice(&sealed[NONCE_LEN..NONCE_LEN + B as usize]);
+        if c.aead
+            .open_to(&block_aad(c.id(), idx), sealed, dst)
+            .is_err()
+        {
+            // Nothing opened so far leaves with the error.
+            out.truncate(base);
+            return Err(corrupt(format!("block {idx} failed authentication")));
+        }
     }
     Ok(())
 }
@@ -470,15 +479,20 @@ pub(super) fn read_at(
     }
     let end = size.min(off.saturating_add(len as u64));
     let kb = full_blocks(size) * B;
-    let mut out = Vec::with_capacity((end - off) as usize);
+    let mut out = Vec::new();
     if off < kb {
         let bend = end.min(kb);
         let first = off / B;
         let last = (bend - 1) / B;
-        let mut plain = Vec::with_capacity(((last - first + 1) * B) as usize);
-        read_blocks(file, c, (sparse, &staged), first, last, &mut plain)?;
+        out.reserve(((last - first + 1) * B) as usize + tail_part.len());
+        read_blocks(file, c, (sparse, &staged), first, last, &mut out)?;
+        // Opened whole blocks; keep [off, bend). A block-aligned read (the
+        // kernel's readahead, `dd bs=1M`) moves nothing here.
         let skip = (off - first * B) as usize;
-        out.extend_from_slice(&plain[skip..skip + (bend - off) as usize]);
+        out.truncate(skip + (bend - off) as usize);
+        if skip > 0 {
+            out.drain(..skip);
+        }
     }
     out.extend_from_slice(&tail_part);
     Ok(out)
