@@ -21,7 +21,10 @@ fn aeads(c: &mut Criterion) {
         let a = siv11::Aes256GcmSiv::new(&KEY.into());
         let n = siv11::Nonce::from_slice(&NONCE);
         g.bench_function("siv0.11/seal", |b| {
-            b.iter(|| a.encrypt_in_place_detached(n, black_box(&AAD), &mut buf).unwrap())
+            b.iter(|| {
+                a.encrypt_in_place_detached(n, black_box(&AAD), &mut buf)
+                    .unwrap()
+            })
         });
         let mut ct = vec![0x5au8; B];
         let tag = a.encrypt_in_place_detached(n, &AAD, &mut ct).unwrap();
@@ -29,7 +32,8 @@ fn aeads(c: &mut Criterion) {
         g.bench_function("siv0.11/open(copy+in-place)", |b| {
             b.iter(|| {
                 out.copy_from_slice(&ct);
-                a.decrypt_in_place_detached(n, black_box(&AAD), &mut out, &tag).unwrap()
+                a.decrypt_in_place_detached(n, black_box(&AAD), &mut out, &tag)
+                    .unwrap()
             })
         });
     }
@@ -39,21 +43,28 @@ fn aeads(c: &mut Criterion) {
         let a = siv12::Aes256GcmSiv::new(&KEY.into());
         let n = siv12::Nonce::from(NONCE);
         g.bench_function("siv0.12/seal", |b| {
-            b.iter(|| a.encrypt_inout_detached(&n, black_box(&AAD), buf.as_mut_slice().into()).unwrap())
+            b.iter(|| {
+                a.encrypt_inout_detached(&n, black_box(&AAD), buf.as_mut_slice().into())
+                    .unwrap()
+            })
         });
         let mut ct = vec![0x5au8; B];
-        let tag = a.encrypt_inout_detached(&n, &AAD, ct.as_mut_slice().into()).unwrap();
+        let tag = a
+            .encrypt_inout_detached(&n, &AAD, ct.as_mut_slice().into())
+            .unwrap();
         let mut out = vec![0u8; B];
         g.bench_function("siv0.12/open(copy+in-place)", |b| {
             b.iter(|| {
                 out.copy_from_slice(&ct);
-                a.decrypt_inout_detached(&n, black_box(&AAD), out.as_mut_slice().into(), &tag).unwrap()
+                a.decrypt_inout_detached(&n, black_box(&AAD), out.as_mut_slice().into(), &tag)
+                    .unwrap()
             })
         });
         g.bench_function("siv0.12/open(out-of-place)", |b| {
             b.iter(|| {
                 let io = siv12::aead::inout::InOutBuf::new(&ct, &mut out).unwrap();
-                a.decrypt_inout_detached(&n, black_box(&AAD), io, &tag).unwrap()
+                a.decrypt_inout_detached(&n, black_box(&AAD), io, &tag)
+                    .unwrap()
             })
         });
     }
@@ -73,16 +84,24 @@ fn aeads(c: &mut Criterion) {
         });
         let mut ct = vec![0x5au8; B];
         let tag = k
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(NONCE), Aad::from(&AAD), &mut ct)
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(NONCE),
+                Aad::from(&AAD),
+                &mut ct,
+            )
             .unwrap();
         ct.extend_from_slice(tag.as_ref());
         let mut out = vec![0u8; B + 16];
         g.bench_function("aws-lc-rs/open(copy+in-place)", |b| {
             b.iter(|| {
                 out.copy_from_slice(&ct);
-                k.open_in_place(Nonce::assume_unique_for_key(NONCE), Aad::from(black_box(&AAD)), &mut out)
-                    .unwrap()
-                    .len()
+                k.open_in_place(
+                    Nonce::assume_unique_for_key(NONCE),
+                    Aad::from(black_box(&AAD)),
+                    &mut out,
+                )
+                .unwrap()
+                .len()
             })
         });
     }
