@@ -486,9 +486,10 @@ fn open_range(
 
 /// Blocks from which one request's blocks are sealed or opened on two
 /// threads (the request's and one more, for its duration): a 1 MiB request
-/// is 256 blocks, ~0.6 ms of cipher work on one core against ~20 us to
-/// start a thread. The kernel sends one write at a time and reads ahead
-/// only a window or two, so without this the second core idles.
+/// is 256 blocks, ~0.6 ms of cipher work on one core, against the tens of
+/// microseconds a thread takes to start. The kernel sends one write at a
+/// time and reads ahead only a window or two, so without this the second
+/// core idles (docs/PERFORMANCE.md, "Issue 19: the cipher and streaming").
 const PAR_BLOCKS: u64 = 64;
 
 /// Runs `f(a, b, output)` over blocks `a..b` = `first..end`, where
