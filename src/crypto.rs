@@ -3,7 +3,8 @@
 //! Every secret lives in a type that zeroizes itself when dropped. Nothing
 //! here knows about files or paths; callers pass associated data as bytes.
 
-use aes_gcm_siv::aead::{AeadInPlace, KeyInit};
+use aes_gcm_siv::aead::inout::InOutBuf;
+use aes_gcm_siv::aead::{AeadInOut, KeyInit};
 use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
 use hkdf::Hkdf;
 use rand::rngs::OsRng;
@@ -138,19 +139,9 @@ impl Aead {
         out: &mut Vec<u8>,
     ) {
         out.clear();
-        out.reserve(NONCE_LEN + plaintext.len() + TAG_LEN);
-        out.extend_from_slice(nonce);
-        out.extend_from_slice(plaintext);
-        let tag = self.cipher.encrypt_in_place_detached(
-            Nonce::from_slice(nonce),
-            aad,
-            &mut out[NONCE_LEN..],
-        );
-        match tag {
-            Ok(tag) => out.extend_from_slice(&tag),
-            // Only reachable for inputs over 2^36 bytes, which no caller produces.
-            Err(_) => out.clear(),
-        }
+        out.resize(NONCE_LEN + plaintext.len() + TAG_LEN, 0);
+        out[..NONCE_LEN].copy_from_slice(nonce);
+        self.seal_after_nonce(aad, plaintext, out);
     }
 
     /// Seals `plaintext` into `out[.. NONCE_LEN + len + TAG_LEN]` with a fresh
@@ -158,19 +149,29 @@ impl Aead {
     /// `out` must be at least that long.
     pub fn seal_to_slice(&self, aad: &[u8], plaintext: &[u8], out: &mut [u8]) -> usize {
         let n = NONCE_LEN + plaintext.len() + TAG_LEN;
-        let (nonce, rest) = out[..n].split_at_mut(NONCE_LEN);
-        random_bytes(nonce);
+        random_bytes(&mut out[..NONCE_LEN]);
+        self.seal_after_nonce(aad, plaintext, &mut out[..n]);
+        n
+    }
+
+    /// Encrypts `plaintext` straight into `out` (exactly `nonce || room for
+    /// the ciphertext || room for the tag`, the nonce already in place):
+    /// one pass from the caller's buffer, no copy of the plaintext first.
+    fn seal_after_nonce(&self, aad: &[u8], plaintext: &[u8], out: &mut [u8]) {
+        let (nonce, rest) = out.split_at_mut(NONCE_LEN);
         let (ct, tag_out) = rest.split_at_mut(plaintext.len());
-        ct.copy_from_slice(plaintext);
-        match self
-            .cipher
-            .encrypt_in_place_detached(Nonce::from_slice(nonce), aad, ct)
-        {
+        let sealed = Nonce::try_from(&*nonce)
+            .map_err(|_| aes_gcm_siv::Error)
+            .and_then(|nonce| {
+                let buf = InOutBuf::new(plaintext, ct).map_err(|_| aes_gcm_siv::Error)?;
+                self.cipher.encrypt_inout_detached(&nonce, aad, buf)
+            });
+        match sealed {
             Ok(tag) => tag_out.copy_from_slice(&tag),
-            // Unreachable below 2^36 bytes; fail closed with a tag that never verifies.
+            // Unreachable below 2^36 bytes (and the lengths match by
+            // construction); fail closed with a tag that never verifies.
             Err(_) => tag_out.fill(0),
         }
-        n
     }
 
     /// Seals and returns a new vector.
@@ -180,26 +181,49 @@ impl Aead {
         out
     }
 
+    /// Splits `nonce || ciphertext || tag` into its three parts.
+    fn parts(sealed: &[u8]) -> Result<(Nonce, &[u8], Tag), CryptoError> {
+        if sealed.len() < NONCE_LEN + TAG_LEN {
+            return Err(CryptoError::Short);
+        }
+        let (nonce, rest) = sealed.split_at(NONCE_LEN);
+        let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let nonce = Nonce::try_from(nonce).map_err(|_| CryptoError::Short)?;
+        let tag = Tag::try_from(tag).map_err(|_| CryptoError::Short)?;
+        Ok((nonce, ct, tag))
+    }
+
     /// Opens `nonce || ciphertext || tag` in place; on success the plaintext
     /// is `sealed[NONCE_LEN .. len - TAG_LEN]` and its length is returned.
     /// On failure the buffer holds garbage, never plaintext the caller could use.
     pub fn open_in_place(&self, aad: &[u8], sealed: &mut [u8]) -> Result<usize, CryptoError> {
-        if sealed.len() < NONCE_LEN + TAG_LEN {
-            return Err(CryptoError::Short);
-        }
-        let (nonce, rest) = sealed.split_at_mut(NONCE_LEN);
-        let (ct, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
+        let (nonce, _, tag) = Self::parts(sealed)?;
+        let end = sealed.len() - TAG_LEN;
+        let ct = &mut sealed[NONCE_LEN..end];
         self.cipher
-            .decrypt_in_place_detached(Nonce::from_slice(nonce), aad, ct, Tag::from_slice(tag))
+            .decrypt_inout_detached(&nonce, aad, ct.into(), &tag)
+            .map_err(|_| CryptoError::Auth)?;
+        Ok(ct.len())
+    }
+
+    /// Opens `nonce || ciphertext || tag` straight into `out[.. len]` (one
+    /// pass, the sealed bytes untouched) and returns the plaintext length.
+    /// `out` must be at least that long. On failure `out[.. len]` holds the
+    /// ciphertext again, never plaintext the caller could use.
+    pub fn open_to(&self, aad: &[u8], sealed: &[u8], out: &mut [u8]) -> Result<usize, CryptoError> {
+        let (nonce, ct, tag) = Self::parts(sealed)?;
+        let out = out.get_mut(..ct.len()).ok_or(CryptoError::Short)?;
+        let buf = InOutBuf::new(ct, out).map_err(|_| CryptoError::Short)?;
+        self.cipher
+            .decrypt_inout_detached(&nonce, aad, buf, &tag)
             .map_err(|_| CryptoError::Auth)?;
         Ok(ct.len())
     }
 
     /// Opens a sealed message into a new vector.
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let mut buf = sealed.to_vec();
-        let n = self.open_in_place(aad, &mut buf)?;
-        buf.copy_within(NONCE_LEN..NONCE_LEN + n, 0);
+        let mut buf = vec![0u8; sealed.len().saturating_sub(NONCE_LEN + TAG_LEN)];
+        let n = self.open_to(aad, sealed, &mut buf)?;
         buf.truncate(n);
         Ok(buf)
     }
@@ -618,11 +642,93 @@ mod tests {
             ),
         ];
         for (aad, pt, want) in cases {
+            let (aad, pt) = (unhex(aad), unhex(pt));
             let mut out = Vec::new();
-            aead.seal_with_nonce_into(&nonce, &unhex(aad), &unhex(pt), &mut out);
+            aead.seal_with_nonce_into(&nonce, &aad, &pt, &mut out);
             assert_eq!(&out[..NONCE_LEN], &nonce);
-            assert_eq!(hex::encode(&out[NONCE_LEN..]), want, "pt {pt}");
-            assert_eq!(aead.open(&unhex(aad), &out).unwrap(), unhex(pt));
+            assert_eq!(hex::encode(&out[NONCE_LEN..]), want, "pt {pt:?}");
+            // Every opening entry point of the hot path.
+            assert_eq!(aead.open(&aad, &out).unwrap(), pt);
+            let mut to = vec![0xEEu8; pt.len()];
+            assert_eq!(aead.open_to(&aad, &out, &mut to).unwrap(), pt.len());
+            assert_eq!(to, pt);
+            let mut inplace = out.clone();
+            let n = aead.open_in_place(&aad, &mut inplace).unwrap();
+            assert_eq!(&inplace[NONCE_LEN..NONCE_LEN + n], &pt[..]);
+        }
+    }
+
+    /// The reference implementation the hot path is held to (the
+    /// `aes-gcm-siv` 0.11 crate, as a dev-dependency).
+    fn reference_seal(
+        key: &[u8; KEY_LEN],
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        pt: &[u8],
+    ) -> Vec<u8> {
+        use aes_gcm_siv_ref::aead::{AeadInPlace, KeyInit};
+        let c = aes_gcm_siv_ref::Aes256GcmSiv::new(key.into());
+        let mut buf = pt.to_vec();
+        let tag = c
+            .encrypt_in_place_detached(aes_gcm_siv_ref::Nonce::from_slice(nonce), aad, &mut buf)
+            .unwrap();
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&buf);
+        out.extend_from_slice(&tag);
+        out
+    }
+
+    fn reference_open(key: &[u8; KEY_LEN], aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        use aes_gcm_siv_ref::aead::{Aead as _, KeyInit, Payload};
+        let c = aes_gcm_siv_ref::Aes256GcmSiv::new(key.into());
+        let (nonce, msg) = sealed.split_at(NONCE_LEN);
+        c.decrypt(
+            aes_gcm_siv_ref::Nonce::from_slice(nonce),
+            Payload { msg, aad },
+        )
+        .ok()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        /// Same bytes as the reference for random keys, nonces, associated
+        /// data and plaintexts (lengths around the 16- and 64-byte strides of
+        /// CTR and four-block POLYVAL, and the store's 4 KiB block), and each
+        /// opens the other's; a flipped bit fails in both.
+        #[test]
+        fn hot_path_equals_reference(
+            key in proptest::prelude::any::<[u8; KEY_LEN]>(),
+            nonce in proptest::prelude::any::<[u8; NONCE_LEN]>(),
+            aad in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..100),
+            pt in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4200),
+            flip in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let aead = Aead::new(&SecretKey::from_bytes(key));
+            let want = reference_seal(&key, &nonce, &aad, &pt);
+            let mut got = Vec::new();
+            aead.seal_with_nonce_into(&nonce, &aad, &pt, &mut got);
+            proptest::prop_assert_eq!(&got, &want);
+            // A random nonce: seal_to_slice's bytes open in the reference.
+            let mut slice = vec![0u8; NONCE_LEN + pt.len() + TAG_LEN + 3];
+            let n = aead.seal_to_slice(&aad, &pt, &mut slice);
+            proptest::prop_assert_eq!(n, NONCE_LEN + pt.len() + TAG_LEN);
+            proptest::prop_assert_eq!(reference_open(&key, &aad, &slice[..n]), Some(pt.clone()));
+            // The reference's bytes open through each hot-path entry point.
+            proptest::prop_assert_eq!(aead.open(&aad, &want).unwrap(), pt.clone());
+            let mut to = vec![0u8; pt.len()];
+            aead.open_to(&aad, &want, &mut to).unwrap();
+            proptest::prop_assert_eq!(&to, &pt);
+            let mut inplace = want.clone();
+            aead.open_in_place(&aad, &mut inplace).unwrap();
+            proptest::prop_assert_eq!(&inplace[NONCE_LEN..NONCE_LEN + pt.len()], &pt[..]);
+            // Tampering is refused by both, and open_to leaves no plaintext.
+            let mut bad = want.clone();
+            bad[flip.index(want.len())] ^= 0x10;
+            proptest::prop_assert!(reference_open(&key, &aad, &bad).is_none());
+            proptest::prop_assert!(matches!(aead.open(&aad, &bad), Err(CryptoError::Auth)));
+            let mut to = vec![0u8; pt.len()];
+            proptest::prop_assert!(aead.open_to(&aad, &bad, &mut to).is_err());
+            proptest::prop_assert!(pt.is_empty() || to != pt);
         }
     }
 

@@ -317,13 +317,14 @@ fn copy_tree(from: &Path, to: &Path) {
 // ---------------------------------------------------------------------------
 
 /// docs/FORMAT.md, implemented again from the document with the raw crates
-/// (base64, sha2, hkdf, aes-gcm-siv, argon2, rsa) and none of tresor's own
+/// (base64, sha2, hkdf, aes-gcm-siv 0.11 — the reference, not the 0.12
+/// tresor runs —, argon2, rsa) and none of tresor's own
 /// code: the PSE opened by §7, envelopes unwrapped by §4, every key derived
 /// by §2 from its spelled-out HKDF info string, names by §6, contents by §5.
 /// If tresor and this module disagree, one of them departs from the spec.
 mod spec {
-    use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
-    use aes_gcm_siv::{Aes256GcmSiv, Nonce};
+    use aes_gcm_siv_ref::aead::{Aead, KeyInit, Payload};
+    use aes_gcm_siv_ref::{Aes256GcmSiv, Nonce};
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine;
     use rsa::pkcs8::DecodePrivateKey;

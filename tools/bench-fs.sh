@@ -10,6 +10,9 @@
 #         TRESOR_BIN=…   use this binary instead of `cargo build --release`
 #         TRESOR_THREADS=N  pass --threads N to `tresor mount` (default: tresor's)
 #         SKIP_CRYPTO=1  do not run the criterion AES-GCM-SIV measurement
+#         SKIP_STREAM=1  do not run the CPU-bound streaming rows afterwards
+#                        (tools/bench-stream.sh: backing stores on a tmpfs,
+#                        STREAM_MB=1024 STREAM_BASE=/dev/shm; runs alone too)
 #         KEEP=1         keep the work directory (it is always unmounted)
 # Needs root for `echo 3 > /proc/sys/vm/drop_caches` (without it, caches are
 # only synced and the read rows are cache-warm: a warning is printed).
@@ -299,3 +302,8 @@ echo '```'
 cat "$SAMPLES"
 echo '```'
 echo "</details>"
+
+# ---- CPU-bound streaming (issue 19): its own mounts, backing stores on a tmpfs ----
+if [[ ${SKIP_STREAM:-0} != 1 ]]; then
+    TRESOR_BIN=$BIN RUNS=$RUNS "$REPO/tools/bench-stream.sh" || die "tools/bench-stream.sh failed"
+fi

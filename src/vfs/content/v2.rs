@@ -17,7 +17,7 @@
 //!    its new version is staged past the data and a record counts it
 //!    (FORMAT.md §5b.5).
 
-use super::{read_full, ContentError, FileCipher};
+use super::{read_full, with_ct_scratch, ContentError, FileCipher};
 use crate::crypto::NONCE_LEN;
 use crate::format::content::v2::{
     block_aad, block_offset, ciphertext_size, dirty_len, full_blocks, plaintext_size, slot_offset,
@@ -414,33 +414,118 @@ fn read_blocks(
     last: u64,
     out: &mut Vec<u8>,
 ) -> Result<(), ContentError> {
-    let mut buf = vec![0u8; ((last - first + 1) * CT_BLOCK_SIZE) as usize];
-    let n = read_full(file, &mut buf, block_offset(first))?;
+    let len = ((last - first + 1) * CT_BLOCK_SIZE) as usize;
+    with_ct_scratch(len, |buf| {
+        open_blocks(file, c, (sparse, staged), first, last, buf, out)
+    })
+}
+
+fn open_blocks(
+    file: &File,
+    c: &FileCipher,
+    (sparse, staged): (bool, &BTreeMap<u64, Zeroizing<Vec<u8>>>),
+    first: u64,
+    last: u64,
+    buf: &mut [u8],
+    out: &mut Vec<u8>,
+) -> Result<(), ContentError> {
+    let n = read_full(file, buf, block_offset(first))?;
     if n != buf.len() {
         let missing = first + (n as u64) / CT_BLOCK_SIZE;
         return Err(corrupt(format!(
             "block {missing} is missing: the file was cut"
         )));
     }
-    for idx in first..=last {
-        let at = ((idx - first) * CT_BLOCK_SIZE) as usize;
-        let sealed = &mut buf[at..at + CT_BLOCK_SIZE as usize];
+    // Each block is opened straight into its place in `out`: no copy of
+    // the plaintext after the cipher; a long run on two threads.
+    let base = out.len();
+    out.resize(base + ((last - first + 1) * B) as usize, 0);
+    let buf = &*buf;
+    let r = two_halves(first, last + 1, &mut out[base..], |a, b, dst| {
+        let sealed =
+            &buf[((a - first) * CT_BLOCK_SIZE) as usize..((b - first) * CT_BLOCK_SIZE) as usize];
+        open_range(c, (sparse, staged), a, sealed, dst)
+    });
+    if let Err(idx) = r {
+        // Nothing opened leaves with the error.
+        out.truncate(base);
+        return Err(corrupt(format!("block {idx} failed authentication")));
+    }
+    Ok(())
+}
+
+/// Opens the blocks from `first` whose ciphertext is `buf` (whole sealed
+/// blocks) into `out` (whole plaintext blocks); the index of a block that
+/// fails authentication is the error.
+fn open_range(
+    c: &FileCipher,
+    (sparse, staged): (bool, &BTreeMap<u64, Zeroizing<Vec<u8>>>),
+    first: u64,
+    buf: &[u8],
+    out: &mut [u8],
+) -> Result<(), u64> {
+    let blocks = buf
+        .chunks_exact(CT_BLOCK_SIZE as usize)
+        .zip(out.chunks_exact_mut(B as usize));
+    for (idx, (sealed, dst)) in (first..).zip(blocks) {
         if let Some(p) = staged.get(&idx) {
             // The new version of a block whose overwrite a crash cut off.
-            out.extend_from_slice(p);
+            dst.copy_from_slice(p);
             continue;
         }
         if sparse && all_zero(sealed) {
-            // A hole (format 2, flag "sparse"): reads as zeros.
-            out.resize(out.len() + B as usize, 0);
+            // A hole (format 2, flag "sparse"): reads as zeros (as resized).
             continue;
         }
         c.aead
-            .open_in_place(&block_aad(c.id(), idx), sealed)
-            .map_err(|_| corrupt(format!("block {idx} failed authentication")))?;
-        out.extend_from_slice(&sealed[NONCE_LEN..NONCE_LEN + B as usize]);
+            .open_to(&block_aad(c.id(), idx), sealed, dst)
+            .map_err(|_| idx)?;
     }
     Ok(())
+}
+
+/// Blocks from which one request's blocks are sealed or opened on two
+/// threads (the request's and one more, for its duration): a 1 MiB request
+/// is 256 blocks, ~0.6 ms of cipher work on one core, against the tens of
+/// microseconds a thread takes to start. The kernel sends one write at a
+/// time and reads ahead only a window or two, so without this the second
+/// core idles (docs/PERFORMANCE.md, "Issue 19: the cipher and streaming").
+const PAR_BLOCKS: u64 = 64;
+
+/// Runs `f(a, b, output)` over blocks `a..b` = `first..end`, where
+/// `output` holds the same number of bytes for every block; at
+/// `PAR_BLOCKS` blocks or more the upper half runs on a second thread.
+fn two_halves<E, F>(first: u64, end: u64, output: &mut [u8], f: F) -> Result<(), E>
+where
+    E: Send,
+    F: Fn(u64, u64, &mut [u8]) -> Result<(), E> + Sync,
+{
+    let n = end - first;
+    if n < PAR_BLOCKS {
+        return f(first, end, output);
+    }
+    let mid = first + n / 2;
+    let (lo, hi) = output.split_at_mut(output.len() / n as usize * (n / 2) as usize);
+    // The upper half goes to whichever thread takes it: the new one, or
+    // this one if no thread could be started (a limit on threads).
+    let hi = std::sync::Mutex::new(Some(hi));
+    let run_hi = || match hi.lock().map(|mut g| g.take()) {
+        Ok(Some(hi)) => f(mid, end, hi),
+        // Taken already (not reachable: exactly one thread runs this).
+        _ => Ok(()),
+    };
+    std::thread::scope(|s| {
+        let spawned = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn_scoped(s, run_hi);
+        let r = f(first, mid, lo);
+        let r_hi = match spawned {
+            // A panic in the cipher is a bug; carry it on as one.
+            Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            Err(_) => run_hi(),
+        };
+        r.and(r_hi)
+    })
 }
 
 /// Reads up to `len` bytes at `off`.
@@ -470,15 +555,20 @@ pub(super) fn read_at(
     }
     let end = size.min(off.saturating_add(len as u64));
     let kb = full_blocks(size) * B;
-    let mut out = Vec::with_capacity((end - off) as usize);
+    let mut out = Vec::new();
     if off < kb {
         let bend = end.min(kb);
         let first = off / B;
         let last = (bend - 1) / B;
-        let mut plain = Vec::with_capacity(((last - first + 1) * B) as usize);
-        read_blocks(file, c, (sparse, &staged), first, last, &mut plain)?;
+        out.reserve(((last - first + 1) * B) as usize + tail_part.len());
+        read_blocks(file, c, (sparse, &staged), first, last, &mut out)?;
+        // Opened whole blocks; keep [off, bend). A block-aligned read (the
+        // kernel's readahead, `dd bs=1M`) moves nothing here.
         let skip = (off - first * B) as usize;
-        out.extend_from_slice(&plain[skip..skip + (bend - off) as usize]);
+        out.truncate(skip + (bend - off) as usize);
+        if skip > 0 {
+            out.drain(..skip);
+        }
     }
     out.extend_from_slice(&tail_part);
     Ok(out)
@@ -563,12 +653,12 @@ fn seal_blocks(
     rec: &Record,
     (first, end): (u64, u64),
     (off, data): (u64, &[u8]),
-    out: &mut Vec<u8>,
+    out: &mut [u8],
 ) -> Result<(), ContentError> {
     let k_old = full_blocks(rec.size());
     let data_end = off + data.len() as u64;
     let mut plain = Zeroizing::new(vec![0u8; B as usize]);
-    out.resize(((end - first) * CT_BLOCK_SIZE) as usize, 0);
+    debug_assert_eq!(out.len(), ((end - first) * CT_BLOCK_SIZE) as usize);
     for idx in first..end {
         let bstart = idx * B;
         let at = ((idx - first) * CT_BLOCK_SIZE) as usize;
@@ -681,13 +771,19 @@ fn update(
     if k_new - k_old > written_after_old_end {
         flags |= FLAG_SPARSE;
     }
-    let mut sealed = Vec::new();
     for &(first, end) in &fresh {
         let mut chunk = first;
         while chunk < end {
             let chunk_end = end.min(chunk + CHUNK_BLOCKS);
-            seal_blocks(file, c, rec, (chunk, chunk_end), (off, data), &mut sealed)?;
-            super::pwrite(file, &sealed, block_offset(chunk))?;
+            let len = ((chunk_end - chunk) * CT_BLOCK_SIZE) as usize;
+            let rec = &*rec;
+            with_ct_scratch(len, |sealed| -> Result<(), ContentError> {
+                two_halves(chunk, chunk_end, sealed, |a, b, out| {
+                    seal_blocks(file, c, rec, (a, b), (off, data), out)
+                })?;
+                super::pwrite(file, sealed, block_offset(chunk))?;
+                Ok(())
+            })?;
             chunk = chunk_end;
         }
     }
@@ -696,7 +792,7 @@ fn update(
     if staged_n > 0 {
         let mut entries = Vec::with_capacity((staged_n * STAGED_ENTRY_LEN) as usize);
         for &(first, end) in &in_place {
-            let mut blocks = Vec::new();
+            let mut blocks = vec![0u8; ((end - first) * CT_BLOCK_SIZE) as usize];
             seal_blocks(file, c, rec, (first, end), (off, data), &mut blocks)?;
             for (i, b) in blocks.chunks_exact(CT_BLOCK_SIZE as usize).enumerate() {
                 entries.extend_from_slice(&(first + i as u64).to_be_bytes());
