@@ -219,6 +219,7 @@ pub fn profile(
     }
     let r = run(&skel, program, args, opts, announce);
     tracing::debug!("in-kernel recorder: profile built");
+    log_run_times();
     drop(skel);
     tracing::debug!("in-kernel recorder detached");
     Ok(r)
@@ -265,6 +266,35 @@ fn load<'obj>(
         .and_then(attach)?;
     tracing::debug!("in-kernel recorder loaded and attached (whole kernel BTF)");
     Ok(s)
+}
+
+/// With `sysctl kernel.bpf_stats_enabled=1`, the debug log gets each
+/// program's runs and time in the kernel (for measuring the recorder).
+fn log_run_times() {
+    if !tracing::enabled!(tracing::Level::DEBUG)
+        || !std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+            .is_ok_and(|v| v.trim() == "1")
+    {
+        return;
+    }
+    let Ok(fds) = std::fs::read_dir("/proc/self/fdinfo") else {
+        return;
+    };
+    for fd in fds.flatten() {
+        let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
+        let field = |k: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_string())
+        };
+        if let (Some(tag), Some(ns), Some(n)) = (
+            field("prog_tag:"),
+            field("run_time_ns:"),
+            field("run_cnt:"),
+        ) {
+            tracing::debug!("in-kernel recorder: program {tag}: {n} runs, {ns} ns");
+        }
+    }
 }
 
 /// The minimal BTF in a memory file, and the path libbpf opens it by.
