@@ -58,7 +58,6 @@ const ST_THREADS: u32 = 1;
 const ST_LIVE: u32 = 2;
 const ST_LOST_TASKS: u32 = 3;
 const ST_LOST_ARGS: u32 = 4;
-const ST_LOST_PATHS: u32 = 5;
 const ST_LOST_DIRS: u32 = 6;
 const ST_READ_FAILED: u32 = 7;
 const ST_TRUNCATED: u32 = 8;
@@ -287,11 +286,9 @@ fn log_run_times() {
                 .find_map(|l| l.strip_prefix(k))
                 .map(|v| v.trim().to_string())
         };
-        if let (Some(tag), Some(ns), Some(n)) = (
-            field("prog_tag:"),
-            field("run_time_ns:"),
-            field("run_cnt:"),
-        ) {
+        if let (Some(tag), Some(ns), Some(n)) =
+            (field("prog_tag:"), field("run_time_ns:"), field("run_cnt:"))
+        {
             tracing::debug!("in-kernel recorder: program {tag}: {n} runs, {ns} ns");
         }
     }
@@ -731,7 +728,6 @@ fn collect(
     };
     note_lost(ST_LOST_TASKS, "new processes not followed (task map full)");
     note_lost(ST_LOST_ARGS, "argument values not recorded (map full)");
-    note_lost(ST_LOST_PATHS, "paths not recorded (map full)");
     note_lost(
         ST_LOST_SENT,
         "paths not recorded (their buffer was full: more than 1 MB of new paths within 20 ms)",

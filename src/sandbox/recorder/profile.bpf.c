@@ -37,7 +37,6 @@ enum {
 	BPF_MAP_TYPE_RINGBUF = 27,
 };
 enum { BPF_ANY = 0, BPF_NOEXIST = 1 };
-#define EEXIST 17
 #define BPF_F_NO_PREALLOC 1
 
 struct bpf_raw_tracepoint_args {
@@ -216,7 +215,7 @@ enum {
 	ST_LIVE,            // tasks alive (set to 1 for the root by user space)
 	ST_LOST_TASKS,      // a new process did not fit into `tracked`
 	ST_LOST_ARGS,       // an argument tuple did not fit into `args`
-	ST_LOST_PATHS,      // a path's hash did not fit into `seen`
+	ST_LOST_PATHS,      // unused (paths are never dropped for want of room in `seen`)
 	ST_LOST_DIRS,       // a directory did not fit into `dirs`
 	ST_READ_FAILED,     // a path argument could not be read
 	ST_TRUNCATED,       // a path argument was cut at RAW_LEN - 1 bytes
@@ -250,6 +249,13 @@ __u64 counts[NR_SLOTS + 1];  // calls by number (NR_SLOTS: beyond)
 __u64 foreign[NR_SLOTS + 1]; // calls through the 32-bit ABI (x86_64's int 0x80)
 __s64 retries;                // entries waiting in `retry`
 __u64 seed;                   // of the path hashes, random per run (set by tresor)
+// Hashes of the path records sent, an open-addressing table (0: free):
+// claimed with a compare-and-swap, no allocation, no lock. A record whose
+// hash finds no free slot within SEEN_PROBES is sent again (tresor drops
+// the duplicate), so a full table costs buffer space, never a path.
+#define SEEN_SLOTS 65536
+#define SEEN_PROBES 8
+__u64 seen[SEEN_SLOTS];
 
 // Read by tresor while the tree runs (the live-task count): a map.
 struct {
@@ -267,14 +273,6 @@ struct {
 	__type(value, __u8);
 } args SEC(".maps");
 
-// Hashes of the path records sent: each is sent once.
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, __u64);
-	__type(value, __u8);
-} seen SEC(".maps");
 
 // New path records for tresor, which drains it every 20 ms and at the end
 // (room for ~10,000 records between two drains; 1 MB is allocated at load).
@@ -552,23 +550,30 @@ __noinline int send_once(struct path_key *k)
 {
 	if (!k)
 		return 0;
-	__u64 h = record_hash(k);
-	if (bpf_map_lookup_elem(&seen, &h))
-		return 0;
-	__u8 one = 1;
-	long r = bpf_map_update_elem(&seen, &h, &one, BPF_NOEXIST);
-	if (r == -EEXIST)
-		return 0; // another CPU sent it just now
-	if (r != 0) {
-		stat_add(ST_LOST_PATHS, 1);
-		return 0;
+	__u64 h = record_hash(k) | 1; // never 0, the free mark
+	__u32 slot = SEEN_SLOTS; // none claimed
+	for (__u32 i = 0; i < SEEN_PROBES; i++) {
+		__u32 at = (__u32)(h + i) & (SEEN_SLOTS - 1);
+		__u64 cur = seen[at];
+		if (cur == h)
+			return 0; // sent before
+		if (cur != 0)
+			continue;
+		__u64 old = __sync_val_compare_and_swap(&seen[at], 0, h);
+		if (old == h)
+			return 0; // another CPU sent it just now
+		if (old == 0) {
+			slot = at;
+			break;
+		}
 	}
 	__u32 len = k->len;
 	if (len > RAW_LEN)
 		len = RAW_LEN;
 	if (bpf_ringbuf_output(&sent, k, PATH_HEADER + len, BPF_RB_NO_WAKEUP) != 0) {
 		stat_add(ST_LOST_SENT, 1);
-		bpf_map_delete_elem(&seen, &h); // a later call may send it
+		if (slot < SEEN_SLOTS) // a later call may send it
+			__sync_val_compare_and_swap(&seen[slot], h, 0);
 	}
 	return 0;
 }
