@@ -56,48 +56,9 @@ fi
 
 # ---- work area and cleanup ----
 WORK=$(mktemp -d "$BASE/tresor-bench.XXXXXX") || die "cannot create a work directory under $BASE"
-TMNT=$WORK/tresor-mnt
-GMNT=$WORK/gocryptfs-mnt
-cleanup() {
-    local rc=$?
-    set +e
-    for m in "$TMNT" "$GMNT"; do
-        if mountpoint -q "$m" 2>/dev/null; then
-            fusermount3 -u "$m" 2>/dev/null || { sleep 1; fusermount3 -u "$m" 2>/dev/null; } \
-                || fusermount3 -uz "$m" 2>/dev/null || log "could not unmount $m"
-        fi
-    done
-    if [[ ${KEEP:-0} == 1 ]]; then
-        log "kept $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM HUP
-
-PASS=$WORK/passphrase
-printf 'bench-passphrase-%s\n' "$RANDOM$RANDOM" >"$PASS"
-chmod 600 "$PASS"
-mkdir -p "$TMNT" "$GMNT" "$WORK/plain" "$WORK/gocryptfs-cipher"
-
-log "setting up tresor (kdf 8 MiB)"
-"$BIN" init "$WORK/tresor-store" --pse "$WORK/admin.pse" --passphrase-file "$PASS" \
-    --kdf-memory-mib 8 >/dev/null
-"$BIN" datagroup add "$WORK/tresor-store" bench --pse "$WORK/admin.pse" \
-    --passphrase-file "$PASS" >/dev/null
-MOUNT_ARGS=()
-[[ -n ${TRESOR_THREADS:-} ]] && MOUNT_ARGS+=(--threads "$TRESOR_THREADS")
-"$BIN" mount "$WORK/tresor-store" "$TMNT" --pse "$WORK/admin.pse" --passphrase-file "$PASS" \
-    --log "$WORK/tresor.log" "${MOUNT_ARGS[@]}" >/dev/null
-mountpoint -q "$TMNT" || die "tresor did not mount on $TMNT"
-[[ -d $TMNT/bench ]] || die "data group 'bench' not visible in the tresor mount"
-
-log "setting up gocryptfs"
-gocryptfs -q -init -extpass "cat $PASS" "$WORK/gocryptfs-cipher" >/dev/null
-gocryptfs -q -extpass "cat $PASS" "$WORK/gocryptfs-cipher" "$GMNT"
-mountpoint -q "$GMNT" || die "gocryptfs did not mount on $GMNT"
+# shellcheck source=tools/bench-mounts.sh
+source "$REPO/tools/bench-mounts.sh"
+bench_mount
 
 dir_of() {
     case $1 in

@@ -1,0 +1,50 @@
+# Shared by tools/bench-fs.sh and tools/bench-stream.sh (sourced, not run):
+# a tresor store and a gocryptfs filesystem in $WORK, mounted on $TMNT and
+# $GMNT with one passphrase, a plain directory $WORK/plain beside them, and
+# the EXIT trap that unmounts both (KEEP=1 keeps $WORK).
+# Needs: WORK, BIN (the tresor binary), and die/log from the caller;
+# TRESOR_THREADS=N passes --threads N to `tresor mount`.
+
+TMNT=$WORK/tresor-mnt
+GMNT=$WORK/gocryptfs-mnt
+
+bench_cleanup() {
+    local rc=$?
+    set +e
+    for m in "$TMNT" "$GMNT"; do
+        if mountpoint -q "$m" 2>/dev/null; then
+            fusermount3 -u "$m" 2>/dev/null || { sleep 1; fusermount3 -u "$m" 2>/dev/null; } \
+                || fusermount3 -uz "$m" 2>/dev/null || log "could not unmount $m"
+        fi
+    done
+    if [[ ${KEEP:-0} == 1 ]]; then
+        log "kept $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap bench_cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+# Sets up and mounts both (tresor with an 8 MiB KDF: the unlock is not measured).
+bench_mount() {
+    PASS=$WORK/passphrase
+    printf 'bench-passphrase-%s\n' "$RANDOM$RANDOM" >"$PASS"
+    chmod 600 "$PASS"
+    mkdir -p "$TMNT" "$GMNT" "$WORK/plain" "$WORK/gocryptfs-cipher"
+    log "setting up tresor (kdf 8 MiB) and gocryptfs in $WORK"
+    "$BIN" init "$WORK/tresor-store" --pse "$WORK/admin.pse" --passphrase-file "$PASS" \
+        --kdf-memory-mib 8 >/dev/null
+    "$BIN" datagroup add "$WORK/tresor-store" bench --pse "$WORK/admin.pse" \
+        --passphrase-file "$PASS" >/dev/null
+    local args=()
+    [[ -n ${TRESOR_THREADS:-} ]] && args+=(--threads "$TRESOR_THREADS")
+    "$BIN" mount "$WORK/tresor-store" "$TMNT" --pse "$WORK/admin.pse" --passphrase-file "$PASS" \
+        --log "$WORK/tresor.log" "${args[@]}" >/dev/null
+    mountpoint -q "$TMNT" || die "tresor did not mount on $TMNT"
+    [[ -d $TMNT/bench ]] || die "data group 'bench' not visible in the tresor mount"
+    gocryptfs -q -init -extpass "cat $PASS" "$WORK/gocryptfs-cipher" >/dev/null
+    gocryptfs -q -extpass "cat $PASS" "$WORK/gocryptfs-cipher" "$GMNT"
+    mountpoint -q "$GMNT" || die "gocryptfs did not mount on $GMNT"
+}
