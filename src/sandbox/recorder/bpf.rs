@@ -204,7 +204,16 @@ pub fn profile(
     }
     let prev = libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, quiet_libbpf)));
     let (mut first, mut second) = (MaybeUninit::uninit(), MaybeUninit::uninit());
-    let loaded = load(&mut first, &mut second);
+    // The program's hash and the view are made on a second thread while
+    // the kernel verifies the programs on this one: both take milliseconds.
+    let (loaded, start) = std::thread::scope(|s| {
+        let start = s.spawn(|| Start::new(program, args, opts));
+        let loaded = load(&mut first, &mut second, tracked_entries(opts.max_tasks));
+        let start = start
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (loaded, start)
+    });
     libbpf_rs::set_print(prev);
     let mut skel = loaded.map_err(|e| {
         Unavailable(format!(
@@ -216,7 +225,7 @@ pub fn profile(
         crate::crypto::random_bytes(&mut seed);
         bss.seed = u64::from_ne_bytes(seed);
     }
-    let r = run(&skel, program, args, opts, announce);
+    let r = start.and_then(|start| run(&skel, start, opts, announce));
     tracing::debug!("in-kernel recorder: profile built");
     log_run_times();
     drop(skel);
@@ -230,8 +239,10 @@ pub fn profile(
 fn load<'obj>(
     first: &'obj mut MaybeUninit<libbpf_rs::OpenObject>,
     second: &'obj mut MaybeUninit<libbpf_rs::OpenObject>,
+    tracked: u32,
 ) -> Result<skel::ProfileSkel<'obj>, libbpf_rs::Error> {
     let attach = |mut open: skel::OpenProfileSkel<'obj>| {
+        open.maps.tracked.set_max_entries(tracked)?;
         fault::path_buffer(&mut open)?;
         open.load().and_then(|mut s| s.attach().map(|()| s))
     };
@@ -265,6 +276,16 @@ fn load<'obj>(
         .and_then(attach)?;
     tracing::debug!("in-kernel recorder loaded and attached (whole kernel BTF)");
     Ok(s)
+}
+
+/// Room in `tracked` (one entry per live process of the tree): the task
+/// limit is checked on tresor's tick, so a fork bomb may overshoot it in
+/// between — twice the limit, at least 1,024. The kernel sets up every
+/// bucket at load (0.8 ms for the 65,536 it was).
+fn tracked_entries(max_tasks: usize) -> u32 {
+    u32::try_from(max_tasks.saturating_mul(2))
+        .unwrap_or(u32::MAX)
+        .clamp(1024, 1 << 20)
 }
 
 /// With `sysctl kernel.bpf_stats_enabled=1`, the debug log gets each
@@ -355,13 +376,11 @@ mod fault {
 
 fn run(
     skel: &skel::ProfileSkel<'_>,
-    program: &OsStr,
-    args: &[OsString],
+    start: Start,
     opts: &TraceOptions,
     announce: &dyn Fn(),
 ) -> Result<Outcome, TraceError> {
     let maps = &skel.maps;
-    let start = Start::new(program, args, opts)?;
     announce();
     let arch = start.arch;
     if opts.mode != Mode::Syscalls {

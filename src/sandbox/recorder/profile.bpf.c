@@ -50,12 +50,12 @@ struct bpf_raw_tracepoint_args {
 struct pt_regs {
 	unsigned long di, si, dx, r10, r8, r9;
 } PAI;
-#define ARG0(r) BPF_CORE_READ(r, di)
-#define ARG1(r) BPF_CORE_READ(r, si)
-#define ARG2(r) BPF_CORE_READ(r, dx)
-#define ARG3(r) BPF_CORE_READ(r, r10)
-#define ARG4(r) BPF_CORE_READ(r, r8)
-#define ARG5(r) BPF_CORE_READ(r, r9)
+// The six argument registers lie within the 64 bytes from r10 to di
+// (read at once); REG_INDEXES: each one's word in them, in ABI order.
+#define REGS_FIRST r10
+#define REG_AT(f) ((int)((bpf_core_field_offset(struct pt_regs, f) - \
+			  bpf_core_field_offset(struct pt_regs, REGS_FIRST)) >> 3))
+#define REG_INDEXES { REG_AT(di), REG_AT(si), REG_AT(dx), REG_AT(r10), REG_AT(r8), REG_AT(r9) }
 #elif defined(__TARGET_ARCH_arm64)
 struct user_pt_regs {
 	__u64 regs[31];
@@ -64,12 +64,10 @@ struct pt_regs {
 	struct user_pt_regs user_regs;
 	__u64 orig_x0;
 } PAI;
-#define ARG0(r) BPF_CORE_READ(r, orig_x0)
-#define ARG1(r) BPF_CORE_READ(r, user_regs.regs[1])
-#define ARG2(r) BPF_CORE_READ(r, user_regs.regs[2])
-#define ARG3(r) BPF_CORE_READ(r, user_regs.regs[3])
-#define ARG4(r) BPF_CORE_READ(r, user_regs.regs[4])
-#define ARG5(r) BPF_CORE_READ(r, user_regs.regs[5])
+// x1..x5 from regs[0..7] (read at once); the first argument is orig_x0
+// (x0 holds the return value by the time a retry reads it).
+#define REGS_FIRST user_regs.regs[0]
+#define REG_INDEXES { -1, 1, 2, 3, 4, 5 }
 #else
 #error "tresor's recorder supports x86_64 and aarch64"
 #endif
@@ -227,8 +225,8 @@ enum {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC); // nothing to allocate at load
+	__uint(max_entries, 65536); // sized to the task limit by tresor
+	__uint(map_flags, BPF_F_NO_PREALLOC); // no entries allocated at load
 	__type(key, __u32);   // tgid
 	__type(value, __u32); // T_*
 } tracked SEC(".maps");
@@ -331,17 +329,28 @@ static __always_inline void stat_add(__u32 which, __s64 n)
 		__sync_fetch_and_add(v, n);
 }
 
-static __always_inline __u64 reg(struct pt_regs *r, __u8 i)
+// A call's six argument registers, in one read (a CO-RE read per
+// register was a helper call each). A register outside the 64 bytes (a
+// kernel whose pt_regs is laid out otherwise) reads as 0 and is counted:
+// the profile is then marked incomplete.
+static __always_inline void read_call(struct pt_regs *r, struct call *c)
 {
-	switch (i) {
-	case 0: return ARG0(r);
-	case 1: return ARG1(r);
-	case 2: return ARG2(r);
-	case 3: return ARG3(r);
-	case 4: return ARG4(r);
-	case 5: return ARG5(r);
+	__u64 w[8] = {};
+	const int at[6] = REG_INDEXES;
+	bpf_probe_read_kernel(w, sizeof(w),
+			      (void *)r + bpf_core_field_offset(struct pt_regs, REGS_FIRST));
+	for (int i = 0; i < 6; i++) {
+		int j = at[i];
+		if (j >= 0 && j < 8)
+			c->a[i] = w[j];
+#if defined(__TARGET_ARCH_x86)
+		else
+			stat_add(ST_READ_FAILED, 1);
+#endif
 	}
-	return 0;
+#if defined(__TARGET_ARCH_arm64)
+	c->a[0] = BPF_CORE_READ(r, orig_x0);
+#endif
 }
 
 static __always_inline struct mount *real_mount(struct vfsmount *m)
@@ -545,43 +554,60 @@ static __always_inline __u64 record_hash(struct path_key *k)
 	return x.h;
 }
 
+struct probe {
+	__u64 h;
+	__u32 slot; // claimed, SEEN_SLOTS: none
+	bool sent;  // sent before (by this or another CPU)
+};
+
+// One probe of the sent set (bpf_loop callback: verified once).
+static long probe_step(__u64 i, void *ctx)
+{
+	struct probe *p = ctx;
+	__u32 at = (__u32)(p->h + i) & (SEEN_SLOTS - 1);
+	__u64 cur = seen[at];
+	if (cur == p->h) {
+		p->sent = true;
+		return 1;
+	}
+	if (cur != 0)
+		return 0;
+	__u64 old = __sync_val_compare_and_swap(&seen[at], 0, p->h);
+	if (old == p->h) {
+		p->sent = true; // another CPU sent it just now
+		return 1;
+	}
+	if (old == 0) {
+		p->slot = at;
+		return 1;
+	}
+	return 0;
+}
+
 // Sends a record the first time its hash is seen.
 __noinline int send_once(struct path_key *k)
 {
 	if (!k)
 		return 0;
-	__u64 h = record_hash(k) | 1; // never 0, the free mark
-	__u32 slot = SEEN_SLOTS; // none claimed
-	for (__u32 i = 0; i < SEEN_PROBES; i++) {
-		__u32 at = (__u32)(h + i) & (SEEN_SLOTS - 1);
-		__u64 cur = seen[at];
-		if (cur == h)
-			return 0; // sent before
-		if (cur != 0)
-			continue;
-		__u64 old = __sync_val_compare_and_swap(&seen[at], 0, h);
-		if (old == h)
-			return 0; // another CPU sent it just now
-		if (old == 0) {
-			slot = at;
-			break;
-		}
-	}
+	struct probe p = { .h = record_hash(k) | 1, .slot = SEEN_SLOTS }; // never 0, the free mark
+	bpf_loop(SEEN_PROBES, probe_step, &p, 0);
+	if (p.sent)
+		return 0;
 	__u32 len = k->len;
 	if (len > RAW_LEN)
 		len = RAW_LEN;
 	if (bpf_ringbuf_output(&sent, k, PATH_HEADER + len, BPF_RB_NO_WAKEUP) != 0) {
 		stat_add(ST_LOST_SENT, 1);
-		if (slot < SEEN_SLOTS) // a later call may send it
-			__sync_val_compare_and_swap(&seen[slot], h, 0);
+		if (p.slot < SEEN_SLOTS) // a later call may send it
+			__sync_val_compare_and_swap(&seen[p.slot & (SEEN_SLOTS - 1)], p.h, 0);
 	}
 	return 0;
 }
 
-// Records the paths of one call of number `nr` (registers at `regs`);
-// returns how many could not be read. A global function: the verifier
-// checks it once, not once per caller.
-__noinline int record_paths(struct call *c, __u32 nr)
+// Records path argument `slot` of one call of number `nr`; returns 1
+// when it could not be read. A global function: the verifier checks it
+// once, not once per caller and slot.
+__noinline int record_path(struct call *c, __u32 nr, int slot)
 {
 	__u32 zero = 0;
 	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
@@ -589,23 +615,23 @@ __noinline int record_paths(struct call *c, __u32 nr)
 	if (!c || !s || !a)
 		return 0;
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	int failed = 0;
-	for (int i = 0; i < 2; i++) {
-		int r = read_path(task, s, c, nr, a, i);
-		if (r == -2)
-			failed++;
-		if (r != 0)
-			continue;
-		if (a->kind == K_EXEC) {
-			// Recorded at the exec: misses of execvp's $PATH walk are no grants.
-			__u32 tid = (__u32)bpf_get_current_pid_tgid();
-			if (bpf_map_update_elem(&pending, &tid, &s->key, BPF_ANY) != 0)
-				stat_add(ST_LOST_EXECS, 1);
-			continue;
-		}
-		send_once(&s->key);
+	int r = read_path(task, s, c, nr, a, slot);
+	if (r != 0)
+		return r == -2;
+	if (a->kind == K_EXEC) {
+		// Recorded at the exec: misses of execvp's $PATH walk are no grants.
+		__u32 tid = (__u32)bpf_get_current_pid_tgid();
+		if (bpf_map_update_elem(&pending, &tid, &s->key, BPF_ANY) != 0)
+			stat_add(ST_LOST_EXECS, 1);
+		return 0;
 	}
-	return failed;
+	send_once(&s->key);
+	return 0;
+}
+
+static __always_inline int record_paths(struct call *c, __u32 nr)
+{
+	return record_path(c, nr, 0) + record_path(c, nr, 1);
 }
 
 // The thread's previous call left a path unreadable at its entry: read it
@@ -650,13 +676,14 @@ int on_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 	struct action *a = bpf_map_lookup_elem(&actions, &slot);
 	if (!a || a->kind == K_COUNT)
 		return 0;
+	struct retry_val r = { .nr = slot };
+	read_call((struct pt_regs *)ctx->args[0], &r.c);
 	if (a->kind == K_ARGS) {
-		struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
 		struct args_key k = { .nr = slot };
 		if (a->nargs > 0)
-			k.v[0] = reg(regs, a->arg[0]);
+			k.v[0] = arg(&r.c, a->arg[0]);
 		if (a->nargs > 1)
-			k.v[1] = reg(regs, a->arg[1]);
+			k.v[1] = arg(&r.c, a->arg[1]);
 		if (!bpf_map_lookup_elem(&args, &k)) {
 			__u8 one = 1;
 			if (bpf_map_update_elem(&args, &k, &one, BPF_NOEXIST) == -7)
@@ -664,14 +691,6 @@ int on_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 		}
 		return 0;
 	}
-	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
-	struct retry_val r = { .nr = slot };
-	r.c.a[0] = ARG0(regs);
-	r.c.a[1] = ARG1(regs);
-	r.c.a[2] = ARG2(regs);
-	r.c.a[3] = ARG3(regs);
-	r.c.a[4] = ARG4(regs);
-	r.c.a[5] = ARG5(regs);
 	__u8 kind = a->kind;
 	if (record_paths(&r.c, slot) > 0) {
 		__u32 tid = (__u32)pt;
