@@ -576,6 +576,39 @@ fn missing_or_non_executable_program_is_a_clear_error() {
     );
 }
 
+/// The child's set-up (namespaces, view) fails before the program runs —
+/// for the in-kernel recorder while tresor is still loading it: a clear
+/// error and no profile.
+#[test]
+fn a_failed_set_up_is_a_clear_error_with_either_recorder() {
+    require_ptrace!();
+    let mut recorders = vec!["ptrace"];
+    if bpf_ok() {
+        recorders.push("bpf");
+    }
+    for rec in recorders {
+        let dir = tempfile::tempdir().unwrap();
+        let out_path = dir.path().join("p.json");
+        let out = tresor()
+            .env("TRESOR_FAULT_PRELUDE", "1")
+            .args(["profile", "--recorder", rec, "--out"])
+            .arg(&out_path)
+            .args(["--", "/bin/true"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{rec}: {err}");
+        assert!(
+            err.contains("entering the run's namespaces and view failed"),
+            "{rec}: {err}"
+        );
+        assert!(
+            !out_path.exists(),
+            "{rec}: no profile for a run that never started"
+        );
+    }
+}
+
 #[test]
 fn modes_syscalls_and_full() {
     require_ptrace!();

@@ -67,6 +67,9 @@ pub struct ChildSpec {
     /// Run in the child before the filter (namespaces, its view): no
     /// allocation, raw syscalls only.
     prelude: Option<Box<dyn Fn() -> io::Result<()>>>,
+    /// Whether the prelude runs before the handshake (while the parent is
+    /// still busy) instead of after it.
+    prelude_first: bool,
 }
 
 impl ChildSpec {
@@ -82,12 +85,22 @@ impl ChildSpec {
             exec: Execve::new(program, argv, env),
             filter,
             prelude: None,
+            prelude_first: false,
         }
     }
 
     /// Steps the child takes after the handshake, before `no_new_privs`.
     pub fn with_prelude(mut self, prelude: Box<dyn Fn() -> io::Result<()>>) -> Self {
         self.prelude = Some(prelude);
+        self
+    }
+
+    /// The prelude runs at once, before the handshake: for a parent that
+    /// does not trace the child's set-up (the in-kernel recorder starts at
+    /// the exec) and has work of its own meanwhile. A prelude failure then
+    /// shows as a failed [`Child::release`].
+    pub fn prelude_first(mut self) -> Self {
+        self.prelude_first = true;
         self
     }
 }
@@ -142,9 +155,10 @@ pub fn spawn_waiting_child(spec: &ChildSpec) -> io::Result<Child> {
             .map_err(|_| io::Error::other("seccomp filter too long"))?,
         filter: spec.filter.as_ptr() as *mut libc::sock_filter,
     };
-    // SAFETY: tresor is single-threaded when it profiles, and the child
-    // branch only makes async-signal-safe raw syscalls on memory prepared
-    // before the fork, then execs or `_exit`s.
+    // SAFETY: the child branch only makes async-signal-safe raw syscalls on
+    // memory prepared before the fork, then execs or `_exit`s — so a lock
+    // another thread of tresor's held at the fork (the in-kernel
+    // recorder's loader may run meanwhile) cannot block it.
     match unsafe { nix::unistd::fork() }? {
         nix::unistd::ForkResult::Child => {
             child_after_fork(go_r.as_raw_fd(), err_w.as_raw_fd(), spec, &prog)
@@ -175,17 +189,25 @@ fn child_after_fork(go: i32, err: i32, spec: &ChildSpec, prog: &libc::sock_fprog
             libc::_exit(127)
         }
     };
+    let prelude = || {
+        if let Some(prelude) = &spec.prelude {
+            if let Err(e) = prelude() {
+                nix::errno::Errno::set_raw(e.raw_os_error().unwrap_or(libc::EIO));
+                fail(ChildStage::Prelude);
+            }
+        }
+    };
+    if spec.prelude_first {
+        prelude();
+    }
     let mut byte = 0u8;
     // SAFETY: reads one byte into a live stack variable from our pipe fd.
     let n = unsafe { libc::read(go, (&mut byte as *mut u8).cast(), 1) };
     if n != 1 {
         fail(ChildStage::Handshake);
     }
-    if let Some(prelude) = &spec.prelude {
-        if let Err(e) = prelude() {
-            nix::errno::Errno::set_raw(e.raw_os_error().unwrap_or(libc::EIO));
-            fail(ChildStage::Prelude);
-        }
+    if !spec.prelude_first {
+        prelude();
     }
     // SAFETY: plain prctl with integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {

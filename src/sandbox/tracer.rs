@@ -326,6 +326,12 @@ impl Start {
         if let Some(p) = self.prelude {
             spec = spec.with_prelude(Box::new(move || p.enter()));
         }
+        // Debug builds only, for tests: the child's set-up fails as it
+        // would where user namespaces are off.
+        #[cfg(debug_assertions)]
+        if std::env::var_os("TRESOR_FAULT_PRELUDE").is_some() {
+            spec = spec.with_prelude(Box::new(|| Err(io::Error::from_raw_os_error(libc::EPERM))));
+        }
         (
             spec,
             self.profile,

@@ -132,7 +132,7 @@ fn child_filter(arch: Arch) -> Vec<libc::sock_filter> {
     f
 }
 
-/// One syscall's row of the `actions` map (struct action).
+/// One syscall's row of the `actions` table (struct action).
 fn encode(action: &Action) -> Option<[u8; 16]> {
     let mut b = [0u8; 16];
     b[1..5].copy_from_slice(&[NO_ARG; 4]);
@@ -165,6 +165,20 @@ fn encode(action: &Action) -> Option<[u8; 16]> {
         }
     }
     Some(b)
+}
+
+/// An encoded row as the program's `struct action`.
+fn action_row(b: [u8; 16]) -> skel::types::action {
+    skel::types::action {
+        kind: b[0],
+        dirfd: [b[1], b[2]],
+        path: [b[3], b[4]],
+        flags_rule: b[5],
+        flags_arg: b[6],
+        nargs: b[7],
+        arg: [b[8], b[9]],
+        pad: [0; 6],
+    }
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -204,28 +218,49 @@ pub fn profile(
     }
     let prev = libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, quiet_libbpf)));
     let (mut first, mut second) = (MaybeUninit::uninit(), MaybeUninit::uninit());
-    // The program's hash and the view are made on a second thread while
-    // the kernel verifies the programs on this one: both take milliseconds.
-    let (loaded, start) = std::thread::scope(|s| {
-        let start = s.spawn(|| Start::new(program, args, opts));
-        let loaded = load(&mut first, &mut second, tracked_entries(opts.max_tasks));
-        let start = start
+    // The kernel verifies the programs on a second thread while this one
+    // hashes the program, lays out the view and starts the child, which
+    // enters its namespaces and view meanwhile: each takes milliseconds.
+    let tracked = tracked_entries(opts.max_tasks);
+    let (loaded, started) = std::thread::scope(|s| {
+        let loader = s.spawn(|| load(&mut first, &mut second, tracked));
+        let started = start_child(program, args, opts);
+        let loaded = loader
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        (loaded, start)
+        (loaded, started)
     });
     libbpf_rs::set_print(prev);
-    let mut skel = loaded.map_err(|e| {
-        Unavailable(format!(
-            "the kernel refused its BPF programs ({e}); it needs BPF with BTF (CONFIG_DEBUG_INFO_BTF) and raw tracepoints"
-        ))
-    })?;
-    if let Some(bss) = skel.maps.bss_data.as_deref_mut() {
-        let mut seed = [0u8; 8];
-        crate::crypto::random_bytes(&mut seed);
-        bss.seed = u64::from_ne_bytes(seed);
+    let mut skel = match loaded {
+        Ok(skel) => skel,
+        Err(e) => {
+            if let Ok(s) = &started {
+                sys::kill_task(s.child.pid);
+                let _ = sys::wait_pid(s.child.pid);
+            }
+            return Err(Unavailable(format!(
+                "the kernel refused its BPF programs ({e}); it needs BPF with BTF (CONFIG_DEBUG_INFO_BTF) and raw tracepoints"
+            )));
+        }
+    };
+    let Some(bss) = skel.maps.bss_data.as_deref_mut() else {
+        return Err(Unavailable(
+            "the in-kernel recorder's counters could not be mapped".into(),
+        ));
+    };
+    let mut seed = [0u8; 8];
+    crate::crypto::random_bytes(&mut seed);
+    bss.seed = u64::from_ne_bytes(seed);
+    if opts.mode != Mode::Syscalls {
+        if let Some(arch) = Arch::native() {
+            for (row, a) in bss.actions.iter_mut().zip(action_table(arch).iter()) {
+                if let Some(b) = encode(a) {
+                    *row = action_row(b);
+                }
+            }
+        }
     }
-    let r = start.and_then(|start| run(&skel, start, opts, announce));
+    let r = started.and_then(|started| run(&skel, started, opts, announce));
     tracing::debug!("in-kernel recorder: profile built");
     log_run_times();
     drop(skel);
@@ -374,30 +409,56 @@ mod fault {
     }
 }
 
+/// The child, forked and entering its namespaces and view, waiting to
+/// exec the program; the profile begun for it.
+struct Started {
+    child: sys::Child,
+    arch: Arch,
+    profile: Profile,
+    failed: tracer::Failed,
+}
+
+fn start_child(
+    program: &OsStr,
+    args: &[OsString],
+    opts: &TraceOptions,
+) -> Result<Started, TraceError> {
+    let start = Start::new(program, args, opts)?;
+    let arch = start.arch;
+    let (spec, profile, failed) = start.spec(child_filter(arch));
+    let child = sys::spawn_waiting_child(&spec.prelude_first()).map_err(|e| failed.spawn(e))?;
+    Ok(Started {
+        child,
+        arch,
+        profile,
+        failed,
+    })
+}
+
 fn run(
     skel: &skel::ProfileSkel<'_>,
-    start: Start,
+    started: Started,
     opts: &TraceOptions,
     announce: &dyn Fn(),
 ) -> Result<Outcome, TraceError> {
     let maps = &skel.maps;
+    let Started {
+        mut child,
+        arch,
+        mut profile,
+        failed,
+    } = started;
+    let root = child.pid;
+    let give_up = |e: TraceError| {
+        sys::kill_task(root);
+        let _ = sys::wait_pid(root);
+        e
+    };
     announce();
-    let arch = start.arch;
-    if opts.mode != Mode::Syscalls {
-        for (nr, a) in action_table(arch).iter().enumerate() {
-            let Some(row) = encode(a) else { continue };
-            if nr as u32 >= NR_SLOTS {
-                continue;
-            }
-            maps.actions
-                .update(&(nr as u32).to_ne_bytes(), &row, MapFlags::ANY)
-                .map_err(map_err("filling the action table"))?;
-        }
-    }
     maps.stats
         .update(&ST_LIVE.to_ne_bytes(), &1i64.to_ne_bytes(), MapFlags::ANY)
-        .map_err(map_err("setting up the counters"))?;
-    let (spec, mut profile, failed) = start.spec(child_filter(arch));
+        .map_err(map_err("setting up the counters"))
+        .map_err(give_up)?;
     profile.recorder = Some(Recorder::Bpf.to_string());
     // New path records, drained and resolved while the tree runs (tresor
     // is idle then) and once more at its end.
@@ -408,17 +469,18 @@ fn run(
             sink.borrow_mut().take(r);
             0
         })
-        .map_err(map_err("opening the path buffer"))?;
+        .map_err(map_err("opening the path buffer"))
+        .map_err(give_up)?;
     let ring = builder
         .build()
-        .map_err(map_err("opening the path buffer"))?;
+        .map_err(map_err("opening the path buffer"))
+        .map_err(give_up)?;
 
     // Orphans of the tree become tresor's children: waiting until none is
-    // left is waiting for the whole tree.
-    let _subreaper = Subreaper::set()?;
-    let signals = SignalGuard::install()?;
-    let mut child = sys::spawn_waiting_child(&spec).map_err(|e| failed.spawn(e))?;
-    let root = child.pid;
+    // left is waiting for the whole tree (the child forks nothing before
+    // its release).
+    let _subreaper = Subreaper::set().map_err(|e| give_up(e.into()))?;
+    let signals = SignalGuard::install().map_err(|e| give_up(e.into()))?;
     let armed = maps
         .tracked
         .update(
@@ -427,10 +489,13 @@ fn run(
             MapFlags::ANY,
         )
         .map_err(map_err("registering the program"));
-    if let Err(e) = armed.and_then(|()| child.release().map_err(|e| failed.spawn(e))) {
-        sys::kill_task(root);
-        let _ = sys::wait_pid(root);
-        return Err(e);
+    if let Err(e) = armed {
+        return Err(give_up(e));
+    }
+    if let Err(e) = child.release() {
+        // It ended before the handshake: its prelude failed (it says why).
+        let _ = give_up(TraceError::Io(e));
+        return Err(failed.error(&child));
     }
     // A tick for the path buffer, the task limit and the deadline.
     sys::set_timer(Some(Duration::from_millis(20)), Duration::from_millis(20));

@@ -231,12 +231,6 @@ struct {
 	__type(value, __u32); // T_*
 } tracked SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, NR_SLOTS);
-	__type(key, __u32);
-	__type(value, struct action);
-} actions SEC(".maps");
 
 
 
@@ -247,6 +241,9 @@ __u64 counts[NR_SLOTS + 1];  // calls by number (NR_SLOTS: beyond)
 __u64 foreign[NR_SLOTS + 1]; // calls through the 32-bit ABI (x86_64's int 0x80)
 __s64 retries;                // entries waiting in `retry`
 __u64 seed;                   // of the path hashes, random per run (set by tresor)
+// What each syscall needs read, written by tresor through the mmapped
+// section before the tree starts (a map update per row was a syscall).
+struct action actions[NR_SLOTS];
 // Hashes of the path records sent, an open-addressing table (0: free):
 // claimed with a compare-and-swap, no allocation, no lock. A record whose
 // hash finds no free slot within SEEN_PROBES is sent again (tresor drops
@@ -611,9 +608,10 @@ __noinline int record_path(struct call *c, __u32 nr, int slot)
 {
 	__u32 zero = 0;
 	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
-	struct action *a = bpf_map_lookup_elem(&actions, &nr);
-	if (!c || !s || !a)
+	if (!c || !s || nr >= NR_SLOTS)
 		return 0;
+	barrier_var(nr); // keeps the mask below, which the verifier needs
+	struct action *a = &actions[nr & (NR_SLOTS - 1)];
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	int r = read_path(task, s, c, nr, a, slot);
 	if (r != 0)
@@ -664,8 +662,9 @@ int on_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 	__u64 id = ctx->args[1];
 	__u32 slot = id < NR_SLOTS ? (__u32)id : NR_SLOTS;
 #if defined(__TARGET_ARCH_x86)
-	struct task_struct *cur = (struct task_struct *)bpf_get_current_task();
-	if (BPF_CORE_READ(cur, thread_info.status) & TS_COMPAT) {
+	// A typed pointer: the field is loaded directly, not by a helper.
+	struct task_struct *cur = bpf_get_current_task_btf();
+	if (cur->thread_info.status & TS_COMPAT) {
 		__sync_fetch_and_add(&foreign[slot], 1);
 		return 0;
 	}
@@ -673,8 +672,8 @@ int on_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 	__sync_fetch_and_add(&counts[slot], 1);
 	if (slot == NR_SLOTS)
 		return 0;
-	struct action *a = bpf_map_lookup_elem(&actions, &slot);
-	if (!a || a->kind == K_COUNT)
+	struct action *a = &actions[slot];
+	if (a->kind == K_COUNT)
 		return 0;
 	struct retry_val r = { .nr = slot };
 	read_call((struct pt_regs *)ctx->args[0], &r.c);
