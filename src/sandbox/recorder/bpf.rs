@@ -479,7 +479,7 @@ fn run(
     // Orphans of the tree become tresor's children: waiting until none is
     // left is waiting for the whole tree (the child forks nothing before
     // its release).
-    let _subreaper = Subreaper::set().map_err(|e| give_up(e.into()))?;
+    let _subreaper = Subreaper::set().map_err(give_up)?;
     let signals = SignalGuard::install().map_err(|e| give_up(e.into()))?;
     let armed = maps
         .tracked
