@@ -356,6 +356,7 @@ fn minimal_btf() -> Result<(std::os::fd::OwnedFd, std::ffi::CString), String> {
     const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
     let file = std::fs::File::open(VMLINUX).map_err(|e| format!("{VMLINUX}: {e}"))?;
     let fields = fault::fields();
+    let t0 = Instant::now();
     // Mapped where the kernel allows it (recent kernels): read(2) of sysfs
     // copies the 5–6 MB a page at a time.
     let out = match sys::Mapped::file(&file) {
@@ -366,6 +367,7 @@ fn minimal_btf() -> Result<(std::os::fd::OwnedFd, std::ffi::CString), String> {
         }
     }
     .map_err(|e| e.to_string())?;
+    tracing::debug!("minimal BTF: {} bytes in {:?}", out.len(), t0.elapsed());
     let fd = nix::sys::memfd::memfd_create(
         c"tresor-recorder-btf",
         nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,

@@ -85,6 +85,10 @@ struct Btf<'a> {
     strings: &'a [u8],
     /// Offset of type `id` in `types` (index 0: void, unused).
     at: Vec<u32>,
+    /// The structures named in `parse`'s `wanted`, in id order: (id, index
+    /// into `wanted`). Found during the one walk over the types, while
+    /// their headers are in the cache (a second walk took as long again).
+    structs: Vec<(u32, usize)>,
 }
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
@@ -92,7 +96,7 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
 }
 
 impl<'a> Btf<'a> {
-    fn parse(raw: &'a [u8]) -> Result<Btf<'a>, Error> {
+    fn parse(raw: &'a [u8], wanted: &[&[u8]]) -> Result<Btf<'a>, Error> {
         let magic = raw
             .get(..2)
             .map(|m| u16::from_ne_bytes([m[0], m[1]]))
@@ -111,6 +115,15 @@ impl<'a> Btf<'a> {
         };
         let types = section(toff, tlen)?;
         let strings = section(soff, slen)?;
+        // A first byte that starts no wanted name rules a structure out
+        // without a string comparison.
+        let mut first = [false; 256];
+        for w in wanted {
+            if let Some(&b) = w.first() {
+                first[b as usize] = true;
+            }
+        }
+        let mut structs = Vec::new();
         let mut at = Vec::with_capacity(1 << 17);
         at.push(0);
         let mut pos = 0usize;
@@ -119,6 +132,17 @@ impl<'a> Btf<'a> {
             let info =
                 u32_at(types, pos + 4).ok_or_else(|| err("a kernel BTF type is cut short"))?;
             let (kind, vlen) = ((info >> 24) & 0x1f, (info & 0xffff) as usize);
+            if kind == STRUCT {
+                let name_off = u32_at(types, pos).unwrap_or(0) as usize;
+                if strings.get(name_off).is_some_and(|&b| first[b as usize]) {
+                    let rest = &strings[name_off..];
+                    if let Some(i) = wanted.iter().position(|w| {
+                        rest.len() > w.len() && rest.starts_with(w) && rest[w.len()] == 0
+                    }) {
+                        structs.push(((at.len() - 1) as u32, i));
+                    }
+                }
+            }
             let extra = match kind {
                 INT | VAR | DECL_TAG => 4,
                 ARRAY => 12,
@@ -133,7 +157,12 @@ impl<'a> Btf<'a> {
             };
             pos += 12 + extra;
         }
-        Ok(Btf { types, strings, at })
+        Ok(Btf {
+            types,
+            strings,
+            at,
+            structs,
+        })
     }
 
     fn name(&self, off: u32) -> &'a [u8] {
@@ -366,24 +395,14 @@ impl Writer {
 /// structure named there, with every listed field path at the kernel's
 /// offsets. Fails if one is missing.
 pub fn minimal(vmlinux: &[u8], fields: &[(&str, &[&str])]) -> Result<Vec<u8>, Error> {
-    let btf = Btf::parse(vmlinux)?;
-    let wanted: HashMap<&[u8], usize> = fields
-        .iter()
-        .enumerate()
-        .map(|(i, (name, _))| (name.as_bytes(), i))
-        .collect();
+    let wanted: Vec<&[u8]> = fields.iter().map(|(name, _)| name.as_bytes()).collect();
+    let btf = Btf::parse(vmlinux, &wanted)?;
     // The first structure of each name whose listed fields all resolve
     // (deduplicated kernel BTF has one; a second would be unusual).
     let mut found: Vec<Option<Node>> = vec![None; fields.len()];
-    for id in 1..btf.at.len() as u32 {
-        let Some((name_off, kind, _, _, size)) = btf.head(id) else {
+    for &(id, i) in &btf.structs {
+        let Some((_, _, _, _, size)) = btf.head(id) else {
             break;
-        };
-        if kind != STRUCT || name_off == 0 {
-            continue;
-        }
-        let Some(&i) = wanted.get(btf.name(name_off)) else {
-            continue;
         };
         if found[i].is_some() {
             continue;
@@ -460,7 +479,7 @@ mod tests {
     fn fields_resolve_through_typedefs_and_anonymous_members() {
         let raw = sample();
         let out = minimal(&raw, &[("fs_struct", &["pwd.dentry", "counter"])]).unwrap();
-        let btf = Btf::parse(&out).unwrap();
+        let btf = Btf::parse(&out, &[]).unwrap();
         // The kept struct is the last type; its members at the kernel's offsets.
         let id = btf.at.len() as u32 - 1;
         assert_eq!(btf.name(btf.head(id).unwrap().0), b"fs_struct");
@@ -497,7 +516,7 @@ mod tests {
             return;
         };
         let out = minimal(&raw, FIELDS).unwrap();
-        let btf = Btf::parse(&out).unwrap();
+        let btf = Btf::parse(&out, &[]).unwrap();
         assert!(btf.at.len() > FIELDS.len());
         assert!(out.len() < 4096, "{} bytes", out.len());
     }

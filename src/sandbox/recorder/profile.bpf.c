@@ -407,12 +407,15 @@ static long walk_step(__u64 index, void *ctx)
 }
 
 // The names from `dir` up to the task's root, innermost first, cached per
-// (mount, dentry): a directory is walked once per run.
-static __noinline int remember_dir(struct task_struct *task, struct scratch *s,
-				   struct vfsmount *vm, struct dentry *d)
+// (mount, dentry): a directory is walked once per run. A global function:
+// verified once, not at each caller (kernel pointers pass as numbers).
+__noinline int remember_dir(__u64 task_p, struct dir_val *v, __u64 vm_p, __u64 d_p)
 {
-	struct dir_key k = { .mnt = (__u64)vm, .dentry = (__u64)d };
-	if (!s || bpf_map_lookup_elem(&dirs, &k))
+	struct task_struct *task = (struct task_struct *)task_p;
+	struct vfsmount *vm = (struct vfsmount *)vm_p;
+	struct dentry *d = (struct dentry *)d_p;
+	struct dir_key k = { .mnt = vm_p, .dentry = d_p };
+	if (!v || bpf_map_lookup_elem(&dirs, &k))
 		return 0;
 	struct walk w = {
 		.d = d,
@@ -420,16 +423,16 @@ static __noinline int remember_dir(struct task_struct *task, struct scratch *s,
 		.m = real_mount(vm),
 		.root_d = BPF_CORE_READ(task, fs, root.dentry),
 		.root_m = BPF_CORE_READ(task, fs, root.mnt),
-		.v = &s->dir,
+		.v = v,
 	};
-	s->dir.status = 0;
+	v->status = 0;
 	bpf_loop(MAX_DEPTH + 16, walk_step, &w, 0);
 	if (!w.done) {
-		s->dir.status |= 1;
+		v->status |= 1;
 		stat_add(ST_DIR_DEEP, 1);
 	}
-	s->dir.depth = w.depth;
-	if (bpf_map_update_elem(&dirs, &k, &s->dir, BPF_NOEXIST) == -7 /* E2BIG */)
+	v->depth = w.depth;
+	if (bpf_map_update_elem(&dirs, &k, v, BPF_NOEXIST) == -7 /* E2BIG */)
 		stat_add(ST_LOST_DIRS, 1);
 	return 0;
 }
@@ -504,7 +507,7 @@ static __always_inline int read_path(struct task_struct *task, struct scratch *s
 	}
 	k->dir_mnt = (__u64)vm;
 	k->dir_dentry = (__u64)d;
-	remember_dir(task, s, vm, d);
+	remember_dir((__u64)task, &s->dir, (__u64)vm, (__u64)d);
 	return 0;
 }
 
@@ -746,7 +749,7 @@ int on_exec(struct bpf_raw_tracepoint_args *ctx)
 			struct dentry *d = BPF_CORE_READ(task, fs, pwd.dentry);
 			k->dir_mnt = (__u64)vm;
 			k->dir_dentry = (__u64)d;
-			remember_dir(task, s, vm, d);
+			remember_dir((__u64)task, &s->dir, (__u64)vm, (__u64)d);
 		}
 	}
 	k->status |= S_EXEC;
