@@ -6,6 +6,8 @@
 #
 #   (a) syscall-heavy:  stat + read 10,000 small files
 #   (b) compute-heavy:  read a 200 MB file in 1 MiB chunks, SHA-256 + histogram
+#   (c) the same, 10 passes (2 GB, seconds): a profiling run's fixed start-up
+#       (~20 ms) weighs on (b) at 0.36 s; (c) shows the cost per call
 #
 # Usage: tools/bench-profile.sh [RUNS]    (median of RUNS runs, default 5)
 # Needs: cargo, strace (apt-get install strace), python3 (for JSON sizes).
@@ -59,15 +61,17 @@ calls() { python3 -c 'import json,sys; p=json.load(open(sys.argv[1])); print(sum
 
 echo "| workload | monitor | time (s, median of $RUNS) | vs unprofiled | syscalls | profile | trace |"
 echo "|---|---|---:|---:|---:|---:|---:|"
-for w in a b; do
-    if [ $w = a ]; then
-        name="(a) stat+read 10,000 files"; cmd=("$SMALL" scan "$BENCH_DIR/small")
-    else
-        name="(b) 200 MB in 1 MiB chunks"; cmd=("$STREAM" "$BENCH_DIR/big.bin")
-    fi
+for w in a b c; do
+    case $w in
+        a) name="(a) stat+read 10,000 files"; cmd=("$SMALL" scan "$BENCH_DIR/small") ;;
+        b) name="(b) 200 MB in 1 MiB chunks"; cmd=("$STREAM" "$BENCH_DIR/big.bin") ;;
+        c) name="(c) (b) 10 times, 2 GB"; cmd=("$STREAM" "$BENCH_DIR/big.bin" 10) ;;
+    esac
     base=$(time_runs "${cmd[@]}")
     echo "| $name | unprofiled | $base | 1.00× | | | |"
-    for row in "bpf syscalls" "bpf args" "ptrace syscalls" "ptrace args" "ptrace full"; do
+    rows=("bpf syscalls" "bpf args" "ptrace syscalls" "ptrace args" "ptrace full")
+    [ $w = a ] || rows=("bpf syscalls" "bpf args" "ptrace args")
+    for row in "${rows[@]}"; do
         set -- $row
         rec=$1 mode=$2
         out=$BENCH_DIR/$w-$rec-$mode.json
