@@ -114,6 +114,15 @@ fn empty(reply: ReplyEmpty, r: Result<(), VfsError>) {
     }
 }
 
+/// Whether a truncation by this caller clears set-ID bits. The kernel
+/// decides by `CAP_FSETID` and says so with a flag fuser does not pass on
+/// for truncation (it does for writes); the caller's uid stands in: root
+/// keeps the bits, as root normally holds `CAP_FSETID`, anyone else loses
+/// them.
+fn unprivileged(req: &Request) -> bool {
+    req.uid() != 0
+}
+
 fn xattr_reply(reply: ReplyXattr, size: u32, data: Result<Vec<u8>, VfsError>) {
     match data {
         Err(e) => reply.error(errno(&e)),
@@ -165,6 +174,15 @@ impl Filesystem for TresorFs {
         // O_APPEND descriptors are direct (`file_open_flags`); they may
         // still be mapped.
         let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
+        // The driver clears set-user-ID and set-group-ID on a write or
+        // truncation by an unprivileged caller (the kernel flags the write;
+        // `unprivileged` below for the others) and on chown (the backing
+        // file system does it to the backing file). In return the kernel
+        // stops asking for `security.capability` before every write(2) and
+        // re-reading the mode before every chown: two round trips of the
+        // ~12 an untarred file costs (docs/PERFORMANCE.md). tresor keeps
+        // no `security.*` attributes, so there are no capabilities to drop.
+        let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         // `ls -l` and friends: entries and attributes in one round trip.
         let _ = config
             .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
@@ -188,7 +206,7 @@ impl Filesystem for TresorFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -211,6 +229,7 @@ impl Filesystem for TresorFs {
             size,
             atime: time(atime),
             mtime: time(mtime),
+            kill_suidgid: (size.is_some() && unprivileged(req)).then(|| req.gid()),
         };
         match self.vfs.setattr(ino.0, fh.map(|f| f.0), s) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
@@ -313,8 +332,17 @@ impl Filesystem for TresorFs {
         entry(reply, self.vfs.link(ino.0, newparent.0, newname));
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.vfs.open(ino.0, flags.0) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let opened = self.vfs.open(ino.0, flags.0).and_then(|(fh, keep)| {
+            if flags.0 & libc::O_TRUNC != 0 && unprivileged(req) {
+                if let Err(e) = self.vfs.kill_suidgid(fh, req.gid()) {
+                    self.vfs.release(fh);
+                    return Err(e);
+                }
+            }
+            Ok((fh, keep))
+        });
+        match opened {
             Ok((fh, keep)) => reply.opened(FileHandle(fh), file_open_flags(flags.0, keep)),
             Err(e) => reply.error(errno(&e)),
         }
@@ -339,16 +367,27 @@ impl Filesystem for TresorFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        // The writer lacks CAP_FSETID: the kernel leaves clearing the
+        // set-ID bits to us (FUSE_HANDLE_KILLPRIV_V2). The kernel's cached
+        // mode catches up at the next full stat (the write made its times
+        // stale) or within the attribute TTL, as for any change the kernel
+        // did not make itself.
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            if let Err(e) = self.vfs.kill_suidgid(fh.0, req.gid()) {
+                reply.error(errno(&e));
+                return;
+            }
+        }
         // O_APPEND: at the end as it is in the store, which another mount
         // may have moved past the kernel's cached size.
         let r = if flags.0 & libc::O_APPEND != 0 {

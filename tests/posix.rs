@@ -291,3 +291,56 @@ fn held_directory_descriptors_follow_renames_and_never_outlive_removal() {
     assert_eq!(out, "one\ntwo\nx\ny\nz\n");
     m.unmount();
 }
+
+/// Set-ID bits through the mount as on a local filesystem (issue 19: the
+/// driver clears them itself, FUSE_HANDLE_KILLPRIV_V2): a write, an append
+/// and a truncation by an unprivileged user clear them (set-group-ID
+/// without group-execute only for a user outside the file's group), a
+/// write by root keeps them, a chown clears them.
+#[test]
+fn set_id_bits_are_cleared_as_on_a_local_filesystem() {
+    if !fuse_available() || !require_root("write as another uid with setpriv") {
+        return;
+    }
+    const SETUP: &str = "
+        for f in w_suid:4777 w_sgid_x:2777 w_sgid_nox:2767 a_suid:4777 t_suid:4777 \
+                 o_suid:6777 r_suid:4777 c_suid:6755 c_sgid_nox:2745 k_plain:0777; do
+            echo data > ${f%%:*}; chmod ${f#*:} ${f%%:*}
+        done";
+    const AS_NOBODY: &str = "
+        echo x | dd of=w_suid conv=notrunc status=none
+        echo x | dd of=w_sgid_x conv=notrunc status=none
+        echo x | dd of=w_sgid_nox conv=notrunc status=none
+        echo x | dd of=k_plain conv=notrunc status=none
+        echo x >> a_suid
+        truncate -s 0 t_suid
+        : > o_suid";
+    const AS_ROOT: &str = "
+        echo x | dd of=r_suid conv=notrunc status=none
+        chown 65534:65534 c_suid c_sgid_nox";
+    // A full stat (not statx of the mode alone): what `ls -l` sees.
+    const MODES: &str = "find . -maxdepth 1 -type f -printf '%f %m\\n' | sort";
+    let ts = TestStore::new(&["g"]);
+    fs::set_permissions(ts.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let m = ts.mount_with(&["--allow-other"]);
+    let mut seen = Vec::new();
+    for dir in [m.path("g"), local.path().to_path_buf()] {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).unwrap();
+        run(&dir, 0, SETUP);
+        run(&dir, 65534, AS_NOBODY);
+        run(&dir, 0, AS_ROOT);
+        seen.push(run(&dir, 0, MODES));
+    }
+    m.unmount();
+    assert_eq!(
+        seen[1],
+        "a_suid 777\nc_sgid_nox 2745\nc_suid 755\nk_plain 777\no_suid 777\nr_suid 4777\n\
+         t_suid 777\nw_sgid_nox 767\nw_sgid_x 777\nw_suid 777\n",
+        "the local filesystem's own rules (the test's premise)"
+    );
+    assert_eq!(
+        seen[0], seen[1],
+        "through the mount (left) as locally (right)"
+    );
+}

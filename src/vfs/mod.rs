@@ -201,6 +201,25 @@ pub struct SetAttr {
     pub atime: Option<Option<SystemTime>>,
     /// New modification time (`None` inside: now).
     pub mtime: Option<Option<SystemTime>>,
+    /// After a size change, clear the set-ID bits as for an unprivileged
+    /// caller of this group id (the kernel leaves it to the driver; fs.rs
+    /// decides who is unprivileged).
+    pub kill_suidgid: Option<u32>,
+}
+
+/// `mode` without the bits a write or truncation by a caller without
+/// `CAP_FSETID` clears, as the kernel's `setattr_should_drop_suidgid`:
+/// set-user-ID always; set-group-ID if the file is group-executable, or
+/// else if the caller (primary group `caller_gid`; supplementary groups
+/// are not known here, so a member through one loses it too) is not in
+/// the file's group. `None`: nothing to clear.
+fn without_suidgid(mode: u32, file_gid: u32, caller_gid: u32) -> Option<u32> {
+    let mut m = mode & 0o7777;
+    m &= !libc::S_ISUID;
+    if m & libc::S_ISGID != 0 && (m & libc::S_IXGRP != 0 || caller_gid != file_gid) {
+        m &= !libc::S_ISGID;
+    }
+    (m != mode & 0o7777).then_some(m)
 }
 
 /// A directory entry.
@@ -1006,7 +1025,7 @@ impl Vfs {
                         .with(true, |c| content::truncate(file, c, size))
                         .map_err(|e| content_err(path, e))?;
                 }
-                Self::set_meta(Target::Fd(file), &s)?;
+                Self::set_meta(Target::Fd(file), &Self::killing(s, || at::fstat(file))?)?;
                 let md = at::fstat(file)?;
                 let mut attr = self.attr_of(&md, None, "", path)?;
                 if content::size_from_len(md.len(), self.v2_store).is_none() {
@@ -1024,9 +1043,43 @@ impl Vfs {
                 .with(true, |c| content::truncate(&file, c, size))
                 .map_err(|e| content_err(&plain, e))?;
         }
-        Self::set_meta(Target::At(&loc), &s)?;
+        Self::set_meta(
+            Target::At(&loc),
+            &Self::killing(s, || at::stat(&loc.dir, &loc.name))?,
+        )?;
         let md = at::stat(&loc.dir, &loc.name)?;
         self.attr_of(&md, Some(&loc), &group, &plain)
+    }
+
+    /// `s` with the mode change its `kill_suidgid` asks for, read from the
+    /// file as it is now (unless `s` sets a mode itself).
+    fn killing(mut s: SetAttr, stat: impl FnOnce() -> io::Result<Meta>) -> Result<SetAttr> {
+        if let (Some(caller_gid), None) = (s.kill_suidgid, s.mode) {
+            let md = stat()?;
+            if md.is_file() {
+                s.mode = without_suidgid(md.mode(), md.gid(), caller_gid);
+            }
+        }
+        Ok(s)
+    }
+
+    /// Before a write by a caller without `CAP_FSETID` (the kernel says so
+    /// with the write), of primary group `caller_gid`: clears the set-ID
+    /// bits as [`without_suidgid`] does.
+    pub fn kill_suidgid(&self, fh: u64, caller_gid: u32) -> Result<()> {
+        let h = self.handle(fh)?;
+        let Handle::File { file, .. } = &*h else {
+            return Err(VfsError::BadHandle);
+        };
+        let md = at::fstat(file)?;
+        if let Some(m) = without_suidgid(md.mode(), md.gid(), caller_gid) {
+            nix::sys::stat::fchmod(
+                file.as_raw_fd(),
+                nix::sys::stat::Mode::from_bits_truncate(m),
+            )
+            .map_err(nix_err)?;
+        }
+        Ok(())
     }
 
     /// Mode, owner and times, on a descriptor or a path (never following symlinks).
@@ -2055,6 +2108,19 @@ mod tests {
     use crate::crypto::KdfParams;
     use crate::pse::Pse;
     use std::path::Path;
+
+    #[test]
+    fn set_id_bits_cleared_as_the_kernel_does() {
+        // Set-user-ID always; set-group-ID with group-execute, or for a
+        // caller outside the file's group; nothing else changes.
+        assert_eq!(without_suidgid(0o104755, 10, 10), Some(0o755));
+        assert_eq!(without_suidgid(0o102775, 10, 10), Some(0o775));
+        assert_eq!(without_suidgid(0o102765, 10, 10), None);
+        assert_eq!(without_suidgid(0o102765, 10, 20), Some(0o765));
+        assert_eq!(without_suidgid(0o106745, 10, 10), Some(0o2745));
+        assert_eq!(without_suidgid(0o101777, 10, 20), None);
+        assert_eq!(without_suidgid(0o100644, 10, 20), None);
+    }
 
     fn engine(dir: &Path) -> (Vfs, Store, Pse) {
         let admin = Pse::generate("admin", None).unwrap();
