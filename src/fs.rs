@@ -14,7 +14,7 @@ use fuser::{
 use std::ffi::OsStr;
 use std::io;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// How long the kernel may cache entries and attributes.
@@ -41,12 +41,32 @@ pub struct MountOptions {
 #[derive(Debug)]
 pub struct TresorFs {
     vfs: Arc<Vfs>,
+    /// The session's notifier, once the session exists: for the one notice
+    /// sent from inside a request (`mode_changed`).
+    notifier: Arc<OnceLock<fuser::Notifier>>,
 }
 
 impl TresorFs {
     /// Wraps the engine.
     pub fn new(vfs: Arc<Vfs>) -> Self {
-        TresorFs { vfs }
+        TresorFs {
+            vfs,
+            notifier: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// The driver changed `ino`'s mode behind the kernel's back (cleared its
+    /// set-ID bits): drop the kernel's cached attributes, so that the next
+    /// stat — also one right after the write — sees the new mode. Offset
+    /// −1 invalidates the attributes only, no pages, so no page lock is
+    /// taken and the notice cannot wait on the request it is sent from
+    /// (unlike [`KernelNotifier`]'s, which are never sent from one).
+    fn mode_changed(&self, ino: u64) {
+        if let Some(n) = self.notifier.get() {
+            if let Err(e) = n.inval_inode(INodeNo(ino), -1, 0) {
+                tracing::debug!("attribute invalidation of inode {ino}: {e}");
+            }
+        }
     }
 }
 
@@ -335,9 +355,13 @@ impl Filesystem for TresorFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let opened = self.vfs.open(ino.0, flags.0).and_then(|(fh, keep)| {
             if flags.0 & libc::O_TRUNC != 0 && unprivileged(req) {
-                if let Err(e) = self.vfs.kill_suidgid(fh, req.gid()) {
-                    self.vfs.release(fh);
-                    return Err(e);
+                match self.vfs.kill_suidgid(fh, req.gid()) {
+                    Ok(Some(ino)) => self.mode_changed(ino),
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.vfs.release(fh);
+                        return Err(e);
+                    }
                 }
             }
             Ok((fh, keep))
@@ -378,14 +402,15 @@ impl Filesystem for TresorFs {
         reply: ReplyWrite,
     ) {
         // The writer lacks CAP_FSETID: the kernel leaves clearing the
-        // set-ID bits to us (FUSE_HANDLE_KILLPRIV_V2). The kernel's cached
-        // mode catches up at the next full stat (the write made its times
-        // stale) or within the attribute TTL, as for any change the kernel
-        // did not make itself.
+        // set-ID bits to us (FUSE_HANDLE_KILLPRIV_V2).
         if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-            if let Err(e) = self.vfs.kill_suidgid(fh.0, req.gid()) {
-                reply.error(errno(&e));
-                return;
+            match self.vfs.kill_suidgid(fh.0, req.gid()) {
+                Ok(Some(ino)) => self.mode_changed(ino),
+                Ok(None) => {}
+                Err(e) => {
+                    reply.error(errno(&e));
+                    return;
+                }
             }
         }
         // O_APPEND: at the end as it is in the store, which another mount
@@ -718,7 +743,11 @@ pub fn mount(
     };
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
-    fuser::Session::new(TresorFs::new(vfs), mountpoint, &config)
+    let fs = TresorFs::new(vfs);
+    let notifier = Arc::clone(&fs.notifier);
+    let session = fuser::Session::new(fs, mountpoint, &config)?;
+    let _ = notifier.set(session.notifier());
+    Ok(session)
 }
 
 /// Detaches the mounted process into the background: the parent exits 0

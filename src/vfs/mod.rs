@@ -1065,21 +1065,22 @@ impl Vfs {
 
     /// Before a write by a caller without `CAP_FSETID` (the kernel says so
     /// with the write), of primary group `caller_gid`: clears the set-ID
-    /// bits as [`without_suidgid`] does.
-    pub fn kill_suidgid(&self, fh: u64, caller_gid: u32) -> Result<()> {
+    /// bits as [`without_suidgid`] does. `Ok(Some(ino))`: the mode changed.
+    pub fn kill_suidgid(&self, fh: u64, caller_gid: u32) -> Result<Option<Ino>> {
         let h = self.handle(fh)?;
-        let Handle::File { file, .. } = &*h else {
+        let Handle::File { file, ino, .. } = &*h else {
             return Err(VfsError::BadHandle);
         };
         let md = at::fstat(file)?;
-        if let Some(m) = without_suidgid(md.mode(), md.gid(), caller_gid) {
-            nix::sys::stat::fchmod(
-                file.as_raw_fd(),
-                nix::sys::stat::Mode::from_bits_truncate(m),
-            )
-            .map_err(nix_err)?;
-        }
-        Ok(())
+        let Some(m) = without_suidgid(md.mode(), md.gid(), caller_gid) else {
+            return Ok(None);
+        };
+        nix::sys::stat::fchmod(
+            file.as_raw_fd(),
+            nix::sys::stat::Mode::from_bits_truncate(m),
+        )
+        .map_err(nix_err)?;
+        Ok(Some(*ino))
     }
 
     /// Mode, owner and times, on a descriptor or a path (never following symlinks).
