@@ -231,32 +231,34 @@ pub fn profile(
         (loaded, started)
     });
     libbpf_rs::set_print(prev);
+    // No recorder after all: the waiting child goes (the caller may fall
+    // back to ptrace, which waits for any child).
+    let abandon = |started: &Result<Started, TraceError>, why: String| {
+        if let Ok(s) = started {
+            sys::kill_task(s.child.pid);
+            let _ = sys::wait_pid(s.child.pid);
+        }
+        Unavailable(why)
+    };
     let mut skel = match loaded {
         Ok(skel) => skel,
-        Err(e) => {
-            if let Ok(s) = &started {
-                sys::kill_task(s.child.pid);
-                let _ = sys::wait_pid(s.child.pid);
-            }
-            return Err(Unavailable(format!(
-                "the kernel refused its BPF programs ({e}); it needs BPF with BTF (CONFIG_DEBUG_INFO_BTF) and raw tracepoints"
-            )));
-        }
+        Err(e) => return Err(abandon(&started, format!(
+            "the kernel refused its BPF programs ({e}); it needs BPF with BTF (CONFIG_DEBUG_INFO_BTF) and raw tracepoints"
+        ))),
     };
     let Some(bss) = skel.maps.bss_data.as_deref_mut() else {
-        return Err(Unavailable(
+        return Err(abandon(
+            &started,
             "the in-kernel recorder's counters could not be mapped".into(),
         ));
     };
     let mut seed = [0u8; 8];
     crate::crypto::random_bytes(&mut seed);
     bss.seed = u64::from_ne_bytes(seed);
-    if opts.mode != Mode::Syscalls {
-        if let Some(arch) = Arch::native() {
-            for (row, a) in bss.actions.iter_mut().zip(action_table(arch).iter()) {
-                if let Some(b) = encode(a) {
-                    *row = action_row(b);
-                }
+    if let (Ok(s), false) = (&started, opts.mode == Mode::Syscalls) {
+        for (row, a) in bss.actions.iter_mut().zip(action_table(s.arch).iter()) {
+            if let Some(b) = encode(a) {
+                *row = action_row(b);
             }
         }
     }
