@@ -64,8 +64,8 @@ struct pt_regs {
 	struct user_pt_regs user_regs;
 	__u64 orig_x0;
 } PAI;
-// x1..x5 from regs[0..7] (read at once); the first argument is orig_x0
-// (x0 holds the return value by the time a retry reads it).
+// x1..x5 from regs[0..7] (read at once); the first argument from
+// orig_x0, as the kernel's own syscall_get_arguments takes it.
 #define REGS_FIRST user_regs.regs[0]
 #define REG_INDEXES { -1, 1, 2, 3, 4, 5 }
 #else
