@@ -44,29 +44,12 @@ if [[ $(id -u) -ne 0 ]] || ! [[ -w /proc/sys/vm/drop_caches ]]; then
     log "WARNING: not root: page caches cannot be dropped, read rows are cache-warm"
 fi
 
-# ---- build ----
-if [[ -n ${TRESOR_BIN:-} ]]; then
-    BIN=$TRESOR_BIN
-else
-    log "building tresor (cargo build --release) in $REPO"
-    (cd "$REPO" && cargo build --release --quiet) || die "cargo build --release failed"
-    BIN=$REPO/target/release/tresor
-fi
-[[ -x $BIN ]] || die "no tresor binary at $BIN"
-
-# ---- work area and cleanup ----
+# ---- work area, build, mounts ----
 WORK=$(mktemp -d "$BASE/tresor-bench.XXXXXX") || die "cannot create a work directory under $BASE"
 # shellcheck source=tools/bench-mounts.sh
 source "$REPO/tools/bench-mounts.sh"
+bench_binary
 bench_mount
-
-dir_of() {
-    case $1 in
-        plain) echo "$WORK/plain" ;;
-        gocryptfs) echo "$GMNT" ;;
-        tresor) echo "$TMNT/bench" ;;
-    esac
-}
 
 # ---- the small-file tree, generated once ----
 TAR=$WORK/tree.tar

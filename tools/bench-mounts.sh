@@ -2,7 +2,8 @@
 # a tresor store and a gocryptfs filesystem in $WORK, mounted on $TMNT and
 # $GMNT with one passphrase, a plain directory $WORK/plain beside them, and
 # the EXIT trap that unmounts both (KEEP=1 keeps $WORK).
-# Needs: WORK, BIN (the tresor binary), and die/log from the caller;
+# Needs: WORK, REPO and die/log from the caller; TRESOR_BIN=… uses that
+# binary instead of `cargo build --release` (bench_binary sets BIN);
 # TRESOR_THREADS=N passes --threads N to `tresor mount`.
 
 TMNT=$WORK/tresor-mnt
@@ -26,6 +27,27 @@ bench_cleanup() {
 }
 trap bench_cleanup EXIT
 trap 'exit 130' INT TERM HUP
+
+# BIN: $TRESOR_BIN, or the release build of $REPO.
+bench_binary() {
+    if [[ -n ${TRESOR_BIN:-} ]]; then
+        BIN=$TRESOR_BIN
+    else
+        log "building tresor (cargo build --release) in $REPO"
+        (cd "$REPO" && cargo build --release --quiet) || die "cargo build --release failed"
+        BIN=$REPO/target/release/tresor
+    fi
+    [[ -x $BIN ]] || die "no tresor binary at $BIN"
+}
+
+# Where each filesystem's files go.
+dir_of() {
+    case $1 in
+        plain) echo "$WORK/plain" ;;
+        gocryptfs) echo "$GMNT" ;;
+        tresor) echo "$TMNT/bench" ;;
+    esac
+}
 
 # Sets up and mounts both (tresor with an 8 MiB KDF: the unlock is not measured).
 bench_mount() {

@@ -42,27 +42,11 @@ done
 FSTYPE=$(df --output=fstype "$SBASE" | tail -1 | tr -d ' ')
 [[ $FSTYPE == tmpfs ]] || log "WARNING: $SBASE is $FSTYPE, not tmpfs: the disk may be in the picture"
 
-if [[ -n ${TRESOR_BIN:-} ]]; then
-    BIN=$TRESOR_BIN
-else
-    log "building tresor (cargo build --release) in $REPO"
-    (cd "$REPO" && cargo build --release --quiet) || die "cargo build --release failed"
-    BIN=$REPO/target/release/tresor
-fi
-[[ -x $BIN ]] || die "no tresor binary at $BIN"
-
 WORK=$(mktemp -d "$SBASE/tresor-stream.XXXXXX") || die "cannot create a work directory under $SBASE"
 # shellcheck source=tools/bench-mounts.sh
 source "$REPO/tools/bench-mounts.sh"
+bench_binary
 bench_mount
-
-dir_of() {
-    case $1 in
-        plain) echo "$WORK/plain" ;;
-        gocryptfs) echo "$GMNT" ;;
-        tresor) echo "$TMNT/bench" ;;
-    esac
-}
 # The driver process of a mount (for its CPU time); none for plain.
 driver_pid() {
     case $1 in
