@@ -715,9 +715,13 @@ fn a_service_killed_during_a_run_comes_back_consistent() {
         .status
         .success());
     // Wait (hang guard 120 s) until the confined run on S-2 is under way.
-    let needle = "S-2/values.csv";
+    // The needle holds this site's mount: other tests run S-2 too.
+    let needle = format!(
+        "{}/pathology/S-2/values.csv",
+        site.state.join("mnt").display()
+    );
     let start = Instant::now();
-    while processes_mentioning(needle).is_empty() {
+    while processes_mentioning(&needle).is_empty() {
         assert!(
             start.elapsed() < Duration::from_secs(120),
             "the run on S-2 never started"
@@ -732,7 +736,7 @@ fn a_service_killed_during_a_run_comes_back_consistent() {
     let _ = s.child.wait();
     // The run dies with the service (hang guard 30 s).
     let start = Instant::now();
-    while !processes_mentioning(needle).is_empty() {
+    while !processes_mentioning(&needle).is_empty() {
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "the run outlived the killed service"
