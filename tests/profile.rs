@@ -1310,6 +1310,44 @@ fn a_full_path_buffer_is_counted_never_silent() {
     }
 }
 
+/// More processes alive at once than `tracked` has room for (shrunk by a
+/// debug-build hook; at its real size the task limit stops a tree first):
+/// the ones left out are counted and the profile says it is incomplete —
+/// never a complete-looking profile that misses their syscalls.
+#[test]
+fn a_full_task_map_is_counted_never_silent() {
+    require_bpf!();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("p.json");
+    let o = tresor()
+        .env("TRESOR_FAULT_TRACKED", "8")
+        .args(["profile", "--recorder", "bpf", "--out"])
+        .arg(&out)
+        .arg("--")
+        .arg(example("profile_tree"))
+        .args(["many", "30", "500"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let b = Profile::load(&out).unwrap();
+    assert!(!b.complete, "31 processes fit into room for 8?");
+    let reason = b.incomplete_reason.clone().unwrap();
+    assert!(reason.contains("task map full"), "{reason}");
+    // With room for all of them, the same tree is complete.
+    let o = tresor()
+        .args(["profile", "--recorder", "bpf", "--out"])
+        .arg(&out)
+        .arg("--")
+        .arg(example("profile_tree"))
+        .args(["many", "30", "500"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let b = Profile::load(&out).unwrap();
+    assert!(b.complete, "{:?}", b.incomplete_reason);
+    assert_eq!(b.processes, 31);
+}
+
 /// The 32-bit ABI (`int 0x80`) is told apart by both recorders: listed
 /// under `foreign_syscalls`, never counted as the native syscall of the
 /// same number (which a policy would then allow).

@@ -54,32 +54,7 @@ bench_mount
 # ---- the small-file tree, generated once ----
 TAR=$WORK/tree.tar
 log "generating $NFILES files of 1-8 KiB in 100 directories"
-if command -v python3 >/dev/null; then
-    python3 - "$TAR" "$NFILES" <<'EOF'
-import io, os, sys, tarfile, time
-out, n = sys.argv[1], int(sys.argv[2])
-now = int(time.time())
-with tarfile.open(out, "w", format=tarfile.GNU_FORMAT) as t:
-    for d in range(100):
-        ti = tarfile.TarInfo(f"tree/d{d:03d}")
-        ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, now
-        t.addfile(ti)
-    for i in range(n):
-        size = 1024 + (i * 7919) % (7 * 1024 + 1)
-        ti = tarfile.TarInfo(f"tree/d{i % 100:03d}/f{i:05d}.bin")
-        ti.size, ti.mode, ti.mtime = size, 0o644, now
-        t.addfile(ti, io.BytesIO(os.urandom(size)))
-EOF
-else
-    src=$WORK/tree-src
-    for ((d = 0; d < 100; d++)); do mkdir -p "$(printf '%s/tree/d%03d' "$src" "$d")"; done
-    for ((i = 0; i < NFILES; i++)); do
-        head -c $((1024 + (i * 7919) % (7 * 1024 + 1))) /dev/urandom \
-            >"$(printf '%s/tree/d%03d/f%05d.bin' "$src" $((i % 100)) "$i")"
-    done
-    tar -C "$src" -cf "$TAR" tree
-    rm -rf "$src"
-fi
+bench_tree "$TAR" "$NFILES"
 EXPECT=$(mkdir "$WORK/ref" && tar -C "$WORK/ref" -xf "$TAR" \
     && cd "$WORK/ref" && find tree -type f -print0 | sort -z | xargs -0 md5sum | md5sum)
 rm -rf "$WORK/ref"

@@ -1,4 +1,4 @@
-# Shared by tools/bench-fs.sh and tools/bench-stream.sh (sourced, not run):
+# Shared by tools/bench-fs.sh, bench-stream.sh and fuse-requests.sh (sourced):
 # a tresor store and a gocryptfs filesystem in $WORK, mounted on $TMNT and
 # $GMNT with one passphrase, a plain directory $WORK/plain beside them, and
 # the EXIT trap that unmounts both (KEEP=1 keeps $WORK).
@@ -69,4 +69,35 @@ bench_mount() {
     gocryptfs -q -init -extpass "cat $PASS" "$WORK/gocryptfs-cipher" >/dev/null
     gocryptfs -q -extpass "cat $PASS" "$WORK/gocryptfs-cipher" "$GMNT"
     mountpoint -q "$GMNT" || die "gocryptfs did not mount on $GMNT"
+}
+
+# bench_tree TAR N: a tar of N files of 1-8 KiB in 100 directories (tree/dNNN/).
+bench_tree() {
+    local tar=$1 n=$2
+    if command -v python3 >/dev/null; then
+        python3 - "$tar" "$n" <<'EOF'
+import io, os, sys, tarfile, time
+out, n = sys.argv[1], int(sys.argv[2])
+now = int(time.time())
+with tarfile.open(out, "w", format=tarfile.GNU_FORMAT) as t:
+    for d in range(100):
+        ti = tarfile.TarInfo(f"tree/d{d:03d}")
+        ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, now
+        t.addfile(ti)
+    for i in range(n):
+        size = 1024 + (i * 7919) % (7 * 1024 + 1)
+        ti = tarfile.TarInfo(f"tree/d{i % 100:03d}/f{i:05d}.bin")
+        ti.size, ti.mode, ti.mtime = size, 0o644, now
+        t.addfile(ti, io.BytesIO(os.urandom(size)))
+EOF
+    else
+        local src=$WORK/tree-src d i
+        for ((d = 0; d < 100; d++)); do mkdir -p "$(printf '%s/tree/d%03d' "$src" "$d")"; done
+        for ((i = 0; i < n; i++)); do
+            head -c $((1024 + (i * 7919) % (7 * 1024 + 1))) /dev/urandom \
+                >"$(printf '%s/tree/d%03d/f%05d.bin' "$src" $((i % 100)) "$i")"
+        done
+        tar -C "$src" -cf "$tar" tree
+        rm -rf "$src"
+    fi
 }

@@ -59,6 +59,24 @@ size_of() { if [ -f "$1" ]; then stat -c %s "$1"; else echo 0; fi; }
 human() { numfmt --to=iec --suffix=B "$1"; }
 calls() { python3 -c 'import json,sys; p=json.load(open(sys.argv[1])); print(sum(e["count"] for e in p["syscalls"].values()))' "$1"; }
 
+# row_cmd ROW : sets CMD to the command line of one row of workload $w.
+row_cmd() {
+    case $1 in
+        unprofiled) CMD=("${cmd[@]}") ;;
+        strace) CMD=(strace -f -c -o /dev/null "${cmd[@]}") ;;
+        *)
+            local rec=${1% *} mode=${1#* } extra=()
+            [ "$mode" = full ] && extra=(--trace "$BENCH_DIR/$w-$rec-$mode.trace")
+            CMD=("$TRESOR" profile --recorder "$rec" --out "$BENCH_DIR/$w-$rec-$mode.json"
+                --writable "$BENCH_DIR" --mode "$mode" "${extra[@]}" -- "${cmd[@]}") ;;
+    esac
+}
+
+# The rows of a workload take turns, round after round (the order rotated
+# each round), rather than one row's runs after another's: this VM's speed
+# drifts by several per cent over a minute, which in back-to-back blocks
+# lands on one row. The ratio is the median of each round's own ratio to
+# the unprofiled run of that round.
 echo "| workload | monitor | time (s, median of $RUNS) | vs unprofiled | syscalls | profile | trace |"
 echo "|---|---|---:|---:|---:|---:|---:|"
 for w in a b c; do
@@ -67,28 +85,51 @@ for w in a b c; do
         b) name="(b) 200 MB in 1 MiB chunks"; cmd=("$STREAM" "$BENCH_DIR/big.bin") ;;
         c) name="(c) (b) 10 times, 2 GB"; cmd=("$STREAM" "$BENCH_DIR/big.bin" 10) ;;
     esac
-    base=$(time_runs "${cmd[@]}")
-    echo "| $name | unprofiled | $base | 1.00× | | | |"
-    rows=("bpf syscalls" "bpf args" "ptrace syscalls" "ptrace args" "ptrace full")
-    [ $w = a ] || rows=("bpf syscalls" "bpf args" "ptrace args")
-    for row in "${rows[@]}"; do
-        set -- $row
-        rec=$1 mode=$2
-        out=$BENCH_DIR/$w-$rec-$mode.json
-        trace=$BENCH_DIR/$w-$rec-$mode.trace
-        rm -f "$trace"
-        extra=()
-        [ $mode = full ] && extra=(--trace "$trace")
-        t=$(time_runs "$TRESOR" profile --recorder $rec --out "$out" --writable "$BENCH_DIR" --mode $mode "${extra[@]}" -- "${cmd[@]}")
-        grep -q "\"recorder\": \"$rec\"" "$out" || { echo "$out was not recorded by $rec" >&2; exit 1; }
-        ratio=$(awk -v a="$t" -v b="$base" 'BEGIN {printf "%.2f", a/b}')
-        tr="–"
-        [ $mode = full ] && tr=$(human "$(size_of "$trace")")
-        echo "| $name | tresor --recorder $rec --mode $mode | $t | ${ratio}× | $(calls "$out") | $(human "$(size_of "$out")") | $tr |"
+    rows=(unprofiled "bpf syscalls" "bpf args" "ptrace syscalls" "ptrace args" "ptrace full" strace)
+    [ $w = a ] || rows=(unprofiled "bpf syscalls" "bpf args" "ptrace args" strace)
+    n=${#rows[@]}
+    times=$BENCH_DIR/times-$w
+    : >"$times"
+    rm -f "$BENCH_DIR/$w-"*.trace
+    for i in "${!rows[@]}"; do # warm-up: the page cache, the binaries
+        row_cmd "${rows[$i]}"
+        "${CMD[@]}" >/dev/null 2>&1 || true
     done
-    t=$(time_runs strace -f -c -o /dev/null "${cmd[@]}")
-    ratio=$(awk -v a="$t" -v b="$base" 'BEGIN {printf "%.2f", a/b}')
-    echo "| $name | strace -f -c -o /dev/null | $t | ${ratio}× | | | |"
+    for r in $(seq "$RUNS"); do
+        for k in $(seq 0 $((n - 1))); do
+            i=$(( (k + r) % n ))
+            row_cmd "${rows[$i]}"
+            t0=$(now)
+            "${CMD[@]}" >/dev/null 2>&1 || true
+            t1=$(now)
+            echo "$i $r $(( (t1 - t0) / 1000 ))" >>"$times"
+        done
+    done
+    for i in "${!rows[@]}"; do
+        row=${rows[$i]}
+        read -r t ratio < <(python3 - "$times" "$i" <<'PY'
+import statistics, sys
+t = {}
+for line in open(sys.argv[1]):
+    i, r, us = map(int, line.split())
+    t.setdefault(i, {})[r] = us / 1e6
+me, base = t[int(sys.argv[2])], t[0]
+print(f"{statistics.median(me.values()):.3f}",
+      f"{statistics.median(me[r] / base[r] for r in me):.2f}")
+PY
+)
+        case $row in
+            unprofiled) echo "| $name | unprofiled | $t | 1.00× | | | |" ;;
+            strace) echo "| $name | strace -f -c -o /dev/null | $t | ${ratio}× | | | |" ;;
+            *)
+                rec=${row% *} mode=${row#* }
+                out=$BENCH_DIR/$w-$rec-$mode.json
+                grep -q "\"recorder\": \"$rec\"" "$out" || { echo "$out was not recorded by $rec" >&2; exit 1; }
+                tr="–"
+                [ "$mode" = full ] && tr=$(human "$(size_of "$BENCH_DIR/$w-$rec-$mode.trace")")
+                echo "| $name | tresor --recorder $rec --mode $mode | $t | ${ratio}× | $(calls "$out") | $(human "$(size_of "$out")") | $tr |" ;;
+        esac
+    done
 done
 # The fixed cost of each recorder (loading and verifying the BPF programs,
 # the view), paid once per profiling run: `tresor profile -- /bin/true`.

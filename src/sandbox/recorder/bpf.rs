@@ -221,7 +221,7 @@ pub fn profile(
     // The kernel verifies the programs on a second thread while this one
     // hashes the program, lays out the view and starts the child, which
     // enters its namespaces and view meanwhile: each takes milliseconds.
-    let tracked = tracked_entries(opts.max_tasks);
+    let tracked = fault::tracked(tracked_entries(opts.max_tasks));
     let (loaded, started) = std::thread::scope(|s| {
         let loader = s.spawn(|| load(&mut first, &mut second, tracked));
         let started = start_child(program, args, opts);
@@ -388,7 +388,9 @@ fn minimal_btf() -> Result<(std::os::fd::OwnedFd, std::ffi::CString), String> {
 ///   the minimal BTF, so loading against it fails as it would if
 ///   profile.bpf.c read a field btf::FIELDS does not list;
 /// - `TRESOR_FAULT_PATH_BUFFER=BYTES` shrinks the path buffer (a power of
-///   two, at least a page), so that it overflows between two drains.
+///   two, at least a page), so that it overflows between two drains;
+/// - `TRESOR_FAULT_TRACKED=N` leaves room for N processes in `tracked`,
+///   so that a tree of more overflows it.
 mod fault {
     pub(super) fn fields() -> Vec<(&'static str, &'static [&'static str])> {
         let all = super::btf::FIELDS.iter().copied();
@@ -397,6 +399,17 @@ mod fault {
             return all.filter(|(name, _)| *name != without).collect();
         }
         all.collect()
+    }
+
+    pub(super) fn tracked(entries: u32) -> u32 {
+        #[cfg(debug_assertions)]
+        if let Some(n) = std::env::var("TRESOR_FAULT_TRACKED")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+        {
+            return n;
+        }
+        entries
     }
 
     pub(super) fn path_buffer(
