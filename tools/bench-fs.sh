@@ -17,7 +17,8 @@
 # Needs root for `echo 3 > /proc/sys/vm/drop_caches` (without it, caches are
 # only synced and the read rows are cache-warm: a warning is printed).
 # Rows: write, cold read, untar, ls -lR, md5sum (cold), md5sum again (warm:
-# caches kept), rm -rf; with each driver's peak RSS per phase.
+# caches kept), rm -rf; with each driver's peak RSS per phase. The three
+# filesystems take turns phase by phase (three big files exist at once).
 # Quick run: SIZE_MB=64 NFILES=500 RUNS=1 SKIP_CRYPTO=1 tools/bench-fs.sh
 set -euo pipefail
 
@@ -74,6 +75,8 @@ ph_md5warm() { ph_md5 "$1"; }
 ph_rm() { rm -rf "$1/tree" && sync; }
 PHASES=(write read untar ls md5 md5warm rm)
 WARM=(md5warm) # phases timed without dropping the caches first
+# One filesystem's turn: a phase, or the warm re-read right after the cold one.
+TURNS=(write read untar ls "md5 md5warm" rm)
 
 SAMPLES=$WORK/samples
 : >"$SAMPLES"
@@ -115,20 +118,26 @@ for fs in tresor gocryptfs; do
     rm -f "$d/small64"
 done
 
+# The filesystems take turns phase by phase, their order rotated each run:
+# this VM's speed drifts over a minute, and one filesystem's whole run
+# after another's put the drift between the columns of a row.
 for ((run = 1; run <= RUNS; run++)); do
-    for fs in "${FSES[@]}"; do
-        d=$(dir_of "$fs")
-        log "run $run/$RUNS: $fs"
-        for ph in "${PHASES[@]}"; do
-            [[ $ph == md5 ]] && { # correctness check, untimed
-                got=$(cd "$d" && find tree -type f -print0 | sort -z | xargs -0 md5sum | md5sum)
-                [[ $got == "$EXPECT" ]] || die "$fs returned wrong file contents"
-            }
-            rss_reset "$fs"
-            timed "$ph" "$fs" "$d"
-            rss_note "$ph" "$fs" "$run"
-            [[ $ph == read ]] && rm -f "$d/big"
+    order=("${FSES[@]:run % ${#FSES[@]}}" "${FSES[@]:0:run % ${#FSES[@]}}")
+    log "run $run/$RUNS: ${order[*]}, phase by phase"
+    for group in "${TURNS[@]}"; do
+        for fs in "${order[@]}"; do
+            d=$(dir_of "$fs")
+            for ph in $group; do
+                [[ $ph == md5 ]] && { # correctness check, untimed
+                    got=$(cd "$d" && find tree -type f -print0 | sort -z | xargs -0 md5sum | md5sum)
+                    [[ $got == "$EXPECT" ]] || die "$fs returned wrong file contents"
+                }
+                rss_reset "$fs"
+                timed "$ph" "$fs" "$d"
+                rss_note "$ph" "$fs" "$run"
+            done
         done
+        [[ $group == read ]] && for fs in "${order[@]}"; do rm -f "$(dir_of "$fs")/big"; done
     done
 done
 
