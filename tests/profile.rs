@@ -1311,7 +1311,8 @@ fn a_full_path_buffer_is_counted_never_silent() {
 }
 
 /// More processes alive at once than `tracked` has room for (shrunk by a
-/// debug-build hook; at its real size the task limit stops a tree first):
+/// debug-build hook; at its real size the task limit stops a tree first;
+/// each child lives 1.5 s, long after the last has started):
 /// the ones left out are counted and the profile says it is incomplete —
 /// never a complete-looking profile that misses their syscalls.
 #[test]
@@ -1319,31 +1320,29 @@ fn a_full_task_map_is_counted_never_silent() {
     require_bpf!();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("p.json");
-    let o = tresor()
-        .env("TRESOR_FAULT_TRACKED", "8")
-        .args(["profile", "--recorder", "bpf", "--out"])
-        .arg(&out)
-        .arg("--")
-        .arg(example("profile_tree"))
-        .args(["many", "30", "500"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{o:?}");
-    let b = Profile::load(&out).unwrap();
+    // 31 processes alive at once, with room for `room` of them.
+    let profile = |room: Option<&str>| {
+        let mut c = tresor();
+        if let Some(n) = room {
+            c.env("TRESOR_FAULT_TRACKED", n);
+        }
+        let o = c
+            .args(["profile", "--recorder", "bpf", "--out"])
+            .arg(&out)
+            .arg("--")
+            .arg(example("profile_tree"))
+            .args(["many", "30", "1500"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        Profile::load(&out).unwrap()
+    };
+    let b = profile(Some("8"));
     assert!(!b.complete, "31 processes fit into room for 8?");
     let reason = b.incomplete_reason.clone().unwrap();
     assert!(reason.contains("task map full"), "{reason}");
     // With room for all of them, the same tree is complete.
-    let o = tresor()
-        .args(["profile", "--recorder", "bpf", "--out"])
-        .arg(&out)
-        .arg("--")
-        .arg(example("profile_tree"))
-        .args(["many", "30", "500"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{o:?}");
-    let b = Profile::load(&out).unwrap();
+    let b = profile(None);
     assert!(b.complete, "{:?}", b.incomplete_reason);
     assert_eq!(b.processes, 31);
 }

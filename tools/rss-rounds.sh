@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Does the driver's memory grow with the run's length? ROUNDS rounds of the
+# metadata rows of tools/bench-fs.sh (untar NFILES files + sync, md5sum
+# with the caches dropped, rm -rf + sync) on one tresor mount, gocryptfs
+# beside it as the reference; each driver's RSS after every round and its
+# peak (VmHWM) over the round.
+#
+# Usage:  tools/rss-rounds.sh [ROUNDS]        (default 10)
+# Env:    NFILES=10000, TRESOR_BIN=…, KEEP=1 (as tools/bench-fs.sh). Root.
+set -euo pipefail
+
+ROUNDS=${1:-10}
+NFILES=${NFILES:-10000}
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+die() { echo "rss-rounds: $*" >&2; exit 1; }
+log() { echo "rss-rounds: $*" >&2; }
+[[ $ROUNDS =~ ^[1-9][0-9]*$ && $NFILES =~ ^[1-9][0-9]*$ ]] || die "ROUNDS and NFILES must be positive integers"
+[[ $(id -u) -eq 0 ]] || die "needs root (drop_caches)"
+
+WORK=$(mktemp -d /var/tmp/tresor-rss.XXXXXX)
+# shellcheck source=tools/bench-mounts.sh
+source "$REPO/tools/bench-mounts.sh"
+bench_binary
+bench_mount
+bench_tree "$WORK/tree.tar" "$NFILES"
+TPID=$(pgrep -f -- "mount $WORK/tresor-store $TMNT" | head -1)
+GPID=$(pgrep -f -- "gocryptfs.*$GMNT" | head -1)
+[[ -n $TPID && -n $GPID ]] || die "cannot find the drivers' processes"
+kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
+
+echo "| round | tresor RSS (MiB) | tresor peak | gocryptfs RSS | gocryptfs peak |"
+echo "|---:|---:|---:|---:|---:|"
+for r in $(seq "$ROUNDS"); do
+    for pid in "$TPID" "$GPID"; do echo 5 >"/proc/$pid/clear_refs"; done
+    for d in "$TMNT/bench" "$GMNT"; do
+        tar -C "$d" -xf "$WORK/tree.tar" && sync
+        echo 3 >/proc/sys/vm/drop_caches
+        find "$d/tree" -type f -print0 | xargs -0 md5sum >/dev/null
+        rm -rf "$d/tree" && sync
+    done
+    echo 3 >/proc/sys/vm/drop_caches
+    awk -v r="$r" -v a="$(kb "$TPID" VmRSS)" -v b="$(kb "$TPID" VmHWM)" \
+        -v c="$(kb "$GPID" VmRSS)" -v d="$(kb "$GPID" VmHWM)" \
+        'BEGIN { printf "| %d | %.1f | %.1f | %.1f | %.1f |\n", r, a / 1024, b / 1024, c / 1024, d / 1024 }'
+done
