@@ -9,8 +9,9 @@
 TMNT=$WORK/tresor-mnt
 GMNT=$WORK/gocryptfs-mnt
 
+# bench_cleanup [RC]: RC (default: the status it is called with) is the exit status.
 bench_cleanup() {
-    local rc=$?
+    local rc=${1:-$?}
     set +e
     for m in "$TMNT" "$GMNT"; do
         if mountpoint -q "$m" 2>/dev/null; then
@@ -26,7 +27,7 @@ bench_cleanup() {
     exit "$rc"
 }
 trap bench_cleanup EXIT
-trap 'exit 130' INT TERM HUP
+trap 'exit 130' INT TERM HUP PIPE # a closed pipe (| head) still unmounts
 
 # BIN: $TRESOR_BIN, or the release build of $REPO.
 bench_binary() {

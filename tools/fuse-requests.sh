@@ -34,7 +34,7 @@ trace_off() {
     echo 0 >"$EVENT/enable" 2>/dev/null || true
     echo 0 >"$EVENT/filter" 2>/dev/null || true
 }
-trap 'rc=$?; trace_off; (exit $rc); bench_cleanup' EXIT
+trap 'rc=$?; trace_off; bench_cleanup "$rc"' EXIT
 bench_binary
 bench_mount
 TAR=$WORK/tree.tar
