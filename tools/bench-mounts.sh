@@ -1,4 +1,4 @@
-# Shared by tools/bench-fs.sh, bench-stream.sh and fuse-requests.sh (sourced):
+# Shared by the bench and measuring tools in tools/ (sourced, not run):
 # a tresor store and a gocryptfs filesystem in $WORK, mounted on $TMNT and
 # $GMNT with one passphrase, a plain directory $WORK/plain beside them, and
 # the EXIT trap that unmounts both (KEEP=1 keeps $WORK).
