@@ -412,3 +412,63 @@ fn an_unchanged_file_is_re_read_from_the_page_cache() {
     m1.unmount();
     m2.unmount();
 }
+
+/// The driver answers FLUSH with ENOSYS, so the kernel sends none at
+/// close(2) (docs/DURABILITY.md). A shared mapping's dirty pages must still
+/// reach the store when its descriptor is closed — read back through a
+/// second mount while the mapping is still there, before any unmap or
+/// periodic write-back. (With FOPEN_NOFLUSH the kernel would skip that
+/// write-back and the other mount would read zeros.)
+#[test]
+fn a_mapped_write_reaches_the_store_at_close() {
+    if !util::fuse_available() {
+        return;
+    }
+    let ts = TestStore::new(&["g"]);
+    let (m1, m2) = two_mounts(&ts);
+    fs::write(m1.path("g/mapped"), vec![0u8; 8192]).unwrap();
+    let script = "import mmap, os, sys\n\
+                  fd = os.open(sys.argv[1], os.O_RDWR)\n\
+                  m = mmap.mmap(fd, 8192)\n\
+                  m[0:6] = b'first!'\n\
+                  m[4096:4102] = b'second'\n\
+                  os.close(fd)\n\
+                  print('closed', flush=True)\n\
+                  sys.stdin.readline()\n\
+                  m.close()\n";
+    let mut py = Command::new("python3")
+        .args(["-c", script])
+        .arg(m1.path("g/mapped"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(py.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(
+        line.trim(),
+        "closed",
+        "the mapping program did not get there"
+    );
+    // The mapping is still in place: only the close wrote the pages back.
+    let seen = read_all(&m2.path("g/mapped"));
+    let _ = py.stdin.take().unwrap().write_all(b"\n");
+    assert!(py.wait().unwrap().success());
+    assert_eq!(seen.len(), 8192);
+    assert_eq!(
+        &seen[0..6],
+        b"first!",
+        "the first page was not written back at close"
+    );
+    assert_eq!(
+        &seen[4096..4102],
+        b"second",
+        "the second page was not written back at close"
+    );
+    m1.unmount();
+    m2.unmount();
+}
