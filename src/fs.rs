@@ -13,7 +13,7 @@ use fuser::{
 };
 use std::ffi::OsStr;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -21,6 +21,13 @@ use std::time::Duration;
 const TTL: Duration = Duration::from_secs(1);
 /// Largest read and write request (the kernel's default cap of 256 pages).
 const MAX_IO: u32 = 1 << 20;
+/// The mount's read-ahead window, in KiB (the kernel's default is 128).
+/// Each READ then carries up to `MAX_IO` and several are in flight at once,
+/// so the worker threads decrypt on both cores while the reader copies:
+/// measured on a tmpfs store, a 1 GiB `dd` went from 0.7–0.9 to 1.1–1.5
+/// GB/s, with 20–30 % less CPU per GB (fewer, larger requests); 16 MiB was
+/// no faster (docs/PERFORMANCE.md, "Read-ahead").
+pub const READ_AHEAD_KIB: u32 = 4096;
 
 /// Mount options chosen on the command line.
 #[derive(Clone, Debug, Default)]
@@ -173,7 +180,8 @@ fn file_open_flags(flags: i32, keep: bool) -> FopenFlags {
 impl Filesystem for TresorFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let _ = config.set_max_write(MAX_IO);
-        let _ = config.set_max_readahead(MAX_IO);
+        // The kernel offers its bdi's read-ahead (128 KiB) as the most we may
+        // ask for here; `widen_read_ahead` raises it once the mount is up.
         let _ = config.set_max_background(64);
         // Optional speed-ups; the kernel may lack them, which is fine.
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
@@ -753,6 +761,23 @@ pub fn mount(
     let session = fuser::Session::new(fs, mountpoint, &config)?;
     let _ = notifier.set(session.notifier());
     Ok(session)
+}
+
+/// Widens the kernel's read-ahead window of the mount at `mountpoint` to
+/// [`READ_AHEAD_KIB`] through its bdi in sysfs, which only root may write
+/// (an unprivileged driver keeps the kernel's 128 KiB). Call it once the
+/// session runs: the `stat` waits until the kernel has taken the reply to
+/// INIT, which would otherwise narrow the window again.
+pub fn widen_read_ahead(mountpoint: &Path) -> io::Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(mountpoint)?.dev();
+    let knob = PathBuf::from(format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    ));
+    std::fs::write(&knob, format!("{READ_AHEAD_KIB}\n"))?;
+    Ok(knob)
 }
 
 /// Detaches the mounted process into the background: the parent exits 0

@@ -577,6 +577,80 @@ with open(sys.argv[1], "rb") as f:
     }
 }
 
+/// The mount's read-ahead window is widened to 4 MiB (as root), and a
+/// sequential read through it still gives every intact byte before a bad
+/// block and none from it: the READ that carries the bad block fails whole,
+/// and the kernel asks again for what the reader still wants.
+#[test]
+fn a_wide_read_ahead_reads_up_to_a_bad_block_and_no_further() {
+    if !fuse_available() || !require_root("widen the read-ahead window through sysfs") {
+        return;
+    }
+    let ts = TestStore::new(&["g"]);
+    const MIB: usize = 1 << 20;
+    let data = pseudo_random(17, 8 * MIB + 300);
+    let m = ts.mount();
+    fs::write(m.path("g/big"), &data).unwrap();
+    m.unmount();
+    // Block 1296 = 5 MiB + 64 KiB: in the middle of a 1 MiB READ.
+    let bad = 1296u64;
+    let p = backing_of_size(&ts.store.join("groups/g"), data.len() as u64);
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, block_at(bad) + 7).unwrap();
+    f.write_all_at(&[b[0] ^ 0x40], block_at(bad) + 7).unwrap();
+    drop(f);
+
+    let m = ts.mount();
+    let dev = fs::metadata(&m.mnt).unwrap().dev();
+    let knob = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    let start = std::time::Instant::now();
+    let mut ra = String::new();
+    while start.elapsed() < std::time::Duration::from_secs(10) {
+        ra = fs::read_to_string(&knob).unwrap_or_default();
+        if ra.trim() == "4096" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20)); // poll: the driver widens it from a thread of its own
+    }
+    assert_eq!(ra.trim(), "4096", "{knob}");
+
+    // Cold: nothing of the file in the page cache.
+    let mut f = fs::File::open(m.path("g/big")).unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; MIB];
+    let err = loop {
+        match f.read(&mut buf) {
+            Ok(0) => panic!("read to the end ({} bytes) past a bad block", got.len()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let bad_at = bad as usize * 4096;
+    // To the byte: the kernel reads the pages of the failed READ one by
+    // one (4 KiB folios on this kernel) until the bad block.
+    assert!(
+        got.len() == bad_at && got == data[..got.len()],
+        "{} bytes before the error, the bad block starts at {bad_at}",
+        got.len()
+    );
+    // Behind the bad block the file reads again.
+    let mut tail = vec![0u8; 2 * MIB];
+    f.read_exact_at(&mut tail, 6 * MIB as u64).unwrap();
+    assert!(tail == data[6 * MIB..8 * MIB]);
+    drop(f);
+    m.unmount();
+}
+
 /// The backing attribute names (`user.tresor.…`) of a backing path.
 fn backing_xattrs(p: &Path) -> Vec<String> {
     let mut v: Vec<String> = xattr::list(p)

@@ -186,18 +186,20 @@ fn paths_longer_than_path_max_work_under_an_unprivileged_driver() {
         $T init st --pse a.pse --passphrase-file pass --kdf-memory-mib 8 >/dev/null 2>&1
         $T datagroup add st g --pse a.pse --passphrase-file pass >/dev/null
         mkdir m
-        $T mount st m --pse a.pse --passphrase-file pass --log {w}/log >/dev/null
+        TRESOR_LOG=info $T mount st m --pse a.pse --passphrase-file pass --log {w}/log >/dev/null
         cd m/g
         {DEEP}
         {CREATE}
         cd {w}
         $T umount m
         echo longest $(find st | awk '{{ if (length($0) > n) n = length($0) }} END {{ print n }}')
-        $T mount st m --pse a.pse --passphrase-file pass --log {w}/log >/dev/null
+        TRESOR_LOG=info $T mount st m --pse a.pse --passphrase-file pass --log {w}/log >/dev/null
         cd m/g
         {REMOVE}
         cd {w}
-        $T umount m",
+        echo read-ahead $(cat /sys/class/bdi/$(mountpoint -d m)/read_ahead_kb)
+        $T umount m
+        echo narrow $(grep -c \"read-ahead stays at the kernel's 128 KiB\" log)",
         w = work.display()
     )
     .replace('\'', "'\\''");
@@ -228,7 +230,13 @@ fn paths_longer_than_path_max_work_under_an_unprivileged_driver() {
     let (longest, removed) = rest.split_once('\n').unwrap();
     let longest: usize = longest.parse().unwrap();
     assert!(longest > 4096 + 1000, "backing paths of {longest} bytes");
+    // Only root may widen the read-ahead window: the driver says so in
+    // its log and the mount keeps the kernel's 128 KiB.
+    let (removed, after) = removed.split_once("read-ahead ").unwrap();
     assert_eq!(removed, REMOVED);
+    let (ra, narrow) = after.split_once("\nnarrow ").unwrap();
+    assert_eq!(ra, "128");
+    assert!(narrow.trim().parse::<u32>().unwrap() >= 1, "{narrow}");
 }
 
 /// pjdfstest unlink/14: `fstat` of a file unlinked while open reports

@@ -761,12 +761,12 @@ mod tests {
         }
     }
 
-    /// Runs of 64 blocks and more are sealed and opened on two threads
-    /// (v2): a long unaligned write and reads across the split point give
-    /// back the bytes, and a block that fails authentication in either half
-    /// is the one the error names.
+    /// Long runs (a whole 1 MiB request, v2): a long unaligned write and
+    /// reads across it give back the bytes, and a block that fails
+    /// authentication near either end of a 256-block read is the one the
+    /// error names.
     #[test]
-    fn v2_long_runs_on_two_threads_read_back_and_name_a_bad_block() {
+    fn v2_long_runs_read_back_and_name_a_bad_block() {
         let (f, c) = setup(2);
         let file = f.as_file();
         let mut rng = rand::rngs::StdRng::seed_from_u64(19);
@@ -794,7 +794,7 @@ mod tests {
         shadow[4096 * 200..4096 * 500].copy_from_slice(&more);
         assert!(read_at(file, &c, 0, usize::MAX >> 1).unwrap() == shadow);
         // A flipped ciphertext byte in a block of the lower, then the upper
-        // half of a 256-block read from block 0 (halves 0..128, 128..256).
+        // half of a 256-block read from block 0.
         for bad in [10u64, 200] {
             let at = layout2::block_offset(bad) + 100;
             let mut b = [0u8; 1];

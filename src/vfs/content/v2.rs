@@ -437,16 +437,10 @@ fn open_blocks(
         )));
     }
     // Each block is opened straight into its place in `out`: no copy of
-    // the plaintext after the cipher; a long run on two threads.
+    // the plaintext after the cipher.
     let base = out.len();
     out.resize(base + ((last - first + 1) * B) as usize, 0);
-    let buf = &*buf;
-    let r = two_halves(first, last + 1, &mut out[base..], |a, b, dst| {
-        let sealed =
-            &buf[((a - first) * CT_BLOCK_SIZE) as usize..((b - first) * CT_BLOCK_SIZE) as usize];
-        open_range(c, (sparse, staged), a, sealed, dst)
-    });
-    if let Err(idx) = r {
+    if let Err(idx) = open_range(c, (sparse, staged), first, buf, &mut out[base..]) {
         // Nothing opened leaves with the error.
         out.truncate(base);
         return Err(corrupt(format!("block {idx} failed authentication")));
@@ -482,50 +476,6 @@ fn open_range(
             .map_err(|_| idx)?;
     }
     Ok(())
-}
-
-/// Blocks from which one request's blocks are sealed or opened on two
-/// threads (the request's and one more, for its duration): a 1 MiB request
-/// is 256 blocks, ~0.6 ms of cipher work on one core, against the tens of
-/// microseconds a thread takes to start. The kernel sends one write at a
-/// time and reads ahead only a window or two, so without this the second
-/// core idles (docs/PERFORMANCE.md, "Issue 19: the cipher and streaming").
-const PAR_BLOCKS: u64 = 64;
-
-/// Runs `f(a, b, output)` over blocks `a..b` = `first..end`, where
-/// `output` holds the same number of bytes for every block; at
-/// `PAR_BLOCKS` blocks or more the upper half runs on a second thread.
-fn two_halves<E, F>(first: u64, end: u64, output: &mut [u8], f: F) -> Result<(), E>
-where
-    E: Send,
-    F: Fn(u64, u64, &mut [u8]) -> Result<(), E> + Sync,
-{
-    let n = end - first;
-    if n < PAR_BLOCKS {
-        return f(first, end, output);
-    }
-    let mid = first + n / 2;
-    let (lo, hi) = output.split_at_mut(output.len() / n as usize * (n / 2) as usize);
-    // The upper half goes to whichever thread takes it: the new one, or
-    // this one if no thread could be started (a limit on threads).
-    let hi = std::sync::Mutex::new(Some(hi));
-    let run_hi = || match hi.lock().map(|mut g| g.take()) {
-        Ok(Some(hi)) => f(mid, end, hi),
-        // Taken already (not reachable: exactly one thread runs this).
-        _ => Ok(()),
-    };
-    std::thread::scope(|s| {
-        let spawned = std::thread::Builder::new()
-            .stack_size(256 << 10)
-            .spawn_scoped(s, run_hi);
-        let r = f(first, mid, lo);
-        let r_hi = match spawned {
-            // A panic in the cipher is a bug; carry it on as one.
-            Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
-            Err(_) => run_hi(),
-        };
-        r.and(r_hi)
-    })
 }
 
 /// Reads up to `len` bytes at `off`.
@@ -778,9 +728,7 @@ fn update(
             let len = ((chunk_end - chunk) * CT_BLOCK_SIZE) as usize;
             let rec = &*rec;
             with_ct_scratch(len, |sealed| -> Result<(), ContentError> {
-                two_halves(chunk, chunk_end, sealed, |a, b, out| {
-                    seal_blocks(file, c, rec, (a, b), (off, data), out)
-                })?;
+                seal_blocks(file, c, rec, (chunk, chunk_end), (off, data), sealed)?;
                 super::pwrite(file, sealed, block_offset(chunk))?;
                 Ok(())
             })?;
