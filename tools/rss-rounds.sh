@@ -3,18 +3,22 @@
 # metadata rows of tools/bench-fs.sh (untar NFILES files + sync, md5sum
 # with the caches dropped, rm -rf + sync) on one tresor mount, gocryptfs
 # beside it as the reference; each driver's RSS after every round and its
-# peak (VmHWM) over the round.
+# peak (VmHWM) over the round. With BIG_MB=N each round first writes an
+# N MiB file (dd bs=1M conv=fsync) and reads it back cold, as bench-fs's
+# streaming rows do.
 #
 # Usage:  tools/rss-rounds.sh [ROUNDS]        (default 10)
-# Env:    NFILES=10000, TRESOR_BIN=…, KEEP=1 (as tools/bench-fs.sh). Root.
+# Env:    NFILES=10000, BIG_MB=0, TRESOR_BIN=…, KEEP=1 (as tools/bench-fs.sh). Root.
 set -euo pipefail
 
 ROUNDS=${1:-10}
 NFILES=${NFILES:-10000}
+BIG_MB=${BIG_MB:-0}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 die() { echo "rss-rounds: $*" >&2; exit 1; }
 log() { echo "rss-rounds: $*" >&2; }
 [[ $ROUNDS =~ ^[1-9][0-9]*$ && $NFILES =~ ^[1-9][0-9]*$ ]] || die "ROUNDS and NFILES must be positive integers"
+[[ $BIG_MB =~ ^[0-9]+$ ]] || die "BIG_MB must be a number of MiB (0: no big file)"
 [[ $(id -u) -eq 0 ]] || die "needs root (drop_caches)"
 
 WORK=$(mktemp -d /var/tmp/tresor-rss.XXXXXX)
@@ -33,6 +37,12 @@ echo "|---:|---:|---:|---:|---:|"
 for r in $(seq "$ROUNDS"); do
     for pid in "$TPID" "$GPID"; do echo 5 >"/proc/$pid/clear_refs"; done
     for d in "$TMNT/bench" "$GMNT"; do
+        if ((BIG_MB > 0)); then
+            dd if=/dev/zero of="$d/big" bs=1M count="$BIG_MB" conv=fsync status=none
+            echo 3 >/proc/sys/vm/drop_caches
+            dd if="$d/big" of=/dev/null bs=1M status=none
+            rm -f "$d/big"
+        fi
         tar -C "$d" -xf "$WORK/tree.tar" && sync
         echo 3 >/proc/sys/vm/drop_caches
         find "$d/tree" -type f -print0 | xargs -0 md5sum >/dev/null
