@@ -1155,7 +1155,9 @@ impl<'a> Tracer<'a> {
 }
 
 /// Records how the run ended; anything but an exit marks it incomplete.
+/// Adds what a run with threads needs but may not have shown.
 pub(crate) fn conclude(p: &mut Profile, end: &RunEnd, root_end: Option<&RunEnd>) {
+    p.add_for_threads();
     match end {
         RunEnd::Exited(c) => p.exit = Some(Exit::Code(*c)),
         RunEnd::Signaled(s) => {
