@@ -1031,15 +1031,6 @@ fn cmd_mount(
     // would unmount again when it ends, and after a normal `fusermount3 -u`
     // that second try fails (EINVAL) and is logged as a warning.
     let mut bg = fuse.spawn().context("cannot start the FUSE threads")?;
-    let at = mnt.to_path_buf();
-    std::thread::spawn(move || {
-        match crate::fs::widen_read_ahead(&at) {
-        Ok(knob) => tracing::debug!("read-ahead {} KiB ({})", crate::fs::READ_AHEAD_KIB, knob.display()),
-        Err(e) => tracing::info!(
-            "read-ahead stays at the kernel's 128 KiB ({e}); only root may widen it: sequential reads are slower"
-        ),
-    }
-    });
     let control = session::start(notifier, vfs, mnt, store, &pse_abs, idle_lock, listener)?;
     let fuse_thread = std::mem::replace(&mut bg.guard, std::thread::spawn(|| Ok(())));
     let ran = fuse_thread

@@ -22,6 +22,7 @@ pub mod directory;
 pub mod format;
 pub mod fs;
 pub mod keyring;
+pub mod mountinfo;
 pub mod prompt;
 pub mod pse;
 pub mod rekey;

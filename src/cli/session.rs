@@ -49,50 +49,13 @@ pub(super) fn exit_code(e: &SessionError) -> u8 {
     }
 }
 
-/// Undoes the octal escapes of /proc/self/mountinfo (`\040` for a space).
-fn unescape(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let oct = b
-            .get(i + 1..i + 4)
-            .filter(|o| o.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match (b[i], oct) {
-            (b'\\', Some(o)) => {
-                out.push(
-                    o.iter()
-                        .fold(0u8, |a, c| a.wrapping_mul(8).wrapping_add(c - b'0')),
-                );
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    out
-}
-
 /// Whether mountinfo text has a tresor mount on `mnt` (the last one
 /// stacked there): type `fuse.tresor`, or a `fuse` mount named
 /// `tresor:STORE` (a tresor before the subtype was recorded).
 fn is_tresor_mount(mountinfo: &str, mnt: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let want = mnt.as_os_str().as_bytes();
-    mountinfo
-        .lines()
-        .rev()
-        .find_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            (unescape(pre.split(' ').nth(4)?) == want).then(|| {
-                let mut f = post.split(' ');
-                let (ty, src) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
-                ty == "fuse.tresor" || (ty == "fuse" && src.starts_with("tresor:"))
-            })
-        })
-        .unwrap_or(false)
+    crate::mountinfo::type_and_source(mountinfo, mnt).is_some_and(|(ty, src)| {
+        ty == "fuse.tresor" || (ty == "fuse" && src.starts_with("tresor:"))
+    })
 }
 
 /// A tresor mount on `mnt` whose driver has ended (killed, crashed): the

@@ -1,0 +1,79 @@
+//! `/proc/self/mountinfo`: the mount table as this process sees it.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// Undoes the octal escapes of a mountinfo field (`\040` for a space).
+pub fn unescape(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|o| o.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], oct) {
+            (b'\\', Some(o)) => {
+                out.push(
+                    o.iter()
+                        .fold(0u8, |a, c| a.wrapping_mul(8).wrapping_add(c - b'0')),
+                );
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The mount point (field 5) and the rest of each line, last mount first.
+fn lines_for<'a>(mountinfo: &'a str, mnt: &'a Path) -> impl Iterator<Item = &'a str> + 'a {
+    let want = mnt.as_os_str().as_bytes();
+    mountinfo
+        .lines()
+        .rev()
+        .filter(move |l| l.split(' ').nth(4).is_some_and(|p| unescape(p) == want))
+}
+
+/// The `MAJ:MIN` device of the last mount stacked on `mnt` (an absolute,
+/// canonical path).
+pub fn device_of(mountinfo: &str, mnt: &Path) -> Option<String> {
+    lines_for(mountinfo, mnt)
+        .next()
+        .and_then(|l| l.split(' ').nth(2))
+        .map(str::to_string)
+}
+
+/// The file system type and source of the last mount stacked on `mnt`.
+pub fn type_and_source<'a>(mountinfo: &'a str, mnt: &'a Path) -> Option<(&'a str, &'a str)> {
+    let (_, post) = lines_for(mountinfo, mnt).next()?.split_once(" - ")?;
+    let mut f = post.split(' ');
+    Some((f.next().unwrap_or(""), f.next().unwrap_or("")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INFO: &str = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
+90 22 0:63 / /tmp/a\\040b rw,nosuid,nodev - fuse.tresor tresor:/srv/s rw,user_id=0
+91 90 0:64 / /tmp/a\\040b rw - fuse.other x rw
+92 22 0:65 / /tmp/a rw - tmpfs none rw";
+
+    #[test]
+    fn the_last_mount_on_an_escaped_path_wins() {
+        let p = Path::new("/tmp/a b");
+        assert_eq!(device_of(INFO, p).as_deref(), Some("0:64"));
+        assert_eq!(type_and_source(INFO, p), Some(("fuse.other", "x")));
+        assert_eq!(
+            device_of(INFO, Path::new("/tmp/a")).as_deref(),
+            Some("0:65")
+        );
+        assert_eq!(device_of(INFO, Path::new("/tmp/c")), None);
+        assert_eq!(unescape("a\\134b\\012"), b"a\\b\n");
+    }
+}
