@@ -27,7 +27,7 @@ const MAX_IO: u32 = 1 << 20;
 /// measured on a tmpfs store, a 1 GiB `dd` went from 0.7–0.9 to 1.1–1.5
 /// GB/s, with 20–30 % less CPU per GB (fewer, larger requests); 16 MiB was
 /// no faster (docs/PERFORMANCE.md, "Read-ahead").
-pub const READ_AHEAD_KIB: u32 = 4096;
+const READ_AHEAD_KIB: u32 = 4096;
 
 /// Mount options chosen on the command line.
 #[derive(Clone, Debug, Default)]

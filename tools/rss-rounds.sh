@@ -5,7 +5,7 @@
 # beside it as the reference; each driver's RSS after every round and its
 # peak (VmHWM) over the round. With BIG_MB=N each round first writes an
 # N MiB file (dd bs=1M conv=fsync) and reads it back cold, as bench-fs's
-# streaming rows do.
+# 1 GiB rows do.
 #
 # Usage:  tools/rss-rounds.sh [ROUNDS]        (default 10)
 # Env:    NFILES=10000, BIG_MB=0, TRESOR_BIN=…, KEEP=1 (as tools/bench-fs.sh). Root.
