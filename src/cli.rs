@@ -993,6 +993,10 @@ fn cmd_mount(
     // thread can wait for them and unmount cleanly.
     let signals = stop_signals();
     signals.thread_block().context("cannot block signals")?;
+    // Resolved before the mount: afterwards it would ask the mount.
+    let mnt_abs = mnt
+        .canonicalize()
+        .with_context(|| format!("cannot find {}", mnt.display()))?;
     let fuse = crate::fs::mount(Arc::clone(&vfs), mnt, &opts)
         .with_context(|| format!("cannot mount on {}", mnt.display()))
         .inspect_err(|_| {
@@ -1016,6 +1020,9 @@ fn cmd_mount(
         );
         crate::fs::detach(log_path).context("cannot detach into the background")?;
     }
+    // After the detach, so that an unprivileged driver's word on it is in
+    // the log.
+    crate::fs::widen_read_ahead(&mnt_abs);
     let at = mnt.to_path_buf();
     std::thread::spawn(move || {
         if signals.wait().is_ok() {

@@ -14,7 +14,7 @@ use fuser::{
 use std::ffi::OsStr;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// How long the kernel may cache entries and attributes.
@@ -51,8 +51,6 @@ pub struct TresorFs {
     /// The session's notifier, once the session exists: for the one notice
     /// sent from inside a request (`mode_changed`).
     notifier: Arc<OnceLock<fuser::Notifier>>,
-    /// The mount's read-ahead knob in sysfs, until the first open widens it.
-    read_ahead: Arc<Mutex<Option<PathBuf>>>,
 }
 
 impl TresorFs {
@@ -61,26 +59,6 @@ impl TresorFs {
         TresorFs {
             vfs,
             notifier: Arc::new(OnceLock::new()),
-            read_ahead: Arc::new(Mutex::new(None)),
-        }
-    }
-
-    /// Widens the read-ahead window to [`READ_AHEAD_KIB`] at the first
-    /// open. Not earlier: the kernel narrows the window again when it takes
-    /// the reply to INIT, and no request but INIT comes before that reply.
-    /// Not from outside a request either: a `stat` of the mount point by
-    /// the driver itself could hold the mount busy when its user unmounts.
-    /// Only root may write the knob; an unprivileged driver keeps 128 KiB.
-    fn widen_read_ahead(&self) {
-        let Some(knob) = self.read_ahead.lock().ok().and_then(|mut k| k.take()) else {
-            return;
-        };
-        match std::fs::write(&knob, format!("{READ_AHEAD_KIB}\n")) {
-            Ok(()) => tracing::debug!("read-ahead {READ_AHEAD_KIB} KiB ({})", knob.display()),
-            Err(e) => tracing::info!(
-                "read-ahead stays at the kernel's 128 KiB ({}: {e}); only root may widen it: sequential reads are slower",
-                knob.display()
-            ),
         }
     }
 
@@ -203,7 +181,7 @@ impl Filesystem for TresorFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let _ = config.set_max_write(MAX_IO);
         // The kernel offers its bdi's read-ahead (128 KiB) as the most we may
-        // ask for here; `widen_read_ahead` raises it at the first open.
+        // ask for here; `widen_read_ahead` raises it once INIT is answered.
         let _ = config.set_max_background(64);
         // Optional speed-ups; the kernel may lack them, which is fine.
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
@@ -383,7 +361,6 @@ impl Filesystem for TresorFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.widen_read_ahead();
         let opened = self.vfs.open(ino.0, flags.0).and_then(|(fh, keep)| {
             if flags.0 & libc::O_TRUNC != 0 && unprivileged(req) {
                 match self.vfs.kill_suidgid(fh, req.gid()) {
@@ -500,7 +477,6 @@ impl Filesystem for TresorFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.widen_read_ahead();
         match self.vfs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
@@ -667,7 +643,6 @@ impl Filesystem for TresorFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        self.widen_read_ahead();
         let mode = mode & !(umask & 0o777);
         match self.vfs.create(caller(req), parent.0, name, mode, flags) {
             Ok((a, fh)) => reply.created(
@@ -781,27 +756,39 @@ pub fn mount(
     };
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
-    // Before the mount: afterwards resolving the path would ask the mount,
-    // which does not answer until the session runs.
-    let canonical = mountpoint.canonicalize()?;
     let fs = TresorFs::new(vfs);
     let notifier = Arc::clone(&fs.notifier);
-    let read_ahead = Arc::clone(&fs.read_ahead);
+    // Mounts and answers INIT.
     let session = fuser::Session::new(fs, mountpoint, &config)?;
     let _ = notifier.set(session.notifier());
+    Ok(session)
+}
+
+/// Widens the read-ahead window of the mount on `mnt` (canonical: resolved
+/// before the mount, as resolving it after would ask the mount) to
+/// [`READ_AHEAD_KIB`]. Only after [`mount`], which answers INIT: the
+/// kernel's handling of that reply narrows the window to what the driver
+/// asked for there (at most the 128 KiB offered). The device comes from mountinfo: a `stat` of the mount
+/// point by the driver itself could hold the mount busy as its user
+/// unmounts. Only root may write the knob; an unprivileged driver keeps
+/// 128 KiB.
+pub fn widen_read_ahead(mnt: &Path) {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    match crate::mountinfo::device_of(&info, &canonical) {
-        Some(dev) => {
-            if let Ok(mut k) = read_ahead.lock() {
-                *k = Some(PathBuf::from(format!("/sys/class/bdi/{dev}/read_ahead_kb")));
-            }
-        }
-        None => tracing::info!(
+    let Some(dev) = crate::mountinfo::device_of(&info, mnt) else {
+        tracing::info!(
             "{} is not in /proc/self/mountinfo: read-ahead stays at the kernel's 128 KiB",
-            canonical.display()
+            mnt.display()
+        );
+        return;
+    };
+    let knob = PathBuf::from(format!("/sys/class/bdi/{dev}/read_ahead_kb"));
+    match std::fs::write(&knob, format!("{READ_AHEAD_KIB}\n")) {
+        Ok(()) => tracing::debug!("read-ahead {READ_AHEAD_KIB} KiB ({})", knob.display()),
+        Err(e) => tracing::info!(
+            "read-ahead stays at the kernel's 128 KiB ({}: {e}); only root may widen it: sequential reads are slower",
+            knob.display()
         ),
     }
-    Ok(session)
 }
 
 /// Detaches the mounted process into the background: the parent exits 0
