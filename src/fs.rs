@@ -768,9 +768,9 @@ pub fn mount(
 /// before the mount, as resolving it after would ask the mount) to
 /// [`READ_AHEAD_KIB`]. Only after [`mount`], which answers INIT: the
 /// kernel's handling of that reply narrows the window to what the driver
-/// asked for there (at most the 128 KiB offered). The device comes from mountinfo: a `stat` of the mount
-/// point by the driver itself could hold the mount busy as its user
-/// unmounts. Only root may write the knob; an unprivileged driver keeps
+/// asked for there (at most the 128 KiB offered). The device comes from
+/// mountinfo: a `stat` of the mount point by the driver itself could hold
+/// the mount busy as its user unmounts. Only root may write the knob; an unprivileged driver keeps
 /// 128 KiB.
 pub fn widen_read_ahead(mnt: &Path) {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
