@@ -485,6 +485,75 @@ fn stdin_and_stdout_pass_through() {
     assert_eq!(out.stdout, data);
 }
 
+/// SIGKILL to `tresor profile --recorder RECORDER` while the profiled
+/// program and its child hang: neither may outlive it (a service killed
+/// during a profiling step kills its `tresor profile`).
+fn a_killed_profiler_leaves_no_task(recorder: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tp = tresor()
+        .args(["profile", "--recorder", recorder, "--out"])
+        .arg(dir.path().join("p.json"))
+        .arg("--writable")
+        .arg(dir.path())
+        .arg("--")
+        .arg(example("profile_tree"))
+        .arg("hang")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // profile_tree prints its child's pid once the child runs.
+    let out = tp.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(HANG_GUARD).unwrap_or_else(|_| {
+        let _ = tp.kill();
+        panic!("hang guard: profile_tree printed no pid within 30 s")
+    });
+    let grandchild: i32 = line.trim().parse().unwrap();
+    // The program itself: tresor's child.
+    let tp_pid = tp.id();
+    let children = std::fs::read_to_string(format!("/proc/{tp_pid}/task/{tp_pid}/children"))
+        .unwrap_or_default();
+    let program: i32 = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("tresor profile has a child");
+    let alive = |pid: i32| {
+        !matches!(
+            proc_state(&format!("/proc/{pid}/stat")),
+            None | Some('Z' | 'X')
+        )
+    };
+    assert!(alive(program) && alive(grandchild));
+    tp.kill().unwrap();
+    tp.wait().unwrap();
+    wait_until(&format!("end of the program ({recorder})"), || {
+        !alive(program)
+    });
+    wait_until(&format!("end of its child ({recorder})"), || {
+        !alive(grandchild)
+    });
+}
+
+#[test]
+fn a_killed_in_kernel_recorder_takes_the_tree_along() {
+    require_bpf!();
+    a_killed_profiler_leaves_no_task("bpf");
+}
+
+#[test]
+fn a_killed_ptrace_recorder_takes_the_tree_along() {
+    require_ptrace!();
+    a_killed_profiler_leaves_no_task("ptrace");
+}
+
 #[test]
 fn timeout_kills_the_whole_tree() {
     require_ptrace!();

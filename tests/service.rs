@@ -697,6 +697,27 @@ fn processes_mentioning(needle: &str) -> Vec<i32> {
         .collect()
 }
 
+/// Pid, parent, state, what it waits in and command line of `pid`, for a
+/// failure message.
+fn describe(pid: i32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map_or("?".to_string(), |v| v.trim().to_string())
+    };
+    let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    format!(
+        "pid {pid} ppid {} state {} tracer {} wchan {wchan}: {}",
+        field("PPid:"),
+        field("State:"),
+        field("TracerPid:"),
+        String::from_utf8_lossy(&cmd).replace('\0', " ")
+    )
+}
+
 #[test]
 fn a_service_killed_during_a_run_comes_back_consistent() {
     if !available() {
@@ -736,10 +757,18 @@ fn a_service_killed_during_a_run_comes_back_consistent() {
     let _ = s.child.wait();
     // The run dies with the service (hang guard 30 s).
     let start = Instant::now();
-    while !processes_mentioning(&needle).is_empty() {
+    loop {
+        let left = processes_mentioning(&needle);
+        if left.is_empty() {
+            break;
+        }
         assert!(
             start.elapsed() < Duration::from_secs(30),
-            "the run outlived the killed service"
+            "the run outlived the killed service:\n{}",
+            left.iter()
+                .map(|p| describe(*p))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         std::thread::sleep(Duration::from_millis(100)); // poll of /proc, hang-guarded
     }
@@ -775,6 +804,73 @@ fn a_service_killed_during_a_run_comes_back_consistent() {
     assert!(requeued, "no re-queue in the audit trail:\n{log}");
     let o = site.audit_verify(&site.state.join("audit.log"));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn a_service_killed_while_profiling_leaves_no_analysis_running() {
+    if !available() {
+        return;
+    }
+    let site = Site::new();
+    // The job is profiled on S-1, which now sleeps until killed.
+    let m = site.ts.mount();
+    std::fs::write(m.path("pathology/S-1/slow"), "").unwrap();
+    m.unmount();
+    let mut s = site.serve(&[]);
+    let id = site.submit(&s, "rob", &["S-1/values.csv"]);
+    let needle = format!(
+        "{}/pathology/S-1/values.csv",
+        site.state.join("mnt").display()
+    );
+    // The analysis itself (python3 SCRIPT INPUT OUT) is under way, not
+    // only its `tresor profile` (hang guard 120 s).
+    let analysis = |pids: &[i32]| {
+        pids.iter().any(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.starts_with(PYTHON.as_bytes()))
+        })
+    };
+    let start = Instant::now();
+    while !analysis(&processes_mentioning(&needle)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the profiling run on S-1 never started"
+        );
+        std::thread::sleep(Duration::from_millis(100)); // poll of /proc, hang-guarded
+    }
+    assert_eq!(site.job(&s, id)["state"], "profiling");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(s.child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = s.child.wait();
+    // The analysis dies with the service, long before its --timeout
+    // (hang guard 30 s).
+    let start = Instant::now();
+    loop {
+        let left = processes_mentioning(&needle);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the profiled analysis outlived the killed service:\n{}",
+            left.iter()
+                .map(|p| describe(*p))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(100)); // poll of /proc, hang-guarded
+    }
+    drop(s);
+    // Profiled again by the next service, to the end.
+    let m = site.ts.mount();
+    std::fs::remove_file(m.path("pathology/S-1/slow")).unwrap();
+    m.unmount();
+    let s = site.serve(&[]);
+    let j = site.wait_state(&s, id, &["profiled", "failed"]);
+    assert_eq!(j["state"], "profiled", "{j:#}");
 }
 
 #[test]

@@ -53,6 +53,12 @@ const S_TRUNCATED: u16 = 1;
 const S_HOW_FAILED: u16 = 2;
 const S_DIR_UNKNOWN: u16 = 4;
 const S_EXEC: u16 = 8;
+/// ptrace options of the in-kernel recorder: forks followed, every task
+/// killed with tresor; no stop per call or at exec.
+const FOLLOW: libc::c_int = libc::PTRACE_O_TRACEFORK
+    | libc::PTRACE_O_TRACEVFORK
+    | libc::PTRACE_O_TRACECLONE
+    | libc::PTRACE_O_EXITKILL;
 const ST_PROCESSES: u32 = 0;
 const ST_THREADS: u32 = 1;
 const ST_LIVE: u32 = 2;
@@ -509,6 +515,15 @@ fn run(
     if let Err(e) = armed {
         return Err(give_up(e));
     }
+    // Attached for its forks only (no stop per call): every task of the
+    // tree is then a tracee that the kernel kills when tresor dies
+    // (`PTRACE_O_EXITKILL`), as a killed service's runs are.
+    if let Err(e) = sys::seize(root, FOLLOW) {
+        let e = give_up(TraceError::PtraceRefused(e));
+        // A child whose set-up failed has ended already: its own report.
+        failed.check(&child)?;
+        return Err(e);
+    }
     if let Err(e) = child.release() {
         // It ended before the handshake: its prelude failed (it says why).
         let _ = give_up(TraceError::Io(e));
@@ -680,12 +695,53 @@ impl Waiter<'_, '_> {
                 Err(e) if e.raw_os_error() == Some(libc::ECHILD) => return Ok(()),
                 Err(e) => return Err(e.into()),
             };
+            if libc::WIFSTOPPED(status) {
+                self.on_stop(pid, status);
+                continue;
+            }
             if pid == self.root && (libc::WIFEXITED(status) || libc::WIFSIGNALED(status)) {
                 self.root_end = Some(if libc::WIFEXITED(status) {
                     RunEnd::Exited(libc::WEXITSTATUS(status))
                 } else {
                     RunEnd::Signaled(libc::WTERMSIG(status))
                 });
+            }
+        }
+    }
+}
+
+impl Waiter<'_, '_> {
+    /// A stop of a tracee: resumes it as if it were not traced. A new
+    /// task of a tree being killed is killed too.
+    fn on_stop(&mut self, pid: i32, status: i32) {
+        let sig = libc::WSTOPSIG(status);
+        match (status >> 16) & 0xff {
+            libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK | libc::PTRACE_EVENT_CLONE => {
+                if self.stopping.is_some() {
+                    if let Ok(new) = sys::event_msg(pid) {
+                        sys::kill_task(new as i32);
+                    }
+                    sys::kill_task(pid);
+                }
+                let _ = sys::cont(pid, 0);
+            }
+            // A group stop (SIGSTOP and friends): it stays stopped, as it
+            // would untraced, and its SIGCONT still reaches it.
+            libc::PTRACE_EVENT_STOP
+                if matches!(
+                    sig,
+                    libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+                ) =>
+            {
+                let _ = sys::listen(pid);
+            }
+            // A signal on its way: delivered unchanged.
+            0 => {
+                let _ = sys::cont(pid, sig);
+            }
+            // A new task's first stop, or the end of a group stop.
+            _ => {
+                let _ = sys::cont(pid, 0);
             }
         }
     }
