@@ -353,10 +353,14 @@ impl<'a> BackingLock<'a> {
         use nix::fcntl::{fcntl, FcntlArg, OFlag};
         use std::os::fd::AsRawFd;
         let fd = file.as_raw_fd();
-        let writable = fcntl(fd, FcntlArg::F_GETFL)
-            .map(|fl| OFlag::from_bits_truncate(fl) & OFlag::O_ACCMODE != OFlag::O_RDONLY)
-            .map_err(io::Error::from)?;
-        if exclusive && writable {
+        // Asked only for an exclusive lock (a reader's lock needs no write
+        // access): one call less per read.
+        let writable = || {
+            fcntl(fd, FcntlArg::F_GETFL)
+                .map(|fl| OFlag::from_bits_truncate(fl) & OFlag::O_ACCMODE != OFlag::O_RDONLY)
+                .map_err(io::Error::from)
+        };
+        if exclusive && writable()? {
             setlkw(fd, libc::F_WRLCK)?;
             return Ok(BackingLock { file, shared: None });
         }

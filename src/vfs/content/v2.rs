@@ -100,9 +100,7 @@ fn refresh(
     } else if !load_if_none {
         return Ok(());
     }
-    let mut rec = load(file, c)?;
-    rec.seen = Some(snapshot(file)?);
-    *g = Some(rec);
+    *g = Some(load(file, c)?);
     Ok(())
 }
 
@@ -219,7 +217,9 @@ fn load(file: &File, c: &FileCipher) -> Result<Record, ContentError> {
         other_newer,
         stale_tail: steady.is_none(),
         staged,
-        seen: None,
+        // What was just read, under the caller's lock: reading it again
+        // for the snapshot would cost a read and a stat per open.
+        seen: Some(Snapshot { len, slots: raw }),
     })
 }
 
