@@ -718,6 +718,33 @@ fn describe(pid: i32) -> String {
     )
 }
 
+/// SIGKILL to the service `s`, then waits (hang guard 30 s) until no
+/// process names `needle`; a survivor fails the test with its state.
+fn kill_and_outlive(mut s: Serve, needle: &str, what: &str) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(s.child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = s.child.wait();
+    let start = Instant::now();
+    loop {
+        let left = processes_mentioning(needle);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{what} outlived the killed service:\n{}",
+            left.iter()
+                .map(|p| describe(*p))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(100)); // poll of /proc, hang-guarded
+    }
+}
+
 #[test]
 fn a_service_killed_during_a_run_comes_back_consistent() {
     if !available() {
@@ -728,7 +755,7 @@ fn a_service_killed_during_a_run_comes_back_consistent() {
     let m = site.ts.mount();
     std::fs::write(m.path("pathology/S-2/slow"), "").unwrap();
     m.unmount();
-    let mut s = site.serve(&[]);
+    let s = site.serve(&[]);
     let id = site.submit(&s, "rob", &["S-1/values.csv", "S-2/values.csv"]);
     site.wait_state(&s, id, &["profiled"]);
     assert!(site
@@ -749,30 +776,8 @@ fn a_service_killed_during_a_run_comes_back_consistent() {
         );
         std::thread::sleep(Duration::from_millis(100)); // poll of /proc, hang-guarded
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(s.child.id() as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let _ = s.child.wait();
-    // The run dies with the service (hang guard 30 s).
-    let start = Instant::now();
-    loop {
-        let left = processes_mentioning(&needle);
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the run outlived the killed service:\n{}",
-            left.iter()
-                .map(|p| describe(*p))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(100)); // poll of /proc, hang-guarded
-    }
-    drop(s);
+    // The run dies with the service.
+    kill_and_outlive(s, &needle, "the run");
     // Nothing of the job reached the store, not even S-1's finished half.
     let m = site.ts.mount();
     for smp in ["S-1", "S-2"] {
@@ -816,7 +821,7 @@ fn a_service_killed_while_profiling_leaves_no_analysis_running() {
     let m = site.ts.mount();
     std::fs::write(m.path("pathology/S-1/slow"), "").unwrap();
     m.unmount();
-    let mut s = site.serve(&[]);
+    let s = site.serve(&[]);
     let id = site.submit(&s, "rob", &["S-1/values.csv"]);
     let needle = format!(
         "{}/pathology/S-1/values.csv",
@@ -839,31 +844,8 @@ fn a_service_killed_while_profiling_leaves_no_analysis_running() {
         std::thread::sleep(Duration::from_millis(100)); // poll of /proc, hang-guarded
     }
     assert_eq!(site.job(&s, id)["state"], "profiling");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(s.child.id() as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let _ = s.child.wait();
-    // The analysis dies with the service, long before its --timeout
-    // (hang guard 30 s).
-    let start = Instant::now();
-    loop {
-        let left = processes_mentioning(&needle);
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the profiled analysis outlived the killed service:\n{}",
-            left.iter()
-                .map(|p| describe(*p))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(100)); // poll of /proc, hang-guarded
-    }
-    drop(s);
+    // The analysis dies with the service, long before its --timeout.
+    kill_and_outlive(s, &needle, "the profiled analysis");
     // Profiled again by the next service, to the end.
     let m = site.ts.mount();
     std::fs::remove_file(m.path("pathology/S-1/slow")).unwrap();

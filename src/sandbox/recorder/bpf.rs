@@ -708,9 +708,7 @@ impl Waiter<'_, '_> {
             }
         }
     }
-}
 
-impl Waiter<'_, '_> {
     /// A stop of a tracee: resumes it as if it were not traced. A new
     /// task of a tree being killed is killed too.
     fn on_stop(&mut self, pid: i32, status: i32) {
