@@ -1022,7 +1022,8 @@ fn cmd_mount(
     }
     // After the detach, so that an unprivileged driver's word on it is in
     // the log.
-    crate::fs::widen_read_ahead(&mnt_abs);
+    let device = crate::fs::own_device(&mnt_abs);
+    crate::fs::widen_read_ahead(device.as_deref(), &mnt_abs);
     let at = mnt.to_path_buf();
     std::thread::spawn(move || {
         if signals.wait().is_ok() {
@@ -1038,7 +1039,15 @@ fn cmd_mount(
     // would unmount again when it ends, and after a normal `fusermount3 -u`
     // that second try fails (EINVAL) and is logged as a warning.
     let mut bg = fuse.spawn().context("cannot start the FUSE threads")?;
-    let control = session::start(notifier, vfs, mnt, store, &pse_abs, idle_lock, listener)?;
+    let control = session::start(
+        notifier,
+        vfs,
+        (mnt, device),
+        store,
+        &pse_abs,
+        idle_lock,
+        listener,
+    )?;
     let fuse_thread = std::mem::replace(&mut bg.guard, std::thread::spawn(|| Ok(())));
     let ran = fuse_thread
         .join()

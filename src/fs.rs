@@ -764,17 +764,14 @@ pub fn mount(
     Ok(session)
 }
 
-/// Widens the read-ahead window of the mount on `mnt` (canonical: resolved
-/// before the mount, as resolving it after would ask the mount) to
-/// [`READ_AHEAD_KIB`]. Only after [`mount`], which answers INIT: the
-/// kernel's handling of that reply narrows the window to what the driver
-/// asked for there (at most the 128 KiB offered). The device comes from
-/// mountinfo: a `stat` of the mount point by the driver itself could hold
-/// the mount busy as its user unmounts. Only root may write the knob; an unprivileged driver keeps
+/// Widens the read-ahead window of the mount on `mnt`, whose device is
+/// `dev` (see [`own_device`]), to [`READ_AHEAD_KIB`]. Only after [`mount`],
+/// which answers INIT: the kernel's handling of that reply narrows the
+/// window to what the driver asked for there (at most the 128 KiB
+/// offered). Only root may write the knob; an unprivileged driver keeps
 /// 128 KiB.
-pub fn widen_read_ahead(mnt: &Path) {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let Some(dev) = crate::mountinfo::device_of(&info, mnt) else {
+pub fn widen_read_ahead(dev: Option<&str>, mnt: &Path) {
+    let Some(dev) = dev else {
         tracing::info!(
             "{} is not in /proc/self/mountinfo: read-ahead stays at the kernel's 128 KiB",
             mnt.display()
@@ -789,6 +786,15 @@ pub fn widen_read_ahead(mnt: &Path) {
             knob.display()
         ),
     }
+}
+
+/// The `MAJ:MIN` device of the mount just made on `mnt` (canonical:
+/// resolved before the mount, as resolving it after would ask the mount).
+/// From mountinfo: a `stat` of the mount point by the driver itself could
+/// hold the mount busy as its user unmounts.
+pub fn own_device(mnt: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    crate::mountinfo::device_of(&info, mnt)
 }
 
 /// Detaches the mounted process into the background: the parent exits 0

@@ -1,5 +1,8 @@
 //! `/proc/self/mountinfo`: the mount table as this process sees it.
 
+use std::fs::File;
+use std::io::{self, Read, Seek};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -54,6 +57,49 @@ pub fn type_and_source<'a>(mountinfo: &'a str, mnt: &'a Path) -> Option<(&'a str
     Some((f.next().unwrap_or(""), f.next().unwrap_or("")))
 }
 
+/// Whether any mount in the table is of the device `dev` (`MAJ:MIN`):
+/// a bind mount or a moved mount still counts.
+pub fn has_device(mountinfo: &str, dev: &str) -> bool {
+    mountinfo.lines().any(|l| l.split(' ').nth(2) == Some(dev))
+}
+
+/// Watches this process's mount table for one device: the kernel marks
+/// the open table when a mount or unmount changes it (`POLLPRI`), so the
+/// table is read again only then — not on every look, which would cost
+/// a host with thousands of mounts.
+pub struct DeviceWatch {
+    table: File,
+    dev: String,
+}
+
+impl DeviceWatch {
+    /// A watch on `dev` (`MAJ:MIN`), from now on.
+    pub fn new(dev: String) -> io::Result<DeviceWatch> {
+        Ok(DeviceWatch {
+            table: File::open("/proc/self/mountinfo")?,
+            dev,
+        })
+    }
+
+    /// `None` if the table has not changed since the last look; else
+    /// whether the device is still mounted in it.
+    pub fn look(&mut self) -> io::Result<Option<bool>> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let mut fds = [PollFd::new(self.table.as_fd(), PollFlags::POLLPRI)];
+        let n = poll(&mut fds, PollTimeout::ZERO).map_err(io::Error::from)?;
+        let changed = fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLPRI | PollFlags::POLLERR));
+        if n == 0 || !changed {
+            return Ok(None);
+        }
+        let mut info = String::new();
+        self.table.rewind()?;
+        self.table.read_to_string(&mut info)?;
+        Ok(Some(has_device(&info, &self.dev)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,6 +120,8 @@ mod tests {
             Some("0:65")
         );
         assert_eq!(device_of(INFO, Path::new("/tmp/c")), None);
+        assert!(has_device(INFO, "0:63") && has_device(INFO, "0:65"));
+        assert!(!has_device(INFO, "0:6") && !has_device(INFO, "63"));
         assert_eq!(unescape("a\\134b\\012"), b"a\\b\n");
     }
 }

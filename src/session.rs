@@ -21,7 +21,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use zeroize::Zeroizing;
 
 /// Version of the control protocol.
@@ -30,6 +30,11 @@ pub const PROTOCOL: u32 = 1;
 pub const MAX_FAILED_LOGINS: u32 = 3;
 /// How often the watcher checks the idle time and the PSE medium.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(200);
+/// How long the mount may be gone from the driver's mount namespace
+/// while its FUSE connection stays open before the driver ends it: a
+/// plain unmount ends the connection at once, so what is still open after
+/// this is a copy of the mount in another namespace.
+const UNMOUNT_GRACE: Duration = Duration::from_secs(2);
 /// Longest request line accepted.
 const MAX_LINE: u64 = 64 * 1024;
 /// A client that connects and says nothing is dropped after this.
@@ -540,6 +545,8 @@ pub struct Control {
     /// Held while a reply is being prepared and sent, so the process does
     /// not exit under it.
     busy: Mutex<()>,
+    /// Set by [`Control::finish`]: the FUSE loop has ended.
+    ended: AtomicBool,
     locked_out: AtomicBool,
     socket: PathBuf,
 }
@@ -594,6 +601,7 @@ impl Control {
                 failures: 0,
             }),
             busy: Mutex::new(()),
+            ended: AtomicBool::new(false),
             locked_out: AtomicBool::new(false),
             socket: socket_dir().join(socket_name(mountpoint)),
             vfs,
@@ -601,8 +609,14 @@ impl Control {
     }
 
     /// Starts the control server on `listener` and the idle/medium
-    /// watcher. Call after detaching: threads do not survive a fork.
-    pub fn start(self: &Arc<Self>, listener: UnixListener) -> io::Result<()> {
+    /// watcher, which also ends the driver once the mount of `device`
+    /// (`MAJ:MIN`) has left this mount namespace. Call after detaching:
+    /// threads do not survive a fork.
+    pub fn start(
+        self: &Arc<Self>,
+        listener: UnixListener,
+        device: Option<String>,
+    ) -> io::Result<()> {
         let c = Arc::clone(self);
         std::thread::Builder::new()
             .name("tresor-control".into())
@@ -610,7 +624,7 @@ impl Control {
         let c = Arc::clone(self);
         std::thread::Builder::new()
             .name("tresor-watch".into())
-            .spawn(move || c.watch())?;
+            .spawn(move || c.watch(device))?;
         Ok(())
     }
 
@@ -618,6 +632,7 @@ impl Control {
     /// the socket, wipes the keys; says how the mount ended.
     pub fn finish(&self) -> Ending {
         let _b = guard(&self.busy);
+        self.ended.store(true, Ordering::SeqCst);
         let _ = std::fs::remove_file(&self.socket);
         self.vfs.finish_lock();
         if self.locked_out.load(Ordering::SeqCst) {
@@ -687,11 +702,54 @@ impl Control {
         let _ = self.cache.inval_inode(ROOT);
     }
 
-    fn watch(self: Arc<Self>) {
+    fn watch(self: Arc<Self>, device: Option<String>) {
+        let mut table = device.and_then(|d| {
+            crate::mountinfo::DeviceWatch::new(d)
+                .inspect_err(|e| tracing::info!("cannot watch the mount table: {e}"))
+                .ok()
+        });
+        let mut gone_since = None;
         loop {
             std::thread::sleep(WATCH_INTERVAL);
             self.check(&mut guard(&self.state));
+            match table.as_mut().map(|t| t.look()) {
+                Some(Ok(Some(true))) => gone_since = None,
+                Some(Ok(Some(false))) => {
+                    gone_since.get_or_insert_with(Instant::now);
+                }
+                Some(Err(e)) => {
+                    tracing::info!("cannot read the mount table: {e}; not watched any more");
+                    table = None;
+                }
+                _ => {}
+            }
+            let waited = gone_since.is_some_and(|t: Instant| t.elapsed() >= UNMOUNT_GRACE);
+            if waited && self.vfs.open_handles() == 0 {
+                self.end_unmounted();
+            }
         }
+    }
+
+    /// The mount has left the driver's namespace, but its FUSE connection
+    /// is still open and nothing holds a file open: a copy of the mount,
+    /// made by someone who created a mount namespace while it was mounted
+    /// (`unshare -m`, a service's private namespace), keeps it alive. An
+    /// unmount means that the plaintext is gone: lock (the keys are
+    /// wiped) and end; the copy then answers ENOTCONN. With a file open
+    /// the driver serves on until it is closed, as after a lazy unmount.
+    fn end_unmounted(&self) {
+        let _b = guard(&self.busy);
+        if self.ended.load(Ordering::SeqCst) {
+            return; // the FUSE loop ended meanwhile: the normal way out
+        }
+        let mut st = guard(&self.state);
+        tracing::warn!(
+            "session: {} was unmounted, but a copy of the mount in another mount namespace kept it alive; keys wiped, the driver ends (the copy answers ENOTCONN)",
+            self.mountpoint.display()
+        );
+        self.lock(&mut st, "unmounted");
+        let _ = std::fs::remove_file(&self.socket);
+        std::process::exit(0);
     }
 
     /// One look of the watcher: locks if the PSE is gone or the mount has

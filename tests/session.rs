@@ -607,3 +607,111 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
     assert!(!sock.exists(), "socket left behind");
     m.unmount();
 }
+
+/// A process in its own mount namespace, made while the mount is up: it
+/// holds a copy of the mount (`sh -c script` there).
+struct Copy {
+    child: std::process::Child,
+}
+
+impl Copy {
+    fn new(script: &str) -> Copy {
+        let mine = fs::read_link("/proc/self/ns/mnt").unwrap();
+        let child = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", script])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let ns = format!("/proc/{}/ns/mnt", child.id());
+        let start = Instant::now();
+        while fs::read_link(&ns).ok().is_none_or(|n| n == mine) {
+            assert!(start.elapsed() < Duration::from_secs(20), "no namespace"); // hang guard
+            std::thread::sleep(Duration::from_millis(10)); // poll under the hang guard
+        }
+        Copy { child }
+    }
+
+    /// `cat path` inside the copy's namespace.
+    fn cat(&self, path: &Path) -> Output {
+        Command::new("nsenter")
+            .args(["-t", &self.child.id().to_string(), "-m", "cat"])
+            .arg(path)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Copy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An unmount means that no plaintext is served any more — also where a
+/// mount namespace made while the store was mounted (`unshare -m`, a
+/// service's private namespace) holds a copy of the mount, which would
+/// keep the FUSE connection, the driver and its keys alive: the driver
+/// ends once its mount has left its own namespace and no file is open,
+/// and the copy answers ENOTCONN. A file open in the copy is served until
+/// it is closed.
+#[test]
+fn an_unmount_ends_the_copies_other_namespaces_hold() {
+    if !crate::util::require_root("a second mount namespace (unshare -m) and nsenter")
+        || !fuse_available()
+    {
+        return;
+    }
+    let ts = TestStore::new(&["g"]);
+    for how in ["fusermount3 -u", "tresor umount", "with a file open"] {
+        let mut m = ts.mount();
+        let secret = m.path("g/secret");
+        fs::write(&secret, b"plaintext").unwrap();
+        let script = if how == "with a file open" {
+            // fd 3 open until a line comes on stdin.
+            format!("exec 3<{}; read _; exec 3<&-; sleep 120", secret.display())
+        } else {
+            "sleep 120".to_string()
+        };
+        let mut copy = Copy::new(&script);
+        let o = copy.cat(&secret);
+        assert_eq!(o.stdout, b"plaintext", "{how}: {}", text(&o));
+
+        let o = if how == "tresor umount" {
+            tresor().arg("umount").arg(&m.mnt).output().unwrap()
+        } else {
+            Command::new("fusermount3")
+                .arg("-u")
+                .arg(&m.mnt)
+                .output()
+                .unwrap()
+        };
+        assert!(o.status.success(), "{how}: {}", text(&o));
+        assert!(!m.is_mounted(), "{how}");
+        if how == "with a file open" {
+            // Past the driver's grace (2 s) and a few looks of its watcher.
+            std::thread::sleep(Duration::from_secs(4)); // waiting for something not to happen
+            assert!(
+                m.wait_exit(Duration::ZERO).is_none(),
+                "the driver ended under an open file; log:\n{}",
+                m.log()
+            );
+            assert_eq!(copy.cat(&secret).stdout, b"plaintext", "{how}");
+            copy.child.stdin.take().unwrap().write_all(b"\n").unwrap();
+        }
+        let st = m.wait_exit(Duration::from_secs(30)); // hang guard
+        let log = m.log();
+        assert!(
+            st.is_some_and(|s| s.success()),
+            "{how}: the driver did not end cleanly ({st:?}) while a copy of its mount lives; log:\n{log}"
+        );
+        assert!(log.contains("kept it alive"), "{how}: {log}");
+        let o = copy.cat(&secret);
+        assert!(
+            !o.status.success() && text(&o).contains("Transport endpoint is not connected"),
+            "{how}: the copy still answers: {}",
+            text(&o)
+        );
+        m.assert_no_panic();
+    }
+}

@@ -411,12 +411,14 @@ impl Mount {
             .arg(&self.mnt)
             .output();
         let start = Instant::now();
+        let mut threads = String::new();
         let status = loop {
             if let Ok(Some(st)) = child.try_wait() {
                 break Some(st);
             }
             // A hang guard, not a timing assertion.
             if start.elapsed() > Duration::from_secs(20) {
+                threads = threads_of(child.id());
                 let _ = child.kill();
                 let _ = child.wait();
                 let _ = Command::new("fusermount3")
@@ -446,7 +448,7 @@ impl Mount {
         }
         let Some(st) = status else {
             panic!(
-                "the driver did not exit within 20 s of the unmount (killed); log:\n{}",
+                "the driver did not exit within 20 s of the unmount (killed); its threads then:\n{threads}\nlog:\n{}",
                 self.log()
             );
         };
@@ -463,6 +465,30 @@ impl Drop for Mount {
     fn drop(&mut self) {
         self.stop(false);
     }
+}
+
+/// Each thread of `pid`: name, state, where it waits in the kernel (the
+/// stack needs root) — what a hang guard prints before it kills.
+pub fn threads_of(pid: u32) -> String {
+    let mut out = String::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("(pid {pid} is gone)");
+    };
+    for t in tasks.flatten() {
+        let p = t.path();
+        let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
+        let stat = read("stat");
+        let state = stat.rsplit(") ").next().and_then(|r| r.split(' ').next());
+        out += &format!(
+            "  {} {} state {} wchan {}\n{}",
+            t.file_name().to_string_lossy(),
+            read("comm").trim(),
+            state.unwrap_or("?"),
+            read("wchan"),
+            read("stack")
+        );
+    }
+    out
 }
 
 /// Deterministic pseudo-random bytes (xorshift), printable-free, no long zero runs.

@@ -107,18 +107,19 @@ pub(super) fn bind(mnt: &Path) -> Result<UnixListener> {
 }
 
 /// After detaching: the control server and the idle/medium watcher
-/// (`test_clock`: `--test-clock`, see docs/SESSIONS.md).
+/// (`test_clock`: `--test-clock`, see docs/SESSIONS.md; `device`: the
+/// mount's, whose disappearance from this namespace ends the driver).
 pub(super) fn start(
     cache: crate::fs::KernelNotifier,
     vfs: Arc<Vfs>,
-    mnt: &Path,
+    (mnt, device): (&Path, Option<String>),
     store: &Path,
     pse: &Path,
     (idle_lock, test_clock): (Option<Duration>, bool),
     listener: UnixListener,
 ) -> Result<Arc<Control>> {
     let c = Control::new(vfs, mnt, store, pse, idle_lock, test_clock, Box::new(cache));
-    c.start(listener)
+    c.start(listener, device)
         .context("cannot start the session threads")?;
     Ok(c)
 }

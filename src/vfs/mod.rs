@@ -507,6 +507,11 @@ impl Vfs {
         *k = Arc::new(Keyring::default());
     }
 
+    /// Files and directories the kernel holds open.
+    pub fn open_handles(&self) -> usize {
+        lock(&self.handles).len()
+    }
+
     /// Whether the engine is locked (or locking).
     pub fn is_locked(&self) -> bool {
         self.state.load(Ordering::SeqCst) != OPEN
