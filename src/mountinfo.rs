@@ -70,6 +70,9 @@ pub fn has_device(mountinfo: &str, dev: &str) -> bool {
 pub struct DeviceWatch {
     table: File,
     dev: String,
+    /// The first look reads the table: it may have changed between the
+    /// caller's reading of the device and the opening of the table.
+    first: bool,
 }
 
 impl DeviceWatch {
@@ -78,6 +81,7 @@ impl DeviceWatch {
         Ok(DeviceWatch {
             table: File::open("/proc/self/mountinfo")?,
             dev,
+            first: true,
         })
     }
 
@@ -90,7 +94,8 @@ impl DeviceWatch {
         let changed = fds[0]
             .revents()
             .is_some_and(|r| r.intersects(PollFlags::POLLPRI | PollFlags::POLLERR));
-        if n == 0 || !changed {
+        let first = std::mem::take(&mut self.first);
+        if !first && (n == 0 || !changed) {
             return Ok(None);
         }
         let mut info = String::new();
@@ -123,5 +128,17 @@ mod tests {
         assert!(has_device(INFO, "0:63") && has_device(INFO, "0:65"));
         assert!(!has_device(INFO, "0:6") && !has_device(INFO, "63"));
         assert_eq!(unescape("a\\134b\\012"), b"a\\b\n");
+    }
+
+    #[test]
+    fn a_watch_reads_the_table_first_then_only_on_a_change() {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = device_of(&info, Path::new("/")).expect("/ in mountinfo");
+        let mut w = DeviceWatch::new(root).unwrap();
+        assert_eq!(w.look().unwrap(), Some(true));
+        // Nothing in this namespace was mounted or unmounted since.
+        assert_eq!(w.look().unwrap(), None);
+        let mut gone = DeviceWatch::new("999999:999999".into()).unwrap();
+        assert_eq!(gone.look().unwrap(), Some(false));
     }
 }
