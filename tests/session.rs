@@ -715,3 +715,81 @@ fn an_unmount_ends_the_copies_other_namespaces_hold() {
         m.assert_no_panic();
     }
 }
+
+/// The same under an unprivileged driver (uid 65534, in a mount namespace
+/// of its own with a /dev/fuse it may open): the copy is a user namespace
+/// of that same user (`unshare -r -m`), which holds the mount until the
+/// driver ends after `fusermount3 -u`.
+#[test]
+fn an_unprivileged_drivers_unmount_ends_the_copies_too() {
+    if !crate::util::require_root("setting up /dev/fuse for uid 65534 in a namespace")
+        || !fuse_available()
+    {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("tresor-u-")
+        .tempdir()
+        .unwrap();
+    let d = dir.path();
+    fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+    let w = d.join("w");
+    fs::create_dir(&w).unwrap();
+    fs::write(w.join("pass"), "user passphrase\n").unwrap();
+    fs::create_dir(d.join("dev")).unwrap();
+    for p in [w.clone(), w.join("pass")] {
+        std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
+    }
+    // The copy reads the file, says so, then reads until a read fails
+    // (bounded: 30 s) and keeps that error.
+    let copy = "cat m/g/secret > before; touch ready; i=0
+        while cat m/g/secret > /dev/null 2> err; do sleep 0.1; i=$((i+1)); [ $i -lt 300 ] || exit 1; done";
+    let user_script = format!(
+        "set -e; cd {w}; T={t}
+        $T init st --pse a.pse --passphrase-file pass --kdf-memory-mib 8 >/dev/null 2>&1
+        $T datagroup add st g --pse a.pse --passphrase-file pass >/dev/null
+        mkdir m
+        $T mount st m --pse a.pse --passphrase-file pass --log {w}/log >/dev/null
+        echo plaintext > m/g/secret
+        pid=$($T status m --json | sed -n 's/.*\"pid\": *\\([0-9]*\\).*/\\1/p')
+        unshare -r -m sh -c '{copy}' &
+        copy=$!
+        i=0; until [ -e ready ]; do sleep 0.05; i=$((i+1)); [ $i -lt 400 ]; done
+        fusermount3 -u m
+        i=0; while kill -0 $pid 2>/dev/null; do sleep 0.05; i=$((i+1)); [ $i -lt 600 ]; done
+        wait $copy
+        echo before $(cat before)
+        echo err $(cat err)",
+        w = w.display(),
+        t = env!("CARGO_BIN_EXE_tresor"),
+    )
+    .replace('\'', "'\\''");
+    let root_script = format!(
+        "set -e; mount -t tmpfs none {dev}; mknod -m 666 {dev}/fuse c 10 229
+        mount --bind {dev}/fuse /dev/fuse
+        exec setpriv --reuid=65534 --regid=65534 --clear-groups sh -c '{user_script}'",
+        dev = d.join("dev").display()
+    );
+    let mut c = Command::new("unshare");
+    isolate_as(&mut c, 65534);
+    let o = c
+        .args(["-m", "--propagation", "private", "sh", "-c", &root_script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let log = fs::read_to_string(w.join("log")).unwrap_or_default();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "the script failed ({}): the driver outlived the unmount by 30 s, or the copy read on; {}\nlog:\n{log}",
+        o.status,
+        text(&o)
+    );
+    assert!(out.contains("before plaintext\n"), "{out}");
+    assert!(
+        out.contains("err cat: m/g/secret: Transport endpoint is not connected"),
+        "{out}\nlog:\n{log}"
+    );
+    assert!(log.contains("kept it alive"), "{log}");
+}
