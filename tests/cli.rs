@@ -3,7 +3,7 @@
 //! completions and man pages, `--passphrase-command`.
 
 use crate::util::{
-    fuse_available, isolate, isolate_as, ok, require, require_root, tresor, TestStore,
+    fuse_available, isolate, ok, require, require_root, tresor, AsNobody, TestStore,
 };
 use std::fs;
 use std::path::Path;
@@ -56,19 +56,8 @@ fn an_unprivileged_mount_through_fusermount3_is_fuse_tresor() {
     if !fuse_available() || !require_root("become another user with setpriv") {
         return;
     }
-    let dir = tempfile::Builder::new()
-        .prefix("tresor-u-")
-        .tempdir()
-        .unwrap();
-    let d = dir.path();
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
-    let work = d.join("w");
-    fs::create_dir(&work).unwrap();
-    fs::write(work.join("pass"), "user passphrase\n").unwrap();
-    fs::create_dir(d.join("dev")).unwrap();
-    std::os::unix::fs::chown(&work, Some(65534), Some(65534)).unwrap();
-    std::os::unix::fs::chown(work.join("pass"), Some(65534), Some(65534)).unwrap();
+    let nobody = AsNobody::new(&[]);
+    let work = &nobody.work;
     let t = env!("CARGO_BIN_EXE_tresor");
     let user_script = format!(
         "set -e; cd {w}; T={t}
@@ -81,19 +70,7 @@ fn an_unprivileged_mount_through_fusermount3_is_fuse_tresor() {
         $T umount m",
         w = work.display()
     );
-    let root_script = format!(
-        "set -e; mount -t tmpfs none {dev}; mknod -m 666 {dev}/fuse c 10 229
-        mount --bind {dev}/fuse /dev/fuse
-        exec setpriv --reuid=65534 --regid=65534 --clear-groups sh -c '{user_script}'",
-        dev = d.join("dev").display()
-    );
-    let mut c = Command::new("unshare");
-    isolate_as(&mut c, 65534);
-    let o = c
-        .args(["-m", "--propagation", "private", "sh", "-c", &root_script])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let o = nobody.run(&user_script);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     let line = out.lines().next().unwrap_or("");

@@ -2,7 +2,7 @@
 //! pjdfstest asked for. The whole C suite runs in CI through
 //! `tools/pjdfstest.sh` against the accepted list in docs/POSIX.md.
 
-use crate::util::{fuse_available, isolate, isolate_as, require_root, TestStore};
+use crate::util::{fuse_available, isolate, isolate_as, require_root, AsNobody, TestStore};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -167,18 +167,8 @@ fn paths_longer_than_path_max_work_under_an_unprivileged_driver() {
     if !fuse_available() || !require_root("become another user with setpriv") {
         return;
     }
-    let dir = tempfile::Builder::new()
-        .prefix("tresor-u-")
-        .tempdir()
-        .unwrap();
-    let d = dir.path();
-    fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
-    let work = d.join("w");
-    fs::create_dir(&work).unwrap();
-    fs::write(work.join("pass"), "user passphrase\n").unwrap();
-    fs::create_dir(d.join("dev")).unwrap();
-    std::os::unix::fs::chown(&work, Some(65534), Some(65534)).unwrap();
-    std::os::unix::fs::chown(work.join("pass"), Some(65534), Some(65534)).unwrap();
+    let nobody = AsNobody::new(&[]);
+    let work = &nobody.work;
     let t = env!("CARGO_BIN_EXE_tresor");
     // The user's script: create, remount, read back and remove.
     let user_script = format!(
@@ -201,21 +191,8 @@ fn paths_longer_than_path_max_work_under_an_unprivileged_driver() {
         $T umount m
         echo narrow $(grep -c \"read-ahead stays at the kernel's 128 KiB\" log)",
         w = work.display()
-    )
-    .replace('\'', "'\\''");
-    let root_script = format!(
-        "set -e; mount -t tmpfs none {dev}; mknod -m 666 {dev}/fuse c 10 229
-        mount --bind {dev}/fuse /dev/fuse
-        exec setpriv --reuid=65534 --regid=65534 --clear-groups sh -c '{user_script}'",
-        dev = d.join("dev").display()
     );
-    let mut c = Command::new("unshare");
-    isolate_as(&mut c, 65534);
-    let o = c
-        .args(["-m", "--propagation", "private", "sh", "-c", &root_script])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let o = nobody.run(&user_script);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(
         o.status.success(),

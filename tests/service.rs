@@ -1064,21 +1064,8 @@ fn the_service_runs_as_an_unprivileged_user() {
     if !available() {
         return;
     }
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::Builder::new()
-        .prefix("tresor-su-")
-        .tempdir()
-        .unwrap();
-    let d = dir.path();
-    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let w = d.join("w");
-    std::fs::create_dir(&w).unwrap();
-    std::fs::write(w.join("pass"), "user passphrase\n").unwrap();
-    std::fs::write(w.join("analysis.py"), ANALYSIS).unwrap();
-    std::fs::create_dir(d.join("dev")).unwrap();
-    for p in [w.clone(), w.join("pass"), w.join("analysis.py")] {
-        std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
-    }
+    let nobody = util::AsNobody::new(&[("analysis.py", ANALYSIS.as_bytes())]);
+    let w = &nobody.work;
     let user_script = format!(
         r#"set -e; cd {w}; T={t}; A="--pse admin.pse --passphrase-file pass"
         $T init st $A --kdf-memory-mib 8 >/dev/null 2>&1
@@ -1113,22 +1100,7 @@ fn the_service_runs_as_an_unprivileged_user() {
         w = w.display(),
         t = env!("CARGO_BIN_EXE_tresor"),
     );
-    // A file, not `sh -c '…'`: the script quotes.
-    std::fs::write(w.join("run.sh"), user_script).unwrap();
-    let root_script = format!(
-        "set -e; mount -t tmpfs none {dev}; mknod -m 666 {dev}/fuse c 10 229
-        mount --bind {dev}/fuse /dev/fuse
-        exec setpriv --reuid=65534 --regid=65534 --clear-groups sh {w}/run.sh",
-        dev = d.join("dev").display(),
-        w = w.display(),
-    );
-    let mut c = std::process::Command::new("unshare");
-    util::isolate_as(&mut c, 65534);
-    let o = c
-        .args(["-m", "--propagation", "private", "sh", "-c", &root_script])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let o = nobody.run(&user_script);
     let out = String::from_utf8_lossy(&o.stdout);
     let log = std::fs::read_to_string(w.join("serve.log")).unwrap_or_default();
     assert!(

@@ -727,20 +727,8 @@ fn an_unprivileged_drivers_unmount_ends_the_copies_too() {
     {
         return;
     }
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::Builder::new()
-        .prefix("tresor-u-")
-        .tempdir()
-        .unwrap();
-    let d = dir.path();
-    fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
-    let w = d.join("w");
-    fs::create_dir(&w).unwrap();
-    fs::write(w.join("pass"), "user passphrase\n").unwrap();
-    fs::create_dir(d.join("dev")).unwrap();
-    for p in [w.clone(), w.join("pass")] {
-        std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
-    }
+    let nobody = crate::util::AsNobody::new(&[]);
+    let w = &nobody.work;
     // The copy reads the file, says so, then reads until a read fails
     // (bounded: 30 s) and keeps that error.
     let copy = "cat m/g/secret > before; touch ready; i=0
@@ -763,21 +751,8 @@ fn an_unprivileged_drivers_unmount_ends_the_copies_too() {
         echo err $(cat err)",
         w = w.display(),
         t = env!("CARGO_BIN_EXE_tresor"),
-    )
-    .replace('\'', "'\\''");
-    let root_script = format!(
-        "set -e; mount -t tmpfs none {dev}; mknod -m 666 {dev}/fuse c 10 229
-        mount --bind {dev}/fuse /dev/fuse
-        exec setpriv --reuid=65534 --regid=65534 --clear-groups sh -c '{user_script}'",
-        dev = d.join("dev").display()
     );
-    let mut c = Command::new("unshare");
-    isolate_as(&mut c, 65534);
-    let o = c
-        .args(["-m", "--propagation", "private", "sh", "-c", &root_script])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let o = nobody.run(&user_script);
     let log = fs::read_to_string(w.join("log")).unwrap_or_default();
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(

@@ -467,6 +467,60 @@ impl Drop for Mount {
     }
 }
 
+/// A work directory of uid 65534 (nobody) — `work`, holding `pass` and
+/// the given files, all owned by it — and a way to run a script there as
+/// that user with a FUSE device it may open.
+pub struct AsNobody {
+    pub dir: tempfile::TempDir,
+    pub work: PathBuf,
+}
+
+impl AsNobody {
+    pub fn new(files: &[(&str, &[u8])]) -> AsNobody {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("tresor-u-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let work = d.join("w");
+        std::fs::create_dir(&work).unwrap();
+        std::fs::create_dir(d.join("dev")).unwrap();
+        std::os::unix::fs::chown(&work, Some(65534), Some(65534)).unwrap();
+        let pass: (&str, &[u8]) = ("pass", b"user passphrase\n");
+        for (name, bytes) in std::iter::once(pass).chain(files.iter().copied()) {
+            std::fs::write(work.join(name), bytes).unwrap();
+            std::os::unix::fs::chown(work.join(name), Some(65534), Some(65534)).unwrap();
+        }
+        AsNobody { dir, work }
+    }
+
+    /// Runs `script` (sh, from a file: it may quote freely) as uid/gid
+    /// 65534 in a private mount namespace (a child process; the test's own
+    /// namespace is untouched) whose /dev/fuse is a 0666 node: /dev/fuse is
+    /// 0600 on this machine, and an unprivileged mount goes through
+    /// fusermount3, which opens it as the user.
+    pub fn run(&self, script: &str) -> Output {
+        let file = self.work.join("run.sh");
+        std::fs::write(&file, script).unwrap();
+        std::os::unix::fs::chown(&file, Some(65534), Some(65534)).unwrap();
+        let root_script = format!(
+            "set -e; mount -t tmpfs none {dev}; mknod -m 666 {dev}/fuse c 10 229
+            mount --bind {dev}/fuse /dev/fuse
+            exec setpriv --reuid=65534 --regid=65534 --clear-groups sh {file}",
+            dev = self.dir.path().join("dev").display(),
+            file = file.display(),
+        );
+        let mut c = Command::new("unshare");
+        isolate_as(&mut c, 65534);
+        c.args(["-m", "--propagation", "private", "sh", "-c", &root_script])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+}
+
 /// Each thread of `pid`: name, state, where it waits in the kernel (the
 /// stack needs root) — what a hang guard prints before it kills.
 pub fn threads_of(pid: u32) -> String {
