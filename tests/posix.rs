@@ -169,15 +169,9 @@ fn paths_longer_than_path_max_work_under_an_unprivileged_driver() {
     }
     let nobody = AsNobody::new(&[]);
     let work = &nobody.work;
-    let t = env!("CARGO_BIN_EXE_tresor");
     // The user's script: create, remount, read back and remove.
     let user_script = format!(
-        "set -e; cd {w}; T={t}
-        $T init st --pse a.pse --passphrase-file pass --kdf-memory-mib 8 >/dev/null 2>&1
-        $T datagroup add st g --pse a.pse --passphrase-file pass >/dev/null
-        mkdir m
-        TRESOR_LOG=info $T mount st m --pse a.pse --passphrase-file pass --log {w}/log >/dev/null
-        cd m/g
+        "{start}cd m/g
         {DEEP}
         {CREATE}
         cd {w}
@@ -190,6 +184,7 @@ fn paths_longer_than_path_max_work_under_an_unprivileged_driver() {
         echo read-ahead $(cat /sys/class/bdi/$(mountpoint -d m)/read_ahead_kb)
         $T umount m
         echo narrow $(grep -c \"read-ahead stays at the kernel's 128 KiB\" log)",
+        start = nobody.mounted_store(),
         w = work.display()
     );
     let o = nobody.run(&user_script);

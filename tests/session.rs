@@ -734,12 +734,7 @@ fn an_unprivileged_drivers_unmount_ends_the_copies_too() {
     let copy = "cat m/g/secret > before; touch ready; i=0
         while cat m/g/secret > /dev/null 2> err; do sleep 0.1; i=$((i+1)); [ $i -lt 300 ] || exit 1; done";
     let user_script = format!(
-        "set -e; cd {w}; T={t}
-        $T init st --pse a.pse --passphrase-file pass --kdf-memory-mib 8 >/dev/null 2>&1
-        $T datagroup add st g --pse a.pse --passphrase-file pass >/dev/null
-        mkdir m
-        $T mount st m --pse a.pse --passphrase-file pass --log {w}/log >/dev/null
-        echo plaintext > m/g/secret
+        "{start}echo plaintext > m/g/secret
         pid=$($T status m --json | sed -n 's/.*\"pid\": *\\([0-9]*\\).*/\\1/p')
         unshare -r -m sh -c '{copy}' &
         copy=$!
@@ -749,8 +744,7 @@ fn an_unprivileged_drivers_unmount_ends_the_copies_too() {
         wait $copy
         echo before $(cat before)
         echo err $(cat err)",
-        w = w.display(),
-        t = env!("CARGO_BIN_EXE_tresor"),
+        start = nobody.mounted_store(),
     );
     let o = nobody.run(&user_script);
     let log = fs::read_to_string(w.join("log")).unwrap_or_default();

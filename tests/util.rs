@@ -496,6 +496,22 @@ impl AsNobody {
         AsNobody { dir, work }
     }
 
+    /// The start of a script: in the work directory (`$T` the tresor
+    /// binary), a store `st` with data group `g`, mounted on `m` (log in
+    /// `log`, info level).
+    pub fn mounted_store(&self) -> String {
+        format!(
+            "set -e; cd {w}; T={t}
+            $T init st --pse a.pse --passphrase-file pass --kdf-memory-mib 8 >/dev/null 2>&1
+            $T datagroup add st g --pse a.pse --passphrase-file pass >/dev/null
+            mkdir m
+            TRESOR_LOG=info $T mount st m --pse a.pse --passphrase-file pass --log {w}/log >/dev/null
+            ",
+            w = self.work.display(),
+            t = env!("CARGO_BIN_EXE_tresor"),
+        )
+    }
+
     /// Runs `script` (sh, from a file: it may quote freely) as uid/gid
     /// 65534 in a private mount namespace (a child process; the test's own
     /// namespace is untouched) whose /dev/fuse is a 0666 node: /dev/fuse is
