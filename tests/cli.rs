@@ -658,10 +658,11 @@ fn with_mount_helper(dir: &Path, script: &str) -> Output {
         fs::create_dir_all(dir.join(d)).unwrap();
     }
     let full = format!(
-        "set -e
+        "set -e; {drop}
         mount -t overlay overlay -o lowerdir=/usr/sbin,upperdir={d}/u,workdir={d}/w /usr/sbin
         ln -s {t} /usr/sbin/mount.fuse.tresor
         {script}",
+        drop = crate::util::DROP_FUSE_COPIES,
         d = dir.display(),
         t = env!("CARGO_BIN_EXE_tresor")
     );

@@ -280,7 +280,7 @@ fn a_mount_in_another_namespace_appends_without_loss() {
         fs::write(lines.join(format!("{i:05}")), line("ns", i)).unwrap();
     }
     let script = format!(
-        "set -e
+        "set -e; {drop}
         T={t}; W={w}
         $T mount {store} {mnt} --pse {pse} --passphrase-file {pass} --log $W/driver.log
         grep -q ' {mnt} ' /proc/self/mounts
@@ -290,6 +290,7 @@ fn a_mount_in_another_namespace_appends_without_loss() {
             dd if=$l of={mnt}/g/log bs=1M oflag=append conv=notrunc,fsync status=none
         done
         $T umount {mnt}",
+        drop = util::DROP_FUSE_COPIES,
         t = env!("CARGO_BIN_EXE_tresor"),
         w = work.display(),
         store = ts.store.display(),

@@ -467,6 +467,12 @@ impl Drop for Mount {
     }
 }
 
+/// Shell: lazily unmounts, in a mount namespace just made, the copies of
+/// every FUSE mount it took along — other tests' mounts, which it would
+/// otherwise keep alive after their tests unmount them (their drivers end
+/// only after a grace, docs/SESSIONS.md). Run first in such a namespace.
+pub const DROP_FUSE_COPIES: &str = r#"awk '{ for (i = 7; i <= NF; i++) if ($i == "-") { if ($(i+1) ~ /^fuse/) print $5; break } }' /proc/self/mountinfo | while read -r m; do umount -l "$m" 2>/dev/null || true; done"#;
+
 /// A work directory of uid 65534 (nobody) — `work`, holding `pass` and
 /// the given files, all owned by it — and a way to run a script there as
 /// that user with a FUSE device it may open.
@@ -522,7 +528,8 @@ impl AsNobody {
         std::fs::write(&file, script).unwrap();
         std::os::unix::fs::chown(&file, Some(65534), Some(65534)).unwrap();
         let root_script = format!(
-            "set -e; mount -t tmpfs none {dev}; mknod -m 666 {dev}/fuse c 10 229
+            "set -e; {DROP_FUSE_COPIES}
+            mount -t tmpfs none {dev}; mknod -m 666 {dev}/fuse c 10 229
             mount --bind {dev}/fuse /dev/fuse
             exec setpriv --reuid=65534 --regid=65534 --clear-groups sh {file}",
             dev = self.dir.path().join("dev").display(),
