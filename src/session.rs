@@ -35,6 +35,10 @@ pub const WATCH_INTERVAL: Duration = Duration::from_millis(200);
 /// plain unmount ends the connection at once, so what is still open after
 /// this is a copy of the mount in another namespace.
 const UNMOUNT_GRACE: Duration = Duration::from_secs(2);
+/// How long a new mount waits for the driver of a mount point that is no
+/// longer mounted to end: a plain `umount` returns before the driver has
+/// noticed, and a copy in another namespace keeps it for UNMOUNT_GRACE.
+const ENDING_WAIT: Duration = Duration::from_secs(5);
 /// Longest request line accepted.
 const MAX_LINE: u64 = 64 * 1024;
 /// A client that connects and says nothing is dropped after this.
@@ -52,6 +56,9 @@ pub enum SessionError {
     /// A live tresor mount already serves this mount point.
     #[error("{0} is already mounted by a running tresor (pid {1}); unmount it first with `tresor umount {0}`")]
     AlreadyMounted(String, u32),
+    /// The mount point is unmounted here, but its driver has not ended.
+    #[error("{0} is not mounted here, but the tresor that served it (pid {1}) still runs after {2} s: a file is open through a copy of the mount in another mount namespace, or it serves {0} in another namespace; close that file, or end it with `kill {1}`, then mount again")]
+    StillServing(String, u32, u64),
     /// The socket directory is unsafe or unusable.
     #[error("{0}")]
     Setup(String),
@@ -365,6 +372,7 @@ pub fn bind(mnt: &Path) -> Result<UnixListener, SessionError> {
     let dir = socket_dir();
     prepare_dir(&dir)?;
     let path = dir.join(socket_name(mnt));
+    await_end(mnt)?;
     match UnixStream::connect(&path) {
         Ok(s) => {
             let pid = peer_uid(&s).map(|(_, p)| p as u32).unwrap_or(0);
@@ -385,6 +393,38 @@ pub fn bind(mnt: &Path) -> Result<UnixListener, SessionError> {
     })?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     Ok(l)
+}
+
+/// Whether a tresor is mounted on `mnt` in this mount namespace.
+pub fn mounted_here(mnt: &Path) -> bool {
+    mounted_type(&mount_key(mnt)).as_deref() == Some("fuse.tresor")
+}
+
+/// Before mounting on `mnt`, which is not mounted here: a driver that
+/// still answers for it is ending (after a plain `umount`, which returns
+/// before the driver has noticed; or within its grace for copies of the
+/// mount in other namespaces). Waits up to [`ENDING_WAIT`] for its socket
+/// to go, so that `umount M && mount M` works as with any filesystem.
+pub fn await_end(mnt: &Path) -> Result<(), SessionError> {
+    let path = socket_path(mnt);
+    let start = Instant::now();
+    loop {
+        let s = match UnixStream::connect(&path) {
+            Ok(s) => s,
+            // Gone, or left by a driver that died: nothing to wait for.
+            Err(_) => return Ok(()),
+        };
+        if start.elapsed() >= ENDING_WAIT {
+            let pid = peer_uid(&s).map(|(_, p)| p as u32).unwrap_or(0);
+            return Err(SessionError::StillServing(
+                mount_key(mnt).display().to_string(),
+                pid,
+                ENDING_WAIT.as_secs(),
+            ));
+        }
+        drop(s);
+        std::thread::sleep(Duration::from_millis(20)); // the driver's end has no event to wait on
+    }
 }
 
 // ---- the client side ----

@@ -762,3 +762,149 @@ fn an_unprivileged_drivers_unmount_ends_the_copies_too() {
     );
     assert!(log.contains("kept it alive"), "{log}");
 }
+
+/// `tresor mount` in the background at `m`'s mount point, as the admin.
+fn mount_again(ts: &TestStore, m: &Mount) -> Command {
+    let mut c = tresor();
+    c.arg("mount")
+        .arg(&ts.store)
+        .arg(&m.mnt)
+        .arg("--pse")
+        .arg(&ts.pse)
+        .arg("--passphrase-file")
+        .arg(&ts.pass)
+        .arg("--log")
+        .arg(ts.dir.path().join("again.log"));
+    c
+}
+
+fn signal(pid: u32, sig: &str) {
+    let o = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "kill {sig} {pid}: {}", text(&o));
+}
+
+/// `umount M && mount M` works as on any filesystem, though a plain
+/// unmount returns before the driver has noticed it (CI once lost that
+/// race in the fstab test). Here the old driver is stopped from before
+/// the unmount until 1 s after it: the new mount waits for it to end
+/// rather than refusing it as "already mounted".
+#[test]
+fn a_mount_right_after_a_plain_umount_waits_for_the_old_driver() {
+    if !crate::util::require_root("umount(8) of a mount whose driver is stopped")
+        || !fuse_available()
+    {
+        return;
+    }
+    let ts = TestStore::new(&["g"]);
+    let mut m = ts.mount();
+    fs::write(m.path("g/f"), b"kept").unwrap();
+    // Nothing left that the unmount would have to ask the driver for.
+    crate::util::ok(Command::new("sync").arg("-f").arg(m.path("g/f")));
+    let pid = m.pid();
+    signal(pid, "-STOP");
+    // Bounded, should the kernel wait for the stopped driver after all.
+    // -c: umount(8) would otherwise stat the mount point, which asks the
+    // stopped driver; the unmount itself does not (a hang guard bounds it
+    // should the kernel ever wait after all).
+    let um = Command::new("timeout")
+        .args(["20", "umount", "-c"])
+        .arg(&m.mnt)
+        .output()
+        .unwrap();
+    let again = mount_again(&ts, &m)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1)); // the old driver stays stopped a while after the unmount
+    signal(pid, "-CONT");
+    let o = again.wait_with_output().unwrap();
+    let old = m.wait_exit(Duration::from_secs(30)); // hang guard
+    let read = fs::read(m.path("g/f"));
+    let off = tresor().arg("umount").arg(&m.mnt).output().unwrap();
+    assert!(um.status.success(), "umount: {}", text(&um));
+    assert!(
+        o.status.success(),
+        "the mount after the unmount failed: {}\nold driver's log:\n{}",
+        text(&o),
+        m.log()
+    );
+    assert!(
+        old.is_some_and(|s| s.success()),
+        "the old driver did not end cleanly ({old:?}); log:\n{}",
+        m.log()
+    );
+    assert_eq!(read.ok().as_deref(), Some(&b"kept"[..]));
+    assert!(off.status.success(), "{}", text(&off));
+    m.assert_no_panic();
+}
+
+/// The wait is bounded. A driver that still serves a file open through a
+/// copy of the mount in another namespace is named, with what to do (exit
+/// status 34, as "already mounted"); once that file is closed, the old
+/// driver ends and a waiting mount goes ahead.
+#[test]
+fn a_mount_waits_for_a_copys_open_file_and_names_it_past_the_wait() {
+    if !crate::util::require_root("a second mount namespace (unshare -m)") || !fuse_available() {
+        return;
+    }
+    let ts = TestStore::new(&["g"]);
+    let mut m = ts.mount();
+    let secret = m.path("g/secret");
+    fs::write(&secret, b"plaintext").unwrap();
+    let ready = ts.dir.path().join("copy-ready");
+    let mut copy = Copy::new(&format!(
+        "exec 3<{}; : > {}; read _; exec 3<&-; sleep 120",
+        secret.display(),
+        ready.display()
+    ));
+    let start = Instant::now();
+    while !ready.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the copy did not open the file"
+        ); // hang guard
+        std::thread::sleep(Duration::from_millis(20)); // poll under the hang guard
+    }
+    let um = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&m.mnt)
+        .output()
+        .unwrap();
+    assert!(um.status.success(), "{}", text(&um));
+
+    let refused = mount_again(&ts, &m).output().unwrap();
+    assert_eq!(code(&refused), 34, "{}", text(&refused));
+    let msg = text(&refused);
+    assert!(
+        msg.contains(&format!("(pid {}) still runs", m.pid()))
+            && msg.contains("a file is open through a copy of the mount")
+            && msg.contains(&format!("kill {}", m.pid())),
+        "{msg}"
+    );
+    assert!(m.wait_exit(Duration::ZERO).is_none(), "{}", m.log());
+
+    let again = mount_again(&ts, &m)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1)); // the mount is waiting when the copy closes its file
+    copy.child.stdin.take().unwrap().write_all(b"\n").unwrap();
+    let o = again.wait_with_output().unwrap();
+    let old = m.wait_exit(Duration::from_secs(30)); // hang guard
+    let read = fs::read(&secret);
+    let off = tresor().arg("umount").arg(&m.mnt).output().unwrap();
+    assert!(
+        o.status.success(),
+        "the mount did not go ahead once the file was closed: {}\nold driver's log:\n{}",
+        text(&o),
+        m.log()
+    );
+    assert!(old.is_some_and(|s| s.success()), "{old:?}: {}", m.log());
+    assert_eq!(read.ok().as_deref(), Some(&b"plaintext"[..]));
+    assert!(off.status.success(), "{}", text(&off));
+}

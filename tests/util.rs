@@ -359,6 +359,11 @@ impl Mount {
         self.mnt.join(rel)
     }
 
+    /// The driver's pid (a foreground mount: the process the test started).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
     /// The mount process's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

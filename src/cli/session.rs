@@ -35,7 +35,7 @@ pub(super) fn exit_code(e: &SessionError) -> u8 {
     match e {
         SessionError::NotRunning(_) => code::NOT_RUNNING,
         SessionError::Refused(_) => code::REFUSED,
-        SessionError::AlreadyMounted(..) => code::ALREADY_MOUNTED,
+        SessionError::AlreadyMounted(..) | SessionError::StillServing(..) => code::ALREADY_MOUNTED,
         SessionError::Remote { kind, .. } => match kind {
             ErrorKind::WrongPassphrase => code::WRONG_PASSPHRASE,
             ErrorKind::CorruptPse => code::CORRUPT_PSE,
@@ -89,16 +89,19 @@ fn ask(mnt: &Path, req: &Request) -> Result<session::Reply, SessionError> {
 }
 
 /// Before asking for a passphrase: a second mount on the same place is
-/// refused at once, a dead one named.
+/// refused at once, a dead one named; the driver of a mount just
+/// unmounted is waited for.
 pub(super) fn check_free(mnt: &Path) -> Result<()> {
     if let Some(e) = dead_mount(mnt) {
         return Err(e.into());
     }
-    if let Ok(r) = session::query(mnt, &Request::new("status")) {
-        let pid = r.status.map(|s| s.pid).unwrap_or(0);
-        return Err(SessionError::AlreadyMounted(mnt.display().to_string(), pid).into());
+    if session::mounted_here(mnt) {
+        if let Ok(r) = session::query(mnt, &Request::new("status")) {
+            let pid = r.status.map(|s| s.pid).unwrap_or(0);
+            return Err(SessionError::AlreadyMounted(mnt.display().to_string(), pid).into());
+        }
     }
-    Ok(())
+    Ok(session::await_end(mnt)?)
 }
 
 /// Binds the mount's control socket (clearing a stale one).
