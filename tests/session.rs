@@ -805,7 +805,6 @@ fn a_mount_right_after_a_plain_umount_waits_for_the_old_driver() {
     crate::util::ok(Command::new("sync").arg("-f").arg(m.path("g/f")));
     let pid = m.pid();
     signal(pid, "-STOP");
-    // Bounded, should the kernel wait for the stopped driver after all.
     // -c: umount(8) would otherwise stat the mount point, which asks the
     // stopped driver; the unmount itself does not (a hang guard bounds it
     // should the kernel ever wait after all).
