@@ -1024,16 +1024,6 @@ fn cmd_mount(
     // the log.
     let device = crate::fs::own_device(&mnt_abs);
     crate::fs::widen_read_ahead(device.as_deref(), &mnt_abs);
-    let at = mnt.to_path_buf();
-    std::thread::spawn(move || {
-        if signals.wait().is_ok() {
-            // As fuser does for users: lazily if the mount is busy.
-            if let Err(e) = crate::session::unmount(&at, false) {
-                tracing::info!("{e}; unmounting lazily");
-                let _ = crate::session::unmount(&at, true);
-            }
-        }
-    });
     let notifier = crate::fs::KernelNotifier::new(&fuse);
     // In a thread of its own, so that the mount stays here: fuser's session
     // would unmount again when it ends, and after a normal `fusermount3 -u`
@@ -1048,6 +1038,18 @@ fn cmd_mount(
         idle_lock,
         listener,
     )?;
+    // The stop signals stayed blocked (pending) until this thread waits.
+    let (at, c) = (mnt.to_path_buf(), Arc::clone(&control));
+    std::thread::spawn(move || {
+        while let Ok(sig) = signals.wait() {
+            // As fuser does for users: lazily if the mount is busy; a
+            // second signal then ends what the lazy unmount kept serving.
+            if let Err(e) = c.stop(&format!("{sig}")) {
+                tracing::info!("{e}; unmounting lazily");
+                let _ = crate::session::unmount(&at, true);
+            }
+        }
+    });
     let fuse_thread = std::mem::replace(&mut bg.guard, std::thread::spawn(|| Ok(())));
     let ran = fuse_thread
         .join()

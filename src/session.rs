@@ -20,7 +20,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use zeroize::Zeroizing;
 
@@ -57,7 +57,7 @@ pub enum SessionError {
     #[error("{0} is already mounted by a running tresor (pid {1}); unmount it first with `tresor umount {0}`")]
     AlreadyMounted(String, u32),
     /// The mount point is unmounted here, but its driver has not ended.
-    #[error("{0} is not mounted here, but the tresor that served it (pid {1}) still runs after {2} s: a file is open through a copy of the mount in another mount namespace, or it serves {0} in another namespace; close that file, or end it with `kill {1}`, then mount again")]
+    #[error("{0} is not mounted here, but the tresor that served it (pid {1}) still runs after {2} s: a file is open through a copy of the mount in another mount namespace, or it serves {0} in another namespace; close that file, or end that driver with `tresor umount {0}` (it locks, then exits), then mount again")]
     StillServing(String, u32, u64),
     /// The socket directory is unsafe or unusable.
     #[error("{0}")]
@@ -589,6 +589,9 @@ pub struct Control {
     ended: AtomicBool,
     locked_out: AtomicBool,
     socket: PathBuf,
+    /// The mount's device (`MAJ:MIN`), once known: whether it is still
+    /// mounted in this namespace decides what a stop asks for.
+    device: OnceLock<String>,
 }
 
 fn ms(t: SystemTime) -> u64 {
@@ -644,6 +647,7 @@ impl Control {
             ended: AtomicBool::new(false),
             locked_out: AtomicBool::new(false),
             socket: socket_dir().join(socket_name(mountpoint)),
+            device: OnceLock::new(),
             vfs,
         })
     }
@@ -657,6 +661,9 @@ impl Control {
         listener: UnixListener,
         device: Option<String>,
     ) -> io::Result<()> {
+        if let Some(d) = &device {
+            let _ = self.device.set(d.clone());
+        }
         let c = Arc::clone(self);
         std::thread::Builder::new()
             .name("tresor-control".into())
@@ -765,31 +772,56 @@ impl Control {
             }
             let waited = gone_since.is_some_and(|t: Instant| t.elapsed() >= UNMOUNT_GRACE);
             if waited && self.vfs.open_handles() == 0 {
-                self.end_unmounted();
+                // A copy of the mount, made by someone who created a mount
+                // namespace while it was mounted (`unshare -m`, a
+                // service's private namespace), keeps the connection open.
+                // With a file open the driver serves on until it is
+                // closed, as after a lazy unmount — or until a stop.
+                self.end("a copy of the mount in another mount namespace kept it alive");
             }
         }
     }
 
+    /// Whether the mount has left this namespace (unmounted, lazily or
+    /// with a copy elsewhere) while the driver still runs. `false` when
+    /// the device is not known: then nothing is forced.
+    fn gone_here(&self) -> bool {
+        let Some(dev) = self.device.get() else {
+            return false;
+        };
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .is_ok_and(|t| !crate::mountinfo::has_device(&t, dev))
+    }
+
     /// The mount has left the driver's namespace, but its FUSE connection
-    /// is still open and nothing holds a file open: a copy of the mount,
-    /// made by someone who created a mount namespace while it was mounted
-    /// (`unshare -m`, a service's private namespace), keeps it alive. An
-    /// unmount means that the plaintext is gone: lock (the keys are
-    /// wiped) and end; the copy then answers ENOTCONN. With a file open
-    /// the driver serves on until it is closed, as after a lazy unmount.
-    fn end_unmounted(&self) {
+    /// is still open (`why`). An unmount means that the plaintext is gone:
+    /// lock (dirty pages written back, the keys wiped) and end; what is
+    /// still open through the connection then answers ENOTCONN. Returns
+    /// only if the FUSE loop has ended meanwhile (the normal way out).
+    fn end(&self, why: &str) {
         let _b = guard(&self.busy);
         if self.ended.load(Ordering::SeqCst) {
-            return; // the FUSE loop ended meanwhile: the normal way out
+            return;
         }
         let mut st = guard(&self.state);
         tracing::warn!(
-            "session: {} was unmounted, but a copy of the mount in another mount namespace kept it alive; keys wiped, the driver ends (the copy answers ENOTCONN)",
+            "session: {} was unmounted, but {why}; keys wiped, the driver ends (what is still open through it answers ENOTCONN)",
             self.mountpoint.display()
         );
         self.lock(&mut st, "unmounted");
         let _ = std::fs::remove_file(&self.socket);
         std::process::exit(0);
+    }
+
+    /// A stop signal (`how`): unmounts; a mount already gone from this
+    /// namespace, which files open through a copy or a lazy unmount
+    /// keep serving, is ended now.
+    pub fn stop(&self, how: &str) -> Result<(), String> {
+        if self.gone_here() {
+            self.end(&format!("{how} came while files were still open through it (a copy of the mount in another namespace, or a lazy unmount)"));
+            return Ok(());
+        }
+        unmount(&self.mountpoint, false)
     }
 
     /// One look of the watcher: locks if the PSE is gone or the mount has
@@ -867,7 +899,7 @@ impl Control {
     }
 
     /// Serves one connection; may return what to do after replying.
-    fn handle(&self, mut s: UnixStream) -> Option<Box<dyn FnOnce()>> {
+    fn handle(self: &Arc<Self>, mut s: UnixStream) -> Option<Box<dyn FnOnce()>> {
         let _b = guard(&self.busy);
         let _ = s.set_read_timeout(Some(IO_TIMEOUT));
         let _ = s.set_write_timeout(Some(IO_TIMEOUT));
@@ -893,7 +925,7 @@ impl Control {
         after
     }
 
-    fn request(&self, s: &UnixStream) -> (Reply, Option<Box<dyn FnOnce()>>) {
+    fn request(self: &Arc<Self>, s: &UnixStream) -> (Reply, Option<Box<dyn FnOnce()>>) {
         let mut buf = Zeroizing::new(Vec::new());
         if let Err(e) = BufReader::new(s.take(MAX_LINE)).read_until(b'\n', &mut buf) {
             return (
@@ -929,6 +961,17 @@ impl Control {
             }
             "login" => self.login(&mut st, req),
             "advance_clock" => (self.advance_clock(&mut st, req.ms), None),
+            "umount" if self.gone_here() => {
+                // Nothing left to unmount here: what keeps the driver is a
+                // file open through a copy or a lazy unmount. End it once
+                // the reply is out.
+                drop(st);
+                let c = Arc::clone(self);
+                let after = Box::new(move || {
+                    c.end("`tresor umount` came while files were still open through it (a copy of the mount in another namespace, or a lazy unmount)");
+                });
+                (Reply::ok(Status::default(), "ending"), Some(after))
+            }
             "umount" => {
                 drop(st);
                 match unmount(&self.mountpoint, false) {

@@ -881,7 +881,7 @@ fn a_mount_waits_for_a_copys_open_file_and_names_it_past_the_wait() {
     assert!(
         msg.contains(&format!("(pid {}) still runs", m.pid()))
             && msg.contains("a file is open through a copy of the mount")
-            && msg.contains(&format!("kill {}", m.pid())),
+            && msg.contains(&format!("`tresor umount {}`", m.mnt.display())),
         "{msg}"
     );
     assert!(m.wait_exit(Duration::ZERO).is_none(), "{}", m.log());
@@ -906,4 +906,112 @@ fn a_mount_waits_for_a_copys_open_file_and_names_it_past_the_wait() {
     assert!(old.is_some_and(|s| s.success()), "{old:?}: {}", m.log());
     assert_eq!(read.ok().as_deref(), Some(&b"plaintext"[..]));
     assert!(off.status.success(), "{}", text(&off));
+}
+
+/// A stop asked of a driver whose mount has already left its namespace
+/// ends it even though a file is still open through the connection: it
+/// locks (the keys wiped) and exits, and the open file answers ENOTCONN.
+/// Without this, whoever holds a file open through a copy of the mount
+/// (or a lazy unmount) alone decides when the plaintext stops being
+/// served. Three ways: `tresor umount` and SIGTERM after `fusermount3 -u`
+/// with a file open in a copy; and SIGTERM twice with a file open here —
+/// the first unmounts lazily (the mount is busy), the second ends it.
+#[test]
+fn a_stop_after_the_unmount_ends_what_an_open_file_kept_serving() {
+    if !crate::util::require_root("a second mount namespace (unshare -m)") || !fuse_available() {
+        return;
+    }
+    let ts = TestStore::new(&["g"]);
+    for how in ["tresor umount", "SIGTERM", "SIGTERM twice, file open here"] {
+        let mut m = ts.mount();
+        let secret = m.path("g/secret");
+        fs::write(&secret, b"plaintext").unwrap();
+        let file = |name: &str| ts.dir.path().join(name);
+        for f in ["ready", "read", "err", "rc"] {
+            let _ = fs::remove_file(file(f));
+        }
+        // Opens the file, says so, then reads it once a line comes.
+        let script = format!(
+            "exec 3<{}; : > {}; read _; cat <&3 > {} 2> {}; echo $? > {}; sleep 120",
+            secret.display(),
+            file("ready").display(),
+            file("read").display(),
+            file("err").display(),
+            file("rc").display()
+        );
+        let local = how.ends_with("here");
+        // Here, or in a mount namespace of its own: a copy of the mount.
+        let mut holder = Command::new(if local { "env" } else { "unshare" })
+            .args(if local {
+                &[][..]
+            } else {
+                &["-m", "--propagation", "private"][..]
+            })
+            .args(["sh", "-c", &script])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while !file("ready").exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{how}: no holder"
+            ); // hang guard
+            std::thread::sleep(Duration::from_millis(20)); // poll under the hang guard
+        }
+        if local {
+            signal(m.pid(), "-TERM");
+        } else {
+            let o = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&m.mnt)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{how}: {}", text(&o));
+        }
+        // Past the driver's grace (2 s) and a few looks of its watcher.
+        std::thread::sleep(Duration::from_secs(3)); // waiting for something not to happen
+        assert!(!m.is_mounted(), "{how}");
+        assert!(
+            m.wait_exit(Duration::ZERO).is_none(),
+            "{how}: the driver ended under an open file before the stop; log:\n{}",
+            m.log()
+        );
+        if how == "tresor umount" {
+            let o = tresor().arg("umount").arg(&m.mnt).output().unwrap();
+            assert!(o.status.success(), "{how}: {}", text(&o));
+        } else {
+            signal(m.pid(), "-TERM");
+        }
+        let st = m.wait_exit(Duration::from_secs(30)); // hang guard
+        holder.stdin.take().unwrap().write_all(b"\n").unwrap();
+        let start = Instant::now();
+        while !file("rc").exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{how}: the holder did not read"
+            ); // hang guard
+            std::thread::sleep(Duration::from_millis(20)); // poll under the hang guard
+        }
+        let _ = holder.kill();
+        let _ = holder.wait();
+        let log = m.log();
+        assert!(
+            st.is_some_and(|s| s.success()),
+            "{how}: the stop did not end the driver ({st:?}); log:\n{log}"
+        );
+        assert!(
+            log.contains("came while files were still open"),
+            "{how}: {log}"
+        );
+        assert!(log.contains("keys wiped"), "{how}: {log}");
+        let err = fs::read_to_string(file("err")).unwrap_or_default();
+        assert!(
+            err.contains("Transport endpoint is not connected"),
+            "{how}: the open file still answers: read {:?}, error {err:?}",
+            fs::read(file("read")).unwrap_or_default()
+        );
+        assert_eq!(fs::read(file("read")).unwrap_or_default(), b"", "{how}");
+        m.assert_no_panic();
+    }
 }
