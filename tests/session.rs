@@ -763,6 +763,66 @@ fn an_unprivileged_drivers_unmount_ends_the_copies_too() {
     assert!(log.contains("kept it alive"), "{log}");
 }
 
+/// The stop under an unprivileged driver (uid 65534): the user's own
+/// `unshare -r -m` copy holds a file open past `fusermount3 -u`; the
+/// driver serves it on (3 s, past its grace) until the user's
+/// `tresor umount`, which ends it; the copy's read then fails ENOTCONN.
+#[test]
+fn an_unprivileged_drivers_stop_ends_what_a_copys_open_file_kept_serving() {
+    if !crate::util::require_root("setting up /dev/fuse for uid 65534 in a namespace")
+        || !fuse_available()
+    {
+        return;
+    }
+    let nobody = crate::util::AsNobody::new(&[]);
+    let w = &nobody.work;
+    // The copy opens the file, says so, and reads it once told to
+    // (bounded: 30 s).
+    let copy = "exec 3<m/g/secret; touch ready; i=0
+        until [ -e go ]; do sleep 0.05; i=$((i+1)); [ $i -lt 600 ] || exit 1; done
+        cat <&3 > read 2> err || true";
+    let user_script = format!(
+        "{start}echo plaintext > m/g/secret
+        pid=$($T status m --json | sed -n 's/.*\"pid\": *\\([0-9]*\\).*/\\1/p')
+        unshare -r -m sh -c '{copy}' &
+        copy=$!
+        i=0; until [ -e ready ]; do sleep 0.05; i=$((i+1)); [ $i -lt 400 ]; done
+        fusermount3 -u m
+        sleep 3
+        kill -0 $pid && echo serving after the unmount
+        $T umount m
+        i=0; while kill -0 $pid 2>/dev/null; do sleep 0.05; i=$((i+1)); [ $i -lt 600 ]; done
+        echo ended
+        touch go
+        wait $copy
+        echo read $(cat read)
+        echo err $(cat err)",
+        start = nobody.mounted_store(),
+    );
+    let o = nobody.run(&user_script);
+    let log = fs::read_to_string(w.join("log")).unwrap_or_default();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "the script failed ({}): the driver outlived `tresor umount` by 30 s, or the copy never read; {}\nlog:\n{log}",
+        o.status,
+        text(&o)
+    );
+    assert!(
+        out.contains("serving after the unmount\nended\n"),
+        "{out}\nlog:\n{log}"
+    );
+    assert!(
+        out.contains("\nread\n"),
+        "nothing may be read after the stop: {out}"
+    );
+    assert!(
+        out.contains("Transport endpoint is not connected"),
+        "{out}\nlog:\n{log}"
+    );
+    assert!(log.contains("came while files were still open"), "{log}");
+}
+
 /// `tresor mount` in the background at `m`'s mount point, as the admin.
 fn mount_again(ts: &TestStore, m: &Mount) -> Command {
     let mut c = tresor();
