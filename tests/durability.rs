@@ -69,6 +69,11 @@ impl Driver {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+        // The mount is listed before the driver has answered the kernel's
+        // INIT; an unmount in between ends the driver with exit 1 ("FUSE
+        // device disconnected during handshake"). Any answer means INIT
+        // is done.
+        let _ = fs::metadata(mnt);
         Driver {
             child,
             mnt: mnt.to_path_buf(),

@@ -352,6 +352,10 @@ impl Mount {
             }
             std::thread::sleep(Duration::from_millis(20)); // poll: a wait for the kernel to list the mount, hang-guarded
         }
+        // Listed before the driver has answered the kernel's INIT: an
+        // unmount in between ends it with exit 1 ("FUSE device
+        // disconnected during handshake"). Any answer means INIT is done.
+        let _ = std::fs::metadata(&self.mnt);
     }
 
     /// Path of `rel` inside the mount.
