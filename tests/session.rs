@@ -716,23 +716,14 @@ fn an_unmount_ends_the_copies_other_namespaces_hold() {
     }
 }
 
-/// The same under an unprivileged driver (uid 65534, in a mount namespace
-/// of its own with a /dev/fuse it may open): the copy is a user namespace
-/// of that same user (`unshare -r -m`), which holds the mount until the
-/// driver ends after `fusermount3 -u`.
-#[test]
-fn an_unprivileged_drivers_unmount_ends_the_copies_too() {
-    if !crate::util::require_root("setting up /dev/fuse for uid 65534 in a namespace")
-        || !fuse_available()
-    {
-        return;
-    }
+/// As uid 65534 with its own driver on `m` (`m/g/secret` written, in a
+/// mount namespace of its own with a /dev/fuse it may open): runs `copy`
+/// in the user's own `unshare -r -m` — a copy of the mount, which touches
+/// `ready` once it holds it — then `fusermount3 -u m`, then `stop`; waits
+/// (30 s at most) for the driver to end, then runs `report`. Returns the
+/// script's output, its stdout and the driver's log.
+fn nobody_copy_then_unmount(copy: &str, stop: &str, report: &str) -> (Output, String, String) {
     let nobody = crate::util::AsNobody::new(&[]);
-    let w = &nobody.work;
-    // The copy reads the file, says so, then reads until a read fails
-    // (bounded: 30 s) and keeps that error.
-    let copy = "cat m/g/secret > before; touch ready; i=0
-        while cat m/g/secret > /dev/null 2> err; do sleep 0.1; i=$((i+1)); [ $i -lt 300 ] || exit 1; done";
     let user_script = format!(
         "{start}echo plaintext > m/g/secret
         pid=$($T status m --json | sed -n 's/.*\"pid\": *\\([0-9]*\\).*/\\1/p')
@@ -740,15 +731,35 @@ fn an_unprivileged_drivers_unmount_ends_the_copies_too() {
         copy=$!
         i=0; until [ -e ready ]; do sleep 0.05; i=$((i+1)); [ $i -lt 400 ]; done
         fusermount3 -u m
+        {stop}
         i=0; while kill -0 $pid 2>/dev/null; do sleep 0.05; i=$((i+1)); [ $i -lt 600 ]; done
-        wait $copy
-        echo before $(cat before)
-        echo err $(cat err)",
+        {report}",
         start = nobody.mounted_store(),
     );
     let o = nobody.run(&user_script);
-    let log = fs::read_to_string(w.join("log")).unwrap_or_default();
+    let log = fs::read_to_string(nobody.work.join("log")).unwrap_or_default();
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    (o, out, log)
+}
+
+/// The same under an unprivileged driver (uid 65534): the copy is a user
+/// namespace of that same user (`unshare -r -m`), which holds the mount
+/// until the driver ends after `fusermount3 -u`.
+#[test]
+fn an_unprivileged_drivers_unmount_ends_the_copies_too() {
+    if !crate::util::require_root("setting up /dev/fuse for uid 65534 in a namespace")
+        || !fuse_available()
+    {
+        return;
+    }
+    // The copy reads the file, says so, then reads until a read fails
+    // (bounded: 30 s) and keeps that error.
+    let copy = "cat m/g/secret > before; touch ready; i=0
+        while cat m/g/secret > /dev/null 2> err; do sleep 0.1; i=$((i+1)); [ $i -lt 300 ] || exit 1; done";
+    let report = "wait $copy
+        echo before $(cat before)
+        echo err $(cat err)";
+    let (o, out, log) = nobody_copy_then_unmount(copy, "", report);
     assert!(
         o.status.success(),
         "the script failed ({}): the driver outlived the unmount by 30 s, or the copy read on; {}\nlog:\n{log}",
@@ -774,34 +785,20 @@ fn an_unprivileged_drivers_stop_ends_what_a_copys_open_file_kept_serving() {
     {
         return;
     }
-    let nobody = crate::util::AsNobody::new(&[]);
-    let w = &nobody.work;
     // The copy opens the file, says so, and reads it once told to
     // (bounded: 30 s).
     let copy = "exec 3<m/g/secret; touch ready; i=0
         until [ -e go ]; do sleep 0.05; i=$((i+1)); [ $i -lt 600 ] || exit 1; done
         cat <&3 > read 2> err || true";
-    let user_script = format!(
-        "{start}echo plaintext > m/g/secret
-        pid=$($T status m --json | sed -n 's/.*\"pid\": *\\([0-9]*\\).*/\\1/p')
-        unshare -r -m sh -c '{copy}' &
-        copy=$!
-        i=0; until [ -e ready ]; do sleep 0.05; i=$((i+1)); [ $i -lt 400 ]; done
-        fusermount3 -u m
-        sleep 3
+    let stop = "sleep 3
         kill -0 $pid && echo serving after the unmount
-        $T umount m
-        i=0; while kill -0 $pid 2>/dev/null; do sleep 0.05; i=$((i+1)); [ $i -lt 600 ]; done
-        echo ended
+        $T umount m";
+    let report = "echo ended
         touch go
         wait $copy
         echo read $(cat read)
-        echo err $(cat err)",
-        start = nobody.mounted_store(),
-    );
-    let o = nobody.run(&user_script);
-    let log = fs::read_to_string(w.join("log")).unwrap_or_default();
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        echo err $(cat err)";
+    let (o, out, log) = nobody_copy_then_unmount(copy, stop, report);
     assert!(
         o.status.success(),
         "the script failed ({}): the driver outlived `tresor umount` by 30 s, or the copy never read; {}\nlog:\n{log}",
