@@ -777,7 +777,7 @@ impl Control {
                 // service's private namespace), keeps the connection open.
                 // With a file open the driver serves on until it is
                 // closed, as after a lazy unmount — or until a stop.
-                self.end("a copy of the mount in another mount namespace kept it alive");
+                self.end("its connection stayed open: a copy of the mount in another mount namespace (or a lazy unmount) kept it alive");
             }
         }
     }
@@ -1165,11 +1165,17 @@ pub fn unmount(mnt: &Path, lazy: bool) -> Result<(), String> {
     }
     match c.arg(mnt).output() {
         Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(format!(
-            "cannot unmount {}: {}",
-            mnt.display(),
-            String::from_utf8_lossy(&o.stderr).trim()
-        )),
+        Ok(o) => {
+            let err = String::from_utf8_lossy(&o.stderr).trim().to_string();
+            let m = mnt.display();
+            // fusermount3 says only "Device or resource busy".
+            let hint = if err.contains("busy") {
+                format!(" (a program has a file open or its working directory in it): close that, or detach the mount now with `fusermount3 -u -z {m}` and end what stays open with `tresor umount {m}`")
+            } else {
+                String::new()
+            };
+            Err(format!("cannot unmount {m}: {err}{hint}"))
+        }
         Err(e) => Err(format!(
             "cannot run fusermount3 (install the fuse3 package): {e}"
         )),

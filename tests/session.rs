@@ -1072,3 +1072,80 @@ fn a_stop_after_the_unmount_ends_what_an_open_file_kept_serving() {
         m.assert_no_panic();
     }
 }
+
+/// `tresor umount` of a busy mount (a program working inside it with a
+/// file open) is refused, the mount stays and serves, and the message
+/// says what to do. Its advice works: `fusermount3 -u -z` detaches the
+/// mount while the program keeps its file, and `tresor umount` then ends
+/// the driver; the program's next read fails ENOTCONN.
+#[test]
+fn a_busy_mount_is_refused_with_what_to_do_and_the_advice_works() {
+    if !fuse_available() {
+        return;
+    }
+    let ts = TestStore::new(&["g"]);
+    let mut m = ts.mount();
+    fs::write(m.path("g/secret"), b"plaintext").unwrap();
+    let file = |name: &str| ts.dir.path().join(name);
+    // Works in the mount, holds the file, reads it once a line comes.
+    let script = format!(
+        "cd {}; exec 3<secret; : > {}; read _; cat <&3 > {} 2> {}; echo $? > {}; sleep 120",
+        m.path("g").display(),
+        file("ready").display(),
+        file("read").display(),
+        file("err").display(),
+        file("rc").display()
+    );
+    let mut holder = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !file("ready").exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "no holder"); // hang guard
+        std::thread::sleep(Duration::from_millis(20)); // poll under the hang guard
+    }
+    let refused = tresor().arg("umount").arg(&m.mnt).output().unwrap();
+    let msg = text(&refused);
+    let mnt = m.mnt.display();
+    assert!(!refused.status.success(), "{msg}");
+    assert!(
+        msg.contains("busy")
+            && msg.contains(&format!("`fusermount3 -u -z {mnt}`"))
+            && msg.contains(&format!("`tresor umount {mnt}`")),
+        "{msg}"
+    );
+    assert!(m.is_mounted());
+    assert_eq!(fs::read(m.path("g/secret")).unwrap(), b"plaintext");
+
+    let o = Command::new("fusermount3")
+        .args(["-u", "-z"])
+        .arg(&m.mnt)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!m.is_mounted());
+    let o = tresor().arg("umount").arg(&m.mnt).output().unwrap();
+    let st = m.wait_exit(Duration::from_secs(30)); // hang guard
+    holder.stdin.take().unwrap().write_all(b"\n").unwrap();
+    let start = Instant::now();
+    while !file("rc").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the holder did not read"
+        ); // hang guard
+        std::thread::sleep(Duration::from_millis(20)); // poll under the hang guard
+    }
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(st.is_some_and(|s| s.success()), "{st:?}: {}", m.log());
+    let err = fs::read_to_string(file("err")).unwrap_or_default();
+    assert!(
+        err.contains("Transport endpoint is not connected"),
+        "{err:?}"
+    );
+    assert_eq!(fs::read(file("read")).unwrap_or_default(), b"");
+    m.assert_no_panic();
+}
