@@ -363,9 +363,11 @@ impl Mount {
         self.mnt.join(rel)
     }
 
-    /// The driver's pid (a foreground mount: the process the test started).
+    /// The driver's pid (a foreground mount: the process the test
+    /// started). Panics once it has been reaped: a pid of 0 given to
+    /// `kill` would signal the test's own process group.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, |c| c.id())
+        self.child.as_ref().expect("the driver was reaped").id()
     }
 
     /// The mount process's log so far.
