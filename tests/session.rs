@@ -820,6 +820,75 @@ fn an_unprivileged_drivers_stop_ends_what_a_copys_open_file_kept_serving() {
     assert!(log.contains("came while files were still open"), "{log}");
 }
 
+/// Waits (20 s at most) for `p` to exist: `what` did not happen otherwise.
+fn wait_for(p: &Path, what: &str) {
+    let start = Instant::now();
+    while !p.exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "{what}"); // hang guard
+        std::thread::sleep(Duration::from_millis(20)); // poll under the hang guard
+    }
+}
+
+/// A program working in the directory of a file in the mount, holding
+/// the file open — here, or in a mount namespace of its own, so through a
+/// copy of the mount. Once told to, it reads the file from its open
+/// descriptor and closes it.
+struct Holder {
+    child: std::process::Child,
+    dir: PathBuf,
+}
+
+impl Holder {
+    /// Started and holding `file` when this returns; `dir` keeps its notes.
+    fn start(file: &Path, dir: &Path, in_copy: bool) -> Holder {
+        fs::create_dir_all(dir).unwrap();
+        let note = |n: &str| dir.join(n).display().to_string();
+        let script = format!(
+            "cd {}; exec 3<{}; : > {}; read _; cat <&3 > {} 2> {}; rc=$?; exec 3<&-; echo $rc > {}; sleep 120",
+            file.parent().unwrap().display(),
+            file.display(),
+            note("ready"),
+            note("read"),
+            note("err"),
+            note("rc")
+        );
+        let child = Command::new(if in_copy { "unshare" } else { "env" })
+            .args(if in_copy {
+                &["-m", "--propagation", "private"][..]
+            } else {
+                &[][..]
+            })
+            .args(["sh", "-c", &script])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let h = Holder {
+            child,
+            dir: dir.to_path_buf(),
+        };
+        wait_for(&dir.join("ready"), "the holder did not open the file");
+        h
+    }
+
+    /// Reads the file from the descriptor and closes it: what it read,
+    /// and the error it got.
+    fn read_and_close(&mut self) -> (Vec<u8>, String) {
+        self.child.stdin.take().unwrap().write_all(b"\n").unwrap();
+        wait_for(&self.dir.join("rc"), "the holder did not read");
+        (
+            fs::read(self.dir.join("read")).unwrap_or_default(),
+            fs::read_to_string(self.dir.join("err")).unwrap_or_default(),
+        )
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// `tresor mount` in the background at `m`'s mount point, as the admin.
 fn mount_again(ts: &TestStore, m: &Mount) -> Command {
     let mut c = tresor();
@@ -911,20 +980,7 @@ fn a_mount_waits_for_a_copys_open_file_and_names_it_past_the_wait() {
     let mut m = ts.mount();
     let secret = m.path("g/secret");
     fs::write(&secret, b"plaintext").unwrap();
-    let ready = ts.dir.path().join("copy-ready");
-    let mut copy = Copy::new(&format!(
-        "exec 3<{}; : > {}; read _; exec 3<&-; sleep 120",
-        secret.display(),
-        ready.display()
-    ));
-    let start = Instant::now();
-    while !ready.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the copy did not open the file"
-        ); // hang guard
-        std::thread::sleep(Duration::from_millis(20)); // poll under the hang guard
-    }
+    let mut copy = Holder::start(&secret, &ts.subdir("holder"), true);
     let um = Command::new("fusermount3")
         .arg("-u")
         .arg(&m.mnt)
@@ -949,7 +1005,8 @@ fn a_mount_waits_for_a_copys_open_file_and_names_it_past_the_wait() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(1)); // the mount is waiting when the copy closes its file
-    copy.child.stdin.take().unwrap().write_all(b"\n").unwrap();
+                                                // Served until closed.
+    assert_eq!(copy.read_and_close().0, b"plaintext");
     let o = again.wait_with_output().unwrap();
     let old = m.wait_exit(Duration::from_secs(30)); // hang guard
     let read = fs::read(&secret);
@@ -983,39 +1040,9 @@ fn a_stop_after_the_unmount_ends_what_an_open_file_kept_serving() {
         let mut m = ts.mount();
         let secret = m.path("g/secret");
         fs::write(&secret, b"plaintext").unwrap();
-        let file = |name: &str| ts.dir.path().join(name);
-        for f in ["ready", "read", "err", "rc"] {
-            let _ = fs::remove_file(file(f));
-        }
-        // Opens the file, says so, then reads it once a line comes.
-        let script = format!(
-            "exec 3<{}; : > {}; read _; cat <&3 > {} 2> {}; echo $? > {}; sleep 120",
-            secret.display(),
-            file("ready").display(),
-            file("read").display(),
-            file("err").display(),
-            file("rc").display()
-        );
         let local = how.ends_with("here");
-        // Here, or in a mount namespace of its own: a copy of the mount.
-        let mut holder = Command::new(if local { "env" } else { "unshare" })
-            .args(if local {
-                &[][..]
-            } else {
-                &["-m", "--propagation", "private"][..]
-            })
-            .args(["sh", "-c", &script])
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        while !file("ready").exists() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "{how}: no holder"
-            ); // hang guard
-            std::thread::sleep(Duration::from_millis(20)); // poll under the hang guard
-        }
+        let notes = ts.subdir(&format!("holder-{}", how.replace([' ', ','], "-")));
+        let mut holder = Holder::start(&secret, &notes, !local);
         if local {
             signal(m.pid(), "-TERM");
         } else {
@@ -1041,17 +1068,7 @@ fn a_stop_after_the_unmount_ends_what_an_open_file_kept_serving() {
             signal(m.pid(), "-TERM");
         }
         let st = m.wait_exit(Duration::from_secs(30)); // hang guard
-        holder.stdin.take().unwrap().write_all(b"\n").unwrap();
-        let start = Instant::now();
-        while !file("rc").exists() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "{how}: the holder did not read"
-            ); // hang guard
-            std::thread::sleep(Duration::from_millis(20)); // poll under the hang guard
-        }
-        let _ = holder.kill();
-        let _ = holder.wait();
+        let (read, err) = holder.read_and_close();
         let log = m.log();
         assert!(
             st.is_some_and(|s| s.success()),
@@ -1062,13 +1079,11 @@ fn a_stop_after_the_unmount_ends_what_an_open_file_kept_serving() {
             "{how}: {log}"
         );
         assert!(log.contains("keys wiped"), "{how}: {log}");
-        let err = fs::read_to_string(file("err")).unwrap_or_default();
         assert!(
             err.contains("Transport endpoint is not connected"),
-            "{how}: the open file still answers: read {:?}, error {err:?}",
-            fs::read(file("read")).unwrap_or_default()
+            "{how}: the open file still answers: read {read:?}, error {err:?}"
         );
-        assert_eq!(fs::read(file("read")).unwrap_or_default(), b"", "{how}");
+        assert_eq!(read, b"", "{how}");
         m.assert_no_panic();
     }
 }
@@ -1086,26 +1101,7 @@ fn a_busy_mount_is_refused_with_what_to_do_and_the_advice_works() {
     let ts = TestStore::new(&["g"]);
     let mut m = ts.mount();
     fs::write(m.path("g/secret"), b"plaintext").unwrap();
-    let file = |name: &str| ts.dir.path().join(name);
-    // Works in the mount, holds the file, reads it once a line comes.
-    let script = format!(
-        "cd {}; exec 3<secret; : > {}; read _; cat <&3 > {} 2> {}; echo $? > {}; sleep 120",
-        m.path("g").display(),
-        file("ready").display(),
-        file("read").display(),
-        file("err").display(),
-        file("rc").display()
-    );
-    let mut holder = Command::new("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while !file("ready").exists() {
-        assert!(start.elapsed() < Duration::from_secs(20), "no holder"); // hang guard
-        std::thread::sleep(Duration::from_millis(20)); // poll under the hang guard
-    }
+    let mut holder = Holder::start(&m.path("g/secret"), &ts.subdir("holder"), false);
     let refused = tresor().arg("umount").arg(&m.mnt).output().unwrap();
     let msg = text(&refused);
     let mnt = m.mnt.display();
@@ -1128,24 +1124,13 @@ fn a_busy_mount_is_refused_with_what_to_do_and_the_advice_works() {
     assert!(!m.is_mounted());
     let o = tresor().arg("umount").arg(&m.mnt).output().unwrap();
     let st = m.wait_exit(Duration::from_secs(30)); // hang guard
-    holder.stdin.take().unwrap().write_all(b"\n").unwrap();
-    let start = Instant::now();
-    while !file("rc").exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the holder did not read"
-        ); // hang guard
-        std::thread::sleep(Duration::from_millis(20)); // poll under the hang guard
-    }
-    let _ = holder.kill();
-    let _ = holder.wait();
+    let (read, err) = holder.read_and_close();
     assert!(o.status.success(), "{}", text(&o));
     assert!(st.is_some_and(|s| s.success()), "{st:?}: {}", m.log());
-    let err = fs::read_to_string(file("err")).unwrap_or_default();
     assert!(
         err.contains("Transport endpoint is not connected"),
         "{err:?}"
     );
-    assert_eq!(fs::read(file("read")).unwrap_or_default(), b"");
+    assert_eq!(read, b"");
     m.assert_no_panic();
 }
